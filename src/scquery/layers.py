@@ -1,0 +1,162 @@
+"""A tied-weight denoising autoencoder layer for Keras 3."""
+
+import keras
+from keras import activations, constraints, initializers, ops, regularizers
+
+
+@keras.saving.register_keras_serializable(package="scquery")
+class DenseLayerAutoencoder(keras.layers.Layer):
+    """Stacked dense autoencoder whose decoder reuses the encoder kernels, transposed.
+
+    Used like `keras.layers.Dense`, with `layer_sizes` (the encoder widths) in place of `units`.
+    With input width d and `layer_sizes=[a, b, c]` the layer holds kernels d×a, a×b, b×c, encoder
+    biases a, b, c and decoder biases b, a, d. The output has the input's shape.
+
+    In training the input is corrupted before encoding (Vincent et al., JMLR 2010): `dropout` sets a
+    fraction of the inputs to zero (masking noise, no rescaling) and `noise_stddev` adds Gaussian
+    noise. Fit it with the clean input as the target.
+
+    Args:
+        layer_sizes: encoder widths, the last one is the bottleneck.
+        activation: activation of every hidden layer, encoder and decoder.
+        output_activation: activation of the reconstruction (linear by default).
+        dropout: fraction of inputs masked in training.
+        noise_stddev: standard deviation of the Gaussian noise added in training.
+        use_bias, kernel_*, bias_*: as in `keras.layers.Dense`; they apply to every kernel and bias.
+        seed: seed of the corruption noise.
+    """
+
+    def __init__(
+        self,
+        layer_sizes,
+        activation=None,
+        output_activation=None,
+        dropout=0.0,
+        noise_stddev=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if not layer_sizes or any(int(size) <= 0 for size in layer_sizes):
+            raise ValueError(f"layer_sizes must be positive integers, got {layer_sizes!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        if noise_stddev < 0.0:
+            raise ValueError(f"noise_stddev must be non-negative, got {noise_stddev!r}.")
+        self.layer_sizes = [int(size) for size in layer_sizes]
+        self.activation = activations.get(activation)
+        self.output_activation = activations.get(output_activation)
+        self.dropout = float(dropout)
+        self.noise_stddev = float(noise_stddev)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        widths = [input_dim, *self.layer_sizes]
+        self.kernels = [
+            self.add_weight(
+                name=f"kernel_{i}",
+                shape=(widths[i], widths[i + 1]),
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+            for i in range(len(self.layer_sizes))
+        ]
+        self.encoder_biases, self.decoder_biases = [], []
+        if self.use_bias:
+            self.encoder_biases = [self._bias(f"encoder_bias_{i}", w) for i, w in enumerate(widths[1:])]
+            self.decoder_biases = [
+                self._bias(f"decoder_bias_{i}", w) for i, w in enumerate(reversed(widths[:-1]))
+            ]
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    def _bias(self, name, width):
+        return self.add_weight(
+            name=name,
+            shape=(width,),
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+
+    def corrupt(self, inputs):
+        """The training-time corruption: masking noise, then additive Gaussian noise."""
+        if self.dropout > 0.0:
+            keep = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) >= self.dropout
+            inputs = inputs * ops.cast(keep, inputs.dtype)
+        if self.noise_stddev > 0.0:
+            noise = keras.random.normal(
+                ops.shape(inputs), stddev=self.noise_stddev, seed=self.seed_generator
+            )
+            inputs = inputs + ops.cast(noise, inputs.dtype)
+        return inputs
+
+    def encode(self, inputs):
+        """The bottleneck representation of `inputs` (no corruption)."""
+        x = ops.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        for i, kernel in enumerate(self.kernels):
+            x = ops.matmul(x, ops.cast(kernel, x.dtype))
+            if self.use_bias:
+                x = ops.add(x, ops.cast(self.encoder_biases[i], x.dtype))
+            x = self.activation(x)
+        return x
+
+    def decode(self, codes):
+        """The reconstruction of bottleneck `codes`, through the transposed encoder kernels."""
+        x = ops.convert_to_tensor(codes, dtype=self.compute_dtype)
+        last = len(self.kernels) - 1
+        for i, kernel in enumerate(reversed(self.kernels)):
+            x = ops.matmul(x, ops.transpose(ops.cast(kernel, x.dtype)))
+            if self.use_bias:
+                x = ops.add(x, ops.cast(self.decoder_biases[i], x.dtype))
+            x = self.output_activation(x) if i == last else self.activation(x)
+        return x
+
+    def call(self, inputs, training=None):
+        if training:
+            inputs = self.corrupt(inputs)
+        return self.decode(self.encode(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "layer_sizes": self.layer_sizes,
+                "activation": activations.serialize(self.activation),
+                "output_activation": activations.serialize(self.output_activation),
+                "dropout": self.dropout,
+                "noise_stddev": self.noise_stddev,
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+                "seed": self.seed,
+            }
+        )
+        return config
