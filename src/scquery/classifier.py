@@ -1,0 +1,97 @@
+"""The cell-type classifier: the (pretrained) encoder plus a softmax head, fine-tuned end to end."""
+
+import keras
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+
+from .data import SparseBatches, iter_dense_chunks
+
+ENCODER_PREFIX, HEAD = "encoder_", "classifier"
+
+
+def build_classifier(n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None):
+    """A functional model: `encoder_0 … encoder_{L-1}` (dense), then the softmax layer `classifier`.
+
+    `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
+    encoder; without them it starts from Keras's random initialisation.
+    """
+    inputs = keras.Input((n_genes,), name="expression")
+    x = inputs
+    for i, width in enumerate(hidden_sizes):
+        x = keras.layers.Dense(width, activation=activation, name=f"{ENCODER_PREFIX}{i}")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD)(x)
+    model = keras.Model(inputs, outputs, name="scquery")
+    for i, weights in enumerate(encoder_weights or []):
+        model.get_layer(f"{ENCODER_PREFIX}{i}").set_weights(weights)
+    return model
+
+
+def fit_classifier(
+    model,
+    X,
+    y,
+    *,
+    epochs=50,
+    batch_size=256,
+    learning_rate=1e-3,
+    validation_fraction=0.1,
+    patience=5,
+    class_weight=True,
+    seed=0,
+    verbose=0,
+):
+    """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
+
+    A stratified `validation_fraction` of the cells drives early stopping, which restores the best
+    weights; with `class_weight`, classes are weighted inversely to their size ('balanced').
+    """
+    y = np.asarray(y)
+    callbacks, validation = [], None
+    train_rows = np.arange(len(y))
+    if validation_fraction > 0:
+        train_rows, validation_rows = train_test_split(
+            train_rows, test_size=validation_fraction, stratify=y, random_state=seed
+        )
+        train_rows.sort()
+        validation_rows.sort()
+        validation = SparseBatches(
+            X[validation_rows], y[validation_rows], batch_size=batch_size, shuffle=False
+        )
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        )
+    weights = None
+    if class_weight:
+        present = np.unique(y[train_rows])
+        balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
+        weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
+    batches = SparseBatches(X[train_rows], y[train_rows], batch_size=batch_size, seed=seed)
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    fitted = model.fit(
+        batches,
+        validation_data=validation,
+        epochs=epochs,
+        class_weight=weights,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def embedding_model(model):
+    """The sub-model from the input to the last encoder layer, whose output is the embedding."""
+    encoders = [layer for layer in model.layers if layer.name.startswith(ENCODER_PREFIX)]
+    return keras.Model(model.inputs, encoders[-1].output, name="scquery_embedding")
+
+
+def predict_in_chunks(model, X, *, chunk_size=8192):
+    """`model`'s outputs for the rows of CSR `X`, densifying `chunk_size` rows at a time."""
+    parts = [model(chunk, training=False) for chunk in iter_dense_chunks(X, chunk_size)]
+    return np.concatenate([keras.ops.convert_to_numpy(p) for p in parts]).astype(np.float32)

@@ -1,0 +1,93 @@
+"""Greedy layer-wise pretraining of tied-weight denoising autoencoders (Vincent et al., 2010)."""
+
+import keras
+import numpy as np
+
+from .data import SparseBatches
+from .layers import DenseLayerAutoencoder
+
+#: Batches used to measure a layer's reconstruction loss before its training starts.
+_INITIAL_LOSS_BATCHES = 20
+
+
+def pretrain_greedy(
+    X,
+    hidden_sizes,
+    *,
+    activation="tanh",
+    noise="mask",
+    noise_level=0.2,
+    epochs=10,
+    batch_size=256,
+    learning_rate=1e-3,
+    finetune_autoencoder=False,
+    seed=0,
+    verbose=0,
+):
+    """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
+
+    Layer i is a `DenseLayerAutoencoder([hidden_sizes[i]])` fitted to reconstruct its clean input (the
+    data embedded by layers 0 … i-1) from a corrupted copy: masking noise (`noise='mask'`, a fraction
+    `noise_level` of inputs set to zero) or Gaussian noise (`noise='gaussian'`, standard deviation
+    `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
+    `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches.
+
+    Returns:
+        `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
+        stage with the loss before training (`initial_loss`) and after each epoch (`loss`).
+    """
+    corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
+    weights, decoder_biases, history = [], [], []
+    encoder = None
+    for i, width in enumerate(hidden_sizes):
+        dae = DenseLayerAutoencoder([width], activation=activation, seed=seed + i, **corruption)
+        transform = _frozen(encoder) if encoder is not None else None
+        batches = SparseBatches(X, batch_size=batch_size, seed=seed + i, transform=transform)
+        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}")
+        history.append({"stage": f"layer_{i}", "width": int(width), **stage})
+        weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
+        decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
+        encoder = stack_encoder(X.shape[1], weights, activation=activation)
+    if finetune_autoencoder:
+        stacked = DenseLayerAutoencoder(
+            list(hidden_sizes), activation=activation, seed=seed + len(hidden_sizes), **corruption
+        )
+        stacked.build((None, X.shape[1]))
+        for variable, value in zip(stacked.kernels, [w[0] for w in weights], strict=True):
+            variable.assign(value)
+        for variable, value in zip(stacked.encoder_biases, [w[1] for w in weights], strict=True):
+            variable.assign(value)
+        for variable, value in zip(stacked.decoder_biases, decoder_biases[::-1], strict=True):
+            variable.assign(value)
+        batches = SparseBatches(X, batch_size=batch_size, seed=seed + len(hidden_sizes))
+        stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, verbose, name="stacked")
+        history.append({"stage": "stacked", "width": int(hidden_sizes[-1]), **stage})
+        weights = [
+            [keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(b)]
+            for k, b in zip(stacked.kernels, stacked.encoder_biases, strict=True)
+        ]
+    return weights, history
+
+
+def _frozen(encoder):
+    return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
+
+
+def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name):
+    inputs = keras.Input((batches[0][0].shape[1],))
+    model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
+    model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
+    steps = min(len(batches), _INITIAL_LOSS_BATCHES)
+    initial = model.evaluate(batches, steps=steps, verbose=0)
+    fitted = model.fit(batches, epochs=epochs, verbose=verbose)
+    return {"initial_loss": float(initial), "loss": [float(v) for v in fitted.history["loss"]]}
+
+
+def stack_encoder(n_inputs, weights, *, activation="tanh"):
+    """A frozen `keras.Sequential` encoder of dense layers holding `weights` (`[kernel, bias]` each)."""
+    encoder = keras.Sequential([keras.Input((n_inputs,))])
+    for kernel, bias in weights:
+        layer = keras.layers.Dense(kernel.shape[1], activation=activation, trainable=False)
+        encoder.add(layer)
+        layer.set_weights([np.asarray(kernel), np.asarray(bias)])
+    return encoder

@@ -1,0 +1,158 @@
+"""Training, from an annotated reference AnnData to a model bundle."""
+
+import hashlib
+import warnings
+
+import anndata as ad
+import keras
+import numpy as np
+import pandas as pd
+
+from .bundle import Bundle
+from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
+from .config import TrainConfig, load_train_config
+from .errors import ScqueryError
+from .io import check_labels
+from .preprocess import fit_preprocess
+from .pretrain import pretrain_greedy
+
+
+def prepare_reference(adata, *, label_key, config):
+    """Preprocess the reference and drop the cell types too small to learn.
+
+    Returns the processed AnnData, the preprocessing record, the class names and integer labels.
+    """
+    check_labels(adata, label_key, source=adata.uns.get("scquery_source", "the reference"))
+    processed, record = fit_preprocess(
+        adata,
+        min_genes=config.min_genes,
+        min_cells=config.min_cells,
+        max_pct_mito=config.max_pct_mito,
+        target_sum=config.target_sum,
+        n_top_genes=config.n_top_genes,
+        genes=config.genes,
+        scale=config.scale,
+    )
+    labels = processed.obs[label_key].astype(str)
+    sizes = labels.value_counts()
+    small = sizes[sizes < config.min_cells_per_class]
+    if len(small):
+        warnings.warn(
+            f"Dropping {len(small)} cell type(s) with fewer than {config.min_cells_per_class} cells: "
+            + ", ".join(f"{name} ({n})" for name, n in small.items())
+            + "; lower min_cells_per_class to keep them.",
+            stacklevel=2,
+        )
+        keep = ~labels.isin(small.index).to_numpy()
+        processed, labels = processed[keep].copy(), labels[keep]
+    if labels.nunique() < 2:
+        raise ScqueryError(
+            f"Label column '{label_key}' leaves {labels.nunique()} cell type(s) with at least "
+            f"{config.min_cells_per_class} cells; a classifier needs two or more."
+        )
+    classes = sorted(labels.unique())
+    y = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
+    return processed, record, classes, y
+
+
+def pretrain_reference(adata, *, label_key, config=None, seed=0, verbose=0):
+    """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
+    config = _config(config)
+    keras.utils.set_random_seed(seed)
+    processed, _, _, _ = prepare_reference(adata, label_key=label_key, config=config)
+    return _pretrain(processed.X, config, seed, verbose)
+
+
+def _pretrain(X, config, seed, verbose):
+    return pretrain_greedy(
+        X,
+        config.hidden_sizes,
+        activation=config.activation,
+        noise=config.noise,
+        noise_level=config.noise_level,
+        epochs=config.pretrain_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        finetune_autoencoder=config.finetune_autoencoder,
+        seed=seed,
+        verbose=verbose,
+    )
+
+
+def train(
+    adata,
+    *,
+    label_key,
+    config=None,
+    seed=0,
+    encoder_weights=None,
+    pretrain_history=None,
+    verbose=0,
+) -> Bundle:
+    """Train scquery on an annotated reference and return the model bundle.
+
+    Preprocesses `adata` (values in `.X`, as `scquery.io.read_many` gives them), pretrains the encoder
+    greedily unless `config.pretrain` is false or `encoder_weights` come from an earlier
+    `pretrain_reference` call, fine-tunes the classifier, and embeds every reference cell.
+    `adata` is not modified.
+    """
+    config = _config(config)
+    keras.utils.set_random_seed(seed)
+    processed, record, classes, y = prepare_reference(adata, label_key=label_key, config=config)
+    history = {"pretrain": pretrain_history or []}
+    if config.pretrain and encoder_weights is None:
+        encoder_weights, history["pretrain"] = _pretrain(processed.X, config, seed, verbose)
+    if not config.pretrain:
+        encoder_weights, history["pretrain"] = None, []
+    model = build_classifier(
+        processed.n_vars,
+        config.hidden_sizes,
+        len(classes),
+        activation=config.activation,
+        encoder_weights=encoder_weights,
+    )
+    history["classifier"] = fit_classifier(
+        model,
+        processed.X,
+        y,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        validation_fraction=config.validation_fraction,
+        patience=config.patience,
+        class_weight=config.class_weight,
+        seed=seed,
+        verbose=verbose,
+    )
+    obs = pd.DataFrame(
+        {
+            "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
+            "dataset": processed.obs["dataset"].astype(str).to_numpy()
+            if "dataset" in processed.obs
+            else "reference",
+        },
+        index=processed.obs_names.copy(),
+    )
+    embedding = predict_in_chunks(embedding_model(model), processed.X)
+    return Bundle(
+        model=model,
+        classes=classes,
+        preprocess=record,
+        reference=ad.AnnData(obs=obs, obsm={"X_scquery": embedding}),
+        label_key=label_key,
+        config=config.to_dict(),
+        seed=seed,
+        history=history,
+        model_id=_model_id(model, record["genes"]),
+    )
+
+
+def _config(config):
+    return config if isinstance(config, TrainConfig) else load_train_config(config)
+
+
+def _model_id(model, genes):
+    digest = hashlib.sha1("\n".join(genes).encode())
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:12]
