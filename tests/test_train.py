@@ -127,3 +127,18 @@ def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_scaling_lives_in_the_saved_model(split, tmp_path):
+    config = {**SMALL, "scale": True, "epochs": 2, "pretrain_epochs": 1}
+    scaled = train(split[0], label_key="bulk_labels", config=config)
+    stats = scaled.preprocess["scale"]
+    layer = scaled.model.get_layer("scale")
+    X = apply_preprocess(split[1], scaled.preprocess)[0].X[:5].toarray()
+    expected = (X - np.asarray(stats["mean"])) / np.asarray(stats["std"])
+    np.testing.assert_allclose(layer(X), expected, rtol=1e-4, atol=1e-4)
+    save_bundle(scaled, tmp_path / "scaled")
+    np.testing.assert_allclose(
+        load_bundle(tmp_path / "scaled").model.predict(X, verbose=0), scaled.model.predict(X, verbose=0),
+        rtol=1e-6,
+    )

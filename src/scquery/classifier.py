@@ -6,18 +6,22 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from .data import SparseBatches, iter_dense_chunks
+from .pretrain import scaling_layer
 
 ENCODER_PREFIX, HEAD = "encoder_", "classifier"
 
 
-def build_classifier(n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None):
+def build_classifier(
+    n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None, scale=None
+):
     """A functional model: `encoder_0 … encoder_{L-1}` (dense), then the softmax layer `classifier`.
 
     `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
-    encoder; without them it starts from Keras's random initialisation.
+    encoder; without them it starts from Keras's random initialisation. With `scale` (the
+    preprocessing record's gene statistics) a `Normalization` layer standardizes the input first.
     """
     inputs = keras.Input((n_genes,), name="expression")
-    x = inputs
+    x = inputs if scale is None else scaling_layer(scale)(inputs)
     for i, width in enumerate(hidden_sizes):
         x = keras.layers.Dense(width, activation=activation, name=f"{ENCODER_PREFIX}{i}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD)(x)

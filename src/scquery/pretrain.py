@@ -21,6 +21,7 @@ def pretrain_greedy(
     batch_size=256,
     learning_rate=1e-3,
     finetune_autoencoder=False,
+    scale=None,
     seed=0,
     verbose=0,
 ):
@@ -30,7 +31,8 @@ def pretrain_greedy(
     data embedded by layers 0 … i-1) from a corrupted copy: masking noise (`noise='mask'`, a fraction
     `noise_level` of inputs set to zero) or Gaussian noise (`noise='gaussian'`, standard deviation
     `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
-    `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches.
+    `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the
+    preprocessing record's gene means and standard deviations) standardizes each batch first.
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
@@ -38,16 +40,16 @@ def pretrain_greedy(
     """
     corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
     weights, decoder_biases, history = [], [], []
-    encoder = None
+    encoder = stack_encoder(X.shape[1], [], scale=scale)
     for i, width in enumerate(hidden_sizes):
         dae = DenseLayerAutoencoder([width], activation=activation, seed=seed + i, **corruption)
-        transform = _frozen(encoder) if encoder is not None else None
+        transform = _frozen(encoder) if encoder.layers else None
         batches = SparseBatches(X, batch_size=batch_size, seed=seed + i, transform=transform)
         stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}")
         history.append({"stage": f"layer_{i}", "width": int(width), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
-        encoder = stack_encoder(X.shape[1], weights, activation=activation)
+        encoder = stack_encoder(X.shape[1], weights, activation=activation, scale=scale)
     if finetune_autoencoder:
         stacked = DenseLayerAutoencoder(
             list(hidden_sizes), activation=activation, seed=seed + len(hidden_sizes), **corruption
@@ -59,7 +61,13 @@ def pretrain_greedy(
             variable.assign(value)
         for variable, value in zip(stacked.decoder_biases, decoder_biases[::-1], strict=True):
             variable.assign(value)
-        batches = SparseBatches(X, batch_size=batch_size, seed=seed + len(hidden_sizes))
+        scaling = stack_encoder(X.shape[1], [], scale=scale)
+        batches = SparseBatches(
+            X,
+            batch_size=batch_size,
+            seed=seed + len(hidden_sizes),
+            transform=_frozen(scaling) if scaling.layers else None,
+        )
         stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, verbose, name="stacked")
         history.append({"stage": "stacked", "width": int(hidden_sizes[-1]), **stage})
         weights = [
@@ -83,9 +91,18 @@ def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name):
     return {"initial_loss": float(initial), "loss": [float(v) for v in fitted.history["loss"]]}
 
 
-def stack_encoder(n_inputs, weights, *, activation="tanh"):
-    """A frozen `keras.Sequential` encoder of dense layers holding `weights` (`[kernel, bias]` each)."""
+def scaling_layer(scale):
+    """A `Normalization` layer standardizing genes with the record's `scale` statistics."""
+    std = np.asarray(scale["std"], dtype=np.float32)
+    return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale")
+
+
+def stack_encoder(n_inputs, weights, *, activation="tanh", scale=None):
+    """A frozen `keras.Sequential` encoder: optional gene scaling, then dense layers holding
+    `weights` (`[kernel, bias]` each)."""
     encoder = keras.Sequential([keras.Input((n_inputs,))])
+    if scale is not None:
+        encoder.add(scaling_layer(scale))
     for kernel, bias in weights:
         layer = keras.layers.Dense(kernel.shape[1], activation=activation, trainable=False)
         encoder.add(layer)

@@ -59,11 +59,11 @@ def pretrain_reference(adata, *, label_key, config=None, seed=0, verbose=0):
     """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
     config = _config(config)
     keras.utils.set_random_seed(seed)
-    processed, _, _, _ = prepare_reference(adata, label_key=label_key, config=config)
-    return _pretrain(processed.X, config, seed, verbose)
+    processed, record, _, _ = prepare_reference(adata, label_key=label_key, config=config)
+    return _pretrain(processed.X, record, config, seed, verbose)
 
 
-def _pretrain(X, config, seed, verbose):
+def _pretrain(X, record, config, seed, verbose):
     return pretrain_greedy(
         X,
         config.hidden_sizes,
@@ -74,6 +74,7 @@ def _pretrain(X, config, seed, verbose):
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         finetune_autoencoder=config.finetune_autoencoder,
+        scale=record["scale"],
         seed=seed,
         verbose=verbose,
     )
@@ -101,7 +102,7 @@ def train(
     processed, record, classes, y = prepare_reference(adata, label_key=label_key, config=config)
     history = {"pretrain": pretrain_history or []}
     if config.pretrain and encoder_weights is None:
-        encoder_weights, history["pretrain"] = _pretrain(processed.X, config, seed, verbose)
+        encoder_weights, history["pretrain"] = _pretrain(processed.X, record, config, seed, verbose)
     if not config.pretrain:
         encoder_weights, history["pretrain"] = None, []
     model = build_classifier(
@@ -110,6 +111,7 @@ def train(
         len(classes),
         activation=config.activation,
         encoder_weights=encoder_weights,
+        scale=record["scale"],
     )
     history["classifier"] = fit_classifier(
         model,
