@@ -1,6 +1,11 @@
 """Greedy pretraining, classifier fine-tuning, the model bundle and `scquery train`."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -142,3 +147,23 @@ def test_scaling_lives_in_the_saved_model(split, tmp_path):
         load_bundle(tmp_path / "scaled").model.predict(X, verbose=0), scaled.model.predict(X, verbose=0),
         rtol=1e-6,
     )
+
+
+@pytest.mark.skipif(find_spec("jax") is None, reason="JAX is not installed")
+def test_training_runs_on_the_jax_backend():
+    script = textwrap.dedent(
+        """
+        import keras
+        from scquery.datasets import pbmc68k_split
+        from scquery.train import train
+        reference, _ = pbmc68k_split(seed=0)
+        config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 1, "epochs": 2,
+                  "min_cells_per_class": 5}
+        bundle = train(reference, label_key="bulk_labels", config=config)
+        print(bundle.versions["backend"], bundle.reference.obsm["X_scquery"].shape)
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "jax (490, 8)" in out.stdout

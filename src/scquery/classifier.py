@@ -92,7 +92,7 @@ def fit_classifier(
 def embedding_model(model):
     """The sub-model from the input to the last encoder layer, whose output is the embedding."""
     encoders = [layer for layer in model.layers if layer.name.startswith(ENCODER_PREFIX)]
-    return keras.Model(model.inputs, encoders[-1].output, name="scquery_embedding")
+    return keras.Model(model.input, encoders[-1].output, name="scquery_embedding")
 
 
 def predict_in_chunks(model, X, *, chunk_size=8192):
