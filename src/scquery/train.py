@@ -22,7 +22,7 @@ def prepare_reference(adata, *, label_key, config):
 
     Returns the processed AnnData, the preprocessing record, the class names and integer labels.
     """
-    check_labels(adata, label_key, source=adata.uns.get("scquery_source", "the reference"))
+    check_labels(adata, label_key, source=adata.uns.get("scquery", {}).get("source", "the reference"))
     processed, record = fit_preprocess(
         adata,
         min_genes=config.min_genes,
