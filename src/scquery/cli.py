@@ -74,6 +74,138 @@ def _train(args):
     )
 
 
+def _add_query_options(parser):
+    parser.add_argument("--gene-key", help="var column holding the gene names (default: var_names)")
+    parser.add_argument(
+        "--min-overlap",
+        type=float,
+        default=0.5,
+        help="least fraction of the model's genes the data must have (default: 0.5)",
+    )
+    _add_input_options(parser)
+
+
+def _add_embed(subparsers):
+    parser = subparsers.add_parser(
+        "embed",
+        parents=[COMMON],
+        help="embed cells with a model bundle (obsm['X_scquery'])",
+        description="Process the cells like the model's reference and write their embedding "
+        "to obsm['X_scquery']; every other field of the input is kept.",
+    )
+    parser.add_argument("model", help="model bundle folder (from `scquery train`)")
+    parser.add_argument("input", nargs="+", help="file(s) or 10x folder(s) to embed")
+    parser.add_argument("--out", required=True, help="h5ad file to write")
+    _add_query_options(parser)
+    parser.set_defaults(run=_embed)
+
+
+def _embed(args):
+    from .bundle import load_bundle
+    from .embed import embed
+    from .io import write_h5ad
+
+    bundle = load_bundle(args.model)
+    adata = _read(args, args.input)
+    embed(adata, bundle, gene_key=args.gene_key, min_overlap=args.min_overlap)
+    write_h5ad(adata, args.out)
+    log.info("Wrote %s: %d cells embedded.", args.out, adata.n_obs)
+
+
+def _add_query(subparsers):
+    parser = subparsers.add_parser(
+        "query",
+        parents=[COMMON],
+        help="predict cell types from the nearest reference cells",
+        description="Embed the query cells, find their nearest reference cells and transfer "
+        "the labels by a distance-weighted vote; cells too far from the reference or without a "
+        "clear majority are 'Unknown'.",
+    )
+    parser.add_argument("model", help="model bundle folder (from `scquery train`)")
+    parser.add_argument("query", nargs="+", help="query file(s) or 10x folder(s)")
+    parser.add_argument("--out", required=True, help="h5ad file to write (predictions in obs)")
+    parser.add_argument("--k", type=int, default=15, help="neighbours per cell (default: 15)")
+    parser.add_argument("--matches", help="TSV file of each cell's k nearest reference cells")
+    parser.add_argument("--summary", help="TSV file of predicted types per dataset (and group)")
+    parser.add_argument("--groupby", help="obs column of clusters to summarize by")
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="least weight share of the winning type (default: 0.5)",
+    )
+    parser.add_argument(
+        "--distance-quantile",
+        type=float,
+        default=0.99,
+        help="quantile of the reference's nearest-neighbour distances beyond which a cell is "
+        "Unknown (default: 0.99)",
+    )
+    _add_query_options(parser)
+    parser.set_defaults(run=_query)
+
+
+def _query(args):
+    from .bundle import load_bundle
+    from .io import write_h5ad, write_table
+    from .query import UNKNOWN, query, summarize
+
+    bundle = load_bundle(args.model)
+    adata = _read(args, args.query)
+    matches = query(
+        adata,
+        bundle,
+        k=args.k,
+        min_agreement=args.min_agreement,
+        distance_quantile=args.distance_quantile,
+        gene_key=args.gene_key,
+        min_overlap=args.min_overlap,
+        bundle_path=args.model,
+    )
+    summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
+    write_h5ad(adata, args.out)
+    if args.matches:
+        write_table(matches, args.matches)
+    if summary is not None:
+        write_table(summary, args.summary)
+    unknown = int((adata.obs["scquery_prediction"] == UNKNOWN).sum())
+    log.info("Wrote %s: %d cells, %d Unknown.", args.out, adata.n_obs, unknown)
+
+
+def _add_extend(subparsers):
+    parser = subparsers.add_parser(
+        "extend",
+        parents=[COMMON],
+        help="add annotated cells to a model's reference (no retraining)",
+        description="Embed new annotated cells with the model and append them to its reference, "
+        "so queries can find them (also cell types the classifier does not know).",
+    )
+    parser.add_argument("model", help="model bundle folder (from `scquery train`)")
+    parser.add_argument("reference", nargs="+", help="annotated file(s) or 10x folder(s) to add")
+    parser.add_argument("--label-key", required=True, help="obs column holding the cell types")
+    parser.add_argument("--out", help="bundle folder to write (default: replace MODEL)")
+    _add_query_options(parser)
+    parser.set_defaults(run=_extend)
+
+
+def _extend(args):
+    from .bundle import load_bundle
+    from .query import extend
+
+    bundle = load_bundle(args.model)
+    adata = _read(args, args.reference)
+    out = args.out or args.model
+    extended = extend(
+        bundle,
+        adata,
+        label_key=args.label_key,
+        path=out,
+        gene_key=args.gene_key,
+        min_overlap=args.min_overlap,
+    )
+    log.info("Wrote %s: %d reference cells.", out, extended.reference.n_obs)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="scquery",
@@ -82,6 +214,9 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"scquery {__version__}")
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_train(subparsers)
+    _add_embed(subparsers)
+    _add_query(subparsers)
+    _add_extend(subparsers)
     return parser
 
 

@@ -292,8 +292,8 @@ def check_labels(adata, key, source="the data"):
         )
 
 
-def write_h5ad(adata, path):
-    """Write `adata` to `path` atomically: to a temporary file in the same folder, then rename.
+def _write_atomically(path, write):
+    """Call `write(tmp)` on a temporary file in `path`'s folder, then rename it to `path`.
 
     A failed write leaves no partial file behind.
     """
@@ -302,8 +302,18 @@ def write_h5ad(adata, path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        adata.write_h5ad(tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_h5ad(adata, path):
+    """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
+    _write_atomically(path, adata.write_h5ad)
+
+
+def write_table(table, path):
+    """Write a pandas table to `path` as TSV, atomically."""
+    _write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

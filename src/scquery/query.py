@@ -1,0 +1,387 @@
+"""Nearest-neighbour cell-type queries against a bundle's annotated reference.
+
+Label transfer: each query cell's `k` nearest reference cells (euclidean, in the embedding) vote
+for their labels with weights `exp(-d / s)`, `d` a neighbour's distance and `s` the cell's mean
+distance to its `k` neighbours (a scale-free kernel: the nearest neighbours count most, and
+equidistant neighbours count alike). The confidence is the winning label's share of the weight.
+
+Rejection: a cell is predicted 'Unknown' when its confidence is below `min_agreement`, or when its
+nearest reference cell is farther than the `distance_quantile` of the reference's own
+nearest-other-cell distances (leave-self-out: how far a reference cell is from its nearest
+neighbour in the reference).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import hnswlib
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.neighbors import NearestNeighbors
+
+from .bundle import Bundle, save_bundle
+from .embed import compute_embedding, record_run
+from .errors import ScqueryError
+
+UNKNOWN = "Unknown"
+EXACT_MAX_CELLS = 50_000
+"""References up to this many cells are searched exactly (scikit-learn); above, hnswlib."""
+TARGET_RECALL = 0.95
+"""The least recall of the approximate search, measured on a sample of reference cells."""
+HNSW_M, HNSW_EF_CONSTRUCTION, MIN_EF, RECALL_SAMPLE = 16, 200, 16, 1000
+INDEX_META, INDEX_HNSW, INDEX_CALIBRATION = "index.json", "index.hnsw", "index.npy"
+
+
+class NeighborIndex:
+    """Euclidean k-nearest-neighbour search over reference embeddings.
+
+    References of at most `exact_max_cells` cells use exact search (scikit-learn
+    `NearestNeighbors`); larger ones an hnswlib graph, built single-threaded with `seed` so that it
+    is reproducible, whose search width `ef` is raised until the recall on a sample of reference
+    cells reaches `TARGET_RECALL`. Queries use `n_threads` (default: all cores).
+
+    Attributes:
+        nearest_distances: each reference cell's distance to its nearest other reference cell.
+    """
+
+    def __init__(self, embeddings, *, exact_max_cells=EXACT_MAX_CELLS, seed=0, n_threads=None):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if self.embeddings.ndim != 2 or len(self.embeddings) < 2:
+            raise ScqueryError("The reference holds fewer than two cells; extend it or train on more cells.")
+        self.exact = len(self.embeddings) <= exact_max_cells
+        self.seed = seed
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.ef = {}
+        if self.exact:
+            self._search = NearestNeighbors(metric="euclidean").fit(self.embeddings)
+        else:
+            self._search = hnswlib.Index(space="l2", dim=self.embeddings.shape[1])
+            self._search.init_index(
+                max_elements=len(self.embeddings),
+                M=HNSW_M,
+                ef_construction=HNSW_EF_CONSTRUCTION,
+                random_seed=seed,
+            )
+            self._search.set_num_threads(1)
+            self._search.add_items(self.embeddings, np.arange(len(self.embeddings)))
+        self.nearest_distances = self._leave_self_out()
+
+    def kneighbors(self, embedding, k):
+        """The `k` nearest reference cells of each row: `(distances, indices)`, nearest first."""
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        if self.exact:
+            distances, indices = self._search.kneighbors(embedding, n_neighbors=k)
+        else:
+            self._search.set_ef(self._ef_for(k))
+            self._search.set_num_threads(self.n_threads)
+            indices, squared = self._search.knn_query(embedding, k=k)
+            distances = np.sqrt(np.maximum(squared, 0))
+        order = np.argsort(distances, axis=1, kind="stable")
+        distances = np.take_along_axis(distances, order, axis=1).astype(np.float32)
+        return distances, np.take_along_axis(indices, order, axis=1).astype(np.int64)
+
+    def _leave_self_out(self):
+        if self.exact:
+            distances, _ = self._search.kneighbors(n_neighbors=1)
+            return distances[:, 0].astype(np.float32)
+        distances, indices = self.kneighbors(self.embeddings, 2)
+        itself = indices[:, 0] == np.arange(len(indices))
+        return np.where(itself, distances[:, 1], distances[:, 0]).astype(np.float32)
+
+    def _ef_for(self, k):
+        """The least `ef` (doubling from max(k, 16)) reaching `TARGET_RECALL` on sampled rows."""
+        if k not in self.ef:
+            rng = np.random.default_rng(self.seed)
+            n = len(self.embeddings)
+            sample = self.embeddings[np.sort(rng.choice(n, min(RECALL_SAMPLE, n), replace=False))]
+            exact = NearestNeighbors(algorithm="brute").fit(self.embeddings)
+            truth = exact.kneighbors(sample, n_neighbors=k, return_distance=False)
+            ef = max(k, MIN_EF)
+            while True:
+                self._search.set_ef(ef)
+                found, _ = self._search.knn_query(sample, k=k)
+                hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
+                if hits / truth.size >= TARGET_RECALL or ef >= n:
+                    break
+                ef = min(2 * ef, n)
+            self.ef[k] = ef
+        return self.ef[k]
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, path=None, *, exact_max_cells=EXACT_MAX_CELLS, seed=0):
+        """The index of `bundle.reference`, read from or cached in the bundle folder `path`.
+
+        The cache (`index.json`, `index.npy`, and `index.hnsw` for large references) is keyed by
+        the model, the reference size and a digest of its embeddings; a changed reference is
+        indexed again. A folder that cannot be written only costs the cache (a warning).
+        """
+        embeddings = np.ascontiguousarray(bundle.reference.obsm["X_scquery"], dtype=np.float32)
+        key = {
+            "model_id": bundle.model_id,
+            "n_cells": int(len(embeddings)),
+            "digest": hashlib.sha256(embeddings).hexdigest(),
+            "exact": len(embeddings) <= exact_max_cells,
+            "seed": seed,
+        }
+        folder = Path(path) if path is not None else None
+        cached = folder is not None and _read_meta(folder).get("key") == key
+        if cached:
+            index = cls._load(folder, embeddings, key, seed)
+            if index is not None:
+                return index
+        index = cls(embeddings, exact_max_cells=exact_max_cells, seed=seed)
+        if folder is not None:
+            try:
+                index._save(folder, key)
+            except OSError as error:
+                warnings.warn(f"The query index could not be cached in {folder} ({error}).", stacklevel=2)
+        return index
+
+    @classmethod
+    def _load(cls, folder, embeddings, key, seed):
+        index = cls.__new__(cls)
+        index.embeddings, index.exact, index.seed = embeddings, key["exact"], seed
+        index.n_threads = os.cpu_count() or 1
+        index.ef = {int(k): v for k, v in _read_meta(folder).get("ef", {}).items()}
+        try:
+            index.nearest_distances = np.load(folder / INDEX_CALIBRATION)
+            if index.exact:
+                index._search = NearestNeighbors(metric="euclidean").fit(embeddings)
+            else:
+                index._search = hnswlib.Index(space="l2", dim=embeddings.shape[1])
+                index._search.load_index(str(folder / INDEX_HNSW), max_elements=len(embeddings))
+        except (OSError, ValueError, RuntimeError):
+            return None
+        if len(index.nearest_distances) != len(embeddings):
+            return None
+        return index
+
+    def _save_calibration(self, tmp):
+        with open(tmp, "wb") as file:
+            np.save(file, self.nearest_distances)
+
+    def _save(self, folder, key):
+        """Write the cache; the metadata goes last, so a half-written cache is never used."""
+        (folder / INDEX_META).unlink(missing_ok=True)
+        _atomic(folder / INDEX_CALIBRATION, self._save_calibration)
+        if not self.exact:
+            _atomic(folder / INDEX_HNSW, lambda tmp: self._search.save_index(tmp))
+        meta = {"key": key, "ef": {str(k): v for k, v in self.ef.items()}}
+        _atomic(folder / INDEX_META, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+
+def _read_meta(folder):
+    try:
+        return json.loads((folder / INDEX_META).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _atomic(path, write):
+    """Call `write(temporary_path)` in `path`'s folder, then rename the file onto `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def vote(distances, codes, n_labels):
+    """Distance-weighted vote (see the module docstring): `(winning code, its weight share)`."""
+    n, k = distances.shape
+    scale = np.maximum(distances.mean(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    weights = np.exp(-distances / scale)
+    rows = np.repeat(np.arange(n), k)
+    tally = sp.csr_matrix((weights.ravel(), (rows, codes.ravel())), shape=(n, n_labels))
+    winner = np.asarray(tally.argmax(axis=1)).ravel()
+    share = tally.max(axis=1).toarray().ravel() / weights.sum(axis=1)
+    return winner, np.clip(share, 0.0, 1.0).astype(np.float32)
+
+
+def query(
+    adata,
+    bundle: Bundle,
+    *,
+    k=15,
+    min_agreement=0.5,
+    distance_quantile=0.99,
+    key_added="scquery",
+    gene_key=None,
+    min_overlap=0.5,
+    bundle_path=None,
+    batch_size=8192,
+):
+    """Predict the cell types of `adata` from its nearest reference cells (in place).
+
+    Writes `obsm['X_' + key_added]` (the embedding, usable as `sc.pp.neighbors(use_rep=...)`),
+    `uns[key_added]` (model, parameters, gene overlap, `query_params`) and the obs columns
+    `{key_added}_prediction` (categorical, 'Unknown' for rejected cells), `_confidence` (the
+    winning label's weight share, in [0, 1]), `_distance` (mean distance to the `k` neighbours),
+    `_nearest_label` and `_nearest_dataset` (of the nearest reference cell), `_classifier` (the
+    classifier head's most probable type) and `_classifier_probability`.
+
+    Args:
+        k: neighbours per query cell.
+        min_agreement: the least confidence of a prediction.
+        distance_quantile: quantile of the reference's leave-self-out nearest distances beyond
+            which a cell's nearest reference cell is too far (the cell is 'Unknown').
+        gene_key, min_overlap: as in `scquery.embed.embed`.
+        bundle_path: the bundle's folder, where the neighbour index is cached.
+
+    Returns:
+        The matches: one row per query cell and rank (1 = nearest) with `query_cell`, `rank`,
+        `reference_cell`, `distance`, `reference_label`, `reference_dataset`.
+    """
+    if k < 1:
+        raise ScqueryError(f"k must be at least 1, got {k}.")
+    if not 0 <= min_agreement <= 1 or not 0 < distance_quantile <= 1:
+        raise ScqueryError(
+            "min_agreement must lie in [0, 1] and distance_quantile in (0, 1]; "
+            f"got {min_agreement} and {distance_quantile}."
+        )
+    reference = bundle.reference
+    embedding, probabilities, overlap = compute_embedding(
+        adata,
+        bundle,
+        gene_key=gene_key,
+        min_overlap=min_overlap,
+        batch_size=batch_size,
+    )
+    index = NeighborIndex.for_bundle(bundle, bundle_path)
+    k = min(k, reference.n_obs)
+    distances, indices = index.kneighbors(embedding, k)
+    threshold = float(np.quantile(index.nearest_distances, distance_quantile))
+
+    labels = reference.obs["label"].astype(str).astype("category")
+    datasets = reference.obs["dataset"].astype(str).astype("category")
+    names = labels.cat.categories
+    winner, confidence = vote(distances, labels.cat.codes.to_numpy()[indices], len(names))
+    rejected = (confidence < min_agreement) | (distances[:, 0] > threshold)
+    prediction = np.where(rejected, UNKNOWN, names.to_numpy()[winner])
+    classes = np.asarray(bundle.classes, dtype=object)
+    nearest = indices[:, 0]
+
+    obs = adata.obs
+    obs[f"{key_added}_prediction"] = pd.Categorical(
+        prediction, categories=[*names.drop(UNKNOWN, errors="ignore"), UNKNOWN]
+    )
+    obs[f"{key_added}_confidence"] = confidence
+    obs[f"{key_added}_distance"] = distances.mean(axis=1)
+    obs[f"{key_added}_nearest_label"] = labels.to_numpy()[nearest]
+    obs[f"{key_added}_nearest_dataset"] = datasets.to_numpy()[nearest]
+    obs[f"{key_added}_classifier"] = pd.Categorical(
+        classes[probabilities.argmax(axis=1)], categories=list(bundle.classes)
+    )
+    obs[f"{key_added}_classifier_probability"] = probabilities.max(axis=1)
+    adata.obsm[f"X_{key_added}"] = embedding
+    params = {"gene_key": gene_key, "min_overlap": min_overlap}
+    record_run(adata, bundle, overlap, params, uns_key=key_added)
+    adata.uns[key_added]["query_params"] = {
+        "k": int(k),
+        "min_agreement": float(min_agreement),
+        "distance_quantile": float(distance_quantile),
+        "distance_threshold": threshold,
+        "weights": "exp(-d / mean distance to the k neighbours)",
+        "search": "exact" if index.exact else f"hnswlib (ef={index.ef[k]})",
+        "n_reference": int(reference.n_obs),
+        "n_unknown": int(rejected.sum()),
+    }
+    flat = indices.ravel()
+    return pd.DataFrame(
+        {
+            "query_cell": np.repeat(adata.obs_names.to_numpy(), k),
+            "rank": np.tile(np.arange(1, k + 1), adata.n_obs),
+            "reference_cell": reference.obs_names.to_numpy()[flat],
+            "distance": distances.ravel(),
+            "reference_label": labels.to_numpy()[flat],
+            "reference_dataset": datasets.to_numpy()[flat],
+        }
+    )
+
+
+def summarize(adata, *, groupby=None, matches=None, key="scquery"):
+    """Per query dataset (`obs['dataset']`, when present) and `groupby` group: what the cells are.
+
+    One row per group: `n_cells`, `mean_distance`, the share of each predicted type
+    (`fraction <type>`), and the reference dataset and label nearest the group's cells most often
+    with their shares (`nearest_dataset`, `nearest_dataset_share`, `nearest_label`,
+    `nearest_label_share`), counted over `matches` (all `k` neighbours, as `query` returns them)
+    or, without them, over each cell's nearest reference cell.
+    """
+    obs = adata.obs
+    prediction = f"{key}_prediction"
+    if prediction not in obs:
+        raise ScqueryError(f"The data has no obs['{prediction}']; run the query first.")
+    if groupby is not None and groupby not in obs:
+        raise ScqueryError(f"The data has no obs column {groupby!r} to group by; choose another.")
+    keys = [c for c in ("dataset", groupby) if c is not None and c in obs]
+    groups = obs[keys].astype(str) if keys else pd.DataFrame({"group": "all"}, index=obs.index)
+    keys = list(groups.columns)
+    if matches is None:
+        matches = pd.DataFrame(
+            {
+                "query_cell": obs.index,
+                "reference_label": obs[f"{key}_nearest_label"].to_numpy(),
+                "reference_dataset": obs[f"{key}_nearest_dataset"].to_numpy(),
+            }
+        )
+    if not obs.index.is_unique:
+        raise ScqueryError("The query's cell names are not unique; make them unique first.")
+    cells = groups.assign(prediction=obs[prediction].astype(str), distance=obs[f"{key}_distance"])
+    grouped = cells.groupby(keys)
+    summary = pd.DataFrame({"n_cells": grouped.size(), "mean_distance": grouped["distance"].mean()})
+    shares = pd.crosstab([cells[c] for c in keys], cells["prediction"], normalize="index")
+    summary = summary.join(shares.add_prefix("fraction "))
+    located = groups.loc[matches["query_cell"]].reset_index(drop=True)
+    nearest = {"reference_dataset": "nearest_dataset", "reference_label": "nearest_label"}
+    for column, name in nearest.items():
+        counts = pd.crosstab(
+            [located[c] for c in keys], matches[column].astype(str).to_numpy(), normalize="index"
+        )
+        summary[name] = counts.idxmax(axis=1)
+        summary[f"{name}_share"] = counts.max(axis=1)
+    return summary.reset_index()
+
+
+def extend(bundle: Bundle, adata, *, label_key, path=None, gene_key=None, min_overlap=0.5):
+    """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
+
+    The new cells are embedded with the bundle's model and appended with their labels
+    (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
+    does not know can then be found by `query`. The neighbour index is rebuilt on next use. With
+    `path`, the new bundle is also saved there.
+    """
+    source = adata.uns.get("scquery", {}).get("source", "the new reference")
+    if label_key not in adata.obs or adata.obs[label_key].isna().any():
+        raise ScqueryError(
+            f"The label column {label_key!r} is missing from {source} or leaves cells unlabelled; "
+            "give a column that labels every cell."
+        )
+    embedding, _, _ = compute_embedding(adata, bundle, gene_key=gene_key, min_overlap=min_overlap)
+    dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
+    added = ad.AnnData(
+        obs=pd.DataFrame(
+            {"label": adata.obs[label_key].astype(str).to_numpy(), "dataset": dataset},
+            index=adata.obs_names.copy(),
+        ),
+        obsm={"X_scquery": embedding},
+    )
+    reference = ad.concat([bundle.reference, added])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reference.obs_names_make_unique()
+    reference.obs = reference.obs.astype(str).astype("category")
+    extended = dataclasses.replace(bundle, reference=reference)
+    if path is not None:
+        save_bundle(extended, path)
+    return extended

@@ -1,0 +1,116 @@
+"""Embedding new data with a trained bundle: `scquery.embed.embed`."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from scquery.datasets import pbmc68k_split
+from scquery.embed import compute_embedding, embed
+from scquery.errors import ScqueryError
+from scquery.train import train
+
+SMALL = {
+    "min_genes": 0,
+    "hidden_sizes": [64, 16],
+    "pretrain_epochs": 4,
+    "epochs": 30,
+    "batch_size": 64,
+    "min_cells_per_class": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def split():
+    return pbmc68k_split(seed=0)
+
+
+@pytest.fixture(scope="module")
+def bundle(split):
+    return train(split[0], label_key="bulk_labels", config=SMALL, seed=0)
+
+
+@pytest.fixture
+def query(split):
+    query = split[1].copy()
+    query.layers["counts_like"] = query.X.copy()
+    query.obsm["X_other"] = np.arange(query.n_obs * 2, dtype=float).reshape(-1, 2)
+    return query
+
+
+def test_embed_writes_embedding_and_keeps_everything_else(bundle, query):
+    before = query.copy()
+    assert embed(query, bundle) is None
+    assert query.obsm["X_scquery"].shape == (query.n_obs, 16)
+    assert query.obsm["X_scquery"].dtype == np.float32
+    info = query.uns["scquery"]
+    assert info["model_id"] == bundle.model_id
+    assert info["overlap"]["fraction"] == 1.0
+    assert set(info) >= {"params", "versions"}
+    assert (query.X != before.X).nnz == 0
+    assert list(query.var_names) == list(before.var_names)
+    assert query.obs.equals(before.obs)
+    assert query.var.equals(before.var)
+    assert (query.layers["counts_like"] != before.layers["counts_like"]).nnz == 0
+    np.testing.assert_array_equal(query.obsm["X_other"], before.obsm["X_other"])
+    assert set(query.uns) - {"scquery"} == set(before.uns) - {"scquery"}
+
+
+def test_embed_copy_leaves_the_input_alone(bundle, query):
+    embedded = embed(query, bundle, key_added="X_mine", copy=True)
+    assert "X_mine" not in query.obsm and "X_mine" in embedded.obsm
+    assert query.uns["scquery"] == {"source": "scanpy.datasets.pbmc68k_reduced (pbmc68k_query)"}
+
+
+def test_reference_cells_embed_as_in_the_bundle(bundle, split):
+    reference = split[0][:60].copy()
+    embedding, probabilities, _ = compute_embedding(reference, bundle)
+    stored = bundle.reference[reference.obs_names].obsm["X_scquery"]
+    np.testing.assert_allclose(embedding, stored, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert probabilities.shape == (60, len(bundle.classes))
+
+
+def test_chunks_give_the_whole_result(bundle, query):
+    whole, _, _ = compute_embedding(query, bundle)
+    chunked, _, _ = compute_embedding(query, bundle, batch_size=7)
+    np.testing.assert_allclose(whole, chunked, atol=1e-5)
+
+
+def test_missing_genes_are_zero_filled_and_reported(bundle, query):
+    rng = np.random.default_rng(0)
+    dropped = rng.choice(query.n_vars, size=query.n_vars // 10, replace=False)
+    kept = np.setdiff1d(np.arange(query.n_vars), dropped)
+    partial = query[:, rng.permutation(kept)].copy()  # genes missing and in another order
+    zeroed = query.copy()
+    keep = np.ones(query.n_vars, dtype=np.float32)
+    keep[dropped] = 0
+    zeroed.X = sp.csr_matrix(query.X @ sp.diags(keep))
+    embed(partial, bundle)
+    overlap = partial.uns["scquery"]["overlap"]
+    shared = len(set(bundle.genes) & set(partial.var_names))
+    assert overlap["n_shared"] == shared < len(bundle.genes)
+    assert overlap["fraction"] == pytest.approx(shared / len(bundle.genes))
+    expected, _, _ = compute_embedding(zeroed, bundle)
+    np.testing.assert_allclose(partial.obsm["X_scquery"], expected, atol=1e-5)
+
+
+def test_no_shared_genes_fails_clearly(bundle, query):
+    query.var_names = [f"other_{i}" for i in range(query.n_vars)]
+    with pytest.raises(ScqueryError, match="shares no genes"):
+        embed(query, bundle)
+    assert "X_scquery" not in query.obsm
+
+
+def test_embedding_feeds_scanpy_and_h5ad(bundle, query, tmp_path):
+    from scquery.io import write_h5ad
+
+    embed(query, bundle)
+    sc.pp.neighbors(query, use_rep="X_scquery", random_state=0)
+    sc.tl.umap(query, random_state=0)
+    assert query.obsm["X_umap"].shape == (query.n_obs, 2)
+    write_h5ad(query, tmp_path / "embedded.h5ad")
+    back = ad.read_h5ad(tmp_path / "embedded.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_scquery"], query.obsm["X_scquery"])
+    assert back.uns["scquery"]["model_id"] == bundle.model_id
