@@ -1,6 +1,7 @@
 """Reading every supported format from real files, merging, label checks and atomic writes."""
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -301,3 +302,14 @@ def test_write_h5ad_is_atomic(counts, tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - anndata's own error for an unwritable value
         write_h5ad(broken, tmp_path / "out" / "other.h5ad")
     assert _files(target.parent) == ["result.h5ad"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from scquery.io import write_h5ad
+
+    old = os.umask(0o022)
+    try:
+        write_h5ad(ad.AnnData(np.ones((2, 2), dtype=np.float32)), tmp_path / "out.h5ad")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.h5ad").stat().st_mode & 0o777 == 0o644

@@ -12,6 +12,7 @@ import anndata as ad
 import keras
 
 from .errors import ScqueryError
+from .io import current_umask
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", "bundle.json", "reference.h5ad"
@@ -72,6 +73,7 @@ def save_bundle(bundle: Bundle, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o777 & ~current_umask())
     try:
         bundle.model.save(staging / MODEL_FILE)
         bundle.reference.write_h5ad(staging / REFERENCE_FILE)

@@ -5,6 +5,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
+from .callbacks import EpochTimer
 from .data import SparseBatches, iter_dense_chunks
 from .pretrain import scaling_layer
 
@@ -51,7 +52,7 @@ def fit_classifier(
     weights; with `class_weight`, classes are weighted inversely to their size ('balanced').
     """
     y = np.asarray(y)
-    callbacks, validation = [], None
+    callbacks, validation = [EpochTimer()], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
         train_rows, validation_rows = train_test_split(

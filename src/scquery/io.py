@@ -292,6 +292,13 @@ def check_labels(adata, key, source="the data"):
         )
 
 
+def current_umask():
+    """The process's umask (read by setting it and setting it back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _write_atomically(path, write):
     """Call `write(tmp)` on a temporary file in `path`'s folder, then rename it to `path`.
 
@@ -303,6 +310,7 @@ def _write_atomically(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

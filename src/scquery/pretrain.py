@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from .callbacks import EpochTimer
 from .data import SparseBatches
 from .layers import DenseLayerAutoencoder
 
@@ -36,7 +37,8 @@ def pretrain_greedy(
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
-        stage with the loss before training (`initial_loss`) and after each epoch (`loss`).
+        stage with the loss before training (`initial_loss`), after each epoch (`loss`) and each
+        epoch's duration (`seconds`).
     """
     corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
     weights, decoder_biases, history = [], [], []
@@ -87,8 +89,12 @@ def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name):
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
-    fitted = model.fit(batches, epochs=epochs, verbose=verbose)
-    return {"initial_loss": float(initial), "loss": [float(v) for v in fitted.history["loss"]]}
+    fitted = model.fit(batches, epochs=epochs, callbacks=[EpochTimer()], verbose=verbose)
+    return {
+        "initial_loss": float(initial),
+        "loss": [float(v) for v in fitted.history["loss"]],
+        "seconds": [float(v) for v in fitted.history["seconds"]],
+    }
 
 
 def scaling_layer(scale):
