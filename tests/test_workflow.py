@@ -1,0 +1,146 @@
+"""The Snakemake workflow: lint, dry runs, configuration errors and one whole run on small settings."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("snakemake")
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIG = REPO / "config" / "config.yaml"
+QUERY = "pbmc68k_heldout"
+
+
+def snakemake(workdir, *args, config=CONFIG, timeout=600):
+    """Run the workflow in `workdir` with the configuration file `config`; returns the process."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir), "--configfile", str(config), *map(str, args),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path, **changes):
+    """The shipped configuration with top-level `changes`, written to `path`."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_lint_has_no_findings(tmp_path):
+    result = snakemake(tmp_path, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_configuration(tmp_path):
+    result = snakemake(tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    for rule in ("default_data", "pretrain", "finetune", "embed", "query", "report_query"):
+        assert f"rule {rule}:" in result.stdout
+    assert "ingest_reference" not in result.stdout  # no user files: the built-in split instead
+    assert not (tmp_path / "results").exists()
+
+
+def test_each_query_is_its_own_job(tmp_path):
+    for name in ("ref.h5ad", "a.h5ad", "b1.h5ad", "b2.h5ad"):
+        (tmp_path / name).touch()  # a dry run only needs the files to exist
+    config = write_config(
+        tmp_path / "user.yaml",
+        reference={"files": ["ref.h5ad"], "label_key": "cell_type", "layer": "counts"},
+        queries={"a": "a.h5ad", "b": ["b1.h5ad", "b2.h5ad"]},
+        query_label_key=None,
+        train={"pretrain": False},
+    )
+    result = snakemake(tmp_path, "--dry-run", "--quiet", "rules", config=config)
+    assert result.returncode == 0, result.stderr
+    counts = dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) == 2)
+    assert counts["ingest_reference"] == "1"
+    assert counts["ingest_query"] == counts["embed"] == counts["query"] == "2"
+    assert counts["report_query"] == "2"
+    assert "pretrain" not in counts and "default_data" not in counts
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train": {"hidden_sizes": [8], "epoch": 3}}, "'epoch' was unexpected"),
+        ({"query": {"k": 5, "nearest": 3}}, "'nearest' was unexpected"),
+        ({"refrence": {}}, "'refrence' was unexpected"),
+        ({"train": {"noise": "salt"}}, "is not one of"),
+    ],
+)
+def test_invalid_configuration_fails_before_any_job(tmp_path, changes, message):
+    config = write_config(tmp_path / "bad.yaml", **changes)
+    result = snakemake(tmp_path, "--cores", 1, config=config)
+    assert result.returncode != 0
+    assert "The configuration is invalid at" in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_missing_input_file_fails_before_any_job(tmp_path):
+    config = write_config(
+        tmp_path / "missing.yaml",
+        reference={"files": ["data/atlas.h5ad"], "label_key": "cell_type"},
+    )
+    result = snakemake(tmp_path, "--cores", 1, config=config)
+    assert result.returncode != 0
+    assert "Input file data/atlas.h5ad (configuration key reference.files) does not exist" in (result.stderr)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_whole_default_workflow_on_small_settings(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from scquery.bundle import load_bundle
+
+    train = {"n_top_genes": 300, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 4}
+    config = write_config(tmp_path / "small.yaml", train=train)
+    result = snakemake(tmp_path, "--cores", 2, config=config)
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    results = tmp_path / "results"
+    bundle = load_bundle(results / "model")
+    assert bundle.reference.obsm["X_scquery"].shape == (bundle.reference.n_obs, 8)
+    assert len(bundle.genes) == 300
+    assert [stage["stage"] for stage in bundle.history["pretrain"]] == ["layer_0", "layer_1"]
+
+    query = ad.read_h5ad(results / "query" / f"{QUERY}.h5ad")
+    assert query.n_obs == 210  # 30 % of pbmc68k_reduced's 700 cells held out
+    assert query.obsm["X_scquery"].shape == (210, 8)
+    for column in ("scquery_prediction", "scquery_confidence", "scquery_classifier"):
+        assert column in query.obs
+    assert set(query.obs["scquery_prediction"]) <= {*bundle.classes, "Unknown"}
+    assert query.uns["scquery"]["model_id"] == bundle.model_id
+    assert not set(query.obs_names) & set(bundle.reference.obs_names)  # a real hold-out
+    embedded = ad.read_h5ad(results / "embedding" / f"{QUERY}.h5ad")
+    np.testing.assert_allclose(embedded.obsm["X_scquery"], query.obsm["X_scquery"], atol=1e-5)
+    assert "scquery_prediction" not in embedded.obs
+
+    summary = pd.read_csv(results / "report" / f"{QUERY}_summary.tsv", sep="\t")
+    assert summary["n_cells"].sum() == 210
+    matches = pd.read_csv(results / "query" / f"{QUERY}_matches.tsv.gz", sep="\t")
+    assert len(matches) == 210 * 15
+    for figure in ("training_curves", "reference_umap", f"{QUERY}_umap", f"{QUERY}_confusion"):
+        assert (results / "report" / f"{figure}.png").stat().st_size > 10_000
+    for log in ("default_data", "pretrain", "finetune", f"embed/{QUERY}", f"query/{QUERY}"):
+        assert (tmp_path / "logs" / f"{log}.log").is_file()
+        assert (tmp_path / "logs" / "benchmarks" / f"{log}.tsv").is_file()
+
+    # Complete: nothing is left to do (the index cached in the bundle does not trigger reruns).
+    again = snakemake(tmp_path, "--dry-run", config=config)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake(tmp_path, "--report", "report.html", config=config)
+    assert report.returncode == 0, report.stderr[-5000:]
+    html = (tmp_path / "report.html").read_text()
+    assert QUERY in html and "Confusion matrix" in html

@@ -1,0 +1,97 @@
+"""Configuration checks and helpers shared by the rules."""
+
+import re
+from pathlib import Path
+
+import jsonschema
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+def _validate_config():
+    """Check the configuration against its schema; a problem fails in one sentence, naming the key."""
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as error:
+        problem = error.__cause__ or error.__context__
+        if not isinstance(problem, jsonschema.ValidationError):
+            raise
+        where = ".".join(map(str, problem.absolute_path)) or "its top level"
+        raise WorkflowError(
+            f"The configuration is invalid at {where}: {problem.message}; "
+            "config/README.md describes the valid keys and values."
+        ) from None
+
+
+_validate_config()
+
+#: Name of the held-out query of the built-in data (used when `queries` is empty).
+DEFAULT_QUERY = "pbmc68k_heldout"
+#: The built-in reference/query split is used when no reference files or no queries are given.
+USE_DEFAULT_REFERENCE = not config["reference"]["files"]
+QUERIES = {
+    name: [files] if isinstance(files, str) else list(files)
+    for name, files in config["queries"].items()
+} or {DEFAULT_QUERY: []}
+
+
+def _check_files_exist():
+    """Fail before any job starts when a configured input file is missing."""
+    configured = [("reference.files", path) for path in config["reference"]["files"]]
+    configured += [(f"queries.{name}", path) for name, paths in QUERIES.items() for path in paths]
+    for key, path in configured:
+        if not Path(path).exists():
+            raise WorkflowError(
+                f"Input file {path} (configuration key {key}) does not exist in {Path.cwd()}; "
+                "fix the path in the configuration (relative paths start at the working directory)."
+            )
+
+
+_check_files_exist()
+
+
+def resources_of(stage, key, fallback):
+    """The configured resource `key` of `stage` ('train' or 'default'), else `fallback`."""
+    configured = config.get("resources", {})
+    return configured.get(stage, {}).get(key, configured.get("default", {}).get(key, fallback))
+
+
+def all_outputs():
+    """Every final output: the model bundle, the embedded and annotated queries, the report's figures."""
+    outputs = [
+        "results/model",
+        "results/report/training_curves.png",
+        "results/report/reference_umap.png",
+    ]
+    outputs += expand("results/embedding/{query}.h5ad", query=QUERIES)
+    outputs += expand("results/query/{query}.h5ad", query=QUERIES)
+    outputs += expand("results/report/{query}_umap.png", query=QUERIES)
+    outputs += expand("results/report/{query}_summary.tsv", query=QUERIES)
+    if config["query_label_key"]:
+        outputs += expand("results/report/{query}_confusion.png", query=QUERIES)
+    return outputs
+
+
+wildcard_constraints:
+    query="|".join(re.escape(name) for name in QUERIES),
+
+
+#: The reference as the training rule reads it.
+REFERENCE = (
+    "results/data/default/reference.h5ad" if USE_DEFAULT_REFERENCE else "results/data/reference.h5ad"
+)
+
+
+def query_data(wildcards):
+    """The ingested query `wildcards.query`: the built-in held-out query or the user's files."""
+    if not QUERIES[wildcards.query]:
+        return "results/data/default/query.h5ad"
+    return f"results/data/queries/{wildcards.query}.h5ad"
+
+
+def finetune_input(wildcards):
+    """The reference, and the pretrained encoder unless `train.pretrain` is false."""
+    inputs = {"reference": REFERENCE}
+    if config["train"].get("pretrain", True):
+        inputs.update(rules.pretrain.output)
+    return inputs

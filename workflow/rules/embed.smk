@@ -1,0 +1,23 @@
+"""Embed: each query's cells in the model's embedding space (obsm['X_scquery'])."""
+
+
+rule embed:
+    input:
+        data=query_data,
+        bundle=rules.finetune.output[0],
+    output:
+        "results/embedding/{query}.h5ad",
+    params:
+        min_overlap=config["query"].get("min_overlap", 0.5),
+    log:
+        "logs/embed/{query}.log",
+    benchmark:
+        "logs/benchmarks/embed/{query}.tsv"
+    threads: resources_of("default", "threads", 1)
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
+    conda:
+        "../../envs/scquery.yaml"
+    script:
+        "../scripts/embed.py"

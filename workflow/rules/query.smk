@@ -1,0 +1,37 @@
+"""Query: each query cell's nearest reference cells, the predicted cell type and its confidence.
+
+`scquery.query.query` embeds the cells itself (with the classifier's probabilities, in one pass), so
+this rule reads the ingested query and runs beside the embed rule rather than after it; its output
+holds the same `obsm['X_scquery']` too.
+"""
+
+
+rule query:
+    input:
+        data=query_data,
+        bundle=rules.finetune.output[0],
+    output:
+        data="results/query/{query}.h5ad",
+        matches="results/query/{query}_matches.tsv.gz",
+        summary=report(
+            "results/report/{query}_summary.tsv",
+            caption="../report/summary.rst",
+            category="Queries",
+            subcategory="{query}",
+            labels={"dataset": "{query}", "figure": "summary"},
+        ),
+    params:
+        query=config["query"],
+        label_key=config["query_label_key"],
+    log:
+        "logs/query/{query}.log",
+    benchmark:
+        "logs/benchmarks/query/{query}.tsv"
+    threads: resources_of("default", "threads", 1)
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
+    conda:
+        "../../envs/scquery.yaml"
+    script:
+        "../scripts/query.py"

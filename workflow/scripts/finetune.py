@@ -1,0 +1,40 @@
+"""Fine-tune the classifier from the pretrained encoder and write the bundle (scquery.train.train)."""
+
+from common import log_to
+
+log_to(snakemake.log[0])
+
+import json  # noqa: E402
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scquery.bundle import save_bundle  # noqa: E402
+from scquery.query import NeighborIndex  # noqa: E402
+from scquery.train import train  # noqa: E402
+
+weights = history = None
+if "weights" in snakemake.input.keys():
+    with np.load(snakemake.input.weights) as arrays:
+        weights = [
+            [arrays[f"kernel_{i}"], arrays[f"bias_{i}"]] for i in range(len(arrays.files) // 2)
+        ]
+    with open(snakemake.input.history) as handle:
+        history = json.load(handle)
+
+bundle = train(
+    ad.read_h5ad(snakemake.input.reference),
+    label_key=snakemake.params.label_key,
+    config=dict(snakemake.params.train),
+    seed=snakemake.params.seed,
+    encoder_weights=weights,
+    pretrain_history=history,
+    verbose=2,
+)
+save_bundle(bundle, snakemake.output[0])
+# Build the neighbour index once, cached in the bundle, for all query jobs to read.
+NeighborIndex.for_bundle(bundle, snakemake.output[0])
+print(
+    f"model {bundle.model_id}: {bundle.reference.n_obs} cells, {len(bundle.genes)} genes, "
+    f"{len(bundle.classes)} cell types"
+)

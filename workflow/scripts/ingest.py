@@ -1,0 +1,18 @@
+"""Read and merge one dataset's files (scquery.io.read_many) into one h5ad."""
+
+from common import log_to
+
+log_to(snakemake.log[0])
+
+from scquery.io import check_labels, read_many, write_h5ad  # noqa: E402
+
+adata = read_many(
+    list(snakemake.input),
+    layer=snakemake.params.layer,
+    use_raw=snakemake.params.use_raw,
+    genes_by_cells=snakemake.params.genes_by_cells,
+)
+if snakemake.params.label_key:
+    check_labels(adata, snakemake.params.label_key, source=", ".join(snakemake.input))
+write_h5ad(adata, snakemake.output[0])
+print(f"{adata.n_obs} cells x {adata.n_vars} genes ({adata.uns['scquery']['values']})")

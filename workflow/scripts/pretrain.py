@@ -1,0 +1,26 @@
+"""Greedy denoising pretraining of the encoder (scquery.train.pretrain_reference)."""
+
+from common import log_to
+
+log_to(snakemake.log[0])
+
+import json  # noqa: E402
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scquery.train import pretrain_reference  # noqa: E402
+
+weights, history = pretrain_reference(
+    ad.read_h5ad(snakemake.input[0]),
+    label_key=snakemake.params.label_key,
+    config=dict(snakemake.params.train),
+    seed=snakemake.params.seed,
+    verbose=2,
+)
+arrays = {}
+for i, (kernel, bias) in enumerate(weights):
+    arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
+np.savez(snakemake.output.weights, **arrays)
+with open(snakemake.output.history, "w") as handle:
+    json.dump(history, handle, indent=1)
