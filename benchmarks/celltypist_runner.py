@@ -1,0 +1,37 @@
+"""Run CellTypist in its own environment (1.7.1 fails with scikit-learn >= 1.8).
+
+Usage: `<celltypist python> celltypist_runner.py REFERENCE.h5ad QUERY.h5ad OUT.csv`. Both files hold
+log1p(counts per 10k) in `.X` and the reference's labels in `obs['label']`. CellTypist insists that
+each cell's expm1 values sum to 10,000, so data restricted to a gene subset are renormalized first.
+This file is a standalone script: it imports nothing from the project.
+"""
+
+import sys
+
+import anndata as ad
+import celltypist
+import numpy as np
+import scanpy as sc
+
+
+def _renormalized(adata):
+    totals = np.asarray(adata.X.expm1().sum(axis=1)).ravel()
+    if np.allclose(totals, 1e4, rtol=1e-3):
+        return adata
+    adata = adata.copy()
+    adata.X = adata.X.expm1()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+def main(reference_path, query_path, out_path):
+    reference = _renormalized(ad.read_h5ad(reference_path))
+    query = _renormalized(ad.read_h5ad(query_path))
+    model = celltypist.train(reference, labels="label", n_jobs=2, max_iter=1000)
+    predictions = celltypist.annotate(query, model=model, majority_voting=False)
+    predictions.predicted_labels["predicted_labels"].to_csv(out_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,145 @@
+"""Quality: every method on the same reference/query splits; accuracy, macro-F1 and retrieval MAP."""
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .baselines import log_normalized, logistic_regression, pca_knn
+from .methods import run_scquery
+from .metrics import label_scores, retrieval_map
+from .tasks import splits
+
+#: Python of a separate environment with celltypist==1.7.1 (CellTypist is run only when set).
+CELLTYPIST_PYTHON = os.environ.get("SCQUERY_BENCH_CELLTYPIST_PYTHON")
+MAP_K = 100
+
+
+def _record(split, method, truth, predictions, seconds, *, embeddings=None, **extra):
+    row = {
+        "task": split.task,
+        "fold": split.fold,
+        "method": method,
+        "n_reference": split.reference.n_obs,
+        "n_query": split.query.n_obs,
+        **label_scores(truth, predictions),
+        "map": None,
+        "seconds": round(seconds, 2),
+        **extra,
+    }
+    if embeddings is not None:
+        ref_emb, ref_labels, query_emb = embeddings
+        row["map"] = retrieval_map(query_emb, truth, ref_emb, ref_labels, k=MAP_K)
+    return row
+
+
+def _timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _celltypist(split):
+    """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured)."""
+    if not CELLTYPIST_PYTHON or not Path(CELLTYPIST_PYTHON).exists():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        log_normalized(split.reference, split.values).write_h5ad(folder / "reference.h5ad")
+        log_normalized(split.query, split.values).write_h5ad(folder / "query.h5ad")
+        runner = Path(__file__).with_name("celltypist_runner.py")
+        subprocess.run(
+            [
+                CELLTYPIST_PYTHON,
+                str(runner),
+                str(folder / "reference.h5ad"),
+                str(folder / "query.h5ad"),
+                str(folder / "out.csv"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        table = pd.read_csv(folder / "out.csv", index_col=0)
+    return table.loc[split.query.obs_names].iloc[:, 0].astype(str).to_numpy()
+
+
+def evaluate(split, *, quick, seed=0, log=print):
+    """The score rows of every method on one split."""
+    truth = split.query.obs["label"].astype(str).to_numpy()
+    ref_labels = split.reference.obs["label"].astype(str).to_numpy()
+    rows = []
+    for pretrain, name in ((True, "scquery"), (False, "scquery (no pretraining)")):
+        result, seconds = _timed(
+            run_scquery, split.reference, split.query, quick=quick, pretrain=pretrain, seed=seed
+        )
+        embeddings = (result["reference_embedding"], result["reference_labels"], result["query_embedding"])
+        rows.append(
+            _record(
+                split,
+                f"{name} kNN",
+                truth,
+                result["knn"],
+                seconds,
+                embeddings=embeddings,
+                unknown_fraction=result["unknown_fraction"],
+            )
+        )
+        rows.append(_record(split, f"{name} classifier", truth, result["classifier"], seconds))
+    result, seconds = _timed(pca_knn, split.reference, split.query, values=split.values, seed=seed)
+    rows.append(
+        _record(
+            split,
+            "PCA + kNN (ingest's model)",
+            truth,
+            result["predictions"],
+            seconds,
+            embeddings=(result["reference_embedding"], ref_labels, result["query_embedding"]),
+        )
+    )
+    result, seconds = _timed(
+        logistic_regression, split.reference, split.query, values=split.values, seed=seed
+    )
+    rows.append(
+        _record(split, "logistic regression (CellTypist's model)", truth, result["predictions"], seconds)
+    )
+    predictions, seconds = _timed(_celltypist, split)
+    if predictions is not None:
+        rows.append(_record(split, "CellTypist 1.7.1", truth, predictions, seconds))
+    for row in rows:
+        log(
+            f"  {row['task']} [{row['fold']}] {row['method']}: accuracy {row['accuracy']:.3f}, "
+            f"macro-F1 {row['macro_f1']:.3f}, MAP {_fmt(row['map'])}, {row['seconds']} s"
+        )
+    return rows
+
+
+def _fmt(value):
+    return "–" if value is None else f"{value:.3f}"
+
+
+def run_quality(*, quick, seed=0, log=print):
+    """Score rows of every split of the run, and their summary per task and method."""
+    rows = []
+    for split in splits(quick=quick):
+        log(
+            f"{split.task} [{split.fold}]: {split.reference.n_obs} reference cells, "
+            f"{split.query.n_obs} query cells, {split.reference.n_vars} genes"
+        )
+        rows.extend(evaluate(split, quick=quick, seed=seed, log=log))
+    return rows, summarize(rows)
+
+
+def summarize(rows):
+    """Mean and standard deviation over folds, per task and method (first-seen order kept)."""
+    table = pd.DataFrame(rows)
+    grouped = table.groupby(["task", "method"], sort=False)
+    summary = grouped[["accuracy", "macro_f1", "map", "seconds"]].agg(
+        lambda column: np.nan if column.isna().all() else column.mean()
+    )
+    spread = grouped[["accuracy", "macro_f1"]].std(ddof=0).add_suffix("_sd")
+    folds = grouped.size().rename("folds")
+    return pd.concat([summary, spread, folds], axis=1).reset_index()

@@ -1,0 +1,219 @@
+"""RESULTS.md (tables with the machine, versions and date) and results.json (raw figures)."""
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+PACKAGES = ["scquery", "tensorflow", "keras", "scanpy", "anndata", "scikit-learn", "hnswlib", "numpy"]
+TARGETS = {
+    "training_fraction_of_bound": 0.5,
+    "peak_memory_gb_1m": 24.0,
+    "query_100k_vs_1m_s": 60.0,
+}
+
+
+def machine():
+    """The machine and software the run used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "gpu": "none used (CPU only; GPU figures not measured in this session)",
+    }
+
+
+def _cell(value, digits=3):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def quality_section(summary):
+    """Per task: every method's mean (± sd over folds) accuracy, macro-F1 and MAP."""
+    parts = [
+        "## Quality",
+        "",
+        "Mean over folds (± standard deviation); MAP: mean average precision of the 100 nearest "
+        "reference cells in the method's embedding. Query cells of types the reference lacks "
+        "are left out; scquery's 'Unknown' (rejected) predictions count as errors.",
+        "",
+    ]
+    for task, table in summary.groupby("task", sort=False):
+        rows = [
+            [
+                r.method,
+                f"{r.accuracy:.3f} ± {r.accuracy_sd:.3f}",
+                f"{r.macro_f1:.3f} ± {r.macro_f1_sd:.3f}",
+                r.map,
+                r.seconds,
+                r.folds,
+            ]
+            for r in table.itertuples()
+        ]
+        best_peer = table[~table.method.str.startswith("scquery")].macro_f1.max()
+        ours = table.method.str.startswith("scquery") & ~table.method.str.contains("no pretraining")
+        best_ours = table[ours].macro_f1.max()
+        verdict = "met" if best_ours >= best_peer else "not met"
+        parts += [
+            f"### {task}",
+            "",
+            _table(["method", "accuracy", "macro-F1", "MAP", "seconds", "folds"], rows),
+            "",
+            f"Target macro-F1 ≥ best peer ({best_peer:.3f}): best scquery {best_ours:.3f}, {verdict}.",
+            "",
+        ]
+    return parts
+
+
+def speed_section(speed):
+    """Throughput and peak memory per size, the query run, and the matmul bound."""
+    bound = speed.get("bound", {})
+    rate = bound.get("matmul_gflops")
+    rows = []
+    for run in speed["runs"]:
+        train, embed = run["train"], run["embed"]
+        if "error" in train:
+            rows.append([run["n_cells"], train["error"], "", "", "", "", ""])
+            continue
+        peak = max(train["peak_rss_gb"], embed.get("peak_rss_gb", 0.0))
+        rows.append(
+            [
+                run["n_cells"],
+                train["pretrain_cells_per_s"],
+                train["finetune_cells_per_s"],
+                embed.get("embed_cells_per_s"),
+                train["train_api_s"],
+                train["peak_rss_gb"],
+                peak,
+            ]
+        )
+    parts = [
+        "## Speed and memory (synthetic counts, 2,000 genes, 10 types)",
+        "",
+        _table(
+            [
+                "cells",
+                "pretraining cells/s (2nd epoch, all layers)",
+                "fine-tuning cells/s (2nd epoch)",
+                "embedding cells/s",
+                "train() s (2+2 epochs, preprocessing included)",
+                "train peak RSS GB",
+                "peak RSS GB (train, embed)",
+            ],
+            [[r[0], *[_cell(v, 1) for v in r[1:]]] for r in rows],
+        ),
+        "",
+    ]
+    query = speed["query"].get("query", {})
+    if "error" in query or not query:
+        parts += [f"Query: {query.get('error', 'not run')}.", ""]
+    else:
+        full = query["n_query"] >= 100_000 and query["n_reference"] >= 1_000_000
+        met = (
+            ("met" if query["query_s"] < TARGETS["query_100k_vs_1m_s"] else "not met")
+            if full
+            else "not measured at that size"
+        )
+        parts += [
+            f"Query: {query['n_query']:,} cells against a {query['n_reference']:,}-cell "
+            f"reference ({query['search']}): {query['query_s']:.1f} s "
+            f"({query['query_cells_per_s']:.0f} cells/s), peak RSS "
+            f"{query['peak_rss_gb']:.2f} GB; building the index first took "
+            f"{query['index_s']:.1f} s. Target < 60 s (100k against 1M): {met}.",
+            "",
+        ]
+    if rate:
+        parts += [
+            f"Hardware bound: dense float32 matmul of the network's layer shapes "
+            f"{bound['widths']} at batch {bound['batch_size']}: {rate:.1f} GFLOP/s "
+            f"(keras.ops, this run). FLOPs per cell: fine-tuning "
+            f"{bound['finetune_flops_per_cell'] / 1e6:.2f} M, pretraining "
+            f"{bound['pretrain_flops_per_cell'] / 1e6:.2f} M.",
+            "",
+        ]
+        fractions = []
+        for run in speed["runs"]:
+            train = run["train"]
+            if "error" in train:
+                continue
+            pre = train["pretrain_cells_per_s"] * bound["pretrain_flops_per_cell"] / rate / 1e9
+            fine = train["finetune_cells_per_s"] * bound["finetune_flops_per_cell"] / rate / 1e9
+            fractions.append([run["n_cells"], pre, fine])
+        parts += [
+            _table(["cells", "pretraining: fraction of bound", "fine-tuning: fraction of bound"], fractions),
+            "",
+            f"Target ≥ {TARGETS['training_fraction_of_bound']:.0%} of the bound.",
+            "",
+        ]
+    largest = speed["runs"][-1] if speed["runs"] else None
+    if largest and "error" not in largest["train"]:
+        peaks = [
+            largest["train"]["peak_rss_gb"],
+            largest["embed"].get("peak_rss_gb", 0.0),
+            query.get("peak_rss_gb", 0.0),
+        ]
+        met = "met" if max(peaks) <= TARGETS["peak_memory_gb_1m"] else "not met"
+        if largest["n_cells"] < 1_000_000:
+            met = "not measured at that size"
+        parts += [
+            f"Largest run ({largest['n_cells']:,} cells): peak RSS of train, embed, query "
+            f"{max(peaks):.2f} GB (target ≤ 24 GB at 1M cells: {met}).",
+            "",
+        ]
+    return parts
+
+
+def write_report(out_dir, *, command, quality=None, speed=None):
+    """Write RESULTS.md and results.json to `out_dir`; returns the Markdown path."""
+    info = machine()
+    rows, summary = quality if quality else (None, None)
+    raw = {"command": command, "machine": info, "quality": rows, "speed": speed}
+    (out_dir / "results.json").write_text(json.dumps(raw, indent=1, default=_plain))
+    parts = [
+        "# scquery benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {info['date']}  ",
+        f"Machine: {info['platform']}, {info['cpu']}, {info['cores']} cores, Python {info['python']}  ",
+        f"GPU: {info['gpu']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "",
+    ]
+    if summary is not None:
+        parts += quality_section(summary)
+    if speed is not None:
+        parts += speed_section(speed)
+    path = out_dir / "RESULTS.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value)} is not JSON serializable")

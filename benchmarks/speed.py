@@ -1,0 +1,77 @@
+"""Speed and memory on synthetic counts: every stage in its own process, next to the machine's own
+dense matmul rate (the hardware bound of the network's training)."""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FULL_SIZES, QUICK_SIZES = [10_000, 100_000, 1_000_000], [2_000, 5_000]
+FULL_QUERY, QUICK_QUERY = 100_000, 1_000
+STAGE_TIMEOUT_S = 3600
+
+
+def run_stage(name, log=print, **arguments):
+    """Run one stage in a child process; its figures, or `{'error': ...}` when it fails."""
+    command = [sys.executable, "-m", "benchmarks.stages", name, json.dumps(arguments)]
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {STAGE_TIMEOUT_S} s"}
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        log(f"    stage {name} failed: {tail[0]}")
+        return {"error": tail[0]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    log(f"    {name}: " + ", ".join(f"{k} {_short(v)}" for k, v in result.items()))
+    return result
+
+
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def training_flops(n_genes, hidden_sizes, n_classes):
+    """FLOPs per cell of one epoch: fine-tuning (3 × 2 × weights) and greedy pretraining.
+
+    A pretraining layer of w weights trains a tied autoencoder (encode and decode: 3 × 2 × 2w) on
+    the codes of the frozen layers before it (a forward pass: 2 × their weights).
+    """
+    widths = [n_genes, *hidden_sizes]
+    layer_weights = [a * b for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    finetune = 6 * (sum(layer_weights) + hidden_sizes[-1] * n_classes)
+    pretrain = sum(12 * w + 2 * sum(layer_weights[:i]) for i, w in enumerate(layer_weights))
+    return {"finetune_flops_per_cell": finetune, "pretrain_flops_per_cell": pretrain}
+
+
+def run_speed(*, quick, log=print):
+    """Figures of every stage at every size, the query run and the matmul bound."""
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    n_query = QUICK_QUERY if quick else FULL_QUERY
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="scquery-bench-") as folder:
+        folder = Path(folder)
+        for n_cells in sizes:
+            log(f"speed: {n_cells} cells")
+            data, bundle = str(folder / f"ref_{n_cells}.h5ad"), str(folder / f"bundle_{n_cells}")
+            run = {
+                "n_cells": n_cells,
+                "generate": run_stage("generate", log, n_cells=n_cells, seed=0, path=data),
+            }
+            run["train"] = run_stage("train", log, data=data, bundle=bundle)
+            run["embed"] = run_stage("embed", log, data=data, bundle=bundle)
+            runs.append(run)
+            Path(data).unlink(missing_ok=True)
+        log(f"speed: query {n_query} cells against {sizes[-1]}")
+        query_data = str(folder / "query.h5ad")
+        query = {"generate": run_stage("generate", log, n_cells=n_query, seed=1, path=query_data)}
+        query["query"] = run_stage("query", log, data=query_data, bundle=bundle)
+    trained = next((run["train"] for run in runs if "error" not in run["train"]), None)
+    bound = {}
+    if trained:
+        widths = [trained["n_genes"], *trained["hidden_sizes"]]
+        bound = run_stage("matmul", log, batch_size=trained["batch_size"], widths=widths)
+        bound.update(training_flops(trained["n_genes"], trained["hidden_sizes"], trained["n_classes"]))
+    return {"runs": runs, "query": query, "bound": bound}

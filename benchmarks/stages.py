@@ -1,0 +1,142 @@
+"""Speed stages, each run in its own process (`python -m benchmarks.stages NAME JSON`) so that its
+peak memory is its own; the last stdout line is a JSON object of the stage's figures."""
+
+import json
+import resource
+import sys
+import time
+
+from .synthetic import synthetic_counts
+
+LABEL_KEY = "cell_type"
+#: Two epochs of each stage: the second one, past tracing and warm-up, gives the throughput.
+SPEED_OPTIONS = {"min_genes": 0, "pretrain_epochs": 2, "epochs": 2, "patience": 2}
+
+
+def _config():
+    from scquery.config import load_train_config
+
+    return load_train_config(SPEED_OPTIONS)
+
+
+def generate(*, n_cells, seed, path):
+    """Write synthetic counts to `path`."""
+    adata = synthetic_counts(n_cells, seed=seed)
+    adata.write_h5ad(path)
+    return {"nnz": int(adata.X.nnz)}
+
+
+def train_stage(*, data, bundle):
+    """Time `train()` and read each stage's steady-state epoch (the last) from its history."""
+    import anndata as ad
+
+    from scquery.bundle import save_bundle
+    from scquery.train import train
+
+    config = _config()
+    adata = ad.read_h5ad(data)
+    start = time.perf_counter()
+    result = train(adata, label_key=LABEL_KEY, config=config, seed=0)
+    total = time.perf_counter() - start
+    save_bundle(result, bundle)
+    n_cells = result.reference.n_obs
+    pretrain_epoch = sum(stage["seconds"][-1] for stage in result.history["pretrain"])
+    finetune_epoch = result.history["classifier"]["seconds"][-1]
+    return {
+        "n_cells": n_cells,
+        "n_genes": len(result.genes),
+        "hidden_sizes": config.hidden_sizes,
+        "n_classes": len(result.classes),
+        "batch_size": config.batch_size,
+        "train_api_s": total,
+        "pretrain_epoch_s": pretrain_epoch,
+        "pretrain_cells_per_s": n_cells / pretrain_epoch,
+        "finetune_epoch_s": finetune_epoch,
+        "finetune_cells_per_s": n_cells * (1 - config.validation_fraction) / finetune_epoch,
+    }
+
+
+def embed_stage(*, data, bundle):
+    """Time `embed()` of every cell of `data`."""
+    import anndata as ad
+
+    from scquery.bundle import load_bundle
+    from scquery.embed import embed
+
+    model, adata = load_bundle(bundle), ad.read_h5ad(data)
+    start = time.perf_counter()
+    embed(adata, model)
+    seconds = time.perf_counter() - start
+    return {"n_cells": adata.n_obs, "embed_s": seconds, "embed_cells_per_s": adata.n_obs / seconds}
+
+
+def query_stage(*, data, bundle):
+    """Time building (and caching) the reference's neighbour index, then `query()` of `data`."""
+    import anndata as ad
+
+    from scquery.bundle import load_bundle
+    from scquery.query import NeighborIndex, query
+
+    model, adata = load_bundle(bundle), ad.read_h5ad(data)
+    start = time.perf_counter()
+    NeighborIndex.for_bundle(model, bundle)
+    index_s = time.perf_counter() - start
+    start = time.perf_counter()
+    query(adata, model, k=15, bundle_path=bundle)
+    seconds = time.perf_counter() - start
+    return {
+        "n_query": adata.n_obs,
+        "n_reference": model.reference.n_obs,
+        "index_s": index_s,
+        "query_s": seconds,
+        "query_cells_per_s": adata.n_obs / seconds,
+        "search": adata.uns["scquery"]["query_params"]["search"],
+    }
+
+
+def matmul_stage(*, batch_size, widths, repeats=20):
+    """Dense float32 matmul rate (GFLOP/s) of the network's layer shapes at its batch size."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    flops = seconds = 0.0
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+        a = keras.ops.convert_to_tensor(rng.standard_normal((batch_size, n_in), dtype=np.float32))
+        b = keras.ops.convert_to_tensor(rng.standard_normal((n_in, n_out), dtype=np.float32))
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, b))  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = keras.ops.matmul(a, b)
+        keras.ops.convert_to_numpy(out)
+        seconds += time.perf_counter() - start
+        flops += 2.0 * batch_size * n_in * n_out * repeats
+    return {"matmul_gflops": flops / seconds / 1e9, "batch_size": batch_size, "widths": widths}
+
+
+STAGES = {
+    "generate": generate,
+    "train": train_stage,
+    "embed": embed_stage,
+    "query": query_stage,
+    "matmul": matmul_stage,
+}
+
+
+def peak_rss_gb():
+    """This process's peak resident memory (VmHWM: unlike `ru_maxrss`, not inherited over exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def main(name, arguments):
+    result = STAGES[name](**json.loads(arguments))
+    result["peak_rss_gb"] = peak_rss_gb()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

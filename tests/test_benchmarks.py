@@ -1,0 +1,68 @@
+"""The benchmark harness: its generator and metrics, and a quick end-to-end run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `benchmarks` lives at the repository root, outside the package
+
+from benchmarks.metrics import label_scores, retrieval_map  # noqa: E402
+from benchmarks.synthetic import synthetic_counts  # noqa: E402
+
+
+def test_synthetic_counts_are_sparse_seeded_and_typed():
+    a, b = (
+        synthetic_counts(1200, n_genes=300, n_types=4, seed=3),
+        synthetic_counts(1200, n_genes=300, n_types=4, seed=3),
+    )
+    assert a.shape == (1200, 300) and a.X.format == "csr" and a.X.dtype == np.float32
+    assert (a.X != b.X).nnz == 0
+    assert 0.01 < a.X.nnz / (1200 * 300) < 0.6
+    assert np.array_equal(a.X.data, np.round(a.X.data))
+    assert set(a.obs["cell_type"].cat.categories) == {f"type_{t}" for t in range(4)}
+    other = synthetic_counts(1200, n_genes=300, n_types=4, seed=4)
+    assert (a.X != other.X).nnz > 0
+
+
+def test_label_scores_average_over_the_true_classes_only():
+    scores = label_scores(["a", "a", "b", "b"], ["a", "a", "b", "c"])
+    assert scores["accuracy"] == 0.75
+    assert scores["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_retrieval_map_is_one_for_separated_types_and_lower_when_mixed():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["x", "y"], 50)
+    ref = rng.normal(size=(100, 5)) + np.where(labels == "x", 0.0, 20.0)[:, None]
+    assert retrieval_map(ref[:10], labels[:10], ref, labels, k=20) == pytest.approx(1.0)
+    assert retrieval_map(ref[:10], labels[:10], ref, rng.permutation(labels), k=20) < 0.8
+    assert retrieval_map(ref[:3], np.array(["z"] * 3), ref, labels, k=20) == 0.0
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    raw = json.loads((tmp_path / "results.json").read_text())
+    methods = {row["method"] for row in raw["quality"]}
+    assert {"scquery kNN", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
+    for row in raw["quality"]:
+        assert 0.0 <= row["macro_f1"] <= 1.0
+    for run in raw["speed"]["runs"]:
+        assert "error" not in run["train"] and "error" not in run["embed"]
+        assert run["train"]["pretrain_cells_per_s"] > 0 and run["embed"]["peak_rss_gb"] > 0
+    assert raw["speed"]["query"]["query"]["query_cells_per_s"] > 0
+    assert raw["speed"]["bound"]["matmul_gflops"] > 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Quality" in report and "## Speed and memory" in report
