@@ -52,7 +52,7 @@ def _celltypist(split):
         log_normalized(split.reference, split.values).write_h5ad(folder / "reference.h5ad")
         log_normalized(split.query, split.values).write_h5ad(folder / "query.h5ad")
         runner = Path(__file__).with_name("celltypist_runner.py")
-        subprocess.run(
+        done = subprocess.run(
             [
                 CELLTYPIST_PYTHON,
                 str(runner),
@@ -60,9 +60,13 @@ def _celltypist(split):
                 str(folder / "query.h5ad"),
                 str(folder / "out.csv"),
             ],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"  CellTypist failed on {split.task} [{split.fold}]: {last}", flush=True)
+            return None
         table = pd.read_csv(folder / "out.csv", index_col=0)
     return table.loc[split.query.obs_names].iloc[:, 0].astype(str).to_numpy()
 

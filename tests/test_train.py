@@ -167,3 +167,13 @@ def test_training_runs_on_the_jax_backend():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "jax (490, 8)" in out.stdout
+
+
+def test_rare_types_down_to_two_cells_are_learned(split):
+    reference = split[0]
+    labels = reference.obs["bulk_labels"].astype(str)
+    rare = labels.value_counts().index[-1]
+    keep = np.flatnonzero(labels != rare).tolist() + np.flatnonzero(labels == rare)[:2].tolist()
+    config = {k: v for k, v in SMALL.items() if k != "min_cells_per_class"}
+    result = train(reference[sorted(keep)], label_key="bulk_labels", config={**config, "epochs": 1})
+    assert rare in result.classes

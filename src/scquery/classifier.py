@@ -55,8 +55,10 @@ def fit_classifier(
     callbacks, validation = [EpochTimer()], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
+        # At least one validation cell per class, so that rare classes can be stratified.
+        n_validation = max(int(np.ceil(validation_fraction * len(y))), len(np.unique(y)))
         train_rows, validation_rows = train_test_split(
-            train_rows, test_size=validation_fraction, stratify=y, random_state=seed
+            train_rows, test_size=n_validation, stratify=y, random_state=seed
         )
         train_rows.sort()
         validation_rows.sort()

@@ -40,7 +40,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     validation_fraction: float = 0.1
     patience: int = 5
-    min_cells_per_class: int = 10
+    min_cells_per_class: int = 2
     class_weight: bool = True
 
     def to_dict(self):
