@@ -6,29 +6,8 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from scquery.datasets import pbmc68k_split
 from scquery.embed import compute_embedding, embed
 from scquery.errors import ScqueryError
-from scquery.train import train
-
-SMALL = {
-    "min_genes": 0,
-    "hidden_sizes": [64, 16],
-    "pretrain_epochs": 4,
-    "epochs": 30,
-    "batch_size": 64,
-    "min_cells_per_class": 5,
-}
-
-
-@pytest.fixture(scope="module")
-def split():
-    return pbmc68k_split(seed=0)
-
-
-@pytest.fixture(scope="module")
-def bundle(split):
-    return train(split[0], label_key="bulk_labels", config=SMALL, seed=0)
 
 
 @pytest.fixture

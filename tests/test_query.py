@@ -7,30 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
 from scquery.query import UNKNOWN, NeighborIndex, extend, query, summarize, vote
 from scquery.train import train
 
-SMALL = {
-    "min_genes": 0,
-    "hidden_sizes": [64, 16],
-    "pretrain_epochs": 4,
-    "epochs": 30,
-    "batch_size": 64,
-    "min_cells_per_class": 5,
-}
 HELD_OUT = "CD19+ B"
-
-
-@pytest.fixture(scope="module")
-def split():
-    return pbmc68k_split(seed=0)
-
-
-@pytest.fixture(scope="module")
-def bundle(split):
-    return train(split[0], label_key="bulk_labels", config=SMALL, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +22,10 @@ def queried(bundle, split):
 
 
 @pytest.fixture(scope="module")
-def without_b(split):
+def without_b(split, small_config):
     """A model whose reference lacks the B cells (no pretraining: measured to reject them best)."""
     reference = split[0][split[0].obs["bulk_labels"] != HELD_OUT].copy()
-    return train(reference, label_key="bulk_labels", config={**SMALL, "pretrain": False}, seed=0)
+    return train(reference, label_key="bulk_labels", config={**small_config, "pretrain": False}, seed=0)
 
 
 def test_predictions_agree_with_held_out_labels(queried):

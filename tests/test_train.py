@@ -16,30 +16,10 @@ from scquery.bundle import FORMAT_VERSION, load_bundle, save_bundle
 from scquery.classifier import embedding_model, predict_in_chunks
 from scquery.cli import main
 from scquery.config import load_train_config
-from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
 from scquery.preprocess import apply_preprocess
 from scquery.pretrain import pretrain_greedy
 from scquery.train import train
-
-SMALL = {
-    "min_genes": 0,
-    "hidden_sizes": [64, 16],
-    "pretrain_epochs": 4,
-    "epochs": 30,
-    "batch_size": 64,
-    "min_cells_per_class": 5,
-}
-
-
-@pytest.fixture(scope="module")
-def split():
-    return pbmc68k_split(seed=0)
-
-
-@pytest.fixture(scope="module")
-def bundle(split):
-    return train(split[0], label_key="bulk_labels", config=SMALL, seed=0)
 
 
 def classify(bundle, adata):
@@ -91,8 +71,8 @@ def test_reference_embedding_is_the_last_encoder_layer(bundle):
     assert embedding_model(bundle.model).output.shape[-1] == 16
 
 
-def test_same_seed_same_weights(split):
-    config = {**SMALL, "epochs": 2, "pretrain_epochs": 1}
+def test_same_seed_same_weights(split, small_config):
+    config = {**small_config, "epochs": 2, "pretrain_epochs": 1}
     first = train(split[0], label_key="bulk_labels", config=config, seed=3)
     second = train(split[0], label_key="bulk_labels", config=config, seed=3)
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
@@ -100,8 +80,8 @@ def test_same_seed_same_weights(split):
     assert first.model_id == second.model_id
 
 
-def test_without_pretraining_and_small_classes_dropped(split):
-    config = {**SMALL, "pretrain": False, "epochs": 2, "min_cells_per_class": 40}
+def test_without_pretraining_and_small_classes_dropped(split, small_config):
+    config = {**small_config, "pretrain": False, "epochs": 2, "min_cells_per_class": 40}
     sizes = split[0].obs["bulk_labels"].value_counts()
     with pytest.warns(UserWarning, match="Dropping"):
         result = train(split[0], label_key="bulk_labels", config=config)
@@ -119,11 +99,11 @@ def test_unknown_option_and_missing_bundle_fail_clearly(tmp_path):
         load_bundle(tmp_path)
 
 
-def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys):
+def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys, small_config):
     reference = tmp_path / "reference.h5ad"
     split[0].write_h5ad(reference)
     config = tmp_path / "train.yaml"
-    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in SMALL.items()) + "epochs: 2\n")
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in small_config.items()) + "epochs: 2\n")
     out = tmp_path / "model"
     assert main(["train", str(reference), "--label-key", "bulk_labels", "--out", str(out),
                  "--config", str(config), "--quiet"]) == 0
@@ -134,8 +114,8 @@ def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys
     assert not (tmp_path / "x").exists()
 
 
-def test_scaling_lives_in_the_saved_model(split, tmp_path):
-    config = {**SMALL, "scale": True, "epochs": 2, "pretrain_epochs": 1}
+def test_scaling_lives_in_the_saved_model(split, tmp_path, small_config):
+    config = {**small_config, "scale": True, "epochs": 2, "pretrain_epochs": 1}
     scaled = train(split[0], label_key="bulk_labels", config=config)
     stats = scaled.preprocess["scale"]
     layer = scaled.model.get_layer("scale")
@@ -169,11 +149,11 @@ def test_training_runs_on_the_jax_backend():
     assert "jax (490, 8)" in out.stdout
 
 
-def test_rare_types_down_to_two_cells_are_learned(split):
+def test_rare_types_down_to_two_cells_are_learned(split, small_config):
     reference = split[0]
     labels = reference.obs["bulk_labels"].astype(str)
     rare = labels.value_counts().index[-1]
     keep = np.flatnonzero(labels != rare).tolist() + np.flatnonzero(labels == rare)[:2].tolist()
-    config = {k: v for k, v in SMALL.items() if k != "min_cells_per_class"}
+    config = {k: v for k, v in small_config.items() if k != "min_cells_per_class"}
     result = train(reference[sorted(keep)], label_key="bulk_labels", config={**config, "epochs": 1})
     assert rare in result.classes
