@@ -12,9 +12,11 @@ import anndata as ad
 import celltypist
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 
 
 def _renormalized(adata):
+    adata.X = sp.csr_matrix(adata.X)
     totals = np.asarray(adata.X.expm1().sum(axis=1)).ravel()
     if np.allclose(totals, 1e4, rtol=1e-3):
         return adata
