@@ -49,7 +49,9 @@ def _add_train(subparsers):
     parser.add_argument("reference", nargs="+", help="reference file(s) or 10x folder(s)")
     parser.add_argument("--label-key", required=True, help="obs column holding the cell types")
     parser.add_argument("--out", required=True, help="model bundle folder to write")
-    parser.add_argument("--config", help="YAML file of training options (see `scquery options`)")
+    parser.add_argument(
+        "--config", help="YAML file of training options (keys: scquery/schemas/train.schema.yaml)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_input_options(parser)
     parser.set_defaults(run=_train)

@@ -299,7 +299,7 @@ def current_umask():
     return umask
 
 
-def _write_atomically(path, write):
+def write_atomically(path, write):
     """Call `write(tmp)` on a temporary file in `path`'s folder, then rename it to `path`.
 
     A failed write leaves no partial file behind.
@@ -319,9 +319,9 @@ def _write_atomically(path, write):
 
 def write_h5ad(adata, path):
     """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
-    _write_atomically(path, adata.write_h5ad)
+    write_atomically(path, adata.write_h5ad)
 
 
 def write_table(table, path):
     """Write a pandas table to `path` as TSV, atomically."""
-    _write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

@@ -114,3 +114,17 @@ def stack_encoder(n_inputs, weights, *, activation="tanh", scale=None):
         encoder.add(layer)
         layer.set_weights([np.asarray(kernel), np.asarray(bias)])
     return encoder
+
+
+def save_encoder(path, weights):
+    """Write encoder `weights` (`[kernel, bias]` per layer) to an `.npz` file (no pickle)."""
+    arrays = {}
+    for i, (kernel, bias) in enumerate(weights):
+        arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
+    np.savez(path, **arrays)
+
+
+def load_encoder(path):
+    """Encoder weights written by `save_encoder`."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return [[arrays[f"kernel_{i}"], arrays[f"bias_{i}"]] for i in range(len(arrays.files) // 2)]

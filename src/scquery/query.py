@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from sklearn.neighbors import NearestNeighbors
 from .bundle import Bundle, save_bundle
 from .embed import compute_embedding, record_run
 from .errors import ScqueryError
+from .io import write_atomically
 
 UNKNOWN = "Unknown"
 EXACT_MAX_CELLS = 50_000
@@ -170,11 +170,11 @@ class NeighborIndex:
     def _save(self, folder, key):
         """Write the cache; the metadata goes last, so a half-written cache is never used."""
         (folder / INDEX_META).unlink(missing_ok=True)
-        _atomic(folder / INDEX_CALIBRATION, self._save_calibration)
+        write_atomically(folder / INDEX_CALIBRATION, self._save_calibration)
         if not self.exact:
-            _atomic(folder / INDEX_HNSW, lambda tmp: self._search.save_index(tmp))
+            write_atomically(folder / INDEX_HNSW, lambda tmp: self._search.save_index(tmp))
         meta = {"key": key, "ef": {str(k): v for k, v in self.ef.items()}}
-        _atomic(folder / INDEX_META, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        write_atomically(folder / INDEX_META, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 
 def _read_meta(folder):
@@ -182,18 +182,6 @@ def _read_meta(folder):
         return json.loads((folder / INDEX_META).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _atomic(path, write):
-    """Call `write(temporary_path)` in `path`'s folder, then rename the file onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def vote(distances, codes, n_labels):

@@ -7,18 +7,14 @@ log_to(snakemake.log[0])
 import json  # noqa: E402
 
 import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
-
 from scquery.bundle import save_bundle  # noqa: E402
+from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.query import NeighborIndex  # noqa: E402
 from scquery.train import train  # noqa: E402
 
 weights = history = None
 if "weights" in snakemake.input.keys():
-    with np.load(snakemake.input.weights) as arrays:
-        weights = [
-            [arrays[f"kernel_{i}"], arrays[f"bias_{i}"]] for i in range(len(arrays.files) // 2)
-        ]
+    weights = load_encoder(snakemake.input.weights)
     with open(snakemake.input.history) as handle:
         history = json.load(handle)
 

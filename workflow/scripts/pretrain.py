@@ -7,8 +7,7 @@ log_to(snakemake.log[0])
 import json  # noqa: E402
 
 import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
-
+from scquery.pretrain import save_encoder  # noqa: E402
 from scquery.train import pretrain_reference  # noqa: E402
 
 weights, history = pretrain_reference(
@@ -18,9 +17,6 @@ weights, history = pretrain_reference(
     seed=snakemake.params.seed,
     verbose=2,
 )
-arrays = {}
-for i, (kernel, bias) in enumerate(weights):
-    arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
-np.savez(snakemake.output.weights, **arrays)
+save_encoder(snakemake.output.weights, weights)
 with open(snakemake.output.history, "w") as handle:
     json.dump(history, handle, indent=1)
