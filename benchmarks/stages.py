@@ -75,7 +75,8 @@ def query_stage(*, data, bundle):
     import anndata as ad
 
     from scquery.bundle import load_bundle
-    from scquery.query import NeighborIndex, query
+    from scquery.neighbors import NeighborIndex
+    from scquery.query import query
 
     model, adata = load_bundle(bundle), ad.read_h5ad(data)
     start = time.perf_counter()

@@ -85,8 +85,13 @@ def test_training_lowers_reconstruction_error():
 
 def test_keras_save_load_round_trip(tmp_path):
     layer = DenseLayerAutoencoder(
-        [12, 3], activation="relu", output_activation="sigmoid", dropout=0.3, noise_stddev=0.05,
-        kernel_regularizer="l2", seed=7,
+        [12, 3],
+        activation="relu",
+        output_activation="sigmoid",
+        dropout=0.3,
+        noise_stddev=0.05,
+        kernel_regularizer="l2",
+        seed=7,
     )
     model = keras.Sequential([keras.Input((20,)), layer])
     model.compile("adam", "mse")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from scquery.errors import ScqueryError
-from scquery.query import UNKNOWN, NeighborIndex, extend, query, summarize, vote
+from scquery.neighbors import NeighborIndex
+from scquery.query import UNKNOWN, extend, query, summarize, vote
 from scquery.train import train
 
 HELD_OUT = "CD19+ B"

@@ -54,14 +54,10 @@ def test_bundle_round_trip_predicts_identically(bundle, split, tmp_path):
     save_bundle(bundle, tmp_path / "model")
     loaded = load_bundle(tmp_path / "model")
     X, _ = apply_preprocess(split[1], loaded.preprocess)
-    np.testing.assert_array_equal(
-        predict_in_chunks(loaded.model, X.X), predict_in_chunks(bundle.model, X.X)
-    )
+    np.testing.assert_array_equal(predict_in_chunks(loaded.model, X.X), predict_in_chunks(bundle.model, X.X))
     assert loaded.classes == bundle.classes and loaded.genes == bundle.genes
     assert loaded.model_id == bundle.model_id and loaded.versions["keras"]
-    np.testing.assert_array_equal(
-        loaded.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"]
-    )
+    np.testing.assert_array_equal(loaded.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"])
     meta = json.loads((tmp_path / "model" / "bundle.json").read_text())
     assert {"versions", "config", "seed", "preprocess", "history", "classes"} <= meta.keys()
 
@@ -105,8 +101,22 @@ def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys
     config = tmp_path / "train.yaml"
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in small_config.items()) + "epochs: 2\n")
     out = tmp_path / "model"
-    assert main(["train", str(reference), "--label-key", "bulk_labels", "--out", str(out),
-                 "--config", str(config), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(reference),
+                "--label-key",
+                "bulk_labels",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load_bundle(out).label_key == "bulk_labels"
     assert main(["train", str(reference), "--label-key", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -124,7 +134,8 @@ def test_scaling_lives_in_the_saved_model(split, tmp_path, small_config):
     np.testing.assert_allclose(layer(X), expected, rtol=1e-4, atol=1e-4)
     save_bundle(scaled, tmp_path / "scaled")
     np.testing.assert_allclose(
-        load_bundle(tmp_path / "scaled").model.predict(X, verbose=0), scaled.model.predict(X, verbose=0),
+        load_bundle(tmp_path / "scaled").model.predict(X, verbose=0),
+        scaled.model.predict(X, verbose=0),
         rtol=1e-6,
     )
 

@@ -5,8 +5,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
+from .batches import SparseBatches, iter_dense_chunks
 from .callbacks import EpochTimer
-from .data import SparseBatches, iter_dense_chunks
 from .pretrain import scaling_layer
 
 ENCODER_PREFIX, HEAD = "encoder_", "classifier"
@@ -66,9 +66,7 @@ def fit_classifier(
             X[validation_rows], y[validation_rows], batch_size=batch_size, shuffle=False
         )
         callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True
-            )
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         )
     weights = None
     if class_weight:

@@ -18,17 +18,13 @@ COMMON.add_argument("-q", "--quiet", action="store_true", help="print errors onl
 def _add_input_options(parser):
     parser.add_argument("--layer", help="take the values from this layer (e.g. counts)")
     parser.add_argument("--use-raw", action="store_true", help="take the values from .raw")
-    parser.add_argument(
-        "--genes-by-cells", action="store_true", help="csv/tsv files hold genes as rows"
-    )
+    parser.add_argument("--genes-by-cells", action="store_true", help="csv/tsv files hold genes as rows")
 
 
 def _read(args, paths):
     from .io import read_many
 
-    return read_many(
-        paths, layer=args.layer, use_raw=args.use_raw, genes_by_cells=args.genes_by_cells
-    )
+    return read_many(paths, layer=args.layer, use_raw=args.use_raw, genes_by_cells=args.genes_by_cells)
 
 
 def _verbosity(args):
@@ -65,14 +61,21 @@ def _train(args):
     config = load_train_config(args.config)
     reference = _read(args, args.reference)
     bundle = train(
-        reference, label_key=args.label_key, config=config, seed=args.seed,
+        reference,
+        label_key=args.label_key,
+        config=config,
+        seed=args.seed,
         verbose=_verbosity(args),
     )
     save_bundle(bundle, args.out)
     accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
     log.info(
         "Wrote %s: %d cells, %d genes, %d cell types, validation accuracy %.3f.",
-        args.out, bundle.reference.n_obs, len(bundle.genes), len(bundle.classes), max(accuracy),
+        args.out,
+        bundle.reference.n_obs,
+        len(bundle.genes),
+        len(bundle.classes),
+        max(accuracy),
     )
 
 
@@ -225,9 +228,7 @@ def build_parser():
 def main(argv=None):
     """Run the command line; user errors print one sentence and exit with status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="scquery: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="scquery: %(message)s")
     warnings.showwarning = _show_warning
     try:
         args.run(args)

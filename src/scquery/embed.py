@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 
+from .batches import iter_dense_chunks
 from .bundle import Bundle, current_versions
 from .classifier import embedding_model
-from .data import iter_dense_chunks
 from .preprocess import apply_preprocess
 
 
@@ -20,9 +20,7 @@ def compute_embedding(adata, bundle: Bundle, *, gene_key=None, min_overlap=0.5, 
         `(embedding, probabilities, overlap)`: float32 cells × embedding width; float32 cells ×
         classes in the order of `bundle.classes`; the gene overlap report of `apply_preprocess`.
     """
-    aligned, overlap = apply_preprocess(
-        adata, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap
-    )
+    aligned, overlap = apply_preprocess(adata, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap)
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
     embedding, probabilities = [], []

@@ -65,8 +65,7 @@ def _read_10x_folder(path):
     for name in needed:
         if not (path / name).is_file():
             raise ScqueryError(
-                f"The 10x folder {path} has no {name}; add it (a complete folder holds "
-                f"{', '.join(needed)})."
+                f"The 10x folder {path} has no {name}; add it (a complete folder holds {', '.join(needed)})."
             )
     return sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True)
 
@@ -115,8 +114,7 @@ def _read_any(path, genes_by_cells):
     if suffix in _TEXT:
         return _read_text(path, _TEXT[suffix], genes_by_cells)
     raise ScqueryError(
-        f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of "
-        f"{SUPPORTED}."
+        f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
     )
 
 
@@ -246,9 +244,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     names = list(ad.utils.make_index_unique(pd.Index([dataset_name(p) for p in paths])))
     kinds = {a.uns["scquery"]["values"] for a in adatas}
     if len(kinds) > 1:
-        found = ", ".join(
-            f"{n}: {a.uns['scquery']['values']}" for n, a in zip(names, adatas, strict=True)
-        )
+        found = ", ".join(f"{n}: {a.uns['scquery']['values']}" for n, a in zip(names, adatas, strict=True))
         raise ScqueryError(
             f"The inputs hold different kinds of values ({found}); read them all as counts "
             "(e.g. layer='counts') or all as normalized values."
@@ -259,9 +255,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            merged = ad.concat(
-                adatas, join="outer", fill_value=0, label="dataset", keys=names, merge="same"
-            )
+            merged = ad.concat(adatas, join="outer", fill_value=0, label="dataset", keys=names, merge="same")
             merged.obs_names_make_unique()
         merged.X = to_csr32(merged.X)
     merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "values": kinds.pop()}
@@ -287,8 +281,7 @@ def check_labels(adata, key, source="the data"):
         )
     if labels.nunique() < 2:
         raise ScqueryError(
-            f"The label column {key!r} of {source} has only one class; a classifier needs two "
-            "or more."
+            f"The label column {key!r} of {source} has only one class; a classifier needs two or more."
         )
 
 

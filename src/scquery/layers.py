@@ -104,9 +104,7 @@ class DenseLayerAutoencoder(keras.layers.Layer):
             keep = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) >= self.dropout
             inputs = inputs * ops.cast(keep, inputs.dtype)
         if self.noise_stddev > 0.0:
-            noise = keras.random.normal(
-                ops.shape(inputs), stddev=self.noise_stddev, seed=self.seed_generator
-            )
+            noise = keras.random.normal(ops.shape(inputs), stddev=self.noise_stddev, seed=self.seed_generator)
             inputs = inputs + ops.cast(noise, inputs.dtype)
         return inputs
 

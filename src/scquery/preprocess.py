@@ -141,9 +141,7 @@ def fit_preprocess(
     if genes is not None:
         genes = [str(g) for g in genes]
         if len(set(genes)) != len(genes) or not genes:
-            raise ScqueryError(
-                "The given gene list is empty or names a gene twice; give each gene once."
-            )
+            raise ScqueryError("The given gene list is empty or names a gene twice; give each gene once.")
         aligned, _ = align_genes(ad.AnnData(X, var=var, uns={"scquery": {"source": source}}), genes)
         X, var, selection = aligned.X, aligned.var, "given"
     else:

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
+from .batches import SparseBatches
 from .callbacks import EpochTimer
-from .data import SparseBatches
 from .layers import DenseLayerAutoencoder
 
 #: Batches used to measure a layer's reconstruction loss before its training starts.

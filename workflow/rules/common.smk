@@ -38,7 +38,9 @@ QUERIES = {
 def _check_files_exist():
     """Fail before any job starts when a configured input file is missing."""
     configured = [("reference.files", path) for path in config["reference"]["files"]]
-    configured += [(f"queries.{name}", path) for name, paths in QUERIES.items() for path in paths]
+    configured += [
+        (f"queries.{name}", path) for name, paths in QUERIES.items() for path in paths
+    ]
     for key, path in configured:
         if not Path(path).exists():
             raise WorkflowError(
@@ -53,7 +55,9 @@ _check_files_exist()
 def resources_of(stage, key, fallback):
     """The configured resource `key` of `stage` ('train' or 'default'), else `fallback`."""
     configured = config.get("resources", {})
-    return configured.get(stage, {}).get(key, configured.get("default", {}).get(key, fallback))
+    return configured.get(stage, {}).get(
+        key, configured.get("default", {}).get(key, fallback)
+    )
 
 
 def all_outputs():
@@ -78,7 +82,9 @@ wildcard_constraints:
 
 #: The reference as the training rule reads it.
 REFERENCE = (
-    "results/data/default/reference.h5ad" if USE_DEFAULT_REFERENCE else "results/data/reference.h5ad"
+    "results/data/default/reference.h5ad"
+    if USE_DEFAULT_REFERENCE
+    else "results/data/reference.h5ad"
 )
 
 

@@ -7,17 +7,17 @@ rule embed:
         bundle=rules.finetune.output[0],
     output:
         "results/embedding/{query}.h5ad",
-    params:
-        min_overlap=config["query"].get("min_overlap", 0.5),
     log:
         "logs/embed/{query}.log",
     benchmark:
         "logs/benchmarks/embed/{query}.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: resources_of("default", "threads", 1)
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        min_overlap=config["query"].get("min_overlap", 0.5),
     script:
         "../scripts/embed.py"

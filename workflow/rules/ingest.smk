@@ -7,19 +7,19 @@ rule default_data:
     output:
         reference="results/data/default/reference.h5ad",
         query="results/data/default/query.h5ad",
-    params:
-        seed=config["seed"],
-        query_fraction=config.get("default_data", {}).get("query_fraction", 0.3),
     log:
         "logs/default_data.log",
     benchmark:
         "logs/benchmarks/default_data.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        seed=config["seed"],
+        query_fraction=config.get("default_data", {}).get("query_fraction", 0.3),
     script:
         "../scripts/default_data.py"
 
@@ -30,21 +30,21 @@ rule ingest_reference:
         config["reference"]["files"],
     output:
         "results/data/reference.h5ad",
+    log:
+        "logs/ingest/reference.log",
+    benchmark:
+        "logs/benchmarks/ingest/reference.tsv"
+    conda:
+        "../../envs/scquery.yaml"
+    threads: 1
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config["reference"].get("layer"),
         use_raw=config["reference"].get("use_raw", False),
         genes_by_cells=config["reference"].get("genes_by_cells", False),
         label_key=config["reference"]["label_key"],
-    log:
-        "logs/ingest/reference.log",
-    benchmark:
-        "logs/benchmarks/ingest/reference.tsv"
-    threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
     script:
         "../scripts/ingest.py"
 
@@ -55,20 +55,20 @@ rule ingest_query:
         lambda wildcards: QUERIES[wildcards.query],
     output:
         "results/data/queries/{query}.h5ad",
+    log:
+        "logs/ingest/{query}.log",
+    benchmark:
+        "logs/benchmarks/ingest/{query}.tsv"
+    conda:
+        "../../envs/scquery.yaml"
+    threads: 1
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config.get("query_input", {}).get("layer"),
         use_raw=config.get("query_input", {}).get("use_raw", False),
         genes_by_cells=config.get("query_input", {}).get("genes_by_cells", False),
         label_key=None,
-    log:
-        "logs/ingest/{query}.log",
-    benchmark:
-        "logs/benchmarks/ingest/{query}.tsv"
-    threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
     script:
         "../scripts/ingest.py"

@@ -20,18 +20,18 @@ rule query:
             subcategory="{query}",
             labels={"dataset": "{query}", "figure": "summary"},
         ),
-    params:
-        query=config["query"],
-        label_key=config["query_label_key"],
     log:
         "logs/query/{query}.log",
     benchmark:
         "logs/benchmarks/query/{query}.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: resources_of("default", "threads", 1)
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        query=config["query"],
+        label_key=config["query_label_key"],
     script:
         "../scripts/query.py"

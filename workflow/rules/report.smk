@@ -18,18 +18,18 @@ rule report_model:
             category="Model",
             labels={"figure": "reference UMAP"},
         ),
-    params:
-        seed=config["seed"],
     log:
         "logs/report/model.log",
     benchmark:
         "logs/benchmarks/report/model.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        seed=config["seed"],
     script:
         "../scripts/report_model.py"
 
@@ -47,27 +47,29 @@ rule report_query:
             subcategory="{query}",
             labels={"dataset": "{query}", "figure": "UMAP"},
         ),
-        confusion=report(
-            "results/report/{query}_confusion.png",
-            caption="../report/confusion.rst",
-            category="Queries",
-            subcategory="{query}",
-            labels={"dataset": "{query}", "figure": "confusion matrix"},
-        )
-        if config["query_label_key"]
-        else [],
-    params:
-        label_key=config["query_label_key"],
-        seed=config["seed"],
+        confusion=(
+            report(
+                "results/report/{query}_confusion.png",
+                caption="../report/confusion.rst",
+                category="Queries",
+                subcategory="{query}",
+                labels={"dataset": "{query}", "figure": "confusion matrix"},
+            )
+            if config["query_label_key"]
+            else []
+        ),
     log:
         "logs/report/{query}.log",
     benchmark:
         "logs/benchmarks/report/{query}.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        label_key=config["query_label_key"],
+        seed=config["seed"],
     script:
         "../scripts/report_query.py"

@@ -20,19 +20,19 @@ rule pretrain:
     output:
         weights="results/pretrain/encoder_weights.npz",
         history="results/pretrain/history.json",
-    params:
-        label_key=config["reference"]["label_key"],
-        train=config["train"],
-        seed=config["seed"],
     log:
         "logs/pretrain.log",
     benchmark:
         "logs/benchmarks/pretrain.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        label_key=config["reference"]["label_key"],
+        train=config["train"],
+        seed=config["seed"],
     script:
         "../scripts/pretrain.py"
 
@@ -43,18 +43,18 @@ rule finetune:
         unpack(finetune_input),
     output:
         directory("results/model"),
-    params:
-        label_key=config["reference"]["label_key"],
-        train=config["train"],
-        seed=config["seed"],
     log:
         "logs/finetune.log",
     benchmark:
         "logs/benchmarks/finetune.tsv"
+    conda:
+        "../../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
-    conda:
-        "../../envs/scquery.yaml"
+    params:
+        label_key=config["reference"]["label_key"],
+        train=config["train"],
+        seed=config["seed"],
     script:
         "../scripts/finetune.py"

@@ -21,8 +21,6 @@ matches = query(
 write_h5ad(adata, snakemake.output.data)
 matches.to_csv(snakemake.output.matches, sep="\t", index=False)
 label_key = snakemake.params.label_key
-summary = summarize(
-    adata, groupby=label_key if label_key in adata.obs else None, matches=matches
-)
+summary = summarize(adata, groupby=label_key if label_key in adata.obs else None, matches=matches)
 summary.to_csv(snakemake.output.summary, sep="\t", index=False)
 print(summary.to_string())

@@ -23,9 +23,7 @@ if pretrain:
     for stage in pretrain:
         losses = [stage["initial_loss"], *stage["loss"]]
         axes["pretrain"].plot(range(len(losses)), losses, marker=".", label=stage["stage"])
-    axes["pretrain"].set(
-        title="Greedy denoising pretraining", xlabel="epoch", ylabel="reconstruction MSE"
-    )
+    axes["pretrain"].set(title="Greedy denoising pretraining", xlabel="epoch", ylabel="reconstruction MSE")
     axes["pretrain"].legend(fontsize="small")
 for metric in ("loss", "accuracy"):
     for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -43,7 +41,11 @@ sc.tl.umap(reference, random_state=snakemake.params.seed)
 titles = {"label": "reference: cell type", "dataset": "reference: dataset"}
 colors = ["label"] + (["dataset"] if reference.obs["dataset"].nunique() > 1 else [])
 fig = sc.pl.umap(
-    reference, color=colors, title=[titles[c] for c in colors], show=False, return_fig=True,
+    reference,
+    color=colors,
+    title=[titles[c] for c in colors],
+    show=False,
+    return_fig=True,
     wspace=0.6,
 )
 fig.savefig(snakemake.output.umap, dpi=120, bbox_inches="tight")

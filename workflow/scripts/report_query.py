@@ -26,9 +26,7 @@ name = snakemake.wildcards.query
 # Reference cells show their label, query cells their prediction (and their known label).
 obs = pd.concat(
     [
-        pd.DataFrame(
-            {"source": "reference", "cell type": reference.obs["label"].astype(str).to_numpy()}
-        ),
+        pd.DataFrame({"source": "reference", "cell type": reference.obs["label"].astype(str).to_numpy()}),
         pd.DataFrame(
             {
                 "source": name,
@@ -49,7 +47,12 @@ sc.tl.umap(joint, random_state=snakemake.params.seed)
 colors = ["source", "cell type"] + (["known cell type"] if known else [])
 titles = ["reference and query", "reference label / query prediction", "query: known cell type"]
 fig = sc.pl.umap(
-    joint, color=colors, title=titles[: len(colors)], show=False, return_fig=True, wspace=0.6,
+    joint,
+    color=colors,
+    title=titles[: len(colors)],
+    show=False,
+    return_fig=True,
+    wspace=0.6,
     na_color="lightgrey",
 )
 fig.savefig(snakemake.output.umap, dpi=120, bbox_inches="tight")
@@ -71,11 +74,17 @@ if snakemake.output.get("confusion"):
         ax.set(
             title=f"{name}: accuracy {(true == predicted).mean():.3f}, "
             f"{(predicted == 'Unknown').mean():.1%} Unknown",
-            xlabel="predicted (scquery)", ylabel=f"known ({label_key})",
+            xlabel="predicted (scquery)",
+            ylabel=f"known ({label_key})",
         )
     else:
-        ax.text(0.5, 0.5, f"{name} has no column {label_key!r}:\nno known cell types to compare.",
-                ha="center", va="center")
+        ax.text(
+            0.5,
+            0.5,
+            f"{name} has no column {label_key!r}:\nno known cell types to compare.",
+            ha="center",
+            va="center",
+        )
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(snakemake.output.confusion, dpi=120)

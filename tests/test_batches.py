@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scquery.data import SparseBatches, iter_dense_chunks
+from scquery.batches import SparseBatches, iter_dense_chunks
 
 
 @pytest.fixture
@@ -52,9 +52,7 @@ def test_seeded_shuffling_is_deterministic(X):
         epoch_rows = [first.rows(i) for i in range(len(first))]
         first.on_epoch_end()
         second.on_epoch_end()
-    assert any(
-        not np.array_equal(a, first.rows(i)) for i, a in enumerate(epoch_rows)
-    )  # re-drawn each epoch
+    assert any(not np.array_equal(a, first.rows(i)) for i, a in enumerate(epoch_rows))  # re-drawn each epoch
     other = SparseBatches(X, batch_size=20, seed=8)
     assert not np.array_equal(other.rows(0), SparseBatches(X, batch_size=20, seed=7).rows(0))
     ordered = SparseBatches(X, batch_size=20, shuffle=False)
