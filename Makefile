@@ -25,8 +25,15 @@ test: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest
 
-bench: venv
-	$(PY) -m benchmarks
+# CellTypist 1.7.1, a peer in the benchmarks, needs scikit-learn < 1.8: it gets its own environment.
+CELLTYPIST_VENV ?= .venv-celltypist
+$(CELLTYPIST_VENV)/.installed:
+	python3 -m venv $(CELLTYPIST_VENV)
+	$(CELLTYPIST_VENV)/bin/python -m pip install --quiet 'celltypist==1.7.1' 'scikit-learn<1.8'
+	touch $@
+
+bench: venv $(CELLTYPIST_VENV)/.installed
+	SCQUERY_BENCH_CELLTYPIST_PYTHON=$(CELLTYPIST_VENV)/bin/python $(PY) -m benchmarks
 
 bench-quick: venv
 	$(PY) -m benchmarks --quick

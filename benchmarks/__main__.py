@@ -1,4 +1,9 @@
-"""`python -m benchmarks [--quick] [--only quality|speed] [--out DIR]`."""
+"""`python -m benchmarks [--quick] [--only PART[,PART...]] [--out DIR]`.
+
+Each part (see `PARTS`) runs on its own and stores its figures, with the command, date and machine
+that produced them, under its name in `results.json`; a run of some parts keeps the others' figures.
+`RESULTS.md` is then written anew from every part in `results.json`.
+"""
 
 import argparse
 import shlex
@@ -9,10 +14,32 @@ from pathlib import Path
 from .report import write_report
 
 
+def _quality(quick, log):
+    from .quality import run_quality
+
+    rows, summary = run_quality(quick=quick, log=log)
+    return {"rows": rows, "summary": summary.to_dict("records")}
+
+
+def _speed(quick, log):
+    from .speed import run_speed
+
+    return run_speed(quick=quick, log=log)
+
+
+#: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
+PARTS = {"quality": _quality, "speed": _speed}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small settings (a smoke run)")
-    parser.add_argument("--only", choices=["quality", "speed"], help="run one part only")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=list(PARTS),
+        help=f"comma-separated parts to run (default: all of {', '.join(PARTS)})",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -20,19 +47,14 @@ def main(argv=None):
         help="folder for RESULTS.md and results.json (default: benchmarks/)",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose among {', '.join(PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
-    quality = speed = None
-    if args.only in (None, "quality"):
-        from .quality import run_quality
-
-        quality = run_quality(quick=args.quick, log=_log)
-    if args.only in (None, "speed"):
-        from .speed import run_speed
-
-        speed = run_speed(quick=args.quick, log=_log)
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
-    path = write_report(args.out, command=command.strip(), quality=quality, speed=speed)
+    results = {name: PARTS[name](args.quick, _log) for name in PARTS if name in args.only}
+    path = write_report(args.out, command=command.strip(), results=results, order=list(PARTS))
     _log(f"wrote {path} and {path.with_name('results.json')}")
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
+import pandas as pd
 
 PACKAGES = ["scquery", "tensorflow", "keras", "scanpy", "anndata", "scikit-learn", "hnswlib", "numpy"]
 TARGETS = {
@@ -191,29 +192,57 @@ def speed_section(speed):
     return parts
 
 
-def write_report(out_dir, *, command, quality=None, speed=None):
-    """Write RESULTS.md and results.json to `out_dir`; returns the Markdown path."""
+def _quality_section(result):
+    return quality_section(pd.DataFrame(result["summary"]))
+
+
+#: How each part of results.json is written into RESULTS.md (parts not listed are left out).
+SECTIONS = {"quality": _quality_section, "speed": speed_section}
+
+
+def write_report(out_dir, *, command, results, order):
+    """Store `results` (part name → figures) in `out_dir`/results.json, keeping the figures of
+    other parts already there, and write RESULTS.md from every stored part; returns its path.
+
+    Each part keeps the command, date and machine of the run that produced it.
+    """
+    stored = _read_stored(out_dir / "results.json")
     info = machine()
-    rows, summary = quality if quality else (None, None)
-    raw = {"command": command, "machine": info, "quality": rows, "speed": speed}
-    (out_dir / "results.json").write_text(json.dumps(raw, indent=1, default=_plain))
+    for name, result in results.items():
+        stored[name] = {"command": command, "machine": info, "result": result}
+    (out_dir / "results.json").write_text(json.dumps(stored, indent=1, default=_plain))
     parts = [
         "# scquery benchmarks",
         "",
-        f"Command: `{command}`  ",
-        f"Date: {info['date']}  ",
-        f"Machine: {info['platform']}, {info['cpu']}, {info['cores']} cores, Python {info['python']}  ",
-        f"GPU: {info['gpu']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "Written by `make bench` (`python -m benchmarks`); each section names the command, date and "
+        "machine of the run that produced it (`python -m benchmarks --only PART` reruns one part).",
         "",
     ]
-    if summary is not None:
-        parts += quality_section(summary)
-    if speed is not None:
-        parts += speed_section(speed)
+    for name in [*order, *sorted(set(stored) - set(order))]:
+        if name not in stored or name not in SECTIONS:
+            continue
+        entry = stored[name]
+        info = entry["machine"]
+        parts += SECTIONS[name](entry["result"])
+        parts += [
+            f"<sub>Command: `{entry['command']}`; {info['date']}; {info['platform']}, {info['cpu']}, "
+            f"{info['cores']} cores, Python {info['python']}; GPU: {info['gpu']}; "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+            + "</sub>",
+            "",
+        ]
     path = out_dir / "RESULTS.md"
     path.write_text("\n".join(parts))
     return path
+
+
+def _read_stored(path):
+    """The parts stored in results.json (none when it is absent or of the old single-run form)."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in stored.items() if isinstance(v, dict) and "result" in v}
 
 
 def _plain(value):

@@ -55,14 +55,26 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     raw = json.loads((tmp_path / "results.json").read_text())
-    methods = {row["method"] for row in raw["quality"]}
+    quality, speed = raw["quality"]["result"], raw["speed"]["result"]
+    methods = {row["method"] for row in quality["rows"]}
     assert {"scquery kNN", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
-    for row in raw["quality"]:
+    for row in quality["rows"]:
         assert 0.0 <= row["macro_f1"] <= 1.0
-    for run in raw["speed"]["runs"]:
+    for run in speed["runs"]:
         assert "error" not in run["train"] and "error" not in run["embed"]
         assert run["train"]["pretrain_cells_per_s"] > 0 and run["embed"]["peak_rss_gb"] > 0
-    assert raw["speed"]["query"]["query"]["query_cells_per_s"] > 0
-    assert raw["speed"]["bound"]["matmul_gflops"] > 0
+    assert speed["query"]["query"]["query_cells_per_s"] > 0
+    assert speed["bound"]["matmul_gflops"] > 0
+    assert raw["quality"]["command"].startswith("python -m benchmarks --quick")
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Quality" in report and "## Speed and memory" in report
+
+
+def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
+    from benchmarks.report import write_report
+
+    write_report(tmp_path, command="first", results={"one": [1, 2]}, order=["one", "two"])
+    write_report(tmp_path, command="second", results={"two": {"x": 1}}, order=["one", "two"])
+    raw = json.loads((tmp_path / "results.json").read_text())
+    assert raw["one"]["command"] == "first" and raw["one"]["result"] == [1, 2]
+    assert raw["two"]["command"] == "second" and raw["two"]["result"] == {"x": 1}
