@@ -1,5 +1,7 @@
 """Fixtures shared by the tests: the built-in data split and one small model trained on it."""
 
+from pathlib import Path
+
 import pytest
 
 from scquery.datasets import pbmc68k_split
@@ -14,6 +16,18 @@ SMALL_CONFIG = {
     "batch_size": 64,
     "min_cells_per_class": 5,
 }
+
+
+#: The real labelled datasets beside the repository (../shared/data; absent from a user's clone).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(name):
+    """The path of `name` in `SHARED_DATA`; the calling test is skipped, saying so, without it."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real data {path} is absent (../shared/data is not beside this checkout)")
+    return path
 
 
 @pytest.fixture(scope="session")

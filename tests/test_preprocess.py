@@ -2,7 +2,6 @@
 
 import json
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
+from conftest import shared_file
 
 from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
@@ -21,8 +21,6 @@ from scquery.preprocess import (
     fit_preprocess,
 )
 
-PBMC3K = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k.h5ad"
-
 
 @pytest.fixture(scope="module")
 def pbmc68k():
@@ -31,9 +29,7 @@ def pbmc68k():
 
 @pytest.fixture(scope="module")
 def pbmc3k():
-    if not PBMC3K.is_file():
-        pytest.skip(f"{PBMC3K} is not available")
-    return read(PBMC3K, layer="counts")
+    return read(shared_file("pbmc3k.h5ad"), layer="counts")
 
 
 def _counts(n_cells=60, genes=None, seed=0):
