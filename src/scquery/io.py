@@ -7,8 +7,8 @@ Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv
 
 After reading, `.X` holds the chosen values as CSR float32, duplicate gene names are made unique
 (`AnnData.var_names_make_unique`: the second `TP53` becomes `TP53-1`, …), duplicate cell names
-likewise, and `uns['scquery']` records the file (`source`) and what the values are (`values`, see
-`scquery.preprocess.detect_values`).
+likewise, and `uns['scquery']['source']` records the file. What the values are (counts, normalized,
+log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), not here.
 """
 
 import os
@@ -125,35 +125,6 @@ def to_csr32(X):
     return sp.csr_matrix(np.asarray(X, dtype=np.float32))
 
 
-def detect_values(X, *, max_log=20.0, tolerance=0.05):
-    """What a cells × genes matrix holds: `'counts'`, `'log1p_normalized'` or `'other'`.
-
-    `'counts'`: non-negative integers. `'log1p_normalized'`: non-negative, not all integers, and
-    either the largest value is below `max_log` (log scale) or the rows of `expm1(X)` sum to
-    nearly the same total (relative spread below `tolerance`). `'other'`: anything else, e.g.
-    negative (scaled) values.
-    """
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size == 0:
-        return "counts"
-    if values.min() < 0 or not np.isfinite(values).all():
-        return "other"
-    if np.array_equal(values, np.round(values)):
-        return "counts"
-    if values.max() < max_log:
-        return "log1p_normalized"
-    with np.errstate(over="ignore", invalid="ignore"):
-        if sp.issparse(X):
-            totals = sp.csr_matrix(X, dtype=np.float64).expm1().sum(axis=1)
-        else:
-            totals = np.expm1(np.asarray(X, dtype=np.float64)).sum(axis=1)
-    totals = np.asarray(totals).ravel()
-    totals = totals[totals > 0]
-    if totals.size and np.isfinite(totals).all() and np.std(totals) <= tolerance * np.mean(totals):
-        return "log1p_normalized"
-    return "other"
-
-
 def check_matrix(X, source, *, counts=False):
     """Raise `ScqueryError` when the CSR matrix `X` holds NaN or infinite values, or negative values
     where `counts` are expected."""
@@ -220,11 +191,7 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
         warnings.simplefilter("ignore", UserWarning)
         adata.var_names_make_unique()
         adata.obs_names_make_unique()
-    adata.uns["scquery"] = {
-        **dict(adata.uns.get("scquery", {})),
-        "source": str(path),
-        "values": detect_values(adata.X),
-    }
+    adata.uns["scquery"] = {**dict(adata.uns.get("scquery", {})), "source": str(path)}
     return adata
 
 
@@ -234,21 +201,14 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     `obs['dataset']` names each cell's source (the file name without suffixes, made unique with
     `-1`, `-2`, …); duplicate cell names are made unique. The genes are the union of all files
     (`anndata.concat(join='outer', fill_value=0)`): a gene missing from one file is zero in its
-    cells, so no gene is lost and `.X` stays sparse. Files whose values are of different kinds
-    (counts and normalized values) cannot be merged.
+    cells, so no gene is lost and `.X` stays sparse. Files may hold values of different kinds
+    (counts, normalized values): preprocessing recognizes each dataset's scale on its own.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ScqueryError("No input files were given; give at least one.")
     adatas = [read(p, layer=layer, use_raw=use_raw, genes_by_cells=genes_by_cells) for p in paths]
     names = list(ad.utils.make_index_unique(pd.Index([dataset_name(p) for p in paths])))
-    kinds = {a.uns["scquery"]["values"] for a in adatas}
-    if len(kinds) > 1:
-        found = ", ".join(f"{n}: {a.uns['scquery']['values']}" for n, a in zip(names, adatas, strict=True))
-        raise ScqueryError(
-            f"The inputs hold different kinds of values ({found}); read them all as counts "
-            "(e.g. layer='counts') or all as normalized values."
-        )
     if len(adatas) == 1:
         merged = adatas[0]
         merged.obs["dataset"] = pd.Categorical([names[0]] * merged.n_obs)
@@ -258,7 +218,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
             merged = ad.concat(adatas, join="outer", fill_value=0, label="dataset", keys=names, merge="same")
             merged.obs_names_make_unique()
         merged.X = to_csr32(merged.X)
-    merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "values": kinds.pop()}
+    merged.uns["scquery"] = {"source": ", ".join(map(str, paths))}
     return merged
 
 
