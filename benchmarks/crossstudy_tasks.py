@@ -54,16 +54,17 @@ def _labelled(X, obs_names, var_names, labels):
 
 
 def pbmc_pair(folder=DATA_DIR):
-    """pbmc3k counts → pbmc68k_reduced `.raw` (log-normalized), on their shared genes."""
+    """pbmc3k → pbmc68k_reduced `.raw`, both log1p(counts per 10k) over all of their own genes, on
+    the genes they share (pbmc68k_reduced has no counts, so pbmc3k's counts are not used either)."""
     ref = ad.read_h5ad(folder / "pbmc3k.h5ad")
     full = sc.datasets.pbmc68k_reduced()
     raw = full.raw.to_adata()
     genes = [gene for gene in raw.var_names if gene in set(ref.var_names)]
     mapped = full.obs["bulk_labels"].astype(str).map(PBMC68K_TO_PBMC3K)
     keep = mapped.notna().to_numpy()
-    reference = _labelled(ref[:, genes].layers["counts"], ref.obs_names, genes, ref.obs["classified"])
+    reference = _labelled(ref[:, genes].X, ref.obs_names, genes, ref.obs["classified"])
     query = _labelled(raw[keep][:, genes].X, raw.obs_names[keep], genes, mapped[keep])
-    return Task("pbmc3k→pbmc68k", reference, query, "counts", "log1p")
+    return Task("pbmc3k→pbmc68k", reference, query, "log1p", "log1p")
 
 
 def baron_pair(folder=DATA_DIR, donor=BARON_QUERY_DONOR):

@@ -166,3 +166,17 @@ def test_real_scales_on_baron_and_pbmc3k():
     assert (found["values"], found["log_base"]) == ("normalized", "e")
     assert found["target_sum"] == pytest.approx(1e4, rel=1e-3)
     assert detect_values(pbmc3k.layers["counts"])["values"] == "counts"
+
+
+def test_values_normalized_over_more_genes_keep_their_scale():
+    counts = _counts()
+    subset = _log(_scaled(counts, 1e4), np.log1p)[:, :150]  # log1p CP10k of all genes, then a subset
+    found = detect_values(subset)
+    assert (found["values"], found["log_base"], found["target_sum"]) == ("normalized", "e", None)
+    genes = [f"G{i}" for i in range(150)]
+    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, genes=genes)
+    processed, _ = apply_preprocess(_adata(subset, genes), record)
+    np.testing.assert_allclose(processed.X.toarray(), subset.toarray(), rtol=1e-5, atol=1e-5)
+    assert processed.uns["scquery"]["values"]["assumed_target_sum"] == 1e4
+    with pytest.warns(UserWarning, match="total is unknown; it is taken as 1e\\+06"):
+        apply_preprocess(_adata(_scaled(counts, 1e6)[:, :150], genes), record)

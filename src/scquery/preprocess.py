@@ -7,7 +7,10 @@ Input scales: `detect_values` tells what a matrix holds (raw counts; counts norm
 as CPM, CP10k or TPM; either of them on a log scale of base e, 2 or 10; or centred/scaled values), and
 `to_linear` undoes what can be undone exactly, so that both the reference and a query are normalized
 the same way (`normalize_total` to the reference's `target_sum` on the data's own genes, then
-`log1p`) whatever scale they arrive in. Centred or scaled values cannot be undone and are refused.
+`log1p`) whatever scale they arrive in. Values normalized over more genes than the data still holds
+(their cells' totals differ) keep each cell's own scale, with the total taken as the smallest usual
+one (1e4, 1e5, …) above every cell's sum, and a warning when that differs from the reference's.
+Centred or scaled values cannot be undone and are refused.
 
 Scaling stays sparse-friendly: z-scoring would make the whole matrix dense, so `scale=True` only
 records the reference's gene means and standard deviations; `.X` stays sparse log1p values and
@@ -206,7 +209,31 @@ def _normalized(X, values, target_sum, source):
         if top <= MAX_LOG:
             return X
         return _log_normalize(X, target_sum)
-    return _log_normalize(to_linear(X, values), target_sum)
+    if values["values"] == "counts" or values["target_sum"]:
+        return _log_normalize(to_linear(X, values), target_sum)
+    # Normalized over genes the data no longer holds: the cells' own totals are unknown, so their
+    # scale is kept and only the total is taken as the smallest usual one above every cell's sum.
+    linear = to_csr32(
+        sp.csr_matrix((_linear_values(X.data, values["log_base"]), X.indices, X.indptr), X.shape)
+    )
+    assumed = _assumed_total(linear)
+    values["assumed_target_sum"] = assumed
+    if assumed != target_sum:
+        warnings.warn(
+            f"The values of {source} were normalized per cell over genes it no longer holds, so their "
+            f"total is unknown; it is taken as {assumed:g} (the smallest usual total above every cell's "
+            "sum). Give the counts if you have them.",
+            stacklevel=3,
+        )
+    linear.data *= target_sum / assumed
+    linear.data = np.log1p(linear.data)
+    return linear
+
+
+def _assumed_total(linear):
+    """The smallest of 1e4, 1e5, 1e6, … at least as large as every row's sum."""
+    top = float(np.asarray(linear.sum(axis=1)).max()) if linear.nnz else 0.0
+    return float(10 ** max(4, int(np.ceil(np.log10(max(top, 1.0)) - 1e-9))))
 
 
 def _detect_per_dataset(adata, X):
