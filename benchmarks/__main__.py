@@ -27,8 +27,14 @@ def _speed(quick, log):
     return run_speed(quick=quick, log=log)
 
 
+def _crossstudy(quick, log):
+    from .crossstudy import run_crossstudy
+
+    return run_crossstudy(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "speed": _speed}
+PARTS = {"quality": _quality, "crossstudy": _crossstudy, "speed": _speed}
 
 
 def main(argv=None):

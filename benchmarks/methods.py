@@ -20,7 +20,8 @@ def scquery_config(*, quick, pretrain=True):
 def run_scquery(reference, query_data, *, quick, pretrain=True, seed=0):
     """Train scquery on `reference` and query `query_data` (a copy is annotated).
 
-    Returns the kNN and classifier predictions, the share of cells rejected as Unknown, and the
+    Returns the prediction, the kNN vote's and the classifier's own answers, the share of cells
+    rejected as Unknown, and the
     reference and query embeddings.
     """
     bundle = train(
@@ -31,11 +32,12 @@ def run_scquery(reference, query_data, *, quick, pretrain=True, seed=0):
     )
     annotated = query_data.copy()
     query(annotated, bundle, k=15)
-    knn = annotated.obs["scquery_prediction"].astype(str).to_numpy()
+    prediction = annotated.obs["scquery_prediction"].astype(str).to_numpy()
     return {
-        "knn": knn,
+        "prediction": prediction,
+        "knn": annotated.obs["scquery_knn"].astype(str).to_numpy(),
         "classifier": annotated.obs["scquery_classifier"].astype(str).to_numpy(),
-        "unknown_fraction": float((knn == UNKNOWN).mean()),
+        "unknown_fraction": float((prediction == UNKNOWN).mean()),
         "reference_embedding": bundle.reference.obsm["X_scquery"],
         "reference_labels": bundle.reference.obs["label"].astype(str).to_numpy(),
         "query_embedding": annotated.obsm["X_scquery"],
