@@ -96,7 +96,9 @@ def without(task, held_out):
 
 
 def tasks(folder=DATA_DIR):
-    """Every pair, then each of its held-out-type tasks."""
+    """Every pair, then each of its held-out-type tasks (none where the shared data is absent)."""
+    if not folder.is_dir():
+        return
     for pair in (pbmc_pair(folder), baron_pair(folder), cellbench_pair(folder)):
         yield pair
         for held_out in HELD_OUT[pair.pair]:

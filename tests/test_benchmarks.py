@@ -78,3 +78,26 @@ def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
     raw = json.loads((tmp_path / "results.json").read_text())
     assert raw["one"]["command"] == "first" and raw["one"]["result"] == [1, 2]
     assert raw["two"]["command"] == "second" and raw["two"]["result"] == {"x": 1}
+
+
+@pytest.mark.slow
+def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "crossstudy", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())["crossstudy"]["result"]
+    if not result["tasks"]:
+        pytest.skip("the shared data is absent: no cross-study task to run")
+    methods = {row["method"] for row in result["tasks"]}
+    assert {"scquery prediction", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
+    held = [row for row in result["tasks"] if row["held_out"] and row["method"] == "scquery prediction"]
+    assert held and all(0.0 <= row["held_out_unknown"] <= 1.0 for row in held)
+    scales = {row["scale"]: row for row in result["scales"]}
+    assert "refused" in scales["z-scored log1p CP10k"]
+    assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
+    assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()
