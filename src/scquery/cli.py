@@ -271,6 +271,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="scquery: %(message)s")
     warnings.showwarning = _show_warning
+    # Repeated cell names are the user's, kept on purpose (each output row follows the input's order).
+    warnings.filterwarnings("ignore", message="Observation names are not unique")
     try:
         args.run(args)
     except ScqueryError as error:
