@@ -232,7 +232,7 @@ def test_bad_parameters_fail_clearly(bundle, split):
     adata = split[1][:10].copy()
     with pytest.raises(ScqueryError, match="k must"):
         query(adata, bundle, k=0)
-    with pytest.raises(ScqueryError, match="min_confidence must lie"):
+    with pytest.raises(ScqueryError, match="min_confidence must be"):
         query(adata, bundle, min_confidence=1.5)
     with pytest.raises(ScqueryError, match="run the query"):
         summarize(adata)
