@@ -51,7 +51,7 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     raw = json.loads((tmp_path / "results.json").read_text())
