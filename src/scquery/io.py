@@ -262,10 +262,20 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     return merged
 
 
-def check_labels(adata, key, source="the data"):
-    """Raise `ScqueryError` unless `obs[key]` exists, has no missing labels and two classes or more.
+def labelled_cells(labels):
+    """Boolean mask of the cells that have a label: not NaN/None and not empty (or blank) text."""
+    labels = pd.Series(labels)
+    text = labels.astype(object).where(labels.notna(), "").astype(str).str.strip()
+    return (labels.notna() & (text != "")).to_numpy()
 
-    `source` names the file in the message.
+
+def check_labels(adata, key, source="the data", *, allow_missing=False):
+    """Raise `ScqueryError` unless `obs[key]` exists and labels two classes or more; return the
+    mask of labelled cells (`labelled_cells`).
+
+    Cells without a label (NaN or empty) are an error, unless `allow_missing` (unlabelled cells
+    of a training reference are used for pretraining only); even then some cells must be
+    labelled. `source` names the file in the message.
     """
     if key not in adata.obs:
         columns = ", ".join(map(str, adata.obs.columns)) or "none"
@@ -273,16 +283,23 @@ def check_labels(adata, key, source="the data"):
             f"The label column {key!r} is not in {source} (columns: {columns}); choose one of them."
         )
     labels = adata.obs[key]
-    missing = int(labels.isna().sum())
-    if missing:
+    labelled = labelled_cells(labels)
+    if not labelled.any():
+        raise ScqueryError(
+            f"The label column {key!r} of {source} labels none of its {len(labels)} cells; label "
+            "some of them (cells without a label are used for pretraining only)."
+        )
+    missing = int((~labelled).sum())
+    if missing and not allow_missing:
         raise ScqueryError(
             f"The label column {key!r} of {source} has {missing} cells without a label; label "
             "them or remove them."
         )
-    if labels.nunique() < 2:
+    if labels[labelled].nunique() < 2:
         raise ScqueryError(
             f"The label column {key!r} of {source} has only one class; a classifier needs two or more."
         )
+    return labelled
 
 
 def current_umask():
