@@ -7,7 +7,6 @@ the `unlabeled` data, processed like a query (unless a `PretrainedEncoder` is gi
 the query's reference points. Cells without a label (NaN or empty) serve pretraining only.
 """
 
-import hashlib
 import warnings
 
 import anndata as ad
@@ -15,11 +14,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .bundle import Bundle
+from .bundle import Bundle, model_digest
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels, labelled_cells
+from .io import check_labels, labelled_cells, select_values
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 
@@ -27,14 +26,17 @@ from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 _PRETRAIN, _CLASSIFIER = 1, 2
 
 
-def pretrain(adata, *, config=None, unlabeled=None, seed=0, verbose=0) -> PretrainedEncoder:
+def pretrain(
+    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose=0
+) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
     its cells (labels are not used) and the `unlabeled` data; `train(..., encoder=...)` goes on
     from the result. `adata` and `unlabeled` are not modified."""
     config = _config(config)
     _check_seed(seed)
-    processed, record = _preprocess(adata, config)
-    return _pretrain(processed, record, unlabeled, config, seed, verbose)
+    values = {"layer": layer, "use_raw": use_raw}
+    processed, record = _preprocess(adata, config, values)
+    return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
 
 
 def train(
@@ -45,11 +47,13 @@ def train(
     unlabeled=None,
     encoder=None,
     seed=0,
+    layer=None,
+    use_raw=False,
     verbose=0,
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
 
-    Preprocesses `adata` (values in `.X`, as `scquery.io.read_many` gives them), pretrains the encoder
+    Preprocesses `adata`'s values (`.X`, `layers[layer]` or `.raw` with `use_raw`), pretrains the encoder
     greedily on all its cells and the `unlabeled` data unless `config.pretrain` is false or `encoder`
     (a `PretrainedEncoder`, from `pretrain`) is given, fine-tunes the classifier on the labelled cells
     of the cell types with at least `config.min_cells_per_class` cells, and embeds these cells (the
@@ -60,8 +64,9 @@ def train(
             only, and a column labelling no cell is an error.
         config: a `TrainConfig`, a dict or YAML path of options (`scquery.config.load_train_config`).
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
-            and genes a query may have: each is filtered (the reference's quality control),
-            normalized and aligned to the reference's genes like a query (`apply_preprocess`).
+            and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
+            (the reference's quality control), normalized and aligned to the reference's genes
+            like a query (`apply_preprocess`).
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
         seed: seeds every random choice (weights, noise, batch order, validation split): the
@@ -80,11 +85,12 @@ def train(
             "The option pretrain is false, yet a pretrained encoder or unlabelled data (used only for "
             "pretraining) were given; set pretrain to true or leave them out."
         )
-    processed, record = _preprocess(adata, config)
+    values = {"layer": layer, "use_raw": use_raw}
+    processed, record = _preprocess(adata, config, values)
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
-        encoder = _pretrain(processed, record, unlabeled, config, seed, verbose)
+        encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
     reference, classes, y = _labelled(processed, label_key, config)
     model = build_classifier(
         reference.n_vars,
@@ -131,14 +137,15 @@ def train(
         config=config.to_dict(),
         seed=seed,
         history=history,
-        model_id=_model_id(model, record["genes"]),
+        model_id=model_digest(model, record["genes"]),
     )
 
 
-def _preprocess(adata, config):
-    """`fit_preprocess` of every reference cell, labelled or not, with the configured options."""
+def _preprocess(adata, config, values):
+    """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
+    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`)."""
     return fit_preprocess(
-        adata,
+        select_values(adata, **values),
         min_genes=config.min_genes,
         min_cells=config.min_cells,
         max_pct_mito=config.max_pct_mito,
@@ -175,10 +182,12 @@ def _labelled(processed, label_key, config):
     return processed.copy(), classes, y
 
 
-def _pretrain(processed, record, unlabeled, config, seed, verbose):
+def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
     """Greedy pretraining on the processed reference's cells and the `unlabeled` data."""
     X = processed.X
-    extra = [_unlabeled_matrix(data, record, config) for data in _datasets(unlabeled)]
+    extra = [
+        _unlabeled_matrix(select_values(data, **values), record, config) for data in _datasets(unlabeled)
+    ]
     if extra:
         X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
     weights, history = pretrain_greedy(
@@ -245,10 +254,3 @@ def _source(adata):
 
 def _config(config):
     return config if isinstance(config, TrainConfig) else load_train_config(config)
-
-
-def _model_id(model, genes):
-    digest = hashlib.sha1("\n".join(genes).encode())
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:12]

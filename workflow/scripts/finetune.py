@@ -6,8 +6,8 @@ log_to(snakemake.log[0])
 
 import anndata as ad  # noqa: E402
 from scquery.bundle import save_bundle  # noqa: E402
-from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.neighbors import NeighborIndex  # noqa: E402
+from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.train import train  # noqa: E402
 
 encoder = load_encoder(snakemake.input.weights) if "weights" in snakemake.input.keys() else None
@@ -18,6 +18,7 @@ bundle = train(
     config=dict(snakemake.params.train),
     seed=snakemake.params.seed,
     encoder=encoder,
+    **snakemake.params.values,
     verbose=2,
 )
 save_bundle(bundle, snakemake.output[0])

@@ -14,6 +14,7 @@ encoder = pretrain(
     ad.read_h5ad(snakemake.input[0]),
     config=dict(snakemake.params.train),
     seed=snakemake.params.seed,
+    **snakemake.params.values,
     verbose=2,
 )
 save_encoder(snakemake.output.weights, encoder)
