@@ -1,4 +1,5 @@
-"""Greedy denoising pretraining of the encoder (scquery.train.pretrain)."""
+"""Greedy denoising pretraining of the encoder on all reference cells and the unlabelled datasets
+(scquery.train.pretrain)."""
 
 from common import log_to
 
@@ -11,8 +12,9 @@ from scquery.pretrain import save_encoder  # noqa: E402
 from scquery.train import pretrain  # noqa: E402
 
 encoder = pretrain(
-    ad.read_h5ad(snakemake.input[0]),
+    ad.read_h5ad(snakemake.input.reference),
     config=dict(snakemake.params.train),
+    unlabeled=[ad.read_h5ad(path) for path in snakemake.input.unlabeled] or None,
     seed=snakemake.params.seed,
     **snakemake.params.values,
     verbose=2,
