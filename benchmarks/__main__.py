@@ -27,8 +27,15 @@ def _speed(quick, log):
     return run_speed(quick=quick, log=log)
 
 
+def _labels(quick, log):
+    from .labels import run_labels, settings
+
+    rows, summary = run_labels(quick=quick, log=log)
+    return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "speed": _speed}
+PARTS = {"quality": _quality, "speed": _speed, "labels": _labels}
 
 
 def main(argv=None):

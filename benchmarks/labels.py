@@ -59,6 +59,17 @@ def keep_labels(labels, fraction, seed):
     return keep
 
 
+def settings(quick):
+    """The run's fractions, seeds and folds, as the report states them."""
+    if quick:
+        return {"fractions": list(QUICK_FRACTIONS), "seeds": list(QUICK_SEEDS), "folds": "synthetic data"}
+    return {
+        "fractions": list(FRACTIONS),
+        "seeds": list(SEEDS),
+        "folds": f"Baron donors {', '.join(BARON_DONORS)} held out; Zeisel fold(s) {', '.join(ZEISEL_FOLDS)}",
+    }
+
+
 def _unlabelled(reference, keep):
     """A copy of `reference` whose cells outside `keep` have no label."""
     partial = reference.copy()
@@ -219,7 +230,7 @@ def summarize(rows):
     """Mean and sd over seeds and folds of macro-F1 (and accuracy), per task, fraction and method."""
     table = pd.DataFrame(rows)
     grouped = table.groupby(["task", "fraction", "method"], sort=False)
-    summary = grouped[["macro_f1", "accuracy", "seconds"]].mean()
+    summary = grouped[["macro_f1", "accuracy", "seconds", "n_labelled"]].mean()
     spread = grouped[["macro_f1", "accuracy"]].std(ddof=0).add_suffix("_sd")
     counts = grouped.size().rename("runs")
     return pd.concat([summary, spread, counts], axis=1).reset_index()
