@@ -6,13 +6,6 @@ Preprocessing (QC, normalization, gene selection) has no rule of its own: it is 
 reference with the same options, and its record is stored in the bundle (bundle.json: `preprocess`).
 """
 
-TRAIN_RESOURCES = dict(
-    mem_mb=resources_of("train", "mem_mb", 16000),
-    runtime=resources_of("train", "runtime", 240),
-    gpu=resources_of("train", "gpu", 0),
-)
-
-
 rule pretrain:
     """Greedy layer-wise pretraining of tied denoising autoencoders: the encoder's weights."""
     input:
@@ -26,9 +19,7 @@ rule pretrain:
         "logs/benchmarks/pretrain.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
         label_key=config["reference"]["label_key"],
         train=config["train"],
@@ -49,9 +40,7 @@ rule finetune:
         "logs/benchmarks/finetune.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
         label_key=config["reference"]["label_key"],
         train=config["train"],

@@ -7,9 +7,10 @@ log_to(snakemake.log[0])
 import json  # noqa: E402
 
 import anndata as ad  # noqa: E402
+
 from scquery.bundle import save_bundle  # noqa: E402
-from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.neighbors import NeighborIndex  # noqa: E402
+from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.train import train  # noqa: E402
 
 weights = history = None
