@@ -5,9 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from scquery.datasets import pbmc68k_split
-from scquery.train import train
-
 #: A network and schedule small enough for tests, on pbmc68k_reduced's 765 genes.
 SMALL_CONFIG = {
     "min_genes": 0,
@@ -61,9 +58,12 @@ class _RealDataTests:
 
     def summary(self):
         """One line: how many real-data tests ran, how many skipped and why."""
+        line = f"real-data tests ({SHARED_DATA}):"
+        if not self.outcomes:
+            return f"{line} none in this run"
         ran = [outcome for outcome, _ in self.outcomes.values() if outcome != "skipped"]
         reasons = sorted({reason for outcome, reason in self.outcomes.values() if outcome == "skipped"})
-        line = f"real-data tests ({SHARED_DATA}): {len(ran)} ran ({ran.count('passed')} passed)"
+        line += f" {len(ran)} ran ({ran.count('passed')} passed)"
         skipped = len(self.outcomes) - len(ran)
         return line + (f", {skipped} skipped: {'; '.join(reasons)}" if skipped else ", none skipped")
 
@@ -126,10 +126,14 @@ def small_config():
 @pytest.fixture(scope="session")
 def split():
     """`pbmc68k_reduced` split into a reference (70 %) and a query (30 %), seed 0."""
+    from scquery.datasets import pbmc68k_split  # here, so that pytest starts without Keras
+
     return pbmc68k_split(seed=0)
 
 
 @pytest.fixture(scope="session")
 def bundle(split):
     """A small model trained on the reference of `split` (tests must not change it)."""
+    from scquery.train import train
+
     return train(split[0], label_key="bulk_labels", config=SMALL_CONFIG, seed=0)

@@ -6,6 +6,7 @@ Preprocessing (QC, normalization, gene selection) has no rule of its own: it is 
 reference with the same options, and its record is stored in the bundle (bundle.json: `preprocess`).
 """
 
+
 rule pretrain:
     """Greedy layer-wise pretraining of tied denoising autoencoders: the encoder's weights."""
     input:
