@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests: the built-in data split and one small model trained on it."""
+"""Fixtures shared by the tests (the built-in data split, one small model trained on it), `shared_file` for
+the real datasets, and the summary line saying how many real-data tests ran or were skipped, and why."""
 
 import os
 from pathlib import Path
