@@ -16,5 +16,6 @@ rule embed:
     threads: 1
     params:
         min_overlap=config["query"].get("min_overlap", 0.5),
+        values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
     script:
         "../scripts/embed.py"

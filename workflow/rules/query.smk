@@ -29,6 +29,7 @@ rule query:
     threads: 1
     params:
         query=config["query"],
+        values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
         label_key=config["query_label_key"],
     script:
         "../scripts/query.py"
