@@ -64,14 +64,6 @@ def _check_files_exist():
 _check_files_exist()
 
 
-def resources_of(stage, key, fallback):
-    """The configured resource `key` of `stage` ('train' or 'default'), else `fallback`."""
-    configured = config.get("resources", {})
-    return configured.get(stage, {}).get(
-        key, configured.get("default", {}).get(key, fallback)
-    )
-
-
 def all_outputs():
     """Every final output: the model bundle, the embedded and annotated queries, the report's figures."""
     outputs = [

@@ -14,9 +14,6 @@ rule default_data:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         seed=config["seed"],
         query_fraction=config.get("default_data", {}).get("query_fraction", 0.3),
@@ -37,9 +34,6 @@ rule ingest_reference:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config["reference"].get("layer"),
         use_raw=config["reference"].get("use_raw", False),
@@ -62,9 +56,6 @@ rule ingest_query:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config.get("query_input", {}).get("layer"),
         use_raw=config.get("query_input", {}).get("use_raw", False),

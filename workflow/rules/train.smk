@@ -8,12 +8,6 @@ Pretraining sees every reference cell (labelled or not) and the `unlabeled` data
 sees the labelled cells only.
 """
 
-TRAIN_RESOURCES = dict(
-    mem_mb=resources_of("train", "mem_mb", 16000),
-    runtime=resources_of("train", "runtime", 240),
-    gpu=resources_of("train", "gpu", 0),
-)
-
 
 rule pretrain:
     """Greedy layer-wise pretraining of tied denoising autoencoders on all reference cells and the
@@ -30,9 +24,7 @@ rule pretrain:
         "logs/benchmarks/pretrain.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
         train=config["train"],
         seed=config["seed"],
@@ -53,9 +45,7 @@ rule finetune:
         "logs/benchmarks/finetune.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
         label_key=config["reference"]["label_key"],
         train=config["train"],

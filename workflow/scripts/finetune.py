@@ -5,6 +5,7 @@ from common import log_to
 log_to(snakemake.log[0])
 
 import anndata as ad  # noqa: E402
+
 from scquery.bundle import save_bundle  # noqa: E402
 from scquery.neighbors import NeighborIndex  # noqa: E402
 from scquery.pretrain import load_encoder  # noqa: E402

@@ -8,6 +8,7 @@ log_to(snakemake.log[0])
 import json  # noqa: E402
 
 import anndata as ad  # noqa: E402
+
 from scquery.pretrain import save_encoder  # noqa: E402
 from scquery.train import pretrain  # noqa: E402
 
