@@ -27,8 +27,14 @@ def _speed(quick, log):
     return run_speed(quick=quick, log=log)
 
 
+def _scale(quick, log):
+    from .scale import run_scale
+
+    return run_scale(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "speed": _speed}
+PARTS = {"quality": _quality, "speed": _speed, "scale": _scale}
 
 
 def main(argv=None):

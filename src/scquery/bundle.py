@@ -13,6 +13,7 @@ import keras
 
 from .errors import ScqueryError
 from .io import current_umask
+from .neighbors import NeighborIndex
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", "bundle.json", "reference.h5ad"
@@ -50,6 +51,8 @@ class Bundle:
         history: per-stage training curves (`{'pretrain': [...], 'classifier': {...}}`).
         model_id: a digest of the weights and genes, naming this model in outputs.
         versions: versions of the software that trained it.
+        index: the reference's neighbour index (`NeighborIndex`), saved with the bundle; None until
+            `NeighborIndex.for_bundle` builds it (`save_bundle` does).
     """
 
     model: keras.Model
@@ -62,6 +65,7 @@ class Bundle:
     history: dict
     model_id: str
     versions: dict = field(default_factory=current_versions)
+    index: NeighborIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def genes(self) -> list[str]:
@@ -77,6 +81,7 @@ def save_bundle(bundle: Bundle, path) -> Path:
     try:
         bundle.model.save(staging / MODEL_FILE)
         bundle.reference.write_h5ad(staging / REFERENCE_FILE)
+        NeighborIndex.for_bundle(bundle).save(staging)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_id": bundle.model_id,
@@ -118,6 +123,7 @@ def load_bundle(path) -> Bundle:
     try:
         model = keras.saving.load_model(path / MODEL_FILE, safe_mode=True)
         reference = ad.read_h5ad(path / REFERENCE_FILE)
+        index = NeighborIndex.load(path, reference.obsm["X_scquery"])
     except (OSError, ValueError) as error:
         raise ScqueryError(f"{path} could not be read ({error}); train the model again.") from None
     return Bundle(
@@ -131,4 +137,5 @@ def load_bundle(path) -> Bundle:
         history=meta["history"],
         model_id=meta["model_id"],
         versions=meta["versions"],
+        index=index,
     )
