@@ -25,13 +25,14 @@ rule query:
     benchmark:
         "logs/benchmarks/query/{query}.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("default", "threads", 1)
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
         runtime=resources_of("default", "runtime", 30),
     params:
         query=config["query"],
+        values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
         label_key=config["query_label_key"],
     script:
         "../scripts/query.py"

@@ -25,7 +25,7 @@ rule pretrain:
     benchmark:
         "logs/benchmarks/pretrain.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
@@ -33,6 +33,7 @@ rule pretrain:
         label_key=config["reference"]["label_key"],
         train=config["train"],
         seed=config["seed"],
+        values=REFERENCE_VALUES,
     script:
         "../scripts/pretrain.py"
 
@@ -48,7 +49,7 @@ rule finetune:
     benchmark:
         "logs/benchmarks/finetune.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
@@ -56,5 +57,6 @@ rule finetune:
         label_key=config["reference"]["label_key"],
         train=config["train"],
         seed=config["seed"],
+        values=REFERENCE_VALUES,
     script:
         "../scripts/finetune.py"

@@ -24,6 +24,7 @@ bundle = train(
     seed=snakemake.params.seed,
     encoder_weights=weights,
     pretrain_history=history,
+    **snakemake.params.values,
     verbose=2,
 )
 # The bundle holds the reference's neighbour index, built once here for all query jobs to read.
