@@ -34,8 +34,14 @@ def _labels(quick, log):
     return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
 
 
+def _scale(quick, log):
+    from .scale import run_scale
+
+    return run_scale(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "speed": _speed, "labels": _labels}
+PARTS = {"quality": _quality, "labels": _labels, "speed": _speed, "scale": _scale}
 
 
 def main(argv=None):

@@ -23,6 +23,7 @@ import numpy as np
 
 from .classifier import embedding_model
 from .errors import ScqueryError
+from .neighbors import NeighborIndex
 from .outputs import (
     BUNDLE_MARKER,
     check_bundle_destination,
@@ -70,6 +71,8 @@ class Bundle:
         history: per-stage training curves (`{'pretrain': [...], 'classifier': {...}}`).
         model_id: a digest of the weights and genes, naming this model in outputs.
         versions: versions of the software that trained it.
+        index: the reference's neighbour index (`NeighborIndex`), saved with the bundle; None until
+            `NeighborIndex.for_bundle` builds it (`save_bundle` does).
     """
 
     model: keras.Model
@@ -82,6 +85,7 @@ class Bundle:
     history: dict
     model_id: str
     versions: dict = field(default_factory=current_versions)
+    index: NeighborIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def genes(self) -> list[str]:
@@ -118,6 +122,7 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
     try:
         bundle.model.save(staging / MODEL_FILE)
         bundle.reference.write_h5ad(staging / REFERENCE_FILE)
+        NeighborIndex.for_bundle(bundle).save(staging)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_id": bundle.model_id,
@@ -298,6 +303,7 @@ def load_bundle(path, *, verify=True) -> Bundle:
         versions=meta.get("versions", {}),
     )
     check_consistent(bundle, path)
+    bundle.index = NeighborIndex.load(path, reference.obsm["X_scquery"])
     return bundle
 
 

@@ -7,7 +7,6 @@ log_to(snakemake.log[0])
 import anndata as ad  # noqa: E402
 
 from scquery.bundle import save_bundle  # noqa: E402
-from scquery.neighbors import NeighborIndex  # noqa: E402
 from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.train import train  # noqa: E402
 
@@ -22,9 +21,8 @@ bundle = train(
     **snakemake.params.values,
     verbose=2,
 )
+# The bundle holds the reference's neighbour index, built once here for all query jobs to read.
 save_bundle(bundle, snakemake.output[0])
-# Build the neighbour index once, cached in the bundle, for all query jobs to read.
-NeighborIndex.for_bundle(bundle, snakemake.output[0])
 print(
     f"model {bundle.model_id}: {bundle.reference.n_obs} cells, {len(bundle.genes)} genes, "
     f"{len(bundle.classes)} cell types"
