@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -195,16 +196,23 @@ def read_manifest(folder):
 
 
 def verify_bundle(path):
-    """Check every file of the bundle `path` against its manifest (streaming SHA-256, about a second
-    per GB); any difference is a `ScqueryError` naming the file and what to do."""
+    """Check every file of the bundle `path` against its manifest; any difference is a `ScqueryError`
+    naming the file and what to do.
+
+    The files are read once, in 1 MiB pieces (constant memory), on several threads (hashlib
+    releases the GIL): about 0.5 GiB/s per core, so ~2 s per core for a million-cell bundle (~1 GB).
+    """
     path = Path(path)
-    for name, digest in read_manifest(path).items():
-        file = path / name
-        if not file.is_file():
+    entries = read_manifest(path)
+    for name in entries:
+        if not (path / name).is_file():
             raise ScqueryError(
-                f"{file} is missing from the model bundle {path}; restore it or train the model again."
+                f"{path / name} is missing from the model bundle {path}; restore it or train the model again."
             )
-        if _file_digest(file) != digest:
+    with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1)) as pool:
+        found = dict(zip(entries, pool.map(_file_digest, [path / name for name in entries]), strict=True))
+    for name, digest in entries.items():
+        if found[name] != digest:
             raise ScqueryError(_changed(path, name))
 
 
