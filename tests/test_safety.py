@@ -252,6 +252,10 @@ def test_an_existing_bundle_is_replaced_only_with_overwrite(bundle, foreign, mod
     assert digests(model) == old
     with pytest.raises(ScqueryError, match="inside the model bundle"):
         save_bundle(foreign, model / "nested")
+    (model / "my_notes.txt").write_text("mine")
+    with pytest.raises(ScqueryError, match=r"also holds files scquery did not write \(my_notes.txt\)"):
+        save_bundle(foreign, model, overwrite=True)
+    (model / "my_notes.txt").unlink()
     save_bundle(foreign, model, overwrite=True)
     assert load_bundle(model).model_id == foreign.model_id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it

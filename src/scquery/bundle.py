@@ -108,6 +108,8 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
     """
     path = Path(path)
     check_bundle_destination(path, overwrite=overwrite)
+    if path.is_dir():
+        _refuse_foreign_files(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_leftovers(path)
@@ -142,6 +144,26 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _refuse_foreign_files(path):
+    """Raise `ScqueryError` when the bundle folder `path` holds files scquery did not write there (a
+    replacement would remove them)."""
+    ours = {MODEL_FILE, META_FILE, REFERENCE_FILE, MANIFEST_FILE}
+    try:
+        ours |= read_manifest(path).keys()
+    except ScqueryError:
+        pass  # a bundle of an older format: its files are the standard ones
+    foreign = [
+        name
+        for name in _bundle_files(path)
+        if name not in ours and not name.startswith("index.")  # the neighbour index cached by queries
+    ]
+    if foreign:
+        raise ScqueryError(
+            f"The model bundle {path} also holds files scquery did not write ({', '.join(foreign[:3])}), "
+            "which replacing it would remove; move them out first, or choose a new folder."
+        )
 
 
 def _file_digest(path, *, sync=False):
