@@ -22,7 +22,7 @@ from .baselines import logistic_regression, pca_knn
 from .crossstudy_tasks import tasks
 from .methods import scquery_config
 from .metrics import label_scores
-from .quality import _celltypist
+from .quality import celltypist_predictions
 
 
 def _scores(truth, predicted, held):
@@ -47,7 +47,7 @@ def _peers(task, seed):
             task.reference, task.query, values=values, seed=seed
         )["predictions"],
     }
-    table = _celltypist(_Split(task), majority_voting=True)
+    table = celltypist_predictions(_Split(task), majority_voting=True)
     if table is not None:
         out["CellTypist 1.7.1"] = table["predicted_labels"].to_numpy()
         out["CellTypist 1.7.1, majority voting"] = table["majority_voting"].to_numpy()
@@ -55,7 +55,7 @@ def _peers(task, seed):
 
 
 class _Split:
-    """What `quality._celltypist` reads of a split."""
+    """What `quality.celltypist_predictions` reads of a split."""
 
     def __init__(self, task):
         self.reference, self.query, self.values = task.reference, task.query, task.reference_values

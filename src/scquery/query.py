@@ -110,8 +110,8 @@ def search(
 def cluster_query(embedding, *, resolution=2.0, n_neighbors=15, seed=0):
     """Leiden clusters of the query cells on their own kNN graph in the embedding (integer codes).
 
-    The graph is built with the project's neighbour search (`NeighborIndex`: exact up to 50,000
-    cells, hnswlib above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
+    The graph is built with the project's neighbour search (`NeighborIndex`: exact up to 20,000
+    cells, faiss IVF-Flat above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
     (igraph implementation).
     """
     n = len(embedding)
@@ -321,7 +321,7 @@ def write_query(
     k = params["k"]
     adata.uns[key_added]["query_params"] = {
         **params,
-        "search": "exact" if neighbors.index.exact else f"hnswlib (ef={neighbors.index.ef[k]})",
+        "search": neighbors.index.description(k),
         "n_reference": int(reference.n_obs),
         "n_clusters": int(len(np.unique(result.cluster))),
         "n_unknown": int((result.reason > 0).sum()),
