@@ -134,6 +134,30 @@ def test_each_query_is_its_own_job(tmp_path):
     assert "pretrain" not in counts and "default_data" not in counts
 
 
+def test_unlabeled_files_are_ingested_for_pretraining_only(tmp_path):
+    for name in ("ref.h5ad", "a.h5ad", "run1.h5ad", "run2"):
+        (tmp_path / name).touch()
+    changes = {
+        "reference": {"files": ["ref.h5ad"], "label_key": "cell_type"},
+        "queries": {"a": "a.h5ad"},
+        "unlabeled": ["run1.h5ad", "run2"],
+        "query_label_key": None,
+    }
+    config = write_config(tmp_path / "user.yaml", **changes)
+    result = snakemake(tmp_path, "--dry-run", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("rule ingest_unlabeled:") == 2 and result.stdout.count("rule pretrain:") == 1
+    pretrain = result.stdout[result.stdout.index("rule pretrain:") :].split("output:")[0]
+    assert "results/data/unlabeled/unlabeled_1.h5ad" in pretrain and "unlabeled_2.h5ad" in pretrain
+    finetune = result.stdout[result.stdout.index("rule finetune:") :].split("output:")[0]
+    assert "unlabeled" not in finetune
+    no_pretraining = write_config(tmp_path / "bad.yaml", **changes, train={"pretrain": False})
+    result = snakemake(tmp_path, "--cores", 1, config=no_pretraining)
+    assert result.returncode != 0
+    assert "lists unlabeled files, which serve pretraining only, but train.pretrain is false" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -181,9 +205,16 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     import pandas as pd
 
     from scquery.bundle import load_bundle
+    from scquery.datasets import pbmc68k_split
 
-    # As the Snakemake workflow catalog runs it: snakemake --cores 2 --directory .test
+    # As the Snakemake workflow catalog runs it (snakemake --cores 2 --directory .test), with the
+    # held-out cells, unlabelled, pretraining too (a query's own cells, as the README suggests).
     shutil.copytree(REPO / ".test" / "config", tmp_path / "config")
+    pbmc68k_split(seed=0)[1].write_h5ad(tmp_path / "heldout_cells.h5ad")
+    quick = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    (tmp_path / "config" / "config.yaml").write_text(
+        yaml.safe_dump({**quick, "unlabeled": ["heldout_cells.h5ad"]})
+    )
     config = None  # the working directory's config/config.yaml
     result = snakemake(tmp_path, "--cores", 2, config=config)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -193,6 +224,7 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     assert bundle.reference.obsm["X_scquery"].shape == (bundle.reference.n_obs, 8)
     assert len(bundle.genes) == 300
     assert [stage["stage"] for stage in bundle.history["pretrain"]] == ["layer_0", "layer_1"]
+    assert bundle.history["pretrain"][0]["cells"] == 700 and bundle.reference.n_obs == 490
 
     query = ad.read_h5ad(results / "query" / f"{QUERY}.h5ad")
     assert query.n_obs == 210  # 30 % of pbmc68k_reduced's 700 cells held out

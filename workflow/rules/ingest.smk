@@ -63,3 +63,25 @@ rule ingest_query:
         label_key=None,
     script:
         "../scripts/ingest.py"
+
+
+rule ingest_unlabeled:
+    """One unlabelled file or folder (pretraining only), read like the reference files."""
+    input:
+        lambda wildcards: UNLABELED[wildcards.unlabeled],
+    output:
+        "results/data/unlabeled/{unlabeled}.h5ad",
+    log:
+        "logs/ingest/unlabeled/{unlabeled}.log",
+    benchmark:
+        "logs/benchmarks/ingest/unlabeled/{unlabeled}.tsv"
+    conda:
+        "../envs/scquery.yaml"
+    threads: 1
+    params:
+        layer=config["reference"].get("layer"),
+        use_raw=config["reference"].get("use_raw", False),
+        genes_by_cells=config["reference"].get("genes_by_cells", False),
+        label_key=None,
+    script:
+        "../scripts/ingest.py"
