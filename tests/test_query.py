@@ -139,11 +139,28 @@ def test_bad_parameters_fail_clearly(bundle, split):
         extend(bundle, adata, label_key="missing")
 
 
-def test_query_table_round_trips(queried, tmp_path):
-    _, matches = queried
-    matches.to_csv(tmp_path / "matches.tsv", sep="\t", index=False)
+def test_query_table_round_trips(queried, bundle, tmp_path):
+    from scquery.io import write_table
+
+    adata, matches = queried
+    write_table(matches, tmp_path / "matches.tsv")
     back = pd.read_csv(tmp_path / "matches.tsv", sep="\t")
-    assert back.shape == matches.shape
+    assert list(back.columns) == [
+        "query_cell", "rank", "reference_cell", "distance", "reference_label", "reference_dataset",
+    ]  # fmt: skip
+    # Every value comes back, cell names as text, distances to float precision.
+    for column in ("query_cell", "reference_cell", "reference_label", "reference_dataset"):
+        assert back[column].astype(str).tolist() == matches[column].astype(str).tolist()
+    assert back["rank"].tolist() == matches["rank"].tolist()
+    np.testing.assert_allclose(back["distance"], matches["distance"], rtol=1e-6)
+    # What the table means: k rows per query cell, ranked by distance, naming real reference cells
+    # with their labels.
+    assert back.groupby("query_cell")["rank"].apply(list).map(lambda r: r == list(range(1, 16))).all()
+    assert set(back["query_cell"]) == set(adata.obs_names)
+    assert (back.groupby("query_cell")["distance"].diff().dropna() >= -1e-6).all()
+    labels = bundle.reference.obs["label"].astype(str)
+    assert (back["reference_label"].astype(str).to_numpy() == labels[back["reference_cell"]].to_numpy()).all()
+    assert [path.name for path in tmp_path.iterdir()] == ["matches.tsv"]  # no temporary file left
 
 
 def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -111,6 +112,8 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
     """
     path = Path(path)
     check_bundle_destination(path, overwrite=overwrite)
+    if path.is_dir():
+        _refuse_foreign_files(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_leftovers(path)
@@ -146,6 +149,26 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _refuse_foreign_files(path):
+    """Raise `ScqueryError` when the bundle folder `path` holds files scquery did not write there (a
+    replacement would remove them)."""
+    ours = {MODEL_FILE, META_FILE, REFERENCE_FILE, MANIFEST_FILE}
+    try:
+        ours |= read_manifest(path).keys()
+    except ScqueryError:
+        pass  # a bundle of an older format: its files are the standard ones
+    foreign = [
+        name
+        for name in _bundle_files(path)
+        if name not in ours and not name.startswith("index.")  # the neighbour index cached by queries
+    ]
+    if foreign:
+        raise ScqueryError(
+            f"The model bundle {path} also holds files scquery did not write ({', '.join(foreign[:3])}), "
+            "which replacing it would remove; move them out first, or choose a new folder."
+        )
 
 
 def _file_digest(path, *, sync=False):
@@ -200,16 +223,23 @@ def read_manifest(folder):
 
 
 def verify_bundle(path):
-    """Check every file of the bundle `path` against its manifest (streaming SHA-256, about a second
-    per GB); any difference is a `ScqueryError` naming the file and what to do."""
+    """Check every file of the bundle `path` against its manifest; any difference is a `ScqueryError`
+    naming the file and what to do.
+
+    The files are read once, in 1 MiB pieces (constant memory), on several threads (hashlib
+    releases the GIL): about 0.5 GiB/s per core, so ~2 s per core for a million-cell bundle (~1 GB).
+    """
     path = Path(path)
-    for name, digest in read_manifest(path).items():
-        file = path / name
-        if not file.is_file():
+    entries = read_manifest(path)
+    for name in entries:
+        if not (path / name).is_file():
             raise ScqueryError(
-                f"{file} is missing from the model bundle {path}; restore it or train the model again."
+                f"{path / name} is missing from the model bundle {path}; restore it or train the model again."
             )
-        if _file_digest(file) != digest:
+    with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1)) as pool:
+        found = dict(zip(entries, pool.map(_file_digest, [path / name for name in entries]), strict=True))
+    for name, digest in entries.items():
+        if found[name] != digest:
             raise ScqueryError(_changed(path, name))
 
 

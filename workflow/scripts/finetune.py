@@ -4,26 +4,20 @@ from common import log_to
 
 log_to(snakemake.log[0])
 
-import json  # noqa: E402
-
 import anndata as ad  # noqa: E402
+
 from scquery.bundle import save_bundle  # noqa: E402
 from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.train import train  # noqa: E402
 
-weights = history = None
-if "weights" in snakemake.input.keys():
-    weights = load_encoder(snakemake.input.weights)
-    with open(snakemake.input.history) as handle:
-        history = json.load(handle)
+encoder = load_encoder(snakemake.input.weights) if "weights" in snakemake.input.keys() else None
 
 bundle = train(
     ad.read_h5ad(snakemake.input.reference),
     label_key=snakemake.params.label_key,
     config=dict(snakemake.params.train),
     seed=snakemake.params.seed,
-    encoder_weights=weights,
-    pretrain_history=history,
+    encoder=encoder,
     **snakemake.params.values,
     verbose=2,
 )
