@@ -474,7 +474,7 @@ def tamper_cases(foreign_model):
 def saved_pair(bundle, foreign, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
     original = save_bundle(bundle, folder / "original")
-    assert (original / "index.npy").is_file()  # the neighbour index is saved with the bundle
+    assert (original / "index.npy").is_file()  # the neighbour index is part of the bundle
     return original, save_bundle(foreign, folder / "foreign")
 
 

@@ -37,7 +37,8 @@ QUERIES = {
 
 #: The unlabelled datasets for pretraining, one per file or folder: unlabeled_1, unlabeled_2, …
 UNLABELED = {
-    f"unlabeled_{i}": path for i, path in enumerate(config.get("unlabeled", []), start=1)
+    f"unlabeled_{i}": path
+    for i, path in enumerate(config.get("unlabeled", []), start=1)
 }
 if UNLABELED and not config["train"].get("pretrain", True):
     raise WorkflowError(
