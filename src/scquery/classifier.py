@@ -6,7 +6,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from .batches import SparseBatches, iter_dense_chunks
-from .callbacks import EpochTimer
+from .callbacks import EpochTimer, StageProgress
+from .logs import arrows, logger, resolve_verbose
 from .pretrain import scaling_layer
 
 ENCODER_PREFIX, HEAD = "encoder_", "classifier"
@@ -44,15 +45,17 @@ def fit_classifier(
     patience=5,
     class_weight=True,
     seed=0,
-    verbose=0,
+    verbose="auto",
 ):
     """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
 
     A stratified `validation_fraction` of the cells drives early stopping, which restores the best
     weights; with `class_weight`, classes are weighted inversely to their size ('balanced').
+    `verbose` as in `scquery.callbacks.StageProgress` ('auto': `scquery.logs.resolve_verbose`).
     """
     y = np.asarray(y)
-    callbacks, validation = [EpochTimer()], None
+    label = "fine-tuning the classifier"
+    callbacks, validation = [EpochTimer(), StageProgress(label, verbose=resolve_verbose(verbose))], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
         # At least one validation cell per class, so that rare classes can be stratified.
@@ -74,6 +77,12 @@ def fit_classifier(
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
     batches = SparseBatches(X[train_rows], y[train_rows], batch_size=batch_size, seed=seed)
+    widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
+    schedule = f"{epochs} epochs"
+    if validation is not None:
+        schedule = f"up to {epochs} epochs ({len(y) - len(train_rows):,} cells held out for early stopping)"
+    cells, classes = f"{len(y):,}", model.get_layer(HEAD).units
+    logger.info("%s: %s → %d cell types, %s cells, %s", label, arrows(widths), classes, cells, schedule)
     model.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -85,7 +94,7 @@ def fit_classifier(
         epochs=epochs,
         class_weight=weights,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=0,
     )
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 

@@ -4,8 +4,9 @@ import keras
 import numpy as np
 
 from .batches import SparseBatches
-from .callbacks import EpochTimer
+from .callbacks import EpochTimer, StageProgress
 from .layers import DenseLayerAutoencoder
+from .logs import arrows, logger, resolve_verbose
 
 #: Batches used to measure a layer's reconstruction loss before its training starts.
 _INITIAL_LOSS_BATCHES = 20
@@ -24,7 +25,7 @@ def pretrain_greedy(
     finetune_autoencoder=False,
     scale=None,
     seed=0,
-    verbose=0,
+    verbose="auto",
 ):
     """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
 
@@ -34,6 +35,7 @@ def pretrain_greedy(
     `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
     `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the
     preprocessing record's gene means and standard deviations) standardizes each batch first.
+    `verbose` as in `scquery.callbacks.StageProgress` ('auto': `scquery.logs.resolve_verbose`).
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
@@ -41,13 +43,17 @@ def pretrain_greedy(
         epoch's duration (`seconds`).
     """
     corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
+    verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
     encoder = stack_encoder(X.shape[1], [], scale=scale)
+    widths = [X.shape[1], *hidden_sizes]
     for i, width in enumerate(hidden_sizes):
+        label = f"pretraining layer {i + 1}/{len(hidden_sizes)}"
+        logger.info("%s: %s, %d epochs", label, arrows(widths[i : i + 2]), epochs)
         dae = DenseLayerAutoencoder([width], activation=activation, seed=seed + i, **corruption)
         transform = _frozen(encoder) if encoder.layers else None
         batches = SparseBatches(X, batch_size=batch_size, seed=seed + i, transform=transform)
-        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}")
+        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}", label=label)
         history.append({"stage": f"layer_{i}", "width": int(width), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
@@ -63,6 +69,8 @@ def pretrain_greedy(
             variable.assign(value)
         for variable, value in zip(stacked.decoder_biases, decoder_biases[::-1], strict=True):
             variable.assign(value)
+        label = "fine-tuning the stacked autoencoder"
+        logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         scaling = stack_encoder(X.shape[1], [], scale=scale)
         batches = SparseBatches(
             X,
@@ -70,7 +78,9 @@ def pretrain_greedy(
             seed=seed + len(hidden_sizes),
             transform=_frozen(scaling) if scaling.layers else None,
         )
-        stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, verbose, name="stacked")
+        stage = _fit_autoencoder(
+            stacked, batches, epochs, learning_rate, verbose, name="stacked", label=label
+        )
         history.append({"stage": "stacked", "width": int(hidden_sizes[-1]), **stage})
         weights = [
             [keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(b)]
@@ -83,13 +93,14 @@ def _frozen(encoder):
     return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
 
 
-def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name):
+def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name, label):
     inputs = keras.Input((batches[0][0].shape[1],))
     model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
-    fitted = model.fit(batches, epochs=epochs, callbacks=[EpochTimer()], verbose=verbose)
+    callbacks = [EpochTimer(), StageProgress(label, verbose=verbose)]
+    fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, verbose=0)
     return {
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],

@@ -13,6 +13,7 @@ from .classifier import build_classifier, embedding_model, fit_classifier, predi
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .io import check_labels
+from .logs import logger
 from .preprocess import fit_preprocess
 from .pretrain import pretrain_greedy
 
@@ -32,6 +33,10 @@ def prepare_reference(adata, *, label_key, config):
         n_top_genes=config.n_top_genes,
         genes=config.genes,
         scale=config.scale,
+    )
+    logger.info(
+        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
+        *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
     )
     labels = processed.obs[label_key].astype(str)
     sizes = labels.value_counts()
@@ -55,7 +60,7 @@ def prepare_reference(adata, *, label_key, config):
     return processed, record, classes, y
 
 
-def pretrain_reference(adata, *, label_key, config=None, seed=0, verbose=0):
+def pretrain_reference(adata, *, label_key, config=None, seed=0, verbose="auto"):
     """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
     config = _config(config)
     keras.utils.set_random_seed(seed)
@@ -88,14 +93,16 @@ def train(
     seed=0,
     encoder_weights=None,
     pretrain_history=None,
-    verbose=0,
+    verbose="auto",
 ) -> Bundle:
     """Train scquery on an annotated reference and return the model bundle.
 
     Preprocesses `adata` (values in `.X`, as `scquery.io.read_many` gives them), pretrains the encoder
     greedily unless `config.pretrain` is false or `encoder_weights` come from an earlier
     `pretrain_reference` call, fine-tunes the classifier, and embeds every reference cell.
-    `adata` is not modified.
+    `adata` is not modified. Each stage is logged to the `scquery` logger; `verbose` sets how the
+    epochs are shown (Keras style: 0 not at all, 1 a progress bar, 2 a log line each; 'auto' a bar
+    on a terminal or in a notebook, else lines).
     """
     config = _config(config)
     keras.utils.set_random_seed(seed)
@@ -134,7 +141,8 @@ def train(
             else "reference",
         },
         index=processed.obs_names.copy(),
-    )
+    ).astype({"dataset": "category"})
+    logger.info("embedding the reference: %s cells", f"{processed.n_obs:,}")
     embedding = predict_in_chunks(embedding_model(model), processed.X)
     return Bundle(
         model=model,
