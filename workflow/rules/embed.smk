@@ -12,7 +12,7 @@ rule embed:
     benchmark:
         "logs/benchmarks/embed/{query}.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("default", "threads", 1)
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),

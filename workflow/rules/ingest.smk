@@ -12,7 +12,7 @@ rule default_data:
     benchmark:
         "logs/benchmarks/default_data.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
@@ -35,7 +35,7 @@ rule ingest_reference:
     benchmark:
         "logs/benchmarks/ingest/reference.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
@@ -60,7 +60,7 @@ rule ingest_query:
     benchmark:
         "logs/benchmarks/ingest/{query}.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),

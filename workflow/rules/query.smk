@@ -25,7 +25,7 @@ rule query:
     benchmark:
         "logs/benchmarks/query/{query}.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("default", "threads", 1)
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),

@@ -23,7 +23,7 @@ rule report_model:
     benchmark:
         "logs/benchmarks/report/model.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),
@@ -63,7 +63,7 @@ rule report_query:
     benchmark:
         "logs/benchmarks/report/{query}.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: 1
     resources:
         mem_mb=resources_of("default", "mem_mb", 4000),

@@ -25,7 +25,7 @@ rule pretrain:
     benchmark:
         "logs/benchmarks/pretrain.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
@@ -48,7 +48,7 @@ rule finetune:
     benchmark:
         "logs/benchmarks/finetune.tsv"
     conda:
-        "../../envs/scquery.yaml"
+        "../envs/scquery.yaml"
     threads: resources_of("train", "threads", 2)
     resources:
         **TRAIN_RESOURCES,
