@@ -57,7 +57,15 @@ def embedding(adata, *, basis="umap", color=PREDICTION, palette=None, title=None
         column = pd.Categorical(np.where(values.notna(), values.astype(str), None))
         view.obs[key] = column.reorder_categories(sorted(column.categories, key=list(colors).index))
         view.uns[f"{key}_colors"] = [colors[name] for name in view.obs[key].cat.categories]
-    options = {"na_color": BACKGROUND_COLOR, "na_in_legend": False, "frameon": False, "ncols": 2, **kwargs}
+    longest = max((len(name) for key in categorical for name in view.obs[key].cat.categories), default=0)
+    options = {
+        "na_color": BACKGROUND_COLOR,
+        "na_in_legend": False,
+        "frameon": False,
+        "ncols": 2,
+        "wspace": 0.2 + 0.08 * longest / plt.rcParams["figure.figsize"][0],  # room for the legend
+        **kwargs,
+    }
     fig = sc.pl.embedding(view, basis, color=keys, title=title, show=False, return_fig=True, **options)
     return _finish(fig, show)
 
@@ -123,6 +131,7 @@ def summary(data, *, groupby=None, palette=None, ax=None, show=None):
     else:
         table, known = summarize(data, groupby=groupby), type_order(data, PREDICTION, used_only=False)
     groups = list(table.columns[: table.columns.get_loc("n_cells")])
+    groups = [g for g in groups if table[g].nunique() > 1] or groups  # name what differs
     fractions = table[[c for c in table.columns if c.startswith("fraction ")]]
     fractions.columns = [c.removeprefix("fraction ") for c in fractions.columns]
     types = [t for t in fractions.columns if t != UNKNOWN]
