@@ -15,8 +15,23 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# `make run` resumes after a kill (Ctrl-C, kill -9, a power loss) without Snakemake's flags: holding
+# .snakemake/make-run.lock (flock: one `make run` per folder at a time), it removes the lock a killed
+# Snakemake left behind and reruns the jobs a kill left incomplete. SNAKEMAKE_ARGS adds options
+# (e.g. --configfile my.yaml).
+SNAKEMAKE_ARGS ?=
+SNAKEMAKE_RUN = $(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) >/dev/null && \
+	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS)
+
 run: venv
-	$(VENV)/bin/snakemake --cores $(CORES)
+	@mkdir -p .snakemake
+	@if command -v flock >/dev/null; then \
+		flock --nonblock --conflict-exit-code 75 .snakemake/make-run.lock sh -c '$(SNAKEMAKE_RUN)' || { \
+			status=$$?; [ $$status -ne 75 ] || echo "make run: another make run works in this folder; wait for it to end." >&2; \
+			exit $$status; }; \
+	else \
+		$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS); \
+	fi
 
 report: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --report report.html

@@ -14,7 +14,15 @@ import scipy.io
 import scipy.sparse as sp
 
 from scquery.errors import ScqueryError
-from scquery.io import check_labels, dataset_name, detect_values, read, read_many, write_h5ad
+from scquery.io import (
+    check_labels,
+    dataset_name,
+    detect_values,
+    read,
+    read_many,
+    select_values,
+    write_h5ad,
+)
 
 N_CELLS, N_GENES = 30, 12
 
@@ -138,8 +146,14 @@ def test_layer_and_raw(counts, tmp_path):
     logged.raw = counts
     logged.write_h5ad(tmp_path / "x.h5ad")
     assert read(tmp_path / "x.h5ad").uns["scquery"]["values"] == "log1p_normalized"
-    _check_round_trip(read(tmp_path / "x.h5ad", layer="counts"), counts)
-    _check_round_trip(read(tmp_path / "x.h5ad", use_raw=True), counts)
+    for options in ({"layer": "counts"}, {"use_raw": True}):
+        result = read(tmp_path / "x.h5ad", **options)
+        assert result.uns["scquery"]["values"] == "counts"  # the values chosen, checked ...
+        np.testing.assert_array_equal(_dense(result), _dense(logged))  # ... and not moved into .X
+        assert list(result.layers) == ["counts"] and result.raw is not None
+        values = select_values(result, **options)
+        values.uns["scquery"]["values"] = detect_values(values.X)
+        _check_round_trip(values, counts)
     with pytest.raises(ScqueryError, match="no layer 'spliced'.*layers: counts"):
         read(tmp_path / "x.h5ad", layer="spliced")
     counts.write_h5ad(tmp_path / "plain.h5ad")
@@ -147,15 +161,17 @@ def test_layer_and_raw(counts, tmp_path):
         read(tmp_path / "plain.h5ad", use_raw=True)
 
 
-def test_duplicate_genes_and_cells_are_made_unique(counts, tmp_path):
+def test_repeated_names_are_kept_and_genes_made_unique_for_use(counts, tmp_path):
     table = counts.to_df()
     table.columns = ["TP53", "TP53", *table.columns[2:]]
     table.index = ["c", "c", *table.index[2:]]
     table.to_csv(tmp_path / "dups.csv")
     result = read(tmp_path / "dups.csv")
-    assert list(result.var_names[:2]) == ["TP53", "TP53-1"]
-    assert list(result.obs_names[:2]) == ["c", "c-1"]
-    assert result.var_names.is_unique and result.obs_names.is_unique
+    assert list(result.var_names[:2]) == ["TP53", "TP53"]
+    assert list(result.obs_names[:2]) == ["c", "c"]
+    values = select_values(result)
+    assert list(values.var_names[:2]) == ["TP53", "TP53-1"] and values.var_names.is_unique
+    assert list(values.obs_names) == list(result.obs_names)
 
 
 def test_read_many_merges_on_the_union_of_genes(counts, tmp_path):
@@ -171,7 +187,7 @@ def test_read_many_merges_on_the_union_of_genes(counts, tmp_path):
         ("pbmc", 10),
         ("pbmc-1", 20),
     ]
-    assert merged.obs_names.is_unique
+    assert list(merged.obs_names) == list(first.obs_names) + list(second.obs_names)  # as given
     merged = merged[:, counts.var_names]
     expected = np.vstack([counts.X[:10].toarray(), counts.X[10:].toarray()])
     expected[:10, 8:] = 0
@@ -265,7 +281,7 @@ def test_negative_counts(counts, tmp_path):
     counts.layers["counts"] = counts.X.copy()
     counts.layers["counts"][1, 1] = -2.0
     counts.write_h5ad(tmp_path / "neg.h5ad")
-    _raises(tmp_path / "neg.h5ad", "counts of .* contain negative values", layer="counts")
+    _raises(tmp_path / "neg.h5ad", "counts of .* contain 1 negative values", layer="counts")
 
 
 def test_10x_folder_missing_file(counts, tmp_path):

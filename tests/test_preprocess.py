@@ -13,7 +13,7 @@ from conftest import shared_file
 
 from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
-from scquery.io import read
+from scquery.io import read, select_values
 from scquery.preprocess import (
     align_genes,
     apply_preprocess,
@@ -29,7 +29,7 @@ def pbmc68k():
 
 @pytest.fixture(scope="module")
 def pbmc3k():
-    return read(shared_file("pbmc3k.h5ad"), layer="counts")
+    return select_values(read(shared_file("pbmc3k.h5ad")), layer="counts")
 
 
 def _counts(n_cells=60, genes=None, seed=0):

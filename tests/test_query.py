@@ -196,13 +196,14 @@ def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):
     args += ["--summary", str(tmp_path / "s.tsv"), "--groupby", "louvain", "-q"]
     assert main(args) == 0
     result = ad.read_h5ad(tmp_path / "q.h5ad")
-    assert set(result.obs["dataset"]) == {"a", "b"}
+    assert set(result.obs["dataset"]) == {"pbmc68k_query"}  # the data's own column, kept
+    assert set(result.obs["scquery_dataset"]) == {"a", "b"}  # the file names beside it
     assert "scquery_prediction" in result.obs
     assert result.uns["scquery"]["query_params"]["k"] == 5
     matches = pd.read_csv(tmp_path / "m.tsv", sep="\t")
     assert len(matches) == 90 * 5 and set(matches["rank"]) == set(range(1, 6))
     summary = pd.read_csv(tmp_path / "s.tsv", sep="\t")
-    assert set(summary["dataset"]) == {"a", "b"} and summary["n_cells"].sum() == 90
+    assert set(summary["dataset"]) == {"pbmc68k_query"} and summary["n_cells"].sum() == 90
     assert (model / "index.json").is_file()
 
     small = save_bundle(without_b, tmp_path / "small")
@@ -210,6 +211,7 @@ def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):
     b_cells.write_h5ad(tmp_path / "b_cells.h5ad")
     out = tmp_path / "extended"
     args = ["extend", str(small), str(tmp_path / "b_cells.h5ad"), "--label-key", "bulk_labels"]
+    assert main(args) == 2  # neither --out nor --overwrite
     assert main([*args, "--out", str(out)]) == 0
     extended = load_bundle(out)
     assert extended.reference.n_obs == without_b.reference.n_obs + b_cells.n_obs

@@ -1,21 +1,41 @@
-"""The model bundle: everything needed to process a new dataset exactly like the reference."""
+"""The model bundle: everything needed to process a new dataset exactly like the reference.
 
+A bundle is a folder: `model.keras`, `bundle.json`, `reference.h5ad` (and whatever else is saved
+with them, e.g. the neighbour index), plus `manifest.sha256`, the SHA-256 digest of every other
+file in the folder, written last when the bundle is saved and checked when it is loaded (it is in
+`sha256sum` format: `sha256sum -c manifest.sha256` checks it by hand). A bundle is written beside
+its destination and swapped into place whole (`scquery.outputs.replace_folder`).
+"""
+
+import hashlib
 import json
+import os
 import platform
 import shutil
-import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 import anndata as ad
 import keras
+import numpy as np
 
+from .classifier import embedding_model
 from .errors import ScqueryError
-from .io import current_umask
+from .outputs import (
+    BUNDLE_MARKER,
+    check_bundle_destination,
+    clean_leftovers,
+    fsync_folder,
+    make_staging,
+    replace_folder,
+)
 
-FORMAT_VERSION = 1
-MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", "bundle.json", "reference.h5ad"
+FORMAT_VERSION = 2
+MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", BUNDLE_MARKER, "reference.h5ad"
+MANIFEST_FILE = "manifest.sha256"
+_CHUNK = 1 << 20
 
 
 def current_versions() -> dict:
@@ -68,12 +88,33 @@ class Bundle:
         return self.preprocess["genes"]
 
 
-def save_bundle(bundle: Bundle, path) -> Path:
-    """Write `bundle` to the directory `path`, replacing it whole or not at all."""
+def model_digest(model, genes) -> str:
+    """The model's id: a digest of its genes and weights (12 hexadecimal digits)."""
+    digest = hashlib.sha1("\n".join(genes).encode())
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
+    """Write `bundle` to the folder `path` and return it.
+
+    The bundle is written beside `path` (a folder `.NAME.scquery-staging-…`), its manifest last,
+    then swapped into place in one step; the folder it replaces is removed last, so `path` always
+    holds a whole bundle, the old or the new. An existing bundle is replaced only with `overwrite`;
+    a folder that is not a bundle (unless empty), a file, or a place inside another bundle is never
+    written to (`ScqueryError`, nothing written).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    staging.chmod(0o777 & ~current_umask())
+    check_bundle_destination(path, overwrite=overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(path)
+        staging = make_staging(path)
+    except OSError as error:
+        raise ScqueryError(
+            f"The model bundle {path} could not be written ({error}); choose another place."
+        ) from None
     try:
         bundle.model.save(staging / MODEL_FILE)
         bundle.reference.write_h5ad(staging / REFERENCE_FILE)
@@ -89,17 +130,132 @@ def save_bundle(bundle: Bundle, path) -> Path:
             "history": bundle.history,
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
+        write_manifest(staging)
+        replace_folder(staging, path)
+    except OSError as error:
+        raise ScqueryError(
+            f"The model bundle {path} could not be written ({error.strerror or error}); check the space "
+            "and permissions there (an existing bundle is unchanged)."
+        ) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
-def load_bundle(path) -> Bundle:
-    """Read a bundle written by `save_bundle`; a bundle this version cannot read fails clearly."""
+def _file_digest(path, *, sync=False):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+        if sync:
+            os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def _bundle_files(folder):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return [p.relative_to(folder).as_posix() for p in files]
+
+
+def write_manifest(folder):
+    """Write `manifest.sha256` (`sha256sum` format) over every other file in `folder`, flushed to disk."""
+    folder = Path(folder)
+    lines = [f"{_file_digest(folder / name, sync=True)}  {name}\n" for name in _bundle_files(folder)]
+    manifest = folder / MANIFEST_FILE
+    manifest.write_text("".join(lines))
+    with open(manifest, "rb") as handle:
+        os.fsync(handle.fileno())
+    fsync_folder(folder)
+
+
+def read_manifest(folder):
+    """`{file: digest}` of the bundle `folder`'s manifest; `ScqueryError` when it is missing or damaged."""
+    folder = Path(folder)
+    try:
+        text = (folder / MANIFEST_FILE).read_text()
+    except FileNotFoundError:
+        raise ScqueryError(
+            f"The model bundle {folder} has no {MANIFEST_FILE} (it was written by an older scquery, or "
+            "the file was removed); train the model again."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScqueryError(
+            f"{folder / MANIFEST_FILE} cannot be read ({error}); train the model again."
+        ) from None
+    entries = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name or name.startswith("/") or ".." in Path(name).parts:
+            raise ScqueryError(f"{folder / MANIFEST_FILE} is damaged; restore it or train the model again.")
+        entries[name] = digest
+    if not {MODEL_FILE, META_FILE, REFERENCE_FILE} <= entries.keys():
+        raise ScqueryError(f"{folder / MANIFEST_FILE} is damaged; restore it or train the model again.")
+    return entries
+
+
+def verify_bundle(path):
+    """Check every file of the bundle `path` against its manifest (streaming SHA-256, about a second
+    per GB); any difference is a `ScqueryError` naming the file and what to do."""
     path = Path(path)
+    for name, digest in read_manifest(path).items():
+        file = path / name
+        if not file.is_file():
+            raise ScqueryError(
+                f"{file} is missing from the model bundle {path}; restore it or train the model again."
+            )
+        if _file_digest(file) != digest:
+            raise ScqueryError(_changed(path, name))
+
+
+def _changed(path, name):
+    """The sentence for a bundle file whose digest differs from the manifest's."""
+    file = path / name
+    if name == MODEL_FILE:
+        if not _complete_zip(file):
+            return (
+                f"{file} is truncated or damaged (not a complete Keras file); copy the bundle "
+                f"{path} again whole, or train the model again."
+            )
+        return (
+            f"{file} is not the model this bundle was saved with (another bundle's model?); put the "
+            f"bundle's own {MODEL_FILE} back, or train the model again."
+        )
+    if name == META_FILE:
+        return (
+            f"{file} was changed after the bundle was saved (its genes, classes or settings no longer "
+            "match the model); restore it, or train the model again."
+        )
+    if name == REFERENCE_FILE:
+        return (
+            f"{file} was changed after the bundle was saved (the reference cells no longer match the "
+            "model); restore it, or train the model again (`scquery extend` adds cells safely)."
+        )
+    return (
+        f"{file} differs from the one saved in the bundle {path} ({MANIFEST_FILE}); restore it, or "
+        "train the model again."
+    )
+
+
+def _complete_zip(file):
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def load_bundle(path, *, verify=True) -> Bundle:
+    """Read a bundle written by `save_bundle`; a bundle this version cannot read fails clearly.
+
+    With `verify` (the default), every file is first checked against the bundle's manifest
+    (`verify_bundle`); in any case the model must match the bundle's genes, classes, `model_id` and
+    reference. Each problem is one `ScqueryError` sentence naming the file and what to do.
+    """
+    path = Path(path)
+    clean_leftovers(path)  # puts back a bundle whose replacement was killed half-way
+    if not path.is_dir():
+        raise ScqueryError(f"The model bundle {path} does not exist; give the folder `scquery train` wrote.")
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise ScqueryError(
@@ -107,28 +263,83 @@ def load_bundle(path) -> Bundle:
         )
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ScqueryError(f"{meta_file} is damaged (not JSON); train the model again.") from None
-    found = meta.get("format_version")
+    found = meta.get("format_version") if isinstance(meta, dict) else None
     if found != FORMAT_VERSION:
         raise ScqueryError(
             f"{path} is a bundle of format {found}, and this scquery "
             f"({version('scquery')}) reads format {FORMAT_VERSION}; use a matching scquery version."
         )
+    if verify:
+        verify_bundle(path)
+    missing = [key for key in ("model_id", "classes", "preprocess", "label_key") if key not in meta]
+    if missing or "genes" not in meta.get("preprocess", {}):
+        raise ScqueryError(
+            f"{meta_file} lacks {', '.join(missing) or 'the genes'}; restore it or train the model again."
+        )
+    model = _load_model(path)
     try:
-        model = keras.saving.load_model(path / MODEL_FILE, safe_mode=True)
         reference = ad.read_h5ad(path / REFERENCE_FILE)
-    except (OSError, ValueError) as error:
-        raise ScqueryError(f"{path} could not be read ({error}); train the model again.") from None
-    return Bundle(
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ScqueryError(
+            f"{path / REFERENCE_FILE} cannot be read ({error}); restore it or train the model again."
+        ) from None
+    bundle = Bundle(
         model=model,
         classes=meta["classes"],
         preprocess=meta["preprocess"],
         reference=reference,
         label_key=meta["label_key"],
-        config=meta["config"],
-        seed=meta["seed"],
-        history=meta["history"],
+        config=meta.get("config", {}),
+        seed=meta.get("seed", 0),
+        history=meta.get("history", {}),
         model_id=meta["model_id"],
-        versions=meta["versions"],
+        versions=meta.get("versions", {}),
     )
+    check_consistent(bundle, path)
+    return bundle
+
+
+def _load_model(path):
+    file = path / MODEL_FILE
+    if not _complete_zip(file):
+        raise ScqueryError(
+            f"{file} is missing, truncated or damaged (not a complete Keras file); copy the bundle "
+            f"{path} again whole, or train the model again."
+        )
+    try:
+        return keras.saving.load_model(file, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds for a file it cannot rebuild
+        raise ScqueryError(
+            f"{file} cannot be loaded as a scquery model ({type(error).__name__}); train the model again."
+        ) from None
+
+
+def check_consistent(bundle: Bundle, path="the bundle"):
+    """Raise `ScqueryError` unless the model fits the bundle's genes, classes, `model_id` and reference."""
+    model, genes = bundle.model, bundle.genes
+    n_inputs, n_outputs = model.input_shape[-1], model.output_shape[-1]
+    if n_inputs != len(genes) or n_outputs != len(bundle.classes):
+        raise ScqueryError(
+            f"The model of {path} takes {n_inputs} genes and gives {n_outputs} classes, but its "
+            f"{META_FILE} lists {len(genes)} genes and {len(bundle.classes)} classes; the files come from "
+            "different bundles: train the model again."
+        )
+    if model_digest(model, genes) != bundle.model_id:
+        raise ScqueryError(
+            f"The model of {path} does not match the model_id {bundle.model_id} of its {META_FILE} (its "
+            "weights or genes differ); the files come from different bundles: train the model again."
+        )
+    reference = bundle.reference
+    embedding = reference.obsm.get("X_scquery") if hasattr(reference, "obsm") else None
+    width = embedding_model(model).output.shape[-1]
+    if (
+        embedding is None
+        or not {"label", "dataset"} <= set(reference.obs.columns)
+        or embedding.shape[1] != width
+    ):
+        raise ScqueryError(
+            f"The reference of {path} does not fit its model (it needs obs 'label' and 'dataset' and "
+            f"obsm 'X_scquery' of width {width}); train the model again."
+        )

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -20,15 +21,37 @@ COMMON.add_argument(
 
 
 def _add_input_options(parser):
-    parser.add_argument("--layer", help="take the values from this layer (e.g. counts)")
-    parser.add_argument("--use-raw", action="store_true", help="take the values from .raw")
+    parser.add_argument(
+        "--layer", help="take the values from this layer (e.g. counts); .X is written back unchanged"
+    )
+    parser.add_argument(
+        "--use-raw", action="store_true", help="take the values from .raw; .X is written back unchanged"
+    )
     parser.add_argument("--genes-by-cells", action="store_true", help="csv/tsv files hold genes as rows")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist (a model bundle is swapped whole, the old one removed last)",
+    )
 
 
 def _read(args, paths):
     from .io import read_many
 
     return read_many(paths, layer=args.layer, use_raw=args.use_raw, genes_by_cells=args.genes_by_cells)
+
+
+def _values(args):
+    """The options saying where the values are, for the package's functions."""
+    return {"layer": args.layer, "use_raw": args.use_raw}
+
+
+def _check_outputs(args, outputs, inputs, *, folders=()):
+    """Refuse, before any work, outputs that are inputs, repeat, or may not be written (see
+    `scquery.outputs.check_outputs`)."""
+    from .outputs import check_outputs
+
+    check_outputs(outputs, inputs, folders=folders, overwrite=args.overwrite)
 
 
 def _verbosity(args):
@@ -62,6 +85,9 @@ def _train(args):
     from .config import load_train_config
     from .train import train
 
+    _check_outputs(
+        args, {"--out": args.out}, [*args.reference, *filter(None, [args.config])], folders={"--out"}
+    )
     config = load_train_config(args.config)
     reference = _read(args, args.reference)
     bundle = train(
@@ -70,8 +96,9 @@ def _train(args):
         config=config,
         seed=args.seed,
         verbose=_verbosity(args),
+        **_values(args),
     )
-    save_bundle(bundle, args.out)
+    save_bundle(bundle, args.out, overwrite=args.overwrite)
     accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
     log.info(
         "Wrote %s: %d cells, %d genes, %d cell types, validation accuracy %.3f.",
@@ -114,9 +141,10 @@ def _embed(args):
     from .embed import embed
     from .io import write_h5ad
 
+    _check_outputs(args, {"--out": args.out}, [args.model, *args.input])
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
-    embed(adata, bundle, gene_key=args.gene_key, min_overlap=args.min_overlap)
+    embed(adata, bundle, gene_key=args.gene_key, min_overlap=args.min_overlap, **_values(args))
     write_h5ad(adata, args.out)
     log.info("Wrote %s: %d cells embedded.", args.out, adata.n_obs)
 
@@ -159,6 +187,8 @@ def _query(args):
     from .io import write_h5ad, write_table
     from .query import UNKNOWN, query, summarize
 
+    outputs = {"--out": args.out, "--matches": args.matches, "--summary": args.summary}
+    _check_outputs(args, outputs, [args.model, *args.query])
     bundle = load_bundle(args.model)
     adata = _read(args, args.query)
     matches = query(
@@ -170,6 +200,7 @@ def _query(args):
         gene_key=args.gene_key,
         min_overlap=args.min_overlap,
         bundle_path=args.model,
+        **_values(args),
     )
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     write_h5ad(adata, args.out)
@@ -192,7 +223,7 @@ def _add_extend(subparsers):
     parser.add_argument("model", help="model bundle folder (from `scquery train`)")
     parser.add_argument("reference", nargs="+", help="annotated file(s) or 10x folder(s) to add")
     parser.add_argument("--label-key", required=True, help="obs column holding the cell types")
-    parser.add_argument("--out", help="bundle folder to write (default: replace MODEL)")
+    parser.add_argument("--out", help="bundle folder to write (default: MODEL itself, with --overwrite)")
     _add_query_options(parser)
     parser.set_defaults(run=_extend)
 
@@ -201,16 +232,26 @@ def _extend(args):
     from .bundle import load_bundle
     from .query import extend
 
+    out = args.out or args.model
+    if args.out is None and not args.overwrite:
+        raise ScqueryError(
+            f"extend writes a new bundle: give --out NEW_FOLDER, or --overwrite to replace {args.model}."
+        )
+    replacing = os.path.abspath(out) == os.path.abspath(args.model)
+    _check_outputs(
+        args, {"--out": out}, [*args.reference, *([] if replacing else [args.model])], folders={"--out"}
+    )
     bundle = load_bundle(args.model)
     adata = _read(args, args.reference)
-    out = args.out or args.model
     extended = extend(
         bundle,
         adata,
         label_key=args.label_key,
         path=out,
+        overwrite=args.overwrite,
         gene_key=args.gene_key,
         min_overlap=args.min_overlap,
+        **_values(args),
     )
     log.info("Wrote %s: %d reference cells.", out, extended.reference.n_obs)
 
@@ -234,6 +275,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     stop_logging = log_to_stderr(-1 if args.quiet else args.verbose)
     warnings.showwarning = _show_warning
+    # Repeated cell names are the user's, kept on purpose (each output row follows the input's order).
+    warnings.filterwarnings("ignore", message="Observation names are not unique")
     try:
         args.run(args)
     except ScqueryError as error:

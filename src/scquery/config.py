@@ -1,6 +1,7 @@
 """Training options: one dataclass with documented defaults, validated against a JSON schema."""
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -69,4 +70,7 @@ def load_train_config(source=None, **overrides) -> TrainConfig:
     except jsonschema.ValidationError as error:
         where = ".".join(str(part) for part in error.absolute_path) or "the configuration"
         raise ScqueryError(f"Training option {where}: {error.message}.") from None
+    for key, value in options.items():  # JSON Schema lets NaN and infinity pass every bound
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScqueryError(f"Training option {key} must be a finite number, got {value}.")
     return TrainConfig(**options)

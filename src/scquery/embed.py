@@ -6,21 +6,35 @@ import numpy as np
 from .batches import iter_dense_chunks
 from .bundle import Bundle, current_versions
 from .classifier import embedding_model
+from .errors import check_number
+from .io import select_values
 from .preprocess import apply_preprocess
 
 
-def compute_embedding(adata, bundle: Bundle, *, gene_key=None, min_overlap=0.5, batch_size=8192):
+def compute_embedding(
+    adata,
+    bundle: Bundle,
+    *,
+    layer=None,
+    use_raw=False,
+    gene_key=None,
+    min_overlap=0.5,
+    batch_size=8192,
+):
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
-    The cells are processed like the reference (`apply_preprocess`: genes aligned to the bundle's,
-    missing ones zero-filled) and fed to the model `batch_size` rows at a
-    time, so the expression matrix is never dense as a whole.
+    The values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`) are processed like
+    the reference (`apply_preprocess`: genes aligned to the bundle's, missing ones zero-filled) and
+    fed to the model `batch_size` rows at a time, so the expression matrix is never dense as a whole.
 
     Returns:
         `(embedding, probabilities, overlap)`: float32 cells × embedding width; float32 cells ×
         classes in the order of `bundle.classes`; the gene overlap report of `apply_preprocess`.
     """
-    aligned, overlap = apply_preprocess(adata, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap)
+    check_number("min_overlap", min_overlap, low=0, high=1)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    values = select_values(adata, layer=layer, use_raw=use_raw)
+    aligned, overlap = apply_preprocess(values, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap)
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
     embedding, probabilities = [], []
@@ -40,6 +54,8 @@ def embed(
     bundle: Bundle,
     *,
     key_added="X_scquery",
+    layer=None,
+    use_raw=False,
     gene_key=None,
     min_overlap=0.5,
     batch_size=8192,
@@ -52,6 +68,8 @@ def embed(
     keep their order: the alignment to the model's genes is internal).
 
     Args:
+        layer: take the values from `layers[layer]` instead of `.X` (e.g. `'counts'`).
+        use_raw: take the values (and genes) from `.raw`.
         gene_key: `var` column holding gene names matching the model's (default: `var_names`).
         min_overlap: the least fraction of the model's genes the data must have
             (`ScqueryError` below it).
@@ -63,10 +81,22 @@ def embed(
     """
     adata = adata.copy() if copy else adata
     embedding, _, overlap = compute_embedding(
-        adata, bundle, gene_key=gene_key, min_overlap=min_overlap, batch_size=batch_size
+        adata,
+        bundle,
+        layer=layer,
+        use_raw=use_raw,
+        gene_key=gene_key,
+        min_overlap=min_overlap,
+        batch_size=batch_size,
     )
     adata.obsm[key_added] = embedding
-    params = {"key_added": key_added, "gene_key": gene_key, "min_overlap": min_overlap}
+    params = {
+        "key_added": key_added,
+        "layer": layer,
+        "use_raw": use_raw,
+        "gene_key": gene_key,
+        "min_overlap": min_overlap,
+    }
     record_run(adata, bundle, overlap, params)
     return adata if copy else None
 

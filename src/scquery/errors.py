@@ -1,4 +1,7 @@
-"""The project's error for problems with what the user gave."""
+"""The project's error for problems with what the user gave, and the check of numeric options."""
+
+import math
+import numbers
 
 
 class ScqueryError(Exception):
@@ -6,3 +9,24 @@ class ScqueryError(Exception):
 
     The command-line interface prints it without a traceback and exits with status 2.
     """
+
+
+def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):
+    """Raise `ScqueryError` unless `value` is a finite number (a whole one with `integer`) in range.
+
+    The range is `[low, high]` (`(low, high]` with `low_open`); a bound of None is open.
+    """
+    kind = "a whole number" if integer else "a finite number"
+    if low is not None and high is not None:
+        kind += f" in {'(' if low_open else '['}{low}, {high}]"
+    elif low is not None:
+        kind += f" {'above' if low_open else 'of at least'} {low}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = isinstance(value, numbers.Integral)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise ScqueryError(f"{name} must be {kind}, got {value!r}.")

@@ -5,10 +5,10 @@ Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv
 10x Matrix Market folders (Cell Ranger v2: `matrix.mtx`, `genes.tsv`, `barcodes.tsv`; v3:
 `matrix.mtx.gz`, `features.tsv.gz`, `barcodes.tsv.gz`).
 
-After reading, `.X` holds the chosen values as CSR float32, duplicate gene names are made unique
-(`AnnData.var_names_make_unique`: the second `TP53` becomes `TP53-1`, …), duplicate cell names
-likewise, and `uns['scquery']` records the file (`source`) and what the values are (`values`, see
-`scquery.preprocess.detect_values`).
+Reading never changes the data: `.X`, its dtype, `.raw`, layers and the cell and gene names are as
+in the file. Where the values to use are (`.X`, a layer or `.raw`) is an option of the functions
+that use them (`layer=`, `use_raw=`), which take them with `select_values`. `read` only checks
+them and records what they are in `uns['scquery']` (`source`, `values`: see `detect_values`).
 """
 
 import os
@@ -24,6 +24,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import ScqueryError
+from .outputs import check_file_destination, clean_leftovers, current_umask, staging_prefix
 
 SUPPORTED = ".h5ad, .h5 (10x), .loom, .csv, .tsv, .txt (optionally .gz) or a 10x matrix folder"
 _TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -81,15 +82,16 @@ def _read_text(path, sep, genes_by_cells):
             f"The table {path} holds non-numeric values; give a numeric matrix with cell or gene "
             "names in the first column and the first row only."
         ) from None
-    names_rows = ad.utils.make_index_unique(pd.Index(table.index.astype(str)))
-    names_cols = ad.utils.make_index_unique(pd.Index(table.columns.astype(str)))
+    names_rows, names_cols = pd.Index(table.index.astype(str)), pd.Index(table.columns.astype(str))
     if genes_by_cells:
         values, names_rows, names_cols = values.T, names_cols, names_rows
-    return ad.AnnData(
-        sp.csr_matrix(values),
-        obs=pd.DataFrame(index=names_rows),
-        var=pd.DataFrame(index=names_cols),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # repeated names are kept as in the file
+        return ad.AnnData(
+            sp.csr_matrix(values),
+            obs=pd.DataFrame(index=names_rows),
+            var=pd.DataFrame(index=names_cols),
+        )
 
 
 def _read_loom(path):
@@ -102,20 +104,24 @@ def _read_loom(path):
 
 
 def _read_any(path, genes_by_cells):
-    if path.is_dir():
-        return _read_10x_folder(path)
+    """The file's AnnData: an h5ad as it is; any other format with `.X` as CSR float32."""
     suffix = _suffix(path)
-    if suffix == ".h5ad":
+    if suffix == ".h5ad" and not path.is_dir():
         return ad.read_h5ad(path)
-    if suffix == ".h5":
-        return sc.read_10x_h5(path)
-    if suffix == ".loom":
-        return _read_loom(path)
-    if suffix in _TEXT:
-        return _read_text(path, _TEXT[suffix], genes_by_cells)
-    raise ScqueryError(
-        f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
-    )
+    if path.is_dir():
+        adata = _read_10x_folder(path)
+    elif suffix == ".h5":
+        adata = sc.read_10x_h5(path)
+    elif suffix == ".loom":
+        adata = _read_loom(path)
+    elif suffix in _TEXT:
+        adata = _read_text(path, _TEXT[suffix], genes_by_cells)
+    else:
+        raise ScqueryError(
+            f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
+        )
+    adata.X = to_csr32(adata.X)
+    return adata
 
 
 def to_csr32(X):
@@ -156,34 +162,87 @@ def detect_values(X, *, max_log=20.0, tolerance=0.05):
 
 def check_matrix(X, source, *, counts=False):
     """Raise `ScqueryError` when the CSR matrix `X` holds NaN or infinite values, or negative values
-    where `counts` are expected."""
+    where counts are expected: when `counts` is true, or when every value is a whole number (counts
+    cannot be negative)."""
     if not np.isfinite(X.data).all():
         raise ScqueryError(
             f"The expression values of {source} contain NaN or infinite values; remove or "
             "replace them before use."
         )
-    if counts and X.nnz and X.data.min() < 0:
+    if X.nnz and X.data.min() < 0 and (counts or np.array_equal(X.data, np.round(X.data))):
+        what = "counts of" if counts else "values of"
         raise ScqueryError(
-            f"The counts of {source} contain negative values; give raw counts (non-negative) "
-            "or choose another layer."
+            f"The {what} {source} contain {int((X.data < 0).sum())} negative values"
+            f"{'' if counts else ' among whole numbers, as in counts'}, and counts cannot be negative; "
+            "give the raw counts (e.g. layer='counts') or normalized values."
         )
 
 
+def _source(adata):
+    return adata.uns.get("scquery", {}).get("source", "the data")
+
+
+def select_values(adata, *, layer=None, use_raw=False):
+    """The values of `adata` to use: a new AnnData that leaves `adata` as it is.
+
+    Its `.X` holds `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or `adata.X` as CSR float32
+    (backed data is loaded); its `var` is `adata.raw.var` or `adata.var` with repeated gene names
+    made unique (the second `TP53` becomes `TP53-1`); its `obs` is a copy of `adata.obs`, and
+    `uns['scquery']['source']` names the data in messages. Its arrays may share memory with
+    `adata`'s: read them, do not change them.
+
+    Raises `ScqueryError` when the layer or `.raw` does not exist, or `.X` is missing.
+    """
+    source = _source(adata)
+    if layer is not None and use_raw:
+        raise ScqueryError(f"Choose either the layer {layer!r} or .raw of {source}, not both.")
+    var = adata.var
+    if use_raw:
+        if adata.raw is None:
+            raise ScqueryError(f"{source} has no .raw; leave out use_raw (--use-raw) or give a layer.")
+        X, var = adata.raw.X, adata.raw.var
+    elif layer is not None:
+        if layer not in adata.layers:
+            available = ", ".join(adata.layers.keys()) or "none"
+            raise ScqueryError(
+                f"{source} has no layer {layer!r} (layers: {available}); choose one of them or "
+                "leave out the layer."
+            )
+        X = adata.layers[layer]
+    else:
+        X = adata.X
+        if X is None:
+            places = [f"layer {name!r}" for name in adata.layers] + [".raw"] * (adata.raw is not None)
+            raise ScqueryError(
+                f"{source} has no expression values in .X; choose where they are "
+                f"({', '.join(places) or 'it has no layers or .raw either'}) with layer= or use_raw "
+                "(--layer, --use-raw)."
+            )
+    if not (sp.issparse(X) or isinstance(X, np.ndarray)):
+        X = X[:]
+    var = pd.DataFrame(var.copy())
+    if not var.index.is_unique:
+        var.index = ad.utils.make_index_unique(var.index.astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # repeated cell names are allowed
+        values = ad.AnnData(to_csr32(X), obs=adata.obs.copy(), var=var)
+    values.uns["scquery"] = {"source": source}
+    return values
+
+
 def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
-    """Read one expression file (see the module docstring for formats) into an AnnData.
+    """Read one expression file (see the module docstring for formats) into an AnnData, unchanged.
 
     Args:
         path: a file or a 10x matrix folder.
-        layer: move `layers[layer]` into `.X` (e.g. `'counts'`).
-        use_raw: move `.raw` (values and genes) into `.X`.
+        layer, use_raw: where the values to use are (see `select_values`); they are checked (finite,
+            non-negative counts) and described in `uns['scquery']['values']`, not moved.
         genes_by_cells: for text tables whose rows are genes and columns cells.
 
     Returns:
-        A new AnnData whose `.X` is CSR float32; other fields of the file are kept.
+        The file's AnnData, with `uns['scquery']` (`source`, `values`) added.
     """
     path = Path(path)
-    if layer is not None and use_raw:
-        raise ScqueryError(f"Choose either layer={layer!r} or use_raw for {path}, not both.")
     if not path.exists():
         raise ScqueryError(f"The input {path} does not exist; check the path.")
     if path.is_file() and path.stat().st_size == 0:
@@ -197,45 +256,35 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
             f"The file {path} could not be read as {_suffix(path) or '10x folder'} ({err}); "
             f"check that it is a valid file in one of the formats {SUPPORTED}."
         ) from err
-    if use_raw:
-        if adata.raw is None:
-            raise ScqueryError(f"The file {path} has no .raw; read it without use_raw.")
-        adata = adata.raw.to_adata()
-    elif layer is not None:
-        if layer not in adata.layers:
-            available = ", ".join(adata.layers.keys()) or "none"
-            raise ScqueryError(
-                f"The file {path} has no layer {layer!r} (layers: {available}); choose one of "
-                "them or leave out the layer."
-            )
-        adata.X = adata.layers[layer]
-    if adata.n_obs == 0 or adata.n_vars == 0:
+    adata.uns["scquery"] = {**dict(adata.uns.get("scquery", {})), "source": str(path)}
+    values = select_values(adata, layer=layer, use_raw=use_raw).X
+    if values.shape[0] == 0 or values.shape[1] == 0:
         raise ScqueryError(
-            f"The file {path} holds {adata.n_obs} cells and {adata.n_vars} genes; give a file "
+            f"The file {path} holds {values.shape[0]} cells and {values.shape[1]} genes; give a file "
             "with at least one cell and one gene."
         )
-    adata.X = to_csr32(adata.X)
-    check_matrix(adata.X, path, counts=layer is not None and "count" in layer.lower())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        adata.var_names_make_unique()
-        adata.obs_names_make_unique()
-    adata.uns["scquery"] = {
-        **dict(adata.uns.get("scquery", {})),
-        "source": str(path),
-        "values": detect_values(adata.X),
-    }
+    check_matrix(values, path, counts=layer is not None and "count" in layer.lower())
+    adata.uns["scquery"]["values"] = detect_values(values)
     return adata
+
+
+#: The obs column naming each cell's file, and the one used when the data has a `dataset` column.
+DATASET_KEY, DATASET_KEY_TAKEN = "dataset", "scquery_dataset"
 
 
 def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     """Read several files (as `read`) and merge them into one AnnData.
 
-    `obs['dataset']` names each cell's source (the file name without suffixes, made unique with
-    `-1`, `-2`, …); duplicate cell names are made unique. The genes are the union of all files
-    (`anndata.concat(join='outer', fill_value=0)`): a gene missing from one file is zero in its
-    cells, so no gene is lost and `.X` stays sparse. Files whose values are of different kinds
-    (counts and normalized values) cannot be merged.
+    Each cell's file name (without suffixes, made unique with `-1`, `-2`, …) goes to
+    `obs['dataset']`, or to `obs['scquery_dataset']` when an input already has a `dataset` column
+    (which is kept as it is). One file comes back as `read` gives it, plus that column. Several are
+    concatenated on the union of their genes (`anndata.concat(join='outer', fill_value=0)`, for
+    `.X`, the layers and `.raw` alike): a gene missing from one file is zero in its cells, so no
+    gene is lost and sparse values stay sparse. Cell names are kept as they are, even where files
+    share some; repeated gene names within a file are made unique so that files can be joined.
+    `obsm` entries present in some files only are left out (with a warning) instead of filled with
+    zeros. Files whose values are of different kinds (counts and normalized values) cannot be
+    merged.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -249,21 +298,55 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
             f"The inputs hold different kinds of values ({found}); read them all as counts "
             "(e.g. layer='counts') or all as normalized values."
         )
+    key = DATASET_KEY_TAKEN if any(DATASET_KEY in a.obs for a in adatas) else DATASET_KEY
     if len(adatas) == 1:
         merged = adatas[0]
-        merged.obs["dataset"] = pd.Categorical([names[0]] * merged.n_obs)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            merged = ad.concat(adatas, join="outer", fill_value=0, label="dataset", keys=names, merge="same")
-            merged.obs_names_make_unique()
-        merged.X = to_csr32(merged.X)
+        merged.obs[key] = pd.Categorical([names[0]] * merged.n_obs)
+        return merged
+    _drop_partial_obsm(adatas, names)
+    for adata in adatas:
+        _make_genes_unique(adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        merged = ad.concat(adatas, join="outer", fill_value=0, label=key, keys=names, merge="same")
     merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "values": kinds.pop()}
     return merged
 
 
-def check_labels(adata, key, source="the data"):
-    """Raise `ScqueryError` unless `obs[key]` exists, has no missing labels and two classes or more.
+def _drop_partial_obsm(adatas, names):
+    """Leave out of each file the `obsm` keys that not every file has alike (same width)."""
+    shapes = [{key: np.shape(value)[1:] for key, value in a.obsm.items()} for a in adatas]
+    shared = {key for key, shape in shapes[0].items() if all(s.get(key) == shape for s in shapes[1:])}
+    partial = sorted(set().union(*shapes) - shared)
+    if partial:
+        warnings.warn(
+            f"obsm {', '.join(map(repr, partial))} is not in every file ({', '.join(names)}) with the "
+            "same width, so it is left out of the merged data rather than filled with zeros.",
+            stacklevel=3,
+        )
+    for adata in adatas:
+        for key in partial:
+            adata.obsm.pop(key, None)
+
+
+def _make_genes_unique(adata):
+    """Make repeated gene names of a freshly read file unique (in `var` and `.raw`) before a merge."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        adata.var_names_make_unique()
+        if adata.raw is not None and not adata.raw.var_names.is_unique:
+            raw = adata.raw.to_adata()
+            raw.var_names_make_unique()
+            adata.raw = raw
+
+
+#: The prediction of rejected query cells; no reference label may be called so.
+UNKNOWN = "Unknown"
+
+
+def check_labels(adata, key, source="the data", *, min_classes=2):
+    """Raise `ScqueryError` unless `obs[key]` exists, labels every cell, has `min_classes` classes or
+    more, and none of them is `'Unknown'` (the label of rejected query cells).
 
     `source` names the file in the message.
     """
@@ -279,27 +362,29 @@ def check_labels(adata, key, source="the data"):
             f"The label column {key!r} of {source} has {missing} cells without a label; label "
             "them or remove them."
         )
-    if labels.nunique() < 2:
+    if labels.nunique() < min_classes:
         raise ScqueryError(
             f"The label column {key!r} of {source} has only one class; a classifier needs two or more."
         )
-
-
-def current_umask():
-    """The process's umask (read by setting it and setting it back)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
+    unknown = int((labels.astype(str) == UNKNOWN).sum())
+    if unknown:
+        raise ScqueryError(
+            f"The label column {key!r} of {source} calls {unknown} cells {UNKNOWN!r}, the prediction "
+            f"scquery gives cells unlike the reference; rename that label (e.g. 'unassigned') or "
+            "remove those cells."
+        )
 
 
 def write_atomically(path, write):
-    """Call `write(tmp)` on a temporary file in `path`'s folder, then rename it to `path`.
+    """Call `write(tmp)` on a temporary file beside `path` (named as ours, see `scquery.outputs`),
+    then rename it to `path`.
 
-    A failed write leaves no partial file behind.
+    A failed write leaves no partial file behind; leftovers of killed runs are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path, "tmp"))
     os.close(fd)
     try:
         write(tmp)
@@ -310,11 +395,24 @@ def write_atomically(path, write):
         raise
 
 
+def _write_result(path, write):
+    """`write_atomically` for a user's result: refused inside a bundle or onto a folder, and a
+    failure of the file system (read-only, full) is one sentence."""
+    check_file_destination(path)
+    try:
+        write_atomically(path, write)
+    except OSError as error:
+        raise ScqueryError(
+            f"{path} could not be written ({error.strerror or error}); check the space and the "
+            "permissions there (nothing was written)."
+        ) from None
+
+
 def write_h5ad(adata, path):
     """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
-    write_atomically(path, adata.write_h5ad)
+    _write_result(path, adata.write_h5ad)
 
 
 def write_table(table, path):
     """Write a pandas table to `path` as TSV, atomically."""
-    write_atomically(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    _write_result(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

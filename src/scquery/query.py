@@ -21,10 +21,9 @@ import scipy.sparse as sp
 
 from .bundle import Bundle, save_bundle
 from .embed import compute_embedding, record_run
-from .errors import ScqueryError
+from .errors import ScqueryError, check_number
+from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
-
-UNKNOWN = "Unknown"
 
 
 def vote(distances, codes, n_labels):
@@ -47,6 +46,8 @@ def query(
     min_agreement=0.5,
     distance_quantile=0.99,
     key_added="scquery",
+    layer=None,
+    use_raw=False,
     gene_key=None,
     min_overlap=0.5,
     bundle_path=None,
@@ -62,34 +63,36 @@ def query(
     classifier head's most probable type) and `_classifier_probability`.
 
     Args:
-        k: neighbours per query cell.
+        k: neighbours per query cell (at most the reference's size).
         min_agreement: the least confidence of a prediction.
         distance_quantile: quantile of the reference's leave-self-out nearest distances beyond
             which a cell's nearest reference cell is too far (the cell is 'Unknown').
-        gene_key, min_overlap: as in `scquery.embed.embed`.
+        layer, use_raw, gene_key, min_overlap: as in `scquery.embed.embed`.
         bundle_path: the bundle's folder, where the neighbour index is cached.
 
     Returns:
         The matches: one row per query cell and rank (1 = nearest) with `query_cell`, `rank`,
         `reference_cell`, `distance`, `reference_label`, `reference_dataset`.
     """
-    if k < 1:
-        raise ScqueryError(f"k must be at least 1, got {k}.")
-    if not 0 <= min_agreement <= 1 or not 0 < distance_quantile <= 1:
-        raise ScqueryError(
-            "min_agreement must lie in [0, 1] and distance_quantile in (0, 1]; "
-            f"got {min_agreement} and {distance_quantile}."
-        )
     reference = bundle.reference
+    check_number("k", k, low=1, integer=True)
+    if k > reference.n_obs:
+        raise ScqueryError(
+            f"k={k} is more than the {reference.n_obs} cells of the model's reference; choose k of "
+            f"at most {reference.n_obs}."
+        )
+    check_number("min_agreement", min_agreement, low=0, high=1)
+    check_number("distance_quantile", distance_quantile, low=0, high=1, low_open=True)
     embedding, probabilities, overlap = compute_embedding(
         adata,
         bundle,
+        layer=layer,
+        use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
         batch_size=batch_size,
     )
     index = NeighborIndex.for_bundle(bundle, bundle_path)
-    k = min(k, reference.n_obs)
     distances, indices = index.kneighbors(embedding, k)
     threshold = float(np.quantile(index.nearest_distances, distance_quantile))
 
@@ -115,7 +118,7 @@ def query(
     )
     obs[f"{key_added}_classifier_probability"] = probabilities.max(axis=1)
     adata.obsm[f"X_{key_added}"] = embedding
-    params = {"gene_key": gene_key, "min_overlap": min_overlap}
+    params = {"layer": layer, "use_raw": use_raw, "gene_key": gene_key, "min_overlap": min_overlap}
     record_run(adata, bundle, overlap, params, uns_key=key_added)
     adata.uns[key_added]["query_params"] = {
         "k": int(k),
@@ -166,14 +169,12 @@ def summarize(adata, *, groupby=None, matches=None, key="scquery"):
                 "reference_dataset": obs[f"{key}_nearest_dataset"].to_numpy(),
             }
         )
-    if not obs.index.is_unique:
-        raise ScqueryError("The query's cell names are not unique; make them unique first.")
     cells = groups.assign(prediction=obs[prediction].astype(str), distance=obs[f"{key}_distance"])
     grouped = cells.groupby(keys)
     summary = pd.DataFrame({"n_cells": grouped.size(), "mean_distance": grouped["distance"].mean()})
     shares = pd.crosstab([cells[c] for c in keys], cells["prediction"], normalize="index")
     summary = summary.join(shares.add_prefix("fraction "))
-    located = groups.loc[matches["query_cell"]].reset_index(drop=True)
+    located = groups.iloc[_query_rows(obs.index, matches["query_cell"])].reset_index(drop=True)
     nearest = {"reference_dataset": "nearest_dataset", "reference_label": "nearest_label"}
     for column, name in nearest.items():
         counts = pd.crosstab(
@@ -184,21 +185,57 @@ def summarize(adata, *, groupby=None, matches=None, key="scquery"):
     return summary.reset_index()
 
 
-def extend(bundle: Bundle, adata, *, label_key, path=None, gene_key=None, min_overlap=0.5):
+def _query_rows(names, query_cells):
+    """The row of each match's query cell: by name, or by position where names repeat (the
+    matches of `query` list each cell's neighbours in the data's order)."""
+    if names.is_unique:
+        rows = names.get_indexer(query_cells)
+        if (rows < 0).any():
+            raise ScqueryError(
+                "The matches name query cells the data does not hold; give the matches of this data."
+            )
+        return rows
+    n, k = len(names), len(query_cells) // max(len(names), 1)
+    if n * k != len(query_cells) or not np.array_equal(np.repeat(names.to_numpy(), k), query_cells):
+        raise ScqueryError(
+            "The query's cell names repeat and the matches are not in its order; give the matches "
+            "`query` returned for this data, or make the names unique (obs_names_make_unique)."
+        )
+    return np.repeat(np.arange(n), k)
+
+
+def extend(
+    bundle: Bundle,
+    adata,
+    *,
+    label_key,
+    path=None,
+    overwrite=False,
+    layer=None,
+    use_raw=False,
+    gene_key=None,
+    min_overlap=0.5,
+):
     """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
 
     The new cells are embedded with the bundle's model and appended with their labels
     (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
-    does not know can then be found by `query`. The neighbour index is rebuilt on next use. With
-    `path`, the new bundle is also saved there.
+    does not know can then be found by `query`. Cells whose names the reference already holds are
+    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
+    new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
+    `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
     source = adata.uns.get("scquery", {}).get("source", "the new reference")
-    if label_key not in adata.obs or adata.obs[label_key].isna().any():
+    check_labels(adata, label_key, source, min_classes=1)
+    held = adata.obs_names.isin(bundle.reference.obs_names)
+    if held.any():
         raise ScqueryError(
-            f"The label column {label_key!r} is missing from {source} or leaves cells unlabelled; "
-            "give a column that labels every cell."
+            f"{int(held.sum())} cells of {source} (e.g. {adata.obs_names[held][0]!r}) are already in "
+            "the model's reference; extend it with new cells only (or give the cells distinct names)."
         )
-    embedding, _, _ = compute_embedding(adata, bundle, gene_key=gene_key, min_overlap=min_overlap)
+    embedding, _, _ = compute_embedding(
+        adata, bundle, layer=layer, use_raw=use_raw, gene_key=gene_key, min_overlap=min_overlap
+    )
     dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
     added = ad.AnnData(
         obs=pd.DataFrame(
@@ -207,12 +244,11 @@ def extend(bundle: Bundle, adata, *, label_key, path=None, gene_key=None, min_ov
         ),
         obsm={"X_scquery": embedding},
     )
-    reference = ad.concat([bundle.reference, added])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        reference.obs_names_make_unique()
+        warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
+        reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
     extended = dataclasses.replace(bundle, reference=reference)
     if path is not None:
-        save_bundle(extended, path)
+        save_bundle(extended, path, overwrite=overwrite)
     return extended

@@ -1,6 +1,5 @@
 """Training, from an annotated reference AnnData to a model bundle."""
 
-import hashlib
 import warnings
 
 import anndata as ad
@@ -8,24 +7,25 @@ import keras
 import numpy as np
 import pandas as pd
 
-from .bundle import Bundle
+from .bundle import Bundle, model_digest
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels
+from .io import check_labels, select_values
 from .logs import logger
 from .preprocess import fit_preprocess
 from .pretrain import pretrain_greedy
 
 
-def prepare_reference(adata, *, label_key, config):
-    """Preprocess the reference and drop the cell types too small to learn.
+def prepare_reference(adata, *, label_key, config, layer=None, use_raw=False):
+    """Preprocess the reference's values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`)
+    and drop the cell types too small to learn.
 
     Returns the processed AnnData, the preprocessing record, the class names and integer labels.
     """
     check_labels(adata, label_key, source=adata.uns.get("scquery", {}).get("source", "the reference"))
     processed, record = fit_preprocess(
-        adata,
+        select_values(adata, layer=layer, use_raw=use_raw),
         min_genes=config.min_genes,
         min_cells=config.min_cells,
         max_pct_mito=config.max_pct_mito,
@@ -60,11 +60,13 @@ def prepare_reference(adata, *, label_key, config):
     return processed, record, classes, y
 
 
-def pretrain_reference(adata, *, label_key, config=None, seed=0, verbose="auto"):
+def pretrain_reference(adata, *, label_key, config=None, seed=0, layer=None, use_raw=False, verbose="auto"):
     """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
     config = _config(config)
     keras.utils.set_random_seed(seed)
-    processed, record, _, _ = prepare_reference(adata, label_key=label_key, config=config)
+    processed, record, _, _ = prepare_reference(
+        adata, label_key=label_key, config=config, layer=layer, use_raw=use_raw
+    )
     return _pretrain(processed.X, record, config, seed, verbose)
 
 
@@ -91,13 +93,15 @@ def train(
     label_key,
     config=None,
     seed=0,
+    layer=None,
+    use_raw=False,
     encoder_weights=None,
     pretrain_history=None,
     verbose="auto",
 ) -> Bundle:
     """Train scquery on an annotated reference and return the model bundle.
 
-    Preprocesses `adata` (values in `.X`, as `scquery.io.read_many` gives them), pretrains the encoder
+    Preprocesses `adata`'s values (`.X`, or `layers[layer]` or `.raw` with `use_raw`), pretrains the encoder
     greedily unless `config.pretrain` is false or `encoder_weights` come from an earlier
     `pretrain_reference` call, fine-tunes the classifier, and embeds every reference cell.
     `adata` is not modified. Each stage is logged to the `scquery` logger; `verbose` sets how the
@@ -106,7 +110,9 @@ def train(
     """
     config = _config(config)
     keras.utils.set_random_seed(seed)
-    processed, record, classes, y = prepare_reference(adata, label_key=label_key, config=config)
+    processed, record, classes, y = prepare_reference(
+        adata, label_key=label_key, config=config, layer=layer, use_raw=use_raw
+    )
     history = {"pretrain": pretrain_history or []}
     if config.pretrain and encoder_weights is None:
         encoder_weights, history["pretrain"] = _pretrain(processed.X, record, config, seed, verbose)
@@ -153,16 +159,9 @@ def train(
         config=config.to_dict(),
         seed=seed,
         history=history,
-        model_id=_model_id(model, record["genes"]),
+        model_id=model_digest(model, record["genes"]),
     )
 
 
 def _config(config):
     return config if isinstance(config, TrainConfig) else load_train_config(config)
-
-
-def _model_id(model, genes):
-    digest = hashlib.sha1("\n".join(genes).encode())
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:12]

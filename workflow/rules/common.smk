@@ -91,6 +91,18 @@ REFERENCE = (
 )
 
 
+def _values(section):
+    """Where a section's values are (`layer`, `use_raw`), for the package's functions: they read
+    them from there and leave the data's `.X` as it is."""
+    options = config.get(section, {})
+    return {"layer": options.get("layer"), "use_raw": options.get("use_raw", False)}
+
+
+#: Where the reference's and the queries' values are (none for the built-in data).
+REFERENCE_VALUES = {} if USE_DEFAULT_REFERENCE else _values("reference")
+QUERY_VALUES = _values("query_input")
+
+
 def query_data(wildcards):
     """The ingested query `wildcards.query`: the built-in held-out query or the user's files."""
     if not QUERIES[wildcards.query]:

@@ -19,5 +19,6 @@ rule embed:
         runtime=resources_of("default", "runtime", 30),
     params:
         min_overlap=config["query"].get("min_overlap", 0.5),
+        values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
     script:
         "../scripts/embed.py"

@@ -26,6 +26,7 @@ rule query:
         runtime=resources_of("default", "runtime", 30),
     params:
         query=config["query"],
+        values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
         label_key=config["query_label_key"],
     script:
         "../scripts/query.py"

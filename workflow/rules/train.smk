@@ -33,6 +33,7 @@ rule pretrain:
         label_key=config["reference"]["label_key"],
         train=config["train"],
         seed=config["seed"],
+        values=REFERENCE_VALUES,
     script:
         "../scripts/pretrain.py"
 
@@ -56,5 +57,6 @@ rule finetune:
         label_key=config["reference"]["label_key"],
         train=config["train"],
         seed=config["seed"],
+        values=REFERENCE_VALUES,
     script:
         "../scripts/finetune.py"

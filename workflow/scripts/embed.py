@@ -11,6 +11,11 @@ from scquery.embed import embed  # noqa: E402
 from scquery.io import write_h5ad  # noqa: E402
 
 adata = ad.read_h5ad(snakemake.input.data)
-embed(adata, load_bundle(snakemake.input.bundle), min_overlap=snakemake.params.min_overlap)
+embed(
+    adata,
+    load_bundle(snakemake.input.bundle),
+    min_overlap=snakemake.params.min_overlap,
+    **snakemake.params.values,
+)
 write_h5ad(adata, snakemake.output[0])
 print(f"embedded {adata.n_obs} cells; gene overlap: {adata.uns['scquery']['overlap']}")

@@ -25,6 +25,7 @@ bundle = train(
     seed=snakemake.params.seed,
     encoder_weights=weights,
     pretrain_history=history,
+    **snakemake.params.values,
     verbose=2,
 )
 save_bundle(bundle, snakemake.output[0])

@@ -15,6 +15,7 @@ weights, history = pretrain_reference(
     label_key=snakemake.params.label_key,
     config=dict(snakemake.params.train),
     seed=snakemake.params.seed,
+    **snakemake.params.values,
     verbose=2,
 )
 save_encoder(snakemake.output.weights, weights)

@@ -17,6 +17,7 @@ matches = query(
     load_bundle(snakemake.input.bundle),
     bundle_path=snakemake.input.bundle,  # the neighbour index cached by the finetune rule
     **snakemake.params.query,
+    **snakemake.params.values,
 )
 write_h5ad(adata, snakemake.output.data)
 matches.to_csv(snakemake.output.matches, sep="\t", index=False)
