@@ -2,9 +2,11 @@
 
     import scquery as scq
 
-    bundle = scq.train(reference, label_key="cell_type")   # a Bundle; bundle.save("model")
-    scq.query(adata, scq.load("model"))                     # obs['scquery_prediction'], obsm['X_scquery']
-    scq.pl.embedding(adata, color="scquery_prediction")
+    reference = scq.read(["ref1.h5ad", "ref2.h5ad"])
+    bundle = scq.train(reference, label_key="cell_type", layer="counts")  # a Bundle: bundle.save("model")
+    scq.query(adata, scq.load("model"))  # obs['scquery_prediction'], obsm['X_scquery'], ...
+    scq.score(adata, "cell_type")  # accuracy, macro-F1, share Unknown against known types
+    scq.pl.umap(adata, color=["scquery_prediction", "cell_type"])
 
 Progress goes to the `scquery` logger (silent until the application sets up logging) and, while
 training where someone watches, to progress bars.
@@ -21,6 +23,7 @@ from .bundle import Bundle  # noqa: E402
 from .bundle import load_bundle as load  # noqa: E402
 from .embed import embed  # noqa: E402
 from .errors import ScqueryError  # noqa: E402
+from .evaluate import score  # noqa: E402
 from .io import read_many as read  # noqa: E402
 from .query import extend, query, summarize  # noqa: E402
 from .train import train  # noqa: E402
@@ -37,6 +40,7 @@ __all__ = [
     "pl",
     "query",
     "read",
+    "score",
     "summarize",
     "train",
 ]

@@ -11,6 +11,7 @@ here: 3) keeps the later C++ messages out. Set it to 0, and use `-v`, to see the
 """
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -77,6 +78,27 @@ def _held_back_stderr():
 def _flush_stderr():
     with contextlib.suppress(AttributeError, ValueError, OSError):
         sys.stderr.flush()
+
+
+class _NoRetracingWarnings(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def without_retracing_warnings(function):
+    """Decorator: TensorFlow's warnings that functions were traced again are dropped while `function`
+    runs (training builds a model per stage, and an epoch's last batch may be smaller: expected)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        drop = _NoRetracingWarnings()
+        logging.getLogger("tensorflow").addFilter(drop)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            logging.getLogger("tensorflow").removeFilter(drop)
+
+    return wrapper
 
 
 def log_to_stderr(verbosity=0):

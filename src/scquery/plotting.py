@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from matplotlib.ticker import MaxNLocator
 
 from . import evaluate
 from .evaluate import PREDICTION, type_order
@@ -97,8 +98,7 @@ def confusion(adata, truth, *, prediction=PREDICTION, ax=None, show=None):
     if ax is None:
         side = min(max(4.0, 0.42 * n + 2.5), 20.0)
         fig, ax = plt.subplots(figsize=(side + 1.6, side), layout="constrained")
-    cmap = plt.get_cmap("Blues").copy()
-    cmap.set_bad("#f4f4f4")
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#f4f4f4")  # rows without cells
     image = ax.imshow(shares.to_numpy(dtype=float), cmap=cmap, vmin=0, vmax=1)
     if n <= 30:
         for (row, column), share in np.ndenumerate(shares.to_numpy(dtype=float)):
@@ -177,8 +177,10 @@ def history(bundle, *, show=None):
     axes = dict(zip(panels, axes[0], strict=True))
     for stage in pretrain:
         losses = [stage["initial_loss"], *stage["loss"]]
+        name = stage["stage"]  # layer_0, layer_1, …, stacked: numbered from 1 as training logs them
+        name = f"layer {int(name.removeprefix('layer_')) + 1}" if name.startswith("layer_") else name
         axes["pretrain"].plot(
-            range(len(losses)), losses, marker=".", label=f"{stage['stage']} ({stage['width']})"
+            range(len(losses)), losses, marker=".", label=f"{name} (width {stage['width']})"
         )
     if pretrain:
         axes["pretrain"].set(
@@ -194,6 +196,7 @@ def history(bundle, *, show=None):
         axes[metric].legend(fontsize="small", frameon=False)
     for ax in axes.values():
         ax.spines[["top", "right"]].set_visible(False)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, show)
 
 

@@ -12,7 +12,7 @@ from .classifier import build_classifier, embedding_model, fit_classifier, predi
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .io import check_labels, select_values
-from .logs import logger
+from .logs import logger, without_retracing_warnings
 from .preprocess import fit_preprocess
 from .pretrain import pretrain_greedy
 
@@ -60,6 +60,7 @@ def prepare_reference(adata, *, label_key, config, layer=None, use_raw=False):
     return processed, record, classes, y
 
 
+@without_retracing_warnings
 def pretrain_reference(adata, *, label_key, config=None, seed=0, layer=None, use_raw=False, verbose="auto"):
     """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
     config = _config(config)
@@ -87,6 +88,7 @@ def _pretrain(X, record, config, seed, verbose):
     )
 
 
+@without_retracing_warnings
 def train(
     adata,
     *,
