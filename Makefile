@@ -1,24 +1,28 @@
-# Two commands do all the set-up on a fresh machine:
-#   make run    the workflow on its built-in default data (snakemake --cores $(CORES))
-#   make test   the test suite
+# Set-up and habits; each target first sets up .venv/ from pyproject.toml (Python >= 3.11):
+#   make run        the workflow on its built-in default data (snakemake --cores $(CORES))
+#   make test       the fast tests (not those marked slow): the loop while developing
+#   make test-all   lint, then every test: what CI runs (.ci/run)
+#   make lint       ruff check, ruff format --check, snakefmt --check
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
+# The Keras backend and the extras a developer needs (TensorFlow is the default backend).
+EXTRAS ?= tensorflow,test,workflow,loom,bench,dev
 
-.PHONY: venv run test lint bench bench-quick report clean
+.PHONY: venv run report test test-all lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,workflow,loom,bench]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.installed
 
 # `make run` resumes after a kill (Ctrl-C, kill -9, a power loss) without Snakemake's flags: holding
-# .snakemake/make-run.lock (flock: one `make run` per folder at a time), it removes the lock a killed
-# Snakemake left behind and reruns the jobs a kill left incomplete. SNAKEMAKE_ARGS adds options
-# (e.g. --configfile my.yaml).
+# .snakemake/make-run.lock (flock: one `make run` per folder at a time; it waits for another one, or
+# for a job a killed one left running, to end), it removes the lock a killed Snakemake left behind and
+# reruns the jobs a kill left incomplete. SNAKEMAKE_ARGS adds options (e.g. --configfile my.yaml).
 SNAKEMAKE_ARGS ?=
 SNAKEMAKE_RUN = $(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) >/dev/null && \
 	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS)
@@ -26,9 +30,9 @@ SNAKEMAKE_RUN = $(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) >/dev/null && \
 run: venv
 	@mkdir -p .snakemake
 	@if command -v flock >/dev/null; then \
-		flock --nonblock --conflict-exit-code 75 .snakemake/make-run.lock sh -c '$(SNAKEMAKE_RUN)' || { \
-			status=$$?; [ $$status -ne 75 ] || echo "make run: another make run works in this folder; wait for it to end." >&2; \
-			exit $$status; }; \
+		flock --nonblock .snakemake/make-run.lock true || \
+			echo "make run: waiting for the other make run in this folder to end ..." >&2; \
+		flock .snakemake/make-run.lock sh -c '$(SNAKEMAKE_RUN)'; \
 	else \
 		$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS); \
 	fi
@@ -36,8 +40,15 @@ run: venv
 report: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --report report.html
 
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow
+
 test: venv
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -m "not slow"
+
+test-all: lint
 	$(VENV)/bin/pytest
 
 # CellTypist 1.7.1, a peer in the benchmarks, needs scikit-learn < 1.8: it gets its own environment.
@@ -54,4 +65,4 @@ bench-quick: venv
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf results logs .snakemake report.html
+	rm -rf results logs .snakemake report.html .test/results .test/logs .test/.snakemake

@@ -27,8 +27,21 @@ def _speed(quick, log):
     return run_speed(quick=quick, log=log)
 
 
+def _labels(quick, log):
+    from .labels import run_labels, settings
+
+    rows, summary = run_labels(quick=quick, log=log)
+    return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
+
+
+def _scale(quick, log):
+    from .scale import run_scale
+
+    return run_scale(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "speed": _speed}
+PARTS = {"quality": _quality, "labels": _labels, "speed": _speed, "scale": _scale}
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@
 same order; labels are in `obs['label']`.
 """
 
+import anndata as ad
 import numpy as np
 import scanpy as sc
 from sklearn.linear_model import LogisticRegression
@@ -30,23 +31,30 @@ def reference_hvgs(reference_log, n_top_genes=N_TOP_GENES):
     return list(reference_log.var_names[table["highly_variable"].to_numpy()])
 
 
-def pca_knn(reference, query, *, values, seed=0):
+def pca_knn(reference, query, *, values, seed=0, unlabelled=None):
     """What scanpy's ingest does: PCA of the reference's log-normalized HVGs, query cells projected
     on the reference's components, majority vote of their 15 nearest reference cells.
 
     (`sc.tl.ingest` itself fails with this environment's pynndescent, so the same model is built
-    from `sc.pp.pca` and scikit-learn.) Returns predictions and the PCA embeddings.
+    from `sc.pp.pca` and scikit-learn.) With `unlabelled` cells (same genes and values), the HVGs
+    and the PCA are fitted on the reference and them together; only the reference votes.
+    Returns predictions and the PCA embeddings.
     """
     ref_log, query_log = log_normalized(reference, values), log_normalized(query, values)
-    genes = reference_hvgs(ref_log)
-    ref = ref_log[:, genes].copy()
-    sc.pp.pca(ref, n_comps=min(N_PCS, ref.n_vars - 1, ref.n_obs - 1), random_state=seed)
-    mean = np.asarray(ref.X.mean(axis=0)).ravel()
-    query_pca = (query_log[:, genes].X.toarray() - mean) @ ref.varm["PCs"]
-    vote = KNeighborsClassifier(n_neighbors=N_NEIGHBORS).fit(ref.obsm["X_pca"], ref.obs["label"])
+    fit_log = ref_log
+    if unlabelled is not None:
+        fit_log = ad.concat([ref_log, log_normalized(unlabelled, values)])
+    genes = reference_hvgs(fit_log)
+    fit = fit_log[:, genes].copy()
+    sc.pp.pca(fit, n_comps=min(N_PCS, fit.n_vars - 1, fit.n_obs - 1), random_state=seed)
+    mean = np.asarray(fit.X.mean(axis=0)).ravel()
+    ref_pca = fit.obsm["X_pca"][: ref_log.n_obs]
+    query_pca = (query_log[:, genes].X.toarray() - mean) @ fit.varm["PCs"]
+    vote = KNeighborsClassifier(n_neighbors=min(N_NEIGHBORS, ref_log.n_obs))
+    vote.fit(ref_pca, ref_log.obs["label"].astype(str).to_numpy())
     return {
         "predictions": vote.predict(query_pca).astype(str),
-        "reference_embedding": ref.obsm["X_pca"],
+        "reference_embedding": ref_pca,
         "query_embedding": query_pca,
     }
 

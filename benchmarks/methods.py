@@ -11,14 +11,16 @@ BASE_OPTIONS = {"min_genes": 0}
 QUICK_OPTIONS = {"pretrain_epochs": 2, "epochs": 8, "hidden_sizes": [128, 32]}
 
 
-def scquery_config(*, quick, pretrain=True):
-    """The training configuration of a benchmark run."""
-    options = {**BASE_OPTIONS, **(QUICK_OPTIONS if quick else {}), "pretrain": pretrain}
-    return load_train_config(options)
+def scquery_config(*, quick, pretrain=True, **options):
+    """The training configuration of a benchmark run (`options` on top)."""
+    return load_train_config(
+        {**BASE_OPTIONS, **(QUICK_OPTIONS if quick else {}), "pretrain": pretrain, **options}
+    )
 
 
-def run_scquery(reference, query_data, *, quick, pretrain=True, seed=0):
-    """Train scquery on `reference` and query `query_data` (a copy is annotated).
+def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, config=None, **train_options):
+    """Train scquery on `reference` (with `config`, or the benchmark's; `train_options`: `unlabeled`,
+    `encoder` of `scquery.train.train`) and query `query_data` (a copy is annotated).
 
     Returns the kNN and classifier predictions, the share of cells rejected as Unknown, and the
     reference and query embeddings.
@@ -26,8 +28,9 @@ def run_scquery(reference, query_data, *, quick, pretrain=True, seed=0):
     bundle = train(
         reference,
         label_key="label",
-        config=scquery_config(quick=quick, pretrain=pretrain),
+        config=config or scquery_config(quick=quick, pretrain=pretrain),
         seed=seed,
+        **train_options,
     )
     annotated = query_data.copy()
     query(annotated, bundle, k=15)

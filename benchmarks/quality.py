@@ -43,7 +43,7 @@ def _timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def _celltypist(split):
+def celltypist_predictions(split):
     """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured)."""
     if not CELLTYPIST_PYTHON or not Path(CELLTYPIST_PYTHON).exists():
         return None
@@ -110,7 +110,7 @@ def evaluate(split, *, quick, seed=0, log=print):
     rows.append(
         _record(split, "logistic regression (CellTypist's model)", truth, result["predictions"], seconds)
     )
-    predictions, seconds = _timed(_celltypist, split)
+    predictions, seconds = _timed(celltypist_predictions, split)
     if predictions is not None:
         rows.append(_record(split, "CellTypist 1.7.1", truth, predictions, seconds))
     for row in rows:

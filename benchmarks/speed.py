@@ -12,14 +12,15 @@ FULL_QUERY, QUICK_QUERY = 100_000, 1_000
 STAGE_TIMEOUT_S = 3600
 
 
-def run_stage(name, log=print, **arguments):
+def run_stage(name, log=print, *, timeout=STAGE_TIMEOUT_S, **arguments):
     """Run one stage in a child process; its figures, or `{'error': ...}` when it fails."""
     command = [sys.executable, "-m", "benchmarks.stages", name, json.dumps(arguments)]
     root = Path(__file__).resolve().parents[1]
     try:
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {STAGE_TIMEOUT_S} s"}
+        log(f"    stage {name} timed out after {timeout} s")
+        return {"error": f"timed out after {timeout} s"}
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         log(f"    stage {name} failed: {tail[0]}")

@@ -1,7 +1,9 @@
 """Speed stages, each run in its own process (`python -m benchmarks.stages NAME JSON`) so that its
 peak memory is its own; the last stdout line is a JSON object of the stage's figures."""
 
+import functools
 import json
+import os
 import resource
 import sys
 import time
@@ -115,22 +117,128 @@ def matmul_stage(*, batch_size, widths, repeats=20):
     return {"matmul_gflops": flops / seconds / 1e9, "batch_size": batch_size, "widths": widths}
 
 
+def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
+    """Build one neighbour index over simulated embeddings and search `n_query` cells of another
+    (shifted) draw; recall@k against exact search on the first `RECALL_QUERIES` of them.
+
+    `method`: 'scquery' (`NeighborIndex`, faiss IVF-Flat; its leave-self-out distances are timed
+    apart), 'hnswlib', 'faiss-hnsw' or 'pynndescent' (peers at settings reaching the recall
+    target where their grid allows: the least search width whose recall on the same queries does).
+    """
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from scquery.neighbors import TARGET_RECALL, NeighborIndex
+
+    from .synthetic import synthetic_embeddings
+
+    reference = synthetic_embeddings(n_reference, seed=seed)
+    queries = synthetic_embeddings(n_query, seed=seed + 1, shift=shift)
+    sample = queries[:RECALL_QUERIES]
+    truth = NearestNeighbors(algorithm="brute").fit(reference).kneighbors(sample, k, return_distance=False)
+    baseline = _status_gb("VmRSS")
+
+    def recall(found):
+        return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, truth, strict=True)]))
+
+    result = {"method": method, "n_reference": n_reference, "n_query": n_query, "width": reference.shape[1]}
+    start = time.perf_counter()
+    if method == "scquery":
+        index = NeighborIndex(reference, seed=seed)
+        result["build_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        index.nearest_distances  # noqa: B018 (computed on first use, saved with the bundle)
+        result["leave_self_out_s"] = time.perf_counter() - start
+        result["setting"] = index.description(k)
+
+        def search(x):
+            return index.kneighbors(x, k)[1]
+
+        settings = [None]
+    elif method == "hnswlib":
+        import hnswlib
+
+        index = hnswlib.Index(space="l2", dim=reference.shape[1])
+        index.init_index(max_elements=n_reference, M=16, ef_construction=100, random_seed=seed)
+        index.set_num_threads(os.cpu_count())
+        index.add_items(reference)
+        result["build_s"] = time.perf_counter() - start
+        settings = [16, 24, 32, 48, 64, 96, 128]
+
+        def search(x, ef=None):
+            index.set_ef(ef)
+            return index.knn_query(x, k)[0]
+    elif method == "faiss-hnsw":
+        import faiss
+
+        index = faiss.IndexHNSWFlat(reference.shape[1], 16)
+        index.hnsw.efConstruction = 100
+        index.add(reference)
+        result["build_s"] = time.perf_counter() - start
+        settings = [16, 24, 32, 48, 64, 96, 128]
+
+        def search(x, ef=None):
+            index.hnsw.efSearch = ef
+            return index.search(x, k)[1]
+    elif method == "pynndescent":
+        import pynndescent
+
+        index = pynndescent.NNDescent(reference, n_neighbors=30, random_state=seed, n_jobs=os.cpu_count())
+        index.prepare()
+        result["build_s"] = time.perf_counter() - start
+        settings = [0.0, 0.05, 0.1, 0.2, 0.3]
+
+        def search(x, epsilon=None):
+            return index.query(x, k, epsilon=epsilon)[0]
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    for setting in settings:
+        probe = search if setting is None else functools.partial(search, **_setting_name(method, setting))
+        if recall(probe(sample)) >= TARGET_RECALL:
+            break
+    if setting is not None:
+        result["setting"] = f"{_setting_name(method, setting)}"
+    start = time.perf_counter()
+    probe(queries)
+    result["query_s"] = time.perf_counter() - start
+    result["recall"] = recall(probe(sample))
+    result["memory_gb"] = _status_gb("VmRSS") - baseline
+    return result
+
+
+def _setting_name(method, value):
+    return {"hnswlib": {"ef": value}, "faiss-hnsw": {"ef": value}, "pynndescent": {"epsilon": value}}[method]
+
+
+#: Queries whose exact neighbours give the recall of an index.
+RECALL_QUERIES = 1000
+
+
 STAGES = {
     "generate": generate,
     "train": train_stage,
     "embed": embed_stage,
     "query": query_stage,
     "matmul": matmul_stage,
+    "index": index_stage,
 }
 
 
 def peak_rss_gb():
     """This process's peak resident memory (VmHWM: unlike `ru_maxrss`, not inherited over exec)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return _status_gb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _status_gb(field):
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in GB; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 0.0
 
 
 def main(name, arguments):

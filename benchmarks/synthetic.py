@@ -56,3 +56,25 @@ def synthetic_counts(n_cells, n_genes=2000, n_types=10, seed=0, *, dispersion=2.
     )
     var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
     return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def synthetic_embeddings(n_cells, *, width=100, seed=0, shift=0.0, latent=20, n_types=50):
+    """Embeddings like the network's (tanh units): `n_types` clusters of several spreads on a
+    `latent`-dimensional manifold, mapped into `width` dimensions, with a little noise off it.
+
+    The clusters come from a fixed seed, so draws with different `seed` are new cells of the same
+    types; `shift` moves every cell off the reference (another study's cells). Built in chunks.
+    """
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(n_types, latent))
+    projection = rng.normal(0.0, 1.0 / np.sqrt(latent), size=(latent, width))
+    spreads = rng.uniform(0.2, 0.6, size=n_types)
+    draw = np.random.default_rng([seed, n_cells])
+    out = np.empty((n_cells, width), dtype=np.float32)
+    for start in range(0, n_cells, 20 * CHUNK):
+        stop = min(start + 20 * CHUNK, n_cells)
+        types = draw.integers(n_types, size=stop - start)
+        points = centres[types] + draw.normal(size=(stop - start, latent)) * spreads[types, None]
+        noise = draw.normal(0.0, 0.05, size=(stop - start, width))
+        out[start:stop] = np.tanh(points @ projection + noise + shift)
+    return out

@@ -78,3 +78,21 @@ def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
     raw = json.loads((tmp_path / "results.json").read_text())
     assert raw["one"]["command"] == "first" and raw["one"]["result"] == [1, 2]
     assert raw["two"]["command"] == "second" and raw["two"]["result"] == {"x": 1}
+
+
+@pytest.mark.slow
+def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "scale", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["scale"]["result"]["rows"]
+    ours = next(r for r in rows if r["method"] == "scquery")
+    assert "IVF-Flat" in ours["setting"] and ours["recall"] >= 0.9
+    assert ours["build_s"] > 0 and ours["leave_self_out_s"] > 0 and ours["query_s"] > 0
+    assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw"}
+    assert "## Neighbour index at scale" in (tmp_path / "RESULTS.md").read_text()

@@ -306,6 +306,12 @@ def test_check_labels(counts):
     counts.obs["gaps"] = counts.obs["cell_type"].where(np.arange(N_CELLS) % 10 > 0)
     with pytest.raises(ScqueryError, match="'gaps' of ref.h5ad has 3 cells without a label"):
         check_labels(counts, "gaps", "ref.h5ad")
+    counts.obs["blanks"] = counts.obs["cell_type"].astype(str).where(np.arange(N_CELLS) % 10 > 0, " ")
+    labelled = check_labels(counts, "blanks", "ref.h5ad", allow_missing=True)
+    np.testing.assert_array_equal(labelled, np.arange(N_CELLS) % 10 > 0)
+    counts.obs["none"] = np.nan
+    with pytest.raises(ScqueryError, match="'none' of ref.h5ad labels none of its 30 cells"):
+        check_labels(counts, "none", "ref.h5ad", allow_missing=True)
 
 
 def test_write_h5ad_is_atomic(counts, tmp_path):

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from scquery.errors import ScqueryError
-from scquery.neighbors import NeighborIndex
 from scquery.query import UNKNOWN, extend, query, summarize, vote
 from scquery.train import train
 
@@ -96,8 +95,8 @@ def test_extended_reference_finds_the_new_type(without_b, split, tmp_path):
     held = (adata.obs["bulk_labels"] == HELD_OUT).to_numpy()
     assert (adata.obs["scquery_prediction"][held] == HELD_OUT).mean() > 0.7
     assert set(new_cells.obs_names) & set(matches["reference_cell"])
-    cached = json.loads((tmp_path / "model" / "index.json").read_text())
-    assert cached["key"]["n_cells"] == extended.reference.n_obs
+    saved = json.loads((tmp_path / "model" / "index.json").read_text())
+    assert saved["n_cells"] == extended.reference.n_obs
 
 
 def test_vote_weighs_near_neighbours_more():
@@ -108,40 +107,6 @@ def test_vote_weighs_near_neighbours_more():
     weights = np.exp(-distances[0] / distances[0].mean())
     assert share[0] == pytest.approx(weights[0] / weights.sum())
     assert share[1] == pytest.approx(2 / 3) and share[2] == pytest.approx(1.0)
-
-
-def test_hnsw_search_agrees_with_exact_search(bundle, tmp_path):
-    embeddings = bundle.reference.obsm["X_scquery"]
-    exact = NeighborIndex(embeddings)
-    approximate = NeighborIndex(embeddings, exact_max_cells=10)
-    assert exact.exact and not approximate.exact
-    probe = embeddings[::3] + 0.01
-    d_exact, i_exact = exact.kneighbors(probe, 10)
-    d_approx, i_approx = approximate.kneighbors(probe, 10)
-    shared = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(i_exact, i_approx, strict=True)])
-    assert shared > 0.95
-    assert (np.diff(d_approx, axis=1) >= 0).all()
-    assert np.isclose(d_approx[:, 0], d_exact[:, 0], atol=1e-4).mean() > 0.95
-    same = np.isclose(approximate.nearest_distances, exact.nearest_distances, atol=1e-4)
-    assert same.mean() > 0.95
-
-
-def test_hnsw_index_is_cached_beside_the_bundle(bundle, tmp_path):
-    first = NeighborIndex.for_bundle(bundle, tmp_path, exact_max_cells=10)
-    files = {p.name for p in tmp_path.iterdir()}
-    assert files == {"index.json", "index.npy", "index.hnsw"}
-    written = (tmp_path / "index.hnsw").stat().st_mtime_ns
-    again = NeighborIndex.for_bundle(bundle, tmp_path, exact_max_cells=10)
-    assert (tmp_path / "index.hnsw").stat().st_mtime_ns == written
-    probe = bundle.reference.obsm["X_scquery"][:50]
-    for a, b in zip(first.kneighbors(probe, 5), again.kneighbors(probe, 5), strict=True):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(first.nearest_distances, again.nearest_distances)
-    smaller = type(bundle)(**{**vars(bundle), "reference": bundle.reference[:-5].copy()})
-    rebuilt = NeighborIndex.for_bundle(smaller, tmp_path, exact_max_cells=10)
-    assert len(rebuilt.nearest_distances) == bundle.reference.n_obs - 5
-    key = json.loads((tmp_path / "index.json").read_text())["key"]
-    assert key["n_cells"] == bundle.reference.n_obs - 5
 
 
 def test_summary_per_dataset_and_cluster(queried):
@@ -174,11 +139,28 @@ def test_bad_parameters_fail_clearly(bundle, split):
         extend(bundle, adata, label_key="missing")
 
 
-def test_query_table_round_trips(queried, tmp_path):
-    _, matches = queried
-    matches.to_csv(tmp_path / "matches.tsv", sep="\t", index=False)
+def test_query_table_round_trips(queried, bundle, tmp_path):
+    from scquery.io import write_table
+
+    adata, matches = queried
+    write_table(matches, tmp_path / "matches.tsv")
     back = pd.read_csv(tmp_path / "matches.tsv", sep="\t")
-    assert back.shape == matches.shape
+    assert list(back.columns) == [
+        "query_cell", "rank", "reference_cell", "distance", "reference_label", "reference_dataset",
+    ]  # fmt: skip
+    # Every value comes back, cell names as text, distances to float precision.
+    for column in ("query_cell", "reference_cell", "reference_label", "reference_dataset"):
+        assert back[column].astype(str).tolist() == matches[column].astype(str).tolist()
+    assert back["rank"].tolist() == matches["rank"].tolist()
+    np.testing.assert_allclose(back["distance"], matches["distance"], rtol=1e-6)
+    # What the table means: k rows per query cell, ranked by distance, naming real reference cells
+    # with their labels.
+    assert back.groupby("query_cell")["rank"].apply(list).map(lambda r: r == list(range(1, 16))).all()
+    assert set(back["query_cell"]) == set(adata.obs_names)
+    assert (back.groupby("query_cell")["distance"].diff().dropna() >= -1e-6).all()
+    labels = bundle.reference.obs["label"].astype(str)
+    assert (back["reference_label"].astype(str).to_numpy() == labels[back["reference_cell"]].to_numpy()).all()
+    assert [path.name for path in tmp_path.iterdir()] == ["matches.tsv"]  # no temporary file left
 
 
 def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):

@@ -252,6 +252,10 @@ def test_an_existing_bundle_is_replaced_only_with_overwrite(bundle, foreign, mod
     assert digests(model) == old
     with pytest.raises(ScqueryError, match="inside the model bundle"):
         save_bundle(foreign, model / "nested")
+    (model / "my_notes.txt").write_text("mine")
+    with pytest.raises(ScqueryError, match=r"also holds files scquery did not write \(my_notes.txt\)"):
+        save_bundle(foreign, model, overwrite=True)
+    (model / "my_notes.txt").unlink()
     save_bundle(foreign, model, overwrite=True)
     assert load_bundle(model).model_id == foreign.model_id
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
@@ -617,3 +621,42 @@ def test_sigkill_of_train_overwrite_leaves_a_whole_bundle(bundle, split, tmp_pat
     assert finished.returncode == 0, finished.stderr
     assert sorted(p.name for p in work.iterdir()) == ["model"]
     assert digests(data) == user_files
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_resumes_after_a_kill(tmp_path):
+    """`make run` killed with SIGKILL (whole process group) mid-training, then started again:
+    it finishes without the user knowing Snakemake's --unlock or --rerun-incomplete."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["train"] = {"n_top_genes": 300, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 4}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    config_file = tmp_path / "config.yaml"
+    arguments = "results/model "  # the target: up to the model bundle
+    arguments += f"--snakefile {REPO / 'Snakefile'} --directory {work} --configfile {config_file}"
+    # `-o .venv/.installed`: use the environment as it is (never reinstall it from a test)
+    command = [
+        "make",
+        "-C",
+        str(REPO),
+        "-o",
+        ".venv/.installed",
+        "run",
+        "CORES=1",
+        f"SNAKEMAKE_ARGS={arguments}",
+    ]
+    first = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    while first.poll() is None and not (work / "logs" / "finetune.log").exists():
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert list((work / ".snakemake" / "locks").iterdir()), "the killed run left its lock"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    bundle = load_bundle(work / "results" / "model")
+    assert bundle.reference.obsm["X_scquery"].shape[1] == 8

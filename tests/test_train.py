@@ -2,11 +2,13 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from importlib.util import find_spec
 
+import keras
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -18,8 +20,8 @@ from scquery.cli import main
 from scquery.config import load_train_config
 from scquery.errors import ScqueryError
 from scquery.preprocess import apply_preprocess
-from scquery.pretrain import pretrain_greedy
-from scquery.train import train
+from scquery.pretrain import load_encoder, pretrain_greedy, save_encoder
+from scquery.train import pretrain, train
 
 
 def classify(bundle, adata):
@@ -67,13 +69,39 @@ def test_reference_embedding_is_the_last_encoder_layer(bundle):
     assert embedding_model(bundle.model).output.shape[-1] == 16
 
 
-def test_same_seed_same_weights(split, small_config):
+def test_same_seed_same_model_whatever_the_global_random_state(split, small_config, tmp_path):
     config = {**small_config, "epochs": 2, "pretrain_epochs": 1}
+    keras.utils.set_random_seed(1)
+    state = random.getstate(), np.random.get_state()[1].copy()
     first = train(split[0], label_key="bulk_labels", config=config, seed=3)
-    second = train(split[0], label_key="bulk_labels", config=config, seed=3)
+    assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])
+    keras.utils.set_random_seed(2)  # another global state changes nothing
+    # The two-stage path (the workflow's rules) gives the same model as the one call.
+    save_encoder(tmp_path / "encoder.npz", pretrain(split[0], config=config, seed=3))
+    encoder = load_encoder(tmp_path / "encoder.npz")
+    second = train(split[0], label_key="bulk_labels", config=config, encoder=encoder, seed=3)
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert first.model_id == second.model_id
+    assert [h["loss"] for h in first.history["pretrain"]] == [h["loss"] for h in second.history["pretrain"]]
+    other = train(split[0], label_key="bulk_labels", config={**config, "pretrain": False}, seed=4)
+    assert other.model_id != first.model_id
+
+
+def test_a_pretrained_encoder_is_used_or_refused_never_dropped(split, small_config):
+    config = {**small_config, "epochs": 1, "pretrain_epochs": 1}
+    encoder = pretrain(split[0], config=config, seed=0)
+    assert encoder.hidden_sizes == [64, 16] and encoder.genes == list(split[0].var_names)
+    for changes, message in (
+        ({"pretrain": False}, "pretrain is false"),
+        ({"hidden_sizes": [32, 16]}, r"has layers \[64, 16\]"),
+        ({"activation": "relu"}, "activation 'tanh'"),
+        ({"n_top_genes": 300}, "other genes"),
+    ):
+        with pytest.raises(ScqueryError, match=message):
+            train(split[0], label_key="bulk_labels", config={**config, **changes}, encoder=encoder)
+    with pytest.raises(ScqueryError, match="non-negative"):
+        train(split[0], label_key="bulk_labels", config=config, seed=-1)
 
 
 def test_without_pretraining_and_small_classes_dropped(split, small_config):

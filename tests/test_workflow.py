@@ -1,8 +1,10 @@
-"""The Snakemake workflow: lint, dry runs, configuration errors and one whole run on small settings."""
+"""The Snakemake workflow: lint, format, dry runs (also with the SLURM profile, without conda),
+configuration errors, and one whole run of the quick test configuration (.test)."""
 
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -20,13 +22,21 @@ CONFIG = REPO / "config" / "config.yaml"
 QUERY = "pbmc68k_heldout"
 
 
-def snakemake(workdir, *args, config=CONFIG, timeout=600):
-    """Run the workflow in `workdir` with the configuration file `config`; returns the process."""
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
-        "--directory", str(workdir), "--configfile", str(config), *map(str, args),
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+def snakemake(workdir, *args, config=CONFIG, snakefile=SNAKEFILE, timeout=600):
+    """Run the workflow from the repository in `workdir` with the configuration file `config` (None:
+    the working directory's config/config.yaml); returns the process."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
+    command += ["--configfile", str(config)] if config else []
+    return subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def job_resources(dry_run_output, rule):
+    """The resources a dry run prints for the first job of `rule`, as a dict."""
+    block = dry_run_output.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]
+    line = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+    return dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
 
 
 def write_config(path, **changes):
@@ -37,10 +47,68 @@ def write_config(path, **changes):
     return path
 
 
-def test_lint_has_no_findings(tmp_path):
-    result = snakemake(tmp_path, "--lint")
+@pytest.mark.parametrize("snakefile", [SNAKEFILE, REPO / "workflow" / "Snakefile"], ids=["top", "workflow"])
+def test_lint_has_no_findings(tmp_path, snakefile):
+    result = snakemake(tmp_path, "--lint", snakefile=snakefile)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_rules_are_snakefmt_clean():
+    command = [Path(sys.executable).with_name("snakefmt"), "--check", "Snakefile", "workflow"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "would be left unchanged" in result.stderr
+
+
+@pytest.mark.parametrize("snakefile", [SNAKEFILE, REPO / "workflow" / "Snakefile"], ids=["top", "workflow"])
+def test_both_snakefiles_run_the_same_jobs_with_rule_all_as_default_target(tmp_path, snakefile):
+    result = snakemake(tmp_path, "--dry-run", "--quiet", "rules", snakefile=snakefile)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    counts = dict(row for row in rows if len(row) == 2 and row[1].isdigit())
+    assert counts.pop("total") == "8"
+    assert counts == dict.fromkeys(
+        ["all", "default_data", "pretrain", "finetune", "embed", "query", "report_model", "report_query"], "1"
+    )
+
+
+def test_default_profile_sizes_the_jobs(tmp_path):
+    result = snakemake(tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "Using workflow specific profile profiles/default" in result.stdout + result.stderr
+    for rule, mem_mb, runtime in [("pretrain", 16000, 240), ("finetune", 16000, 240), ("embed", 4000, 30)]:
+        resources = job_resources(result.stdout, rule)
+        assert (resources["mem_mb"], resources["runtime"]) == (str(mem_mb), str(runtime)), rule
+
+
+def test_slurm_profile_dry_run_needs_no_conda(tmp_path):
+    # The profile submits with the SLURM executor; it must neither need conda nor sbatch to plan.
+    path = ":".join(
+        str(Path(tool).parent) for tool in (sys.executable, shutil.which("bash")) if tool
+    )  # no conda on the PATH, whatever the machine has
+    command = [
+        sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/slurm", "--dry-run",
+        "--directory", str(tmp_path), "--configfile", str(CONFIG),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env={"PATH": path, "HOME": str(tmp_path)}
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Using workflow specific profile profiles/slurm" in output
+    assert "conda" not in output.lower()
+    assert "rule all:" in result.stdout
+    default = snakemake(tmp_path, "--dry-run")
+    for rule in ("pretrain", "embed"):  # the two profiles size the jobs alike
+        slurm_resources, local_resources = (
+            job_resources(result.stdout, rule),
+            job_resources(default.stdout, rule),
+        )
+        for key in ("mem_mb", "runtime"):
+            assert slurm_resources[key] == local_resources[key], (rule, key)
+    assert not (tmp_path / "results").exists()
 
 
 def test_dry_run_of_the_default_configuration(tmp_path):
@@ -71,6 +139,30 @@ def test_each_query_is_its_own_job(tmp_path):
     assert "pretrain" not in counts and "default_data" not in counts
 
 
+def test_unlabeled_files_are_ingested_for_pretraining_only(tmp_path):
+    for name in ("ref.h5ad", "a.h5ad", "run1.h5ad", "run2"):
+        (tmp_path / name).touch()
+    changes = {
+        "reference": {"files": ["ref.h5ad"], "label_key": "cell_type"},
+        "queries": {"a": "a.h5ad"},
+        "unlabeled": ["run1.h5ad", "run2"],
+        "query_label_key": None,
+    }
+    config = write_config(tmp_path / "user.yaml", **changes)
+    result = snakemake(tmp_path, "--dry-run", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("rule ingest_unlabeled:") == 2 and result.stdout.count("rule pretrain:") == 1
+    pretrain = result.stdout[result.stdout.index("rule pretrain:") :].split("output:")[0]
+    assert "results/data/unlabeled/unlabeled_1.h5ad" in pretrain and "unlabeled_2.h5ad" in pretrain
+    finetune = result.stdout[result.stdout.index("rule finetune:") :].split("output:")[0]
+    assert "unlabeled" not in finetune
+    no_pretraining = write_config(tmp_path / "bad.yaml", **changes, train={"pretrain": False})
+    result = snakemake(tmp_path, "--cores", 1, config=no_pretraining)
+    assert result.returncode != 0
+    assert "lists unlabeled files, which serve pretraining only, but train.pretrain is false" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -78,6 +170,7 @@ def test_each_query_is_its_own_job(tmp_path):
         ({"query": {"k": 5, "nearest": 3}}, "'nearest' was unexpected"),
         ({"refrence": {}}, "'refrence' was unexpected"),
         ({"train": {"noise": "salt"}}, "is not one of"),
+        ({"resources": {"train": {"mem_mb": 8000}}}, "'resources' was unexpected"),  # profiles hold them
     ],
 )
 def test_invalid_configuration_fails_before_any_job(tmp_path, changes, message):
@@ -100,15 +193,33 @@ def test_missing_input_file_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
+def test_quick_test_configuration_is_complete_and_small():
+    quick = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    shipped = yaml.safe_load(CONFIG.read_text())
+    assert set(quick) == set(shipped)  # complete: `--directory .test` reads only this file
+    assert {key: value for key, value in quick.items() if key != "train"} == {
+        key: value for key, value in shipped.items() if key != "train"
+    }
+    assert quick["train"]["hidden_sizes"] == [32, 8] and quick["train"]["epochs"] <= 5
+
+
 @pytest.mark.slow
-def test_whole_default_workflow_on_small_settings(tmp_path):
+def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     import anndata as ad
     import numpy as np
 
     from scquery.bundle import load_bundle
+    from scquery.datasets import pbmc68k_split
 
-    train = {"n_top_genes": 300, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 4}
-    config = write_config(tmp_path / "small.yaml", train=train)
+    # As the Snakemake workflow catalog runs it (snakemake --cores 2 --directory .test), with the
+    # held-out cells, unlabelled, pretraining too (a query's own cells, as the README suggests).
+    shutil.copytree(REPO / ".test" / "config", tmp_path / "config")
+    pbmc68k_split(seed=0)[1].write_h5ad(tmp_path / "heldout_cells.h5ad")
+    quick = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    (tmp_path / "config" / "config.yaml").write_text(
+        yaml.safe_dump({**quick, "unlabeled": ["heldout_cells.h5ad"]})
+    )
+    config = None  # the working directory's config/config.yaml
     result = snakemake(tmp_path, "--cores", 2, config=config)
     assert result.returncode == 0, result.stderr[-5000:]
 
@@ -117,6 +228,7 @@ def test_whole_default_workflow_on_small_settings(tmp_path):
     assert bundle.reference.obsm["X_scquery"].shape == (bundle.reference.n_obs, 8)
     assert len(bundle.genes) == 300
     assert [stage["stage"] for stage in bundle.history["pretrain"]] == ["layer_0", "layer_1"]
+    assert bundle.history["pretrain"][0]["cells"] == 700 and bundle.reference.n_obs == 490
 
     query = ad.read_h5ad(results / "query" / f"{QUERY}.h5ad")
     assert query.n_obs == 210  # 30 % of pbmc68k_reduced's 700 cells held out

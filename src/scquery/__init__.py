@@ -14,9 +14,11 @@ training where someone watches, to progress bars.
 
 from importlib.metadata import version as _version
 
+from .backend import choose_backend
 from .logs import import_backend as _import_backend
 
-_import_backend()  # before anything else imports TensorFlow: its start-up chatter is held back
+choose_backend()  # before any module imports Keras: TensorFlow, else an installed backend
+_import_backend()  # and before anything else imports TensorFlow: its start-up chatter is held back
 
 from . import plotting as pl  # noqa: E402
 from .bundle import Bundle  # noqa: E402

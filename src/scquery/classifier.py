@@ -8,29 +8,31 @@ from sklearn.utils.class_weight import compute_class_weight
 from .batches import SparseBatches, iter_dense_chunks
 from .callbacks import EpochTimer, StageProgress
 from .logs import arrows, logger, resolve_verbose
-from .pretrain import scaling_layer
+from .pretrain import ENCODER_PREFIX, seed_for, stack_encoder
 
-ENCODER_PREFIX, HEAD = "encoder_", "classifier"
+HEAD = "classifier"
 
 
 def build_classifier(
-    n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None, scale=None
+    n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None, scale=None, seed=0
 ):
-    """A functional model: `encoder_0 … encoder_{L-1}` (dense), then the softmax layer `classifier`.
+    """The stacked encoder (`scquery.pretrain.stack_encoder`: optional gene scaling, then the dense
+    layers `encoder_0 … encoder_{L-1}`), then the softmax layer `classifier`, as one functional model.
 
     `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
-    encoder; without them it starts from Keras's random initialisation. With `scale` (the
-    preprocessing record's gene statistics) a `Normalization` layer standardizes the input first.
+    encoder; without them its layers start from Glorot-uniform weights seeded by `seed`, as does
+    the head.
     """
-    inputs = keras.Input((n_genes,), name="expression")
-    x = inputs if scale is None else scaling_layer(scale)(inputs)
-    for i, width in enumerate(hidden_sizes):
-        x = keras.layers.Dense(width, activation=activation, name=f"{ENCODER_PREFIX}{i}")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD)(x)
-    model = keras.Model(inputs, outputs, name="scquery")
-    for i, weights in enumerate(encoder_weights or []):
-        model.get_layer(f"{ENCODER_PREFIX}{i}").set_weights(weights)
-    return model
+    encoder = stack_encoder(
+        n_genes, hidden_sizes, activation=activation, scale=scale, weights=encoder_weights, seed=seed
+    )
+    head = keras.layers.Dense(
+        n_classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, len(hidden_sizes))),
+        name=HEAD,
+    )
+    return keras.Model(encoder.input, head(encoder.output), name="scquery")
 
 
 def fit_classifier(
@@ -51,7 +53,8 @@ def fit_classifier(
 
     A stratified `validation_fraction` of the cells drives early stopping, which restores the best
     weights; with `class_weight`, classes are weighted inversely to their size ('balanced').
-    `verbose` as in `scquery.callbacks.StageProgress` ('auto': `scquery.logs.resolve_verbose`).
+    The stage is announced on the `scquery` logger; `verbose` shows its epochs
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
     """
     y = np.asarray(y)
     label = "fine-tuning the classifier"
@@ -94,6 +97,7 @@ def fit_classifier(
         epochs=epochs,
         class_weight=weights,
         callbacks=callbacks,
+        shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}

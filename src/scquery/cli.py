@@ -66,11 +66,24 @@ def _add_train(subparsers):
         "train",
         parents=[COMMON],
         help="train a model bundle on annotated reference data",
-        description="Preprocess the reference, pretrain the denoising autoencoders greedily, "
-        "fine-tune the cell-type classifier and write the model bundle.",
+        description="Preprocess the reference, pretrain the denoising autoencoders greedily on all "
+        "its cells and the unlabelled ones, fine-tune the cell-type classifier on the labelled cells "
+        "and write the model bundle.",
     )
     parser.add_argument("reference", nargs="+", help="reference file(s) or 10x folder(s)")
-    parser.add_argument("--label-key", required=True, help="obs column holding the cell types")
+    parser.add_argument(
+        "--label-key",
+        required=True,
+        help="obs column holding the cell types; cells without one (empty) serve pretraining only",
+    )
+    parser.add_argument(
+        "--unlabeled",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="more files or 10x folders for pretraining only, each processed like a query "
+        "(aligned to the reference's genes); the input options below apply to them too",
+    )
     parser.add_argument("--out", required=True, help="model bundle folder to write")
     parser.add_argument(
         "--config", help="YAML file of training options (keys: scquery/schemas/train.schema.yaml)"
@@ -85,15 +98,16 @@ def _train(args):
     from .config import load_train_config
     from .train import train
 
-    _check_outputs(
-        args, {"--out": args.out}, [*args.reference, *filter(None, [args.config])], folders={"--out"}
-    )
+    inputs = [*args.reference, *args.unlabeled, *filter(None, [args.config])]
+    _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
     config = load_train_config(args.config)
     reference = _read(args, args.reference)
+    unlabeled = [_read(args, [path]) for path in args.unlabeled]
     bundle = train(
         reference,
         label_key=args.label_key,
         config=config,
+        unlabeled=unlabeled or None,
         seed=args.seed,
         verbose=_verbosity(args),
         **_values(args),

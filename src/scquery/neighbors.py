@@ -1,169 +1,254 @@
-"""Nearest-neighbour search over a bundle's reference embeddings, cached in the bundle folder."""
+"""Nearest-neighbour search over reference embeddings: exact where it is cheap, faiss IVF-Flat above.
+
+The index is built once (by `train`, `extend` or at the first query of an older bundle), saved in
+the model bundle beside the reference (`save` / `load`), and read back with it, so that a query
+never rebuilds it. `benchmarks/scale.py` measures the choice against hnswlib, faiss's HNSW and
+pynndescent (build time, query time, recall@15 against exact search, memory).
+"""
 
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
-import hnswlib
+import faiss
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+from faiss.contrib.ivf_tools import add_preassigned
 
-from .bundle import Bundle
 from .errors import ScqueryError
-from .io import write_atomically
 
 __all__ = ["NeighborIndex"]
 
-EXACT_MAX_CELLS = 50_000
-"""References up to this many cells are searched exactly (scikit-learn); above, hnswlib."""
+EXACT_MAX_CELLS = 20_000
+"""References up to this many cells are searched exactly (faiss brute force); above, faiss IVF-Flat."""
+EXACT_CHUNK = 4096
+"""Query rows whose exact distances are recomputed at a time."""
 TARGET_RECALL = 0.95
 """The least recall of the approximate search, measured on a sample of reference cells."""
-HNSW_M, HNSW_EF_CONSTRUCTION, MIN_EF, RECALL_SAMPLE = 16, 200, 16, 1000
-INDEX_META, INDEX_HNSW, INDEX_CALIBRATION = "index.json", "index.hnsw", "index.npy"
+RECALL_SAMPLE = 1000
+"""Reference cells whose exact neighbours calibrate `nprobe`."""
+LISTS_PER_SQRT_CELL = 4
+"""IVF lists: 4 √n (4,000 at a million cells; a list then holds about 250 cells)."""
+POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
+"""k-means of the lists' centroids: on 32 sampled cells per list, 10 iterations."""
+NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+"""The `nprobe` values tried, smallest first, until the recall reaches `TARGET_RECALL`."""
+COARSE_PROBES = 16
+"""Nearest lists of every reference cell found while building (reused by its leave-self-out search)."""
+CALIBRATED_K = (1, 15)
+"""Neighbour counts calibrated when the index is built (1: leave-self-out; 15: `query`'s default)."""
+FORMAT = 2
+META_FILE, FAISS_FILE, DISTANCES_FILE = "index.json", "index.faiss", "index.npy"
+INDEX_FILES = (META_FILE, FAISS_FILE, DISTANCES_FILE)
+"""Every file `save` may write into a bundle folder."""
 
 
 class NeighborIndex:
     """Euclidean k-nearest-neighbour search over reference embeddings.
 
-    References of at most `exact_max_cells` cells use exact search (scikit-learn
-    `NearestNeighbors`); larger ones an hnswlib graph, built single-threaded with `seed` so that it
-    is reproducible, whose search width `ef` is raised until the recall on a sample of reference
-    cells reaches `TARGET_RECALL`. Queries use `n_threads` (default: all cores).
+    References of at most `exact_max_cells` cells use exact search (faiss's brute force). Larger
+    ones use a faiss IVF-Flat index: k-means (seeded, on a seeded sample)
+    splits the cells into `4 √n` lists; a query scans the `nprobe` lists nearest to it and computes
+    exact distances to their cells. For each `k`, `nprobe` is the least value of `NPROBES` whose
+    recall@k (leave-self-out, on `RECALL_SAMPLE` seeded reference cells against exact search)
+    reaches `TARGET_RECALL`. Building and searching use `n_threads` (default: all cores); the same
+    `seed` gives the same index on the same machine.
 
     Attributes:
-        nearest_distances: each reference cell's distance to its nearest other reference cell.
+        exact: whether the search is exact.
+        nearest_distances: each reference cell's distance to its nearest other reference cell
+            (computed on first use, then kept and saved).
     """
 
     def __init__(self, embeddings, *, exact_max_cells=EXACT_MAX_CELLS, seed=0, n_threads=None):
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if self.embeddings.ndim != 2 or len(self.embeddings) < 2:
-            raise ScqueryError("The reference holds fewer than two cells; extend it or train on more cells.")
+        self.embeddings = _embeddings(embeddings)
         self.exact = len(self.embeddings) <= exact_max_cells
-        self.seed = seed
+        self.seed = int(seed)
         self.n_threads = n_threads or os.cpu_count() or 1
-        self.ef = {}
+        self.nprobe = {}
+        self._nearest = self._coarse = None
         if self.exact:
-            self._search = NearestNeighbors(metric="euclidean").fit(self.embeddings)
-        else:
-            self._search = hnswlib.Index(space="l2", dim=self.embeddings.shape[1])
-            self._search.init_index(
-                max_elements=len(self.embeddings),
-                M=HNSW_M,
-                ef_construction=HNSW_EF_CONSTRUCTION,
-                random_seed=seed,
-            )
-            self._search.set_num_threads(1)
-            self._search.add_items(self.embeddings, np.arange(len(self.embeddings)))
-        self.nearest_distances = self._leave_self_out()
+            self._search = None
+            return
+        faiss.omp_set_num_threads(self.n_threads)
+        n, width = self.embeddings.shape
+        n_lists = max(1, min(n // POINTS_PER_LIST, round(LISTS_PER_SQRT_CELL * np.sqrt(n))))
+        self._search = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, n_lists)
+        self._search.cp.seed, self._search.cp.niter = self.seed, KMEANS_ITERATIONS
+        self._search.cp.min_points_per_centroid = POINTS_PER_LIST // 2  # no warning about the sample
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
+        self._search.train(self.embeddings[sample])
+        # One pass over the centroids serves both adding the cells and their leave-self-out search.
+        self._coarse = self._search.quantizer.search(self.embeddings, min(COARSE_PROBES, n_lists))
+        add_preassigned(self._search, self.embeddings, self._coarse[1][:, 0].copy())
+        for k in CALIBRATED_K:
+            self._nprobe_for(k)
+
+    @property
+    def n_cells(self):
+        return len(self.embeddings)
+
+    @property
+    def nearest_distances(self):
+        if self._nearest is None:
+            self._nearest = self._leave_self_out()
+        return self._nearest
+
+    def description(self, k):
+        """How the search of `k` neighbours runs, in words (for `uns[...]['query_params']`)."""
+        if self.exact:
+            return "exact"
+        return f"faiss IVF-Flat ({self._search.nlist} lists, nprobe={self._nprobe_for(k)})"
 
     def kneighbors(self, embedding, k):
         """The `k` nearest reference cells of each row: `(distances, indices)`, nearest first."""
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        k = min(int(k), self.n_cells)
         if self.exact:
-            distances, indices = self._search.kneighbors(embedding, n_neighbors=k)
-        else:
-            self._search.set_ef(self._ef_for(k))
-            self._search.set_num_threads(self.n_threads)
-            indices, squared = self._search.knn_query(embedding, k=k)
-            distances = np.sqrt(np.maximum(squared, 0))
-        order = np.argsort(distances, axis=1, kind="stable")
-        distances = np.take_along_axis(distances, order, axis=1).astype(np.float32)
-        return distances, np.take_along_axis(indices, order, axis=1).astype(np.int64)
+            return self._exact(embedding, k)
+        self._search.nprobe = self._nprobe_for(k)
+        faiss.omp_set_num_threads(self.n_threads)
+        squared, indices = self._search.search(embedding, k)
+        return _distances(squared), indices.astype(np.int64)
+
+    def indexes(self, embeddings):
+        """Whether this index was built over exactly these `embeddings`."""
+        return embeddings is self.embeddings or (
+            np.shape(embeddings) == self.embeddings.shape and np.array_equal(embeddings, self.embeddings)
+        )
 
     def _leave_self_out(self):
         if self.exact:
-            distances, _ = self._search.kneighbors(n_neighbors=1)
-            return distances[:, 0].astype(np.float32)
-        distances, indices = self.kneighbors(self.embeddings, 2)
-        itself = indices[:, 0] == np.arange(len(indices))
+            distances, indices = self._exact(self.embeddings, 2)
+            itself = indices[:, 0] == np.arange(self.n_cells)
+            return np.where(itself, distances[:, 1], distances[:, 0])
+        nprobe = self._nprobe_for(1)
+        faiss.omp_set_num_threads(self.n_threads)
+        if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
+            self._search.nprobe = nprobe
+            dq, iq = (part[:, :nprobe] for part in self._coarse)
+            squared, indices = self._search.search_preassigned(self.embeddings, 2, iq, dq)
+        else:
+            self._search.nprobe = nprobe
+            squared, indices = self._search.search(self.embeddings, 2)
+        self._coarse = None
+        distances = _distances(squared)
+        itself = indices[:, 0] == np.arange(self.n_cells)
         return np.where(itself, distances[:, 1], distances[:, 0]).astype(np.float32)
 
-    def _ef_for(self, k):
-        """The least `ef` (doubling from max(k, 16)) reaching `TARGET_RECALL` on sampled rows."""
-        if k not in self.ef:
+    def _exact(self, queries, k):
+        """Exact search (faiss brute force, BLAS), its distances recomputed without the round-off
+        of BLAS's |q|² + |r|² - 2 q·r, and re-sorted."""
+        faiss.omp_set_num_threads(self.n_threads)
+        _, indices = faiss.knn(queries, self.embeddings, k)
+        distances = np.empty(indices.shape, dtype=np.float32)
+        for start in range(0, len(queries), EXACT_CHUNK):
+            rows = slice(start, start + EXACT_CHUNK)
+            found = self.embeddings[indices[rows]] - queries[rows, None, :]
+            distances[rows] = np.sqrt(np.einsum("ijk,ijk->ij", found, found))
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
+
+    def _nprobe_for(self, k):
+        """The least `nprobe` of `NPROBES` whose leave-self-out recall@k reaches `TARGET_RECALL`."""
+        k = min(int(k), self.n_cells - 1)
+        if k not in self.nprobe:
             rng = np.random.default_rng(self.seed)
-            n = len(self.embeddings)
-            sample = self.embeddings[np.sort(rng.choice(n, min(RECALL_SAMPLE, n), replace=False))]
-            exact = NearestNeighbors(algorithm="brute").fit(self.embeddings)
-            truth = exact.kneighbors(sample, n_neighbors=k, return_distance=False)
-            ef = max(k, MIN_EF)
-            while True:
-                self._search.set_ef(ef)
-                found, _ = self._search.knn_query(sample, k=k)
+            rows = np.sort(rng.choice(self.n_cells, min(RECALL_SAMPLE, self.n_cells), replace=False))
+            sample = self.embeddings[rows]
+            truth = _others(self._exact(sample, k + 1)[1], rows, k)
+            faiss.omp_set_num_threads(self.n_threads)
+            for nprobe in [p for p in NPROBES if p < self._search.nlist] + [self._search.nlist]:
+                self._search.nprobe = nprobe
+                found = _others(self._search.search(sample, k + 1)[1], rows, k)
                 hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
-                if hits / truth.size >= TARGET_RECALL or ef >= n:
+                if hits / truth.size >= TARGET_RECALL:
                     break
-                ef = min(2 * ef, n)
-            self.ef[k] = ef
-        return self.ef[k]
+            self.nprobe[k] = nprobe
+        return self.nprobe[k]
 
-    @classmethod
-    def for_bundle(cls, bundle: Bundle, path=None, *, exact_max_cells=EXACT_MAX_CELLS, seed=0):
-        """The index of `bundle.reference`, read from or cached in the bundle folder `path`.
-
-        The cache (`index.json`, `index.npy`, and `index.hnsw` for large references) is keyed by
-        the model, the reference size and a digest of its embeddings; a changed reference is
-        indexed again. A folder that cannot be written only costs the cache (a warning).
-        """
-        embeddings = np.ascontiguousarray(bundle.reference.obsm["X_scquery"], dtype=np.float32)
-        key = {
-            "model_id": bundle.model_id,
-            "n_cells": int(len(embeddings)),
-            "digest": hashlib.sha256(embeddings).hexdigest(),
-            "exact": len(embeddings) <= exact_max_cells,
-            "seed": seed,
-        }
-        folder = Path(path) if path is not None else None
-        cached = folder is not None and _read_meta(folder).get("key") == key
-        if cached:
-            index = cls._load(folder, embeddings, key, seed)
-            if index is not None:
-                return index
-        index = cls(embeddings, exact_max_cells=exact_max_cells, seed=seed)
-        if folder is not None:
-            try:
-                index._save(folder, key)
-            except OSError as error:
-                warnings.warn(f"The query index could not be cached in {folder} ({error}).", stacklevel=2)
-        return index
-
-    @classmethod
-    def _load(cls, folder, embeddings, key, seed):
-        index = cls.__new__(cls)
-        index.embeddings, index.exact, index.seed = embeddings, key["exact"], seed
-        index.n_threads = os.cpu_count() or 1
-        index.ef = {int(k): v for k, v in _read_meta(folder).get("ef", {}).items()}
-        try:
-            index.nearest_distances = np.load(folder / INDEX_CALIBRATION)
-            if index.exact:
-                index._search = NearestNeighbors(metric="euclidean").fit(embeddings)
-            else:
-                index._search = hnswlib.Index(space="l2", dim=embeddings.shape[1])
-                index._search.load_index(str(folder / INDEX_HNSW), max_elements=len(embeddings))
-        except (OSError, ValueError, RuntimeError):
-            return None
-        if len(index.nearest_distances) != len(embeddings):
-            return None
-        return index
-
-    def _save_calibration(self, tmp):
-        with open(tmp, "wb") as file:
-            np.save(file, self.nearest_distances)
-
-    def _save(self, folder, key):
-        """Write the cache; the metadata goes last, so a half-written cache is never used."""
-        (folder / INDEX_META).unlink(missing_ok=True)
-        write_atomically(folder / INDEX_CALIBRATION, self._save_calibration)
+    def save(self, folder):
+        """Write the index into the new folder `folder` (`save_bundle`'s staging folder):
+        `index.json`, `index.npy` and, when approximate, `index.faiss`. The leave-self-out
+        distances are computed first if they were not yet."""
+        folder = Path(folder)
+        np.save(folder / DISTANCES_FILE, self.nearest_distances)
         if not self.exact:
-            write_atomically(folder / INDEX_HNSW, lambda tmp: self._search.save_index(tmp))
-        meta = {"key": key, "ef": {str(k): v for k, v in self.ef.items()}}
-        write_atomically(folder / INDEX_META, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+            faiss.write_index(self._search, str(folder / FAISS_FILE))
+        meta = {
+            "format": FORMAT,
+            "exact": self.exact,
+            "seed": self.seed,
+            "n_cells": self.n_cells,
+            "digest": _digest(self.embeddings),
+            "nprobe": {str(k): v for k, v in self.nprobe.items()},
+        }
+        (folder / META_FILE).write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, folder, embeddings, *, n_threads=None):
+        """The index saved in `folder` over these `embeddings`, or None when there is none (an
+        older bundle) or it was built over other embeddings; a damaged one fails clearly."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise ScqueryError(f"{folder / META_FILE} is damaged ({error}); save the bundle again.") from None
+        index = cls.__new__(cls)
+        index.embeddings = _embeddings(embeddings)
+        if meta.get("format") != FORMAT or meta.get("n_cells") != index.n_cells:
+            return None
+        if meta.get("digest") != _digest(index.embeddings):
+            return None
+        index.exact, index.seed = meta["exact"], meta["seed"]
+        index.n_threads = n_threads or os.cpu_count() or 1
+        index.nprobe = {int(k): v for k, v in meta["nprobe"].items()}
+        index._coarse = None
+        try:
+            index._nearest = np.load(folder / DISTANCES_FILE, allow_pickle=False)
+            index._search = None if index.exact else faiss.read_index(str(folder / FAISS_FILE))
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ScqueryError(
+                f"The neighbour index in {folder} is damaged ({error}); save the bundle again."
+            ) from None
+        if index._nearest.shape != (index.n_cells,) or (
+            not index.exact and index._search.ntotal != index.n_cells
+        ):
+            raise ScqueryError(
+                f"The neighbour index in {folder} does not match its reference; save the bundle again."
+            )
+        return index
+
+    @classmethod
+    def for_bundle(cls, bundle, path=None):
+        """The index of `bundle.reference`: the one the bundle holds (saved with it), else one built
+        now and kept on the bundle, so that `save_bundle` writes it. `path` is not used (the index
+        lives in the bundle); it is accepted for callers of the former folder cache."""
+        embeddings = bundle.reference.obsm["X_scquery"]
+        if bundle.index is None or not bundle.index.indexes(embeddings):
+            bundle.index = cls(embeddings, seed=bundle.seed)
+        return bundle.index
 
 
-def _read_meta(folder):
-    try:
-        return json.loads((folder / INDEX_META).read_text())
-    except (OSError, ValueError):
-        return {}
+def _embeddings(embeddings):
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) < 2:
+        raise ScqueryError("The reference holds fewer than two cells; extend it or train on more cells.")
+    return embeddings
+
+
+def _distances(squared):
+    return np.sqrt(np.maximum(squared, 0)).astype(np.float32)
+
+
+def _others(indices, rows, k):
+    """Each row's first `k` neighbours other than the row's own cell."""
+    keep = indices != rows[:, None]
+    return np.stack([row[mask][:k] for row, mask in zip(indices, keep, strict=True)])
+
+
+def _digest(embeddings):
+    return hashlib.sha256(embeddings).hexdigest()

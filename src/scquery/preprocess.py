@@ -27,6 +27,7 @@ __all__ = [
     "apply_preprocess",
     "detect_values",
     "fit_preprocess",
+    "qc_cells",
 ]
 
 RECORD_VERSION = 1
@@ -69,6 +70,37 @@ def _obs_result(adata, cells, X, var, uns_values):
     return out
 
 
+def _qc_cells(adata, X, min_genes, max_pct_mito):
+    """Indices of the cells of `adata` (values `X`) passing quality control (see `qc_cells`)."""
+    keep_cells, _ = sc.pp.filter_cells(X, min_genes=min_genes, inplace=False)
+    if max_pct_mito is not None:
+        mito = np.asarray(adata.var_names.str.startswith(("MT-", "mt-")))
+        if not mito.any():
+            warnings.warn(f"{_source(adata)} has no mitochondrial genes (MT-/mt-).", stacklevel=3)
+        qc, _ = sc.pp.calculate_qc_metrics(
+            ad.AnnData(X, var=pd.DataFrame({"mt": mito}, index=adata.var_names.astype(str))),
+            qc_vars=["mt"],
+            percent_top=None,
+            log1p=False,
+            inplace=False,
+        )
+        keep_cells &= qc["pct_counts_mt"].to_numpy() <= max_pct_mito
+    cells = np.flatnonzero(keep_cells)
+    if cells.size == 0:
+        raise ScqueryError(
+            f"No cells of {_source(adata)} pass quality control (min_genes={min_genes}, "
+            f"max_pct_mito={max_pct_mito}); lower min_genes or raise max_pct_mito."
+        )
+    return cells
+
+
+def qc_cells(adata, *, min_genes=200, max_pct_mito=None):
+    """Indices of the cells of `adata` with at least `min_genes` expressed genes and (when
+    `max_pct_mito` is set) at most that percentage of their values in mitochondrial genes (names
+    starting `MT-`/`mt-`): `fit_preprocess`'s quality control. No cell passing is an error."""
+    return _qc_cells(adata, _matrix(adata), min_genes, max_pct_mito)
+
+
 def fit_preprocess(
     adata,
     *,
@@ -105,25 +137,7 @@ def fit_preprocess(
             stacklevel=2,
         )
     n_cells, n_genes = X.shape
-    keep_cells, _ = sc.pp.filter_cells(X, min_genes=min_genes, inplace=False)
-    if max_pct_mito is not None:
-        mito = np.asarray(adata.var_names.str.startswith(("MT-", "mt-")))
-        if not mito.any():
-            warnings.warn(f"{source} has no mitochondrial genes (MT-/mt-).", stacklevel=2)
-        qc, _ = sc.pp.calculate_qc_metrics(
-            ad.AnnData(X, var=pd.DataFrame({"mt": mito}, index=adata.var_names.astype(str))),
-            qc_vars=["mt"],
-            percent_top=None,
-            log1p=False,
-            inplace=False,
-        )
-        keep_cells &= qc["pct_counts_mt"].to_numpy() <= max_pct_mito
-    cells = np.flatnonzero(keep_cells)
-    if cells.size == 0:
-        raise ScqueryError(
-            f"No cells of {source} pass quality control (min_genes={min_genes}, "
-            f"max_pct_mito={max_pct_mito}); lower min_genes or raise max_pct_mito."
-        )
+    cells = _qc_cells(adata, X, min_genes, max_pct_mito)
     X = X[cells]
     if values == "counts":
         X = _log_normalize(X, target_sum)

@@ -1,4 +1,14 @@
-"""Greedy layer-wise pretraining of tied-weight denoising autoencoders (Vincent et al., 2010)."""
+"""The stacked encoder, and its greedy layer-wise pretraining as tied-weight denoising autoencoders
+(Vincent et al., 2010).
+
+`stack_encoder` is the one place the encoder is built: pretraining stacks the layers it has trained
+with it, and the classifier (`scquery.classifier.build_classifier`) puts its softmax head on it.
+Randomness is seeded locally (initializers, noise, batch order), never globally: `seed_for` derives
+one independent seed per random stream from the run's seed.
+"""
+
+import json
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -8,8 +18,39 @@ from .callbacks import EpochTimer, StageProgress
 from .layers import DenseLayerAutoencoder
 from .logs import arrows, logger, resolve_verbose
 
+#: Names of the encoder's dense layers (`encoder_0 …`); the last one's output is the embedding.
+ENCODER_PREFIX = "encoder_"
 #: Batches used to measure a layer's reconstruction loss before its training starts.
 _INITIAL_LOSS_BATCHES = 20
+#: Keys of the random streams of `pretrain_greedy`, per stage: initial weights, noise, batch order.
+_INIT, _NOISE, _ORDER = 0, 1, 2
+
+
+def seed_for(seed, *keys):
+    """An int seed (below 2**31) for the random stream named by the non-negative ints `keys` of a
+    run seeded with `seed`; different keys give independent streams (`numpy.random.SeedSequence`)."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class PretrainedEncoder:
+    """Encoder weights from pretraining, with what is needed to check that they fit a model.
+
+    Attributes:
+        weights: `[kernel, bias]` per encoder layer (numpy arrays).
+        genes: the genes of the encoder's input, in order.
+        activation: the hidden layers' activation.
+        history: one dict per pretraining stage (see `pretrain_greedy`).
+    """
+
+    weights: list
+    genes: list[str]
+    activation: str
+    history: list = field(default_factory=list)
+
+    @property
+    def hidden_sizes(self):
+        return [int(kernel.shape[1]) for kernel, _ in self.weights]
 
 
 def pretrain_greedy(
@@ -35,53 +76,52 @@ def pretrain_greedy(
     `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
     `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the
     preprocessing record's gene means and standard deviations) standardizes each batch first.
-    `verbose` as in `scquery.callbacks.StageProgress` ('auto': `scquery.logs.resolve_verbose`).
+    Each stage is announced on the `scquery` logger; `verbose` shows its epochs
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
-        stage with the loss before training (`initial_loss`), after each epoch (`loss`) and each
-        epoch's duration (`seconds`).
+        stage with its number of `cells`, the loss before training (`initial_loss`), after each
+        epoch (`loss`) and each epoch's duration (`seconds`).
     """
-    corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
     verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
-    encoder = stack_encoder(X.shape[1], [], scale=scale)
     widths = [X.shape[1], *hidden_sizes]
     for i, width in enumerate(hidden_sizes):
         label = f"pretraining layer {i + 1}/{len(hidden_sizes)}"
         logger.info("%s: %s, %d epochs", label, arrows(widths[i : i + 2]), epochs)
-        dae = DenseLayerAutoencoder([width], activation=activation, seed=seed + i, **corruption)
-        transform = _frozen(encoder) if encoder.layers else None
-        batches = SparseBatches(X, batch_size=batch_size, seed=seed + i, transform=transform)
+        dae = _autoencoder([width], activation, noise, noise_level, seed, stage=i)
+        below = stack_encoder(
+            X.shape[1], hidden_sizes[:i], activation=activation, scale=scale, weights=weights
+        )
+        batches = SparseBatches(
+            X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER), transform=_frozen(below)
+        )
         stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}", label=label)
-        history.append({"stage": f"layer_{i}", "width": int(width), **stage})
+        history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
-        encoder = stack_encoder(X.shape[1], weights, activation=activation, scale=scale)
     if finetune_autoencoder:
-        stacked = DenseLayerAutoencoder(
-            list(hidden_sizes), activation=activation, seed=seed + len(hidden_sizes), **corruption
-        )
+        last = len(hidden_sizes)
+        stacked = _autoencoder(hidden_sizes, activation, noise, noise_level, seed, stage=last)
         stacked.build((None, X.shape[1]))
-        for variable, value in zip(stacked.kernels, [w[0] for w in weights], strict=True):
-            variable.assign(value)
-        for variable, value in zip(stacked.encoder_biases, [w[1] for w in weights], strict=True):
-            variable.assign(value)
-        for variable, value in zip(stacked.decoder_biases, decoder_biases[::-1], strict=True):
+        values = [w[0] for w in weights] + [w[1] for w in weights] + decoder_biases[::-1]
+        for variable, value in zip(
+            stacked.kernels + stacked.encoder_biases + stacked.decoder_biases, values, strict=True
+        ):
             variable.assign(value)
         label = "fine-tuning the stacked autoencoder"
         logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         scaling = stack_encoder(X.shape[1], [], scale=scale)
         batches = SparseBatches(
-            X,
-            batch_size=batch_size,
-            seed=seed + len(hidden_sizes),
-            transform=_frozen(scaling) if scaling.layers else None,
+            X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER), transform=_frozen(scaling)
         )
         stage = _fit_autoencoder(
             stacked, batches, epochs, learning_rate, verbose, name="stacked", label=label
         )
-        history.append({"stage": "stacked", "width": int(hidden_sizes[-1]), **stage})
+        history.append(
+            {"stage": "stacked", "width": int(hidden_sizes[-1]), "cells": int(X.shape[0]), **stage}
+        )
         weights = [
             [keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(b)]
             for k, b in zip(stacked.kernels, stacked.encoder_biases, strict=True)
@@ -89,7 +129,21 @@ def pretrain_greedy(
     return weights, history
 
 
+def _autoencoder(widths, activation, noise, noise_level, seed, *, stage):
+    corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
+    return DenseLayerAutoencoder(
+        list(widths),
+        activation=activation,
+        kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, stage, _INIT)),
+        seed=seed_for(seed, stage, _NOISE),
+        **corruption,
+    )
+
+
 def _frozen(encoder):
+    """`encoder` as a batch transform (None when it has no layer to apply)."""
+    if encoder is None:
+        return None
     return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
 
 
@@ -99,8 +153,9 @@ def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name, labe
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
+    # The batches shuffle themselves (seeded); Keras's own shuffling would draw from the global state.
     callbacks = [EpochTimer(), StageProgress(label, verbose=verbose)]
-    fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, verbose=0)
+    fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
     return {
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],
@@ -114,28 +169,54 @@ def scaling_layer(scale):
     return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale")
 
 
-def stack_encoder(n_inputs, weights, *, activation="tanh", scale=None):
-    """A frozen `keras.Sequential` encoder: optional gene scaling, then dense layers holding
-    `weights` (`[kernel, bias]` each)."""
-    encoder = keras.Sequential([keras.Input((n_inputs,))])
-    if scale is not None:
-        encoder.add(scaling_layer(scale))
-    for kernel, bias in weights:
-        layer = keras.layers.Dense(kernel.shape[1], activation=activation, trainable=False)
-        encoder.add(layer)
-        layer.set_weights([np.asarray(kernel), np.asarray(bias)])
-    return encoder
+def stack_encoder(n_genes, hidden_sizes, *, activation="tanh", scale=None, weights=None, seed=0):
+    """The stacked encoder: a functional `keras.Model` from the input `expression` (`n_genes`
+    values) through gene scaling (a `Normalization` layer `scale`, with the preprocessing record's
+    `scale` statistics) to the dense layers `encoder_0 … encoder_{L-1}` of widths `hidden_sizes`.
+
+    Layer i holds `weights[i]` (`[kernel, bias]`, as `pretrain_greedy` returns them) where given,
+    else Glorot-uniform weights seeded by `seed_for(seed, i)`. Returns None when there is nothing
+    to apply (no layer and no scaling).
+    """
+    weights = list(weights or [])
+    if len(weights) > len(hidden_sizes):
+        raise ValueError(f"{len(weights)} layers of weights for {len(hidden_sizes)} encoder layers.")
+    if not hidden_sizes and scale is None:
+        return None
+    inputs = keras.Input((n_genes,), name="expression")
+    x = inputs if scale is None else scaling_layer(scale)(inputs)
+    for i, width in enumerate(hidden_sizes):
+        layer = keras.layers.Dense(
+            int(width),
+            activation=activation,
+            kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, i)),
+            name=f"{ENCODER_PREFIX}{i}",
+        )
+        x = layer(x)
+        if i < len(weights):
+            layer.set_weights([np.asarray(w) for w in weights[i]])
+    return keras.Model(inputs, x, name="encoder")
 
 
-def save_encoder(path, weights):
-    """Write encoder `weights` (`[kernel, bias]` per layer) to an `.npz` file (no pickle)."""
-    arrays = {}
-    for i, (kernel, bias) in enumerate(weights):
+def save_encoder(path, encoder: PretrainedEncoder):
+    """Write a `PretrainedEncoder` to an `.npz` file (no pickle: arrays, names and JSON text)."""
+    arrays = {
+        "genes": np.asarray(encoder.genes, dtype=str),
+        "activation": np.asarray(encoder.activation),
+        "history": np.asarray(json.dumps(encoder.history)),
+    }
+    for i, (kernel, bias) in enumerate(encoder.weights):
         arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
     np.savez(path, **arrays)
 
 
-def load_encoder(path):
-    """Encoder weights written by `save_encoder`."""
+def load_encoder(path) -> PretrainedEncoder:
+    """The `PretrainedEncoder` written by `save_encoder`."""
     with np.load(path, allow_pickle=False) as arrays:
-        return [[arrays[f"kernel_{i}"], arrays[f"bias_{i}"]] for i in range(len(arrays.files) // 2)]
+        n_layers = sum(name.startswith("kernel_") for name in arrays.files)
+        return PretrainedEncoder(
+            weights=[[arrays[f"kernel_{i}"], arrays[f"bias_{i}"]] for i in range(n_layers)],
+            genes=arrays["genes"].tolist(),
+            activation=str(arrays["activation"]),
+            history=json.loads(str(arrays["history"])),
+        )

@@ -126,7 +126,7 @@ def query(
         "distance_quantile": float(distance_quantile),
         "distance_threshold": threshold,
         "weights": "exp(-d / mean distance to the k neighbours)",
-        "search": "exact" if index.exact else f"hnswlib (ef={index.ef[k]})",
+        "search": index.description(k),
         "n_reference": int(reference.n_obs),
         "n_unknown": int(rejected.sum()),
     }

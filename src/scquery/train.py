@@ -1,31 +1,158 @@
-"""Training, from an annotated reference AnnData to a model bundle."""
+"""Training, from a reference AnnData (some or all of its cells labelled) to a model bundle.
+
+One path: preprocess the reference (all its cells: quality control, normalization and the choice of
+genes see labelled and unlabelled cells alike) → pretrain the encoder on every reference cell and on
+the `unlabeled` data, processed like a query (unless a `PretrainedEncoder` is given, or
+`config.pretrain` is false) → fine-tune the classifier on the labelled cells → embed them: they are
+the query's reference points. Cells without a label (NaN or empty) serve pretraining only.
+"""
 
 import warnings
 
 import anndata as ad
-import keras
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .bundle import Bundle, model_digest
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels, select_values
+from .io import check_labels, labelled_cells, select_values
 from .logs import logger, without_retracing_warnings
-from .preprocess import fit_preprocess
-from .pretrain import pretrain_greedy
+from .preprocess import apply_preprocess, fit_preprocess, qc_cells
+from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
+
+#: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
+_PRETRAIN, _CLASSIFIER = 1, 2
 
 
-def prepare_reference(adata, *, label_key, config, layer=None, use_raw=False):
-    """Preprocess the reference's values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`)
-    and drop the cell types too small to learn.
+@without_retracing_warnings
+def pretrain(
+    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose="auto"
+) -> PretrainedEncoder:
+    """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
+    its cells (labels are not used) and the `unlabeled` data; `train(..., encoder=...)` goes on
+    from the result. `adata` and `unlabeled` are not modified."""
+    config = _config(config)
+    _check_seed(seed)
+    values = {"layer": layer, "use_raw": use_raw}
+    processed, record = _preprocess(adata, config, values)
+    return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
 
-    Returns the processed AnnData, the preprocessing record, the class names and integer labels.
+
+@without_retracing_warnings
+def train(
+    adata,
+    *,
+    label_key,
+    config=None,
+    unlabeled=None,
+    encoder=None,
+    seed=0,
+    layer=None,
+    use_raw=False,
+    verbose="auto",
+) -> Bundle:
+    """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
+
+    Preprocesses `adata`'s values (`.X`, `layers[layer]` or `.raw` with `use_raw`), pretrains the encoder
+    greedily on all its cells and the `unlabeled` data unless `config.pretrain` is false or `encoder`
+    (a `PretrainedEncoder`, from `pretrain`) is given, fine-tunes the classifier on the labelled cells
+    of the cell types with at least `config.min_cells_per_class` cells, and embeds these cells (the
+    reference points of `scquery.query.query`). Nothing given is modified.
+
+    Args:
+        label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
+            only, and a column labelling no cell is an error.
+        config: a `TrainConfig`, a dict or YAML path of options (`scquery.config.load_train_config`).
+        unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
+            and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
+            (the reference's quality control), normalized and aligned to the reference's genes
+            like a query (`apply_preprocess`).
+        encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
+            pretraining here.
+        seed: seeds every random choice (weights, noise, batch order, validation split): the
+            same seed gives the same model on the same machine. The global random state is untouched.
+        verbose: how the epochs are shown, Keras style: 0 not at all, 1 a progress bar, 2 a log line
+            each; 'auto' a bar on a terminal or in a notebook, else lines. Each stage is announced
+            on the `scquery` logger with its size either way.
     """
-    check_labels(adata, label_key, source=adata.uns.get("scquery", {}).get("source", "the reference"))
+    config = _config(config)
+    _check_seed(seed)
+    check_labels(adata, label_key, source=_source(adata), allow_missing=True)
+    if encoder is not None and unlabeled is not None:
+        raise ScqueryError(
+            "Unlabelled data serve pretraining only, and a pretrained encoder was given; give the "
+            "unlabelled data to `pretrain` instead, or leave out the encoder."
+        )
+    if not config.pretrain and (encoder is not None or unlabeled is not None):
+        raise ScqueryError(
+            "The option pretrain is false, yet a pretrained encoder or unlabelled data (used only for "
+            "pretraining) were given; set pretrain to true or leave them out."
+        )
+    values = {"layer": layer, "use_raw": use_raw}
+    processed, record = _preprocess(adata, config, values)
+    if encoder is not None:
+        _check_encoder(encoder, record, config)
+    elif config.pretrain:
+        encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
+    reference, classes, y = _labelled(processed, label_key, config)
+    model = build_classifier(
+        reference.n_vars,
+        config.hidden_sizes,
+        len(classes),
+        activation=config.activation,
+        encoder_weights=None if encoder is None else encoder.weights,
+        scale=record["scale"],
+        seed=seed_for(seed, _CLASSIFIER),
+    )
+    history = {
+        "pretrain": [] if encoder is None else encoder.history,
+        "classifier": fit_classifier(
+            model,
+            reference.X,
+            y,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            validation_fraction=config.validation_fraction,
+            patience=config.patience,
+            class_weight=config.class_weight,
+            seed=seed,
+            verbose=verbose,
+        ),
+        "cells": {"labelled": int(reference.n_obs), "reference": int(processed.n_obs)},
+    }
+    obs = pd.DataFrame(
+        {
+            "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
+            "dataset": reference.obs["dataset"].astype(str).to_numpy()
+            if "dataset" in reference.obs
+            else "reference",
+        },
+        index=reference.obs_names.copy(),
+    ).astype({"dataset": "category"})
+    logger.info("embedding the reference: %s cells", f"{reference.n_obs:,}")
+    embedding = predict_in_chunks(embedding_model(model), reference.X)
+    return Bundle(
+        model=model,
+        classes=classes,
+        preprocess=record,
+        reference=ad.AnnData(obs=obs, obsm={"X_scquery": embedding}),
+        label_key=label_key,
+        config=config.to_dict(),
+        seed=seed,
+        history=history,
+        model_id=model_digest(model, record["genes"]),
+    )
+
+
+def _preprocess(adata, config, values):
+    """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
+    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`)."""
     processed, record = fit_preprocess(
-        select_values(adata, layer=layer, use_raw=use_raw),
+        select_values(adata, **values),
         min_genes=config.min_genes,
         min_cells=config.min_cells,
         max_pct_mito=config.max_pct_mito,
@@ -38,6 +165,12 @@ def prepare_reference(adata, *, label_key, config, layer=None, use_raw=False):
         "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
         *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
     )
+    return processed, record
+
+
+def _labelled(processed, label_key, config):
+    """The labelled cells of the cell types large enough to learn, the class names and integer labels."""
+    processed = processed[labelled_cells(processed.obs[label_key])]
     labels = processed.obs[label_key].astype(str)
     sizes = labels.value_counts()
     small = sizes[sizes < config.min_cells_per_class]
@@ -46,33 +179,30 @@ def prepare_reference(adata, *, label_key, config, layer=None, use_raw=False):
             f"Dropping {len(small)} cell type(s) with fewer than {config.min_cells_per_class} cells: "
             + ", ".join(f"{name} ({n})" for name, n in small.items())
             + "; lower min_cells_per_class to keep them.",
-            stacklevel=2,
+            stacklevel=3,
         )
         keep = ~labels.isin(small.index).to_numpy()
-        processed, labels = processed[keep].copy(), labels[keep]
+        processed, labels = processed[keep], labels[keep]
     if labels.nunique() < 2:
         raise ScqueryError(
             f"Label column '{label_key}' leaves {labels.nunique()} cell type(s) with at least "
-            f"{config.min_cells_per_class} cells; a classifier needs two or more."
+            f"{config.min_cells_per_class} labelled cells passing quality control; a classifier "
+            "needs two or more."
         )
     classes = sorted(labels.unique())
     y = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
-    return processed, record, classes, y
+    return processed.copy(), classes, y
 
 
-@without_retracing_warnings
-def pretrain_reference(adata, *, label_key, config=None, seed=0, layer=None, use_raw=False, verbose="auto"):
-    """Greedy pretraining on the prepared reference; returns `(encoder_weights, history)`."""
-    config = _config(config)
-    keras.utils.set_random_seed(seed)
-    processed, record, _, _ = prepare_reference(
-        adata, label_key=label_key, config=config, layer=layer, use_raw=use_raw
-    )
-    return _pretrain(processed.X, record, config, seed, verbose)
-
-
-def _pretrain(X, record, config, seed, verbose):
-    return pretrain_greedy(
+def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
+    """Greedy pretraining on the processed reference's cells and the `unlabeled` data."""
+    X = processed.X
+    extra = [
+        _unlabeled_matrix(select_values(data, **values), record, config) for data in _datasets(unlabeled)
+    ]
+    if extra:
+        X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
+    weights, history = pretrain_greedy(
         X,
         config.hidden_sizes,
         activation=config.activation,
@@ -83,86 +213,55 @@ def _pretrain(X, record, config, seed, verbose):
         learning_rate=config.learning_rate,
         finetune_autoencoder=config.finetune_autoencoder,
         scale=record["scale"],
-        seed=seed,
+        seed=seed_for(seed, _PRETRAIN),
         verbose=verbose,
     )
+    return PretrainedEncoder(weights, list(record["genes"]), config.activation, history)
 
 
-@without_retracing_warnings
-def train(
-    adata,
-    *,
-    label_key,
-    config=None,
-    seed=0,
-    layer=None,
-    use_raw=False,
-    encoder_weights=None,
-    pretrain_history=None,
-    verbose="auto",
-) -> Bundle:
-    """Train scquery on an annotated reference and return the model bundle.
+def _datasets(unlabeled):
+    if unlabeled is None:
+        return []
+    datasets = [unlabeled] if isinstance(unlabeled, ad.AnnData) else list(unlabeled)
+    for data in datasets:
+        if not isinstance(data, ad.AnnData):
+            raise ScqueryError(
+                f"Unlabelled data must be AnnData objects, got {type(data).__name__}; read files "
+                "with scquery.io.read first."
+            )
+    return datasets
 
-    Preprocesses `adata`'s values (`.X`, or `layers[layer]` or `.raw` with `use_raw`), pretrains the encoder
-    greedily unless `config.pretrain` is false or `encoder_weights` come from an earlier
-    `pretrain_reference` call, fine-tunes the classifier, and embeds every reference cell.
-    `adata` is not modified. Each stage is logged to the `scquery` logger; `verbose` sets how the
-    epochs are shown (Keras style: 0 not at all, 1 a progress bar, 2 a log line each; 'auto' a bar
-    on a terminal or in a notebook, else lines).
-    """
-    config = _config(config)
-    keras.utils.set_random_seed(seed)
-    processed, record, classes, y = prepare_reference(
-        adata, label_key=label_key, config=config, layer=layer, use_raw=use_raw
-    )
-    history = {"pretrain": pretrain_history or []}
-    if config.pretrain and encoder_weights is None:
-        encoder_weights, history["pretrain"] = _pretrain(processed.X, record, config, seed, verbose)
-    if not config.pretrain:
-        encoder_weights, history["pretrain"] = None, []
-    model = build_classifier(
-        processed.n_vars,
-        config.hidden_sizes,
-        len(classes),
-        activation=config.activation,
-        encoder_weights=encoder_weights,
-        scale=record["scale"],
-    )
-    history["classifier"] = fit_classifier(
-        model,
-        processed.X,
-        y,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        validation_fraction=config.validation_fraction,
-        patience=config.patience,
-        class_weight=config.class_weight,
-        seed=seed,
-        verbose=verbose,
-    )
-    obs = pd.DataFrame(
-        {
-            "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
-            "dataset": processed.obs["dataset"].astype(str).to_numpy()
-            if "dataset" in processed.obs
-            else "reference",
-        },
-        index=processed.obs_names.copy(),
-    ).astype({"dataset": "category"})
-    logger.info("embedding the reference: %s cells", f"{processed.n_obs:,}")
-    embedding = predict_in_chunks(embedding_model(model), processed.X)
-    return Bundle(
-        model=model,
-        classes=classes,
-        preprocess=record,
-        reference=ad.AnnData(obs=obs, obsm={"X_scquery": embedding}),
-        label_key=label_key,
-        config=config.to_dict(),
-        seed=seed,
-        history=history,
-        model_id=model_digest(model, record["genes"]),
-    )
+
+def _unlabeled_matrix(data, record, config):
+    """Unlabelled data as pretraining input: the reference's quality control, then processed and
+    aligned to its genes like a query."""
+    cells = qc_cells(data, min_genes=config.min_genes, max_pct_mito=config.max_pct_mito)
+    aligned, _ = apply_preprocess(data[cells], record)
+    return aligned.X
+
+
+def _check_encoder(encoder, record, config):
+    """Refuse a pretrained encoder that does not fit this reference's genes and network."""
+    problem = None
+    if list(encoder.genes) != list(record["genes"]):
+        problem = "was pretrained on other genes than this reference's"
+    elif encoder.hidden_sizes != list(config.hidden_sizes):
+        problem = f"has layers {encoder.hidden_sizes}, the options ask for {list(config.hidden_sizes)}"
+    elif encoder.activation != config.activation:
+        problem = f"uses activation {encoder.activation!r}, the options ask for {config.activation!r}"
+    if problem:
+        raise ScqueryError(
+            f"The pretrained encoder {problem}; pretrain it again with this reference and options."
+        )
+
+
+def _check_seed(seed):
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ScqueryError(f"The seed must be a non-negative integer, got {seed!r}.")
+
+
+def _source(adata):
+    return adata.uns.get("scquery", {}).get("source", "the reference")
 
 
 def _config(config):

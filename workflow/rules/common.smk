@@ -37,9 +37,21 @@ QUERIES = {
 } or {DEFAULT_QUERY: []}
 
 
+#: The unlabelled datasets for pretraining, one per file or folder: unlabeled_1, unlabeled_2, …
+UNLABELED = {
+    f"unlabeled_{i}": path for i, path in enumerate(config.get("unlabeled", []), start=1)
+}
+if UNLABELED and not config["train"].get("pretrain", True):
+    raise WorkflowError(
+        "The configuration lists unlabeled files, which serve pretraining only, but train.pretrain "
+        "is false; set it to true or empty the unlabeled list."
+    )
+
+
 def _check_files_exist():
     """Fail before any job starts when a configured input file is missing."""
     configured = [("reference.files", path) for path in config["reference"]["files"]]
+    configured += [("unlabeled", path) for path in UNLABELED.values()]
     configured += [
         (f"queries.{name}", path) for name, paths in QUERIES.items() for path in paths
     ]
@@ -52,14 +64,6 @@ def _check_files_exist():
 
 
 _check_files_exist()
-
-
-def resources_of(stage, key, fallback):
-    """The configured resource `key` of `stage` ('train' or 'default'), else `fallback`."""
-    configured = config.get("resources", {})
-    return configured.get(stage, {}).get(
-        key, configured.get("default", {}).get(key, fallback)
-    )
 
 
 def all_outputs():
@@ -81,6 +85,7 @@ def all_outputs():
 
 wildcard_constraints:
     query="|".join(re.escape(name) for name in QUERIES),
+    unlabeled="|".join(re.escape(name) for name in UNLABELED) or "$^",
 
 
 #: The reference as the training rule reads it.

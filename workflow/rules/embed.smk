@@ -13,10 +13,7 @@ rule embed:
         "logs/benchmarks/embed/{query}.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("default", "threads", 1)
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
+    threads: 1
     params:
         min_overlap=config["query"].get("min_overlap", 0.5),
         values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},

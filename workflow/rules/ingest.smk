@@ -14,9 +14,6 @@ rule default_data:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         seed=config["seed"],
         query_fraction=config.get("default_data", {}).get("query_fraction", 0.3),
@@ -37,9 +34,6 @@ rule ingest_reference:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config["reference"].get("layer"),
         use_raw=config["reference"].get("use_raw", False),
@@ -62,13 +56,35 @@ rule ingest_query:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config.get("query_input", {}).get("layer"),
         use_raw=config.get("query_input", {}).get("use_raw", False),
         genes_by_cells=config.get("query_input", {}).get("genes_by_cells", False),
+        label_key=None,
+    script:
+        "../scripts/ingest.py"
+
+
+rule ingest_unlabeled:
+    """One unlabelled file or folder (pretraining only), read like the reference files."""
+    input:
+        lambda wildcards: UNLABELED[wildcards.unlabeled],
+    output:
+        "results/data/unlabeled/{unlabeled}.h5ad",
+    log:
+        "logs/ingest/unlabeled/{unlabeled}.log",
+    benchmark:
+        "logs/benchmarks/ingest/unlabeled/{unlabeled}.tsv"
+    conda:
+        "../envs/scquery.yaml"
+    threads: 1
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
+    params:
+        layer=config["reference"].get("layer"),
+        use_raw=config["reference"].get("use_raw", False),
+        genes_by_cells=config["reference"].get("genes_by_cells", False),
         label_key=None,
     script:
         "../scripts/ingest.py"

@@ -20,10 +20,7 @@ rule query:
         "logs/benchmarks/query/{query}.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("default", "threads", 1)
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
+    threads: 1
     params:
         query=config["query"],
         values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},

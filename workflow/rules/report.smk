@@ -27,9 +27,6 @@ rule report_model:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         seed=config["seed"],
         max_cells=REPORT_MAX_CELLS,
@@ -84,9 +81,6 @@ rule report_query:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         label_key=config["query_label_key"],
         seed=config["seed"],

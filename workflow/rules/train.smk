@@ -2,21 +2,19 @@
 classifier into the model bundle.
 
 Preprocessing (QC, normalization, gene selection) has no rule of its own: it is part of
-`scquery.train.pretrain_reference` and `scquery.train.train`, which both derive it from the raw
-reference with the same options, and its record is stored in the bundle (bundle.json: `preprocess`).
+`scquery.train.pretrain` and `scquery.train.train`, which both derive it from the raw reference
+with the same options, and its record is stored in the bundle (bundle.json: `preprocess`).
+Pretraining sees every reference cell (labelled or not) and the `unlabeled` datasets; fine-tuning
+sees the labelled cells only.
 """
-
-TRAIN_RESOURCES = dict(
-    mem_mb=resources_of("train", "mem_mb", 16000),
-    runtime=resources_of("train", "runtime", 240),
-    gpu=resources_of("train", "gpu", 0),
-)
 
 
 rule pretrain:
-    """Greedy layer-wise pretraining of tied denoising autoencoders: the encoder's weights."""
+    """Greedy layer-wise pretraining of tied denoising autoencoders on all reference cells and the
+    unlabelled datasets: the encoder's weights."""
     input:
-        REFERENCE,
+        reference=REFERENCE,
+        unlabeled=expand("results/data/unlabeled/{unlabeled}.h5ad", unlabeled=UNLABELED),
     output:
         weights="results/pretrain/encoder_weights.npz",
         history="results/pretrain/history.json",
@@ -26,11 +24,8 @@ rule pretrain:
         "logs/benchmarks/pretrain.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
-        label_key=config["reference"]["label_key"],
         train=config["train"],
         seed=config["seed"],
         values=REFERENCE_VALUES,
@@ -50,9 +45,7 @@ rule finetune:
         "logs/benchmarks/finetune.tsv"
     conda:
         "../envs/scquery.yaml"
-    threads: resources_of("train", "threads", 2)
-    resources:
-        **TRAIN_RESOURCES,
+    threads: 2
     params:
         label_key=config["reference"]["label_key"],
         train=config["train"],

@@ -4,33 +4,25 @@ from common import log_to
 
 log_to(snakemake.log[0])
 
-import json  # noqa: E402
-
 import anndata as ad  # noqa: E402
+
 from scquery.bundle import save_bundle  # noqa: E402
 from scquery.pretrain import load_encoder  # noqa: E402
-from scquery.neighbors import NeighborIndex  # noqa: E402
 from scquery.train import train  # noqa: E402
 
-weights = history = None
-if "weights" in snakemake.input.keys():
-    weights = load_encoder(snakemake.input.weights)
-    with open(snakemake.input.history) as handle:
-        history = json.load(handle)
+encoder = load_encoder(snakemake.input.weights) if "weights" in snakemake.input.keys() else None
 
 bundle = train(
     ad.read_h5ad(snakemake.input.reference),
     label_key=snakemake.params.label_key,
     config=dict(snakemake.params.train),
     seed=snakemake.params.seed,
-    encoder_weights=weights,
-    pretrain_history=history,
+    encoder=encoder,
     **snakemake.params.values,
     verbose=2,
 )
+# The bundle holds the reference's neighbour index, built once here for all query jobs to read.
 save_bundle(bundle, snakemake.output[0])
-# Build the neighbour index once, cached in the bundle, for all query jobs to read.
-NeighborIndex.for_bundle(bundle, snakemake.output[0])
 print(
     f"model {bundle.model_id}: {bundle.reference.n_obs} cells, {len(bundle.genes)} genes, "
     f"{len(bundle.classes)} cell types"

@@ -13,6 +13,6 @@ adata = read_many(
     genes_by_cells=snakemake.params.genes_by_cells,
 )
 if snakemake.params.label_key:
-    check_labels(adata, snakemake.params.label_key, source=", ".join(snakemake.input))
+    check_labels(adata, snakemake.params.label_key, source=", ".join(snakemake.input), allow_missing=True)
 write_h5ad(adata, snakemake.output[0])
 print(f"{adata.n_obs} cells x {adata.n_vars} genes ({adata.uns['scquery']['values']})")

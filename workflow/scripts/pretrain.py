@@ -1,4 +1,5 @@
-"""Greedy denoising pretraining of the encoder (scquery.train.pretrain_reference)."""
+"""Greedy denoising pretraining of the encoder on all reference cells and the unlabelled datasets
+(scquery.train.pretrain)."""
 
 from common import log_to
 
@@ -7,17 +8,18 @@ log_to(snakemake.log[0])
 import json  # noqa: E402
 
 import anndata as ad  # noqa: E402
-from scquery.pretrain import save_encoder  # noqa: E402
-from scquery.train import pretrain_reference  # noqa: E402
 
-weights, history = pretrain_reference(
-    ad.read_h5ad(snakemake.input[0]),
-    label_key=snakemake.params.label_key,
+from scquery.pretrain import save_encoder  # noqa: E402
+from scquery.train import pretrain  # noqa: E402
+
+encoder = pretrain(
+    ad.read_h5ad(snakemake.input.reference),
     config=dict(snakemake.params.train),
+    unlabeled=[ad.read_h5ad(path) for path in snakemake.input.unlabeled] or None,
     seed=snakemake.params.seed,
     **snakemake.params.values,
     verbose=2,
 )
-save_encoder(snakemake.output.weights, weights)
+save_encoder(snakemake.output.weights, encoder)
 with open(snakemake.output.history, "w") as handle:
-    json.dump(history, handle, indent=1)
+    json.dump(encoder.history, handle, indent=1)

@@ -1,0 +1,113 @@
+"""The neighbour index: recall against exact search, determinism with a seed, save and load."""
+
+import dataclasses
+
+import faiss
+import numpy as np
+import pytest
+
+from scquery.bundle import load_bundle, save_bundle
+from scquery.errors import ScqueryError
+from scquery.neighbors import INDEX_FILES, TARGET_RECALL, NeighborIndex
+from scquery.query import extend, query
+
+
+def clustered(n, seed, *, shift=0.0, width=16, n_types=12):
+    """Cells of `n_types` clusters of several spreads (the same clusters for every `seed`)."""
+    rng = np.random.default_rng(0)
+    centres, spreads = rng.normal(size=(n_types, width)), rng.uniform(0.2, 0.6, n_types)
+    draw = np.random.default_rng(seed)
+    types = draw.integers(n_types, size=n)
+    points = centres[types] + draw.normal(size=(n, width)) * spreads[types, None] + shift
+    return np.tanh(points).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return clustered(6000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def approximate(reference):
+    return NeighborIndex(reference, exact_max_cells=1000, seed=0)
+
+
+def recall(found, truth):
+    return np.mean([len(np.intersect1d(a, b)) / truth.shape[1] for a, b in zip(found, truth, strict=True)])
+
+
+def test_approximate_search_recalls_the_exact_neighbours(reference, approximate):
+    exact = NeighborIndex(reference, seed=0)
+    assert exact.exact and not approximate.exact
+    assert "IVF-Flat" in approximate.description(15) and exact.description(15) == "exact"
+    # queries from another draw, and from a shifted one (another study's cells lie off the reference)
+    for queries in (clustered(2000, seed=2), clustered(2000, seed=3, shift=0.3)):
+        d_exact, i_exact = exact.kneighbors(queries, 15)
+        d_approx, i_approx = approximate.kneighbors(queries, 15)
+        assert recall(i_approx, i_exact) >= TARGET_RECALL - 0.02
+        assert (np.diff(d_approx, axis=1) >= 0).all()
+        # the distances of the neighbours found are exact, so the nearest one's mostly agree
+        assert np.isclose(d_approx[:, 0], d_exact[:, 0], atol=1e-5).mean() > 0.95
+        found = np.linalg.norm(queries[:, None, :] - reference[i_approx[:, :3]], axis=2)
+        np.testing.assert_allclose(d_approx[:, :3], found, atol=1e-5)
+    same = np.isclose(approximate.nearest_distances, exact.nearest_distances, atol=1e-5)
+    assert same.mean() > TARGET_RECALL
+    assert (approximate.nearest_distances >= exact.nearest_distances - 1e-5).all()
+
+
+def test_a_reference_cell_is_its_own_nearest_neighbour(reference, approximate):
+    distances, indices = approximate.kneighbors(reference[:200], 5)
+    assert (indices[:, 0] == np.arange(200)).all() and distances[:, 0].max() < 1e-3
+    assert NeighborIndex(reference[:50]).kneighbors(reference[:3], 10**6)[1].shape == (3, 50)
+
+
+def test_the_same_seed_builds_the_same_index(reference, approximate):
+    again = NeighborIndex(reference, exact_max_cells=1000, seed=0)
+    again._search.nprobe = approximate._search.nprobe  # the search width last used is saved too
+    assert np.array_equal(faiss.serialize_index(again._search), faiss.serialize_index(approximate._search))
+    assert again.nprobe.items() <= approximate.nprobe.items()
+    np.testing.assert_array_equal(again.nearest_distances, approximate.nearest_distances)
+    other = NeighborIndex(reference, exact_max_cells=1000, seed=1)
+    assert not np.array_equal(
+        other._search.quantizer.reconstruct_n(0, 10), again._search.quantizer.reconstruct_n(0, 10)
+    )
+
+
+@pytest.mark.parametrize("exact_max_cells", [1000, 10**6])
+def test_save_and_load_give_the_same_search(reference, tmp_path, exact_max_cells):
+    index = NeighborIndex(reference, exact_max_cells=exact_max_cells, seed=0)
+    index.save(tmp_path)
+    expected = {"index.json", "index.npy"} | ({"index.faiss"} if not index.exact else set())
+    assert {p.name for p in tmp_path.iterdir()} == expected and expected <= set(INDEX_FILES)
+    loaded = NeighborIndex.load(tmp_path, reference.copy())
+    assert loaded.exact == index.exact and loaded.nprobe == index.nprobe
+    np.testing.assert_array_equal(loaded.nearest_distances, index.nearest_distances)
+    queries = clustered(300, seed=4)
+    for a, b in zip(loaded.kneighbors(queries, 15), index.kneighbors(queries, 15), strict=True):
+        np.testing.assert_array_equal(a, b)
+    changed = reference.copy()
+    changed[0, 0] += 1
+    assert NeighborIndex.load(tmp_path, changed) is None  # built over other embeddings
+    assert NeighborIndex.load(tmp_path / "missing", reference) is None  # a bundle without an index
+
+
+def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):
+    approximate.save(tmp_path)
+    (tmp_path / "index.faiss").write_bytes(b"not an index")
+    with pytest.raises(ScqueryError, match="damaged"):
+        NeighborIndex.load(tmp_path, reference)
+
+
+def test_the_bundle_carries_its_index(bundle, split, tmp_path):
+    saved = dataclasses.replace(bundle, index=None)
+    path = save_bundle(saved, tmp_path / "model")
+    assert saved.index is not None and {"index.json", "index.npy"} <= {p.name for p in path.iterdir()}
+    loaded = load_bundle(path)
+    assert loaded.index is not None
+    np.testing.assert_array_equal(loaded.index.nearest_distances, saved.index.nearest_distances)
+    built = loaded.index
+    query(split[1][:30].copy(), loaded)
+    assert NeighborIndex.for_bundle(loaded) is built  # the query used the saved index
+    extended = extend(loaded, split[1][:20].copy(), label_key="bulk_labels")
+    assert NeighborIndex.for_bundle(extended) is not built
+    assert len(extended.index.nearest_distances) == extended.reference.n_obs
