@@ -6,7 +6,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from .batches import SparseBatches, iter_dense_chunks
-from .callbacks import EpochTimer
+from .callbacks import EpochTimer, StageProgress
+from .logs import arrows, logger, resolve_verbose
 from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, seed_for, stack_encoder
 
 HEAD = "classifier"
@@ -47,18 +48,20 @@ def fit_classifier(
     class_weight=True,
     cells=None,
     seed=0,
-    verbose=0,
+    verbose="auto",
 ):
     """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
 
     A stratified `validation_fraction` of the cells drives early stopping, which restores the best
     weights; with `class_weight`, classes are weighted inversely to their size ('balanced'). With
     `cells` (row indices), only those rows of `X` are used, without copying them, and `y` holds
-    their labels.
+    their labels. The stage is announced on the `scquery` logger; `verbose` shows its epochs
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
     """
     y = np.asarray(y)
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
-    callbacks, validation = [EpochTimer()], None
+    label = "fine-tuning the classifier"
+    callbacks, validation = [EpochTimer(), StageProgress(label, verbose=resolve_verbose(verbose))], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
         # At least one validation cell per class, so that rare classes can be stratified.
@@ -80,6 +83,14 @@ def fit_classifier(
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
     batches = SparseBatches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
+    widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
+    schedule = f"{epochs} epochs"
+    if validation is not None:
+        schedule = f"up to {epochs} epochs ({len(y) - len(train_rows):,} cells held out for early stopping)"
+    n_classes = model.get_layer(HEAD).units
+    logger.info(
+        "%s: %s → %d cell types, %s cells, %s", label, arrows(widths), n_classes, f"{len(y):,}", schedule
+    )
     model.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -93,7 +104,7 @@ def fit_classifier(
         class_weight=weights,
         callbacks=callbacks,
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
-        verbose=verbose,
+        verbose=0,
     )
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 

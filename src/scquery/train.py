@@ -19,6 +19,7 @@ from .classifier import build_classifier, embedding_model, fit_classifier, predi
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .io import check_labels, labelled_cells, select_values
+from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 
@@ -26,8 +27,9 @@ from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 _PRETRAIN, _CLASSIFIER = 1, 2
 
 
+@without_retracing_warnings
 def pretrain(
-    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose=0
+    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose="auto"
 ) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
     its cells (labels are not used) and the `unlabeled` data; `train(..., encoder=...)` goes on
@@ -39,6 +41,7 @@ def pretrain(
     return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
 
 
+@without_retracing_warnings
 def train(
     adata,
     *,
@@ -49,7 +52,7 @@ def train(
     seed=0,
     layer=None,
     use_raw=False,
-    verbose=0,
+    verbose="auto",
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
 
@@ -71,6 +74,9 @@ def train(
             pretraining here.
         seed: seeds every random choice (weights, noise, batch order, validation split): the
             same seed gives the same model on the same machine. The global random state is untouched.
+        verbose: how the epochs are shown, Keras style: 0 not at all, 1 a progress bar, 2 a log line
+            each; 'auto' a bar on a terminal or in a notebook, else lines. Each stage is announced
+            on the `scquery` logger with its size either way.
     """
     config = _config(config)
     _check_seed(seed)
@@ -126,7 +132,8 @@ def train(
             "dataset": reference["dataset"].astype(str).to_numpy() if "dataset" in reference else "reference",
         },
         index=reference.index.copy(),
-    )
+    ).astype({"dataset": "category"})
+    logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
     return Bundle(
         model=model,
@@ -144,7 +151,7 @@ def train(
 def _preprocess(adata, config, values):
     """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
     the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`)."""
-    return fit_preprocess(
+    processed, record = fit_preprocess(
         select_values(adata, **values),
         min_genes=config.min_genes,
         min_cells=config.min_cells,
@@ -154,6 +161,11 @@ def _preprocess(adata, config, values):
         genes=config.genes,
         scale=config.scale,
     )
+    logger.info(
+        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
+        *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
+    )
+    return processed, record
 
 
 def _labelled(processed, label_key, config):
