@@ -149,7 +149,7 @@ def transfer(
 ):
     """Step 2: the prediction, its confidence and the Unknown calls (see the module docstring)."""
     reference = bundle.reference
-    labels = pd.Index(pd.unique(np.asarray(reference.obs["label"].astype(str))))
+    labels = reference.obs["label"].astype(str).astype("category").cat.categories  # sorted, as classes
     codes = labels.get_indexer(reference.obs["label"].astype(str))
     shares = vote(neighbors.distances, codes[neighbors.indices], len(labels))
     probabilities = np.zeros_like(shares)
