@@ -78,9 +78,6 @@ rule ingest_unlabeled:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     params:
         layer=config["reference"].get("layer"),
         use_raw=config["reference"].get("use_raw", False),
