@@ -25,7 +25,7 @@ import numpy as np
 from .classifier import embedding_model
 from .errors import ScqueryError
 from .logs import arrows
-from .neighbors import NeighborIndex
+from .neighbors import INDEX_FILES, NeighborIndex
 from .outputs import (
     BUNDLE_MARKER,
     check_bundle_destination,
@@ -183,16 +183,12 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
 def _refuse_foreign_files(path):
     """Raise `ScqueryError` when the bundle folder `path` holds files scquery did not write there (a
     replacement would remove them)."""
-    ours = {MODEL_FILE, META_FILE, REFERENCE_FILE, MANIFEST_FILE}
+    ours = {MODEL_FILE, META_FILE, REFERENCE_FILE, MANIFEST_FILE, *INDEX_FILES}
     try:
         ours |= read_manifest(path).keys()
     except ScqueryError:
         pass  # a bundle of an older format: its files are the standard ones
-    foreign = [
-        name
-        for name in _bundle_files(path)
-        if name not in ours and not name.startswith("index.")  # the neighbour index cached by queries
-    ]
+    foreign = [name for name in _bundle_files(path) if name not in ours]
     if foreign:
         raise ScqueryError(
             f"The model bundle {path} also holds files scquery did not write ({', '.join(foreign[:3])}), "

@@ -22,6 +22,11 @@ from .logs import arrows, logger, resolve_verbose
 ENCODER_PREFIX = "encoder_"
 #: Batches used to measure a layer's reconstruction loss before its training starts.
 _INITIAL_LOSS_BATCHES = 20
+#: Keras compile options for throughput, shared by pretraining and fine-tuning. Batches run 32 to a
+#: compiled call (`steps_per_execution`: the per-step Python and dispatch cost is paid once per 32);
+#: XLA (`jit_compile`) is left to Keras's default, off on TensorFlow, where it measured 10-15 times
+#: slower on CPU (benchmarks/RESULTS.md, "Training throughput").
+FIT_OPTIONS = {"steps_per_execution": 32}
 #: Keys of the random streams of `pretrain_greedy`, per stage: initial weights, noise, batch order.
 _INIT, _NOISE, _ORDER = 0, 1, 2
 
@@ -150,7 +155,7 @@ def _frozen(encoder):
 def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name, label):
     inputs = keras.Input((batches[0][0].shape[1],))
     model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
-    model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
+    model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
     # The batches shuffle themselves (seeded); Keras's own shuffling would draw from the global state.

@@ -97,9 +97,10 @@ def train(
         _check_encoder(encoder, record, config)
     elif config.pretrain:
         encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
-    reference, classes, y = _labelled(processed, label_key, config)
+    cells, classes, y = _labelled(processed, label_key, config)
+    reference = processed.obs.iloc[cells]
     model = build_classifier(
-        reference.n_vars,
+        processed.n_vars,
         config.hidden_sizes,
         len(classes),
         activation=config.activation,
@@ -111,7 +112,7 @@ def train(
         "pretrain": [] if encoder is None else encoder.history,
         "classifier": fit_classifier(
             model,
-            reference.X,
+            processed.X,
             y,
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -119,22 +120,21 @@ def train(
             validation_fraction=config.validation_fraction,
             patience=config.patience,
             class_weight=config.class_weight,
+            cells=cells,
             seed=seed,
             verbose=verbose,
         ),
-        "cells": {"labelled": int(reference.n_obs), "reference": int(processed.n_obs)},
+        "cells": {"labelled": len(cells), "reference": int(processed.n_obs)},
     }
     obs = pd.DataFrame(
         {
             "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
-            "dataset": reference.obs["dataset"].astype(str).to_numpy()
-            if "dataset" in reference.obs
-            else "reference",
+            "dataset": reference["dataset"].astype(str).to_numpy() if "dataset" in reference else "reference",
         },
-        index=reference.obs_names.copy(),
+        index=reference.index.copy(),
     ).astype({"dataset": "category"})
-    logger.info("embedding the reference: %s cells", f"{reference.n_obs:,}")
-    embedding = predict_in_chunks(embedding_model(model), reference.X)
+    logger.info("embedding the reference: %s cells", f"{len(reference):,}")
+    embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
     return Bundle(
         model=model,
         classes=classes,
@@ -169,9 +169,10 @@ def _preprocess(adata, config, values):
 
 
 def _labelled(processed, label_key, config):
-    """The labelled cells of the cell types large enough to learn, the class names and integer labels."""
-    processed = processed[labelled_cells(processed.obs[label_key])]
-    labels = processed.obs[label_key].astype(str)
+    """The labelled cells of the cell types large enough to learn (their rows in `processed`, not a
+    copy of them), the class names and integer labels."""
+    cells = np.flatnonzero(labelled_cells(processed.obs[label_key]))
+    labels = processed.obs[label_key].iloc[cells].astype(str)
     sizes = labels.value_counts()
     small = sizes[sizes < config.min_cells_per_class]
     if len(small):
@@ -182,7 +183,7 @@ def _labelled(processed, label_key, config):
             stacklevel=3,
         )
         keep = ~labels.isin(small.index).to_numpy()
-        processed, labels = processed[keep], labels[keep]
+        cells, labels = cells[keep], labels[keep]
     if labels.nunique() < 2:
         raise ScqueryError(
             f"Label column '{label_key}' leaves {labels.nunique()} cell type(s) with at least "
@@ -191,7 +192,7 @@ def _labelled(processed, label_key, config):
         )
     classes = sorted(labels.unique())
     y = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
-    return processed.copy(), classes, y
+    return cells, classes, y
 
 
 def _pretrain(processed, record, unlabeled, config, values, seed, verbose):

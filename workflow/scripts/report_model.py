@@ -20,7 +20,9 @@ save_figure(scq.pl.history(bundle, show=False), snakemake.output.curves)
 seed, max_cells = snakemake.params.seed, snakemake.params.max_cells
 reference = bundle.reference
 if reference.n_obs > max_cells:
-    reference = reference[np.sort(np.random.default_rng(seed).choice(reference.n_obs, max_cells, replace=False))]
+    reference = reference[
+        np.sort(np.random.default_rng(seed).choice(reference.n_obs, max_cells, replace=False))
+    ]
 reference = reference.copy()
 reference.obs["annotated type"] = reference.obs["label"].astype("category")
 sc.pp.neighbors(reference, use_rep="X_scquery", random_state=seed)

@@ -15,7 +15,9 @@ rows = []
 for path in snakemake.input.scores:
     with open(path) as handle:
         rows.append(json.load(handle))
-table = pd.DataFrame(rows).reindex(columns=["query", "cells", "predicted_types", "accuracy", "macro_f1", "unknown"])
+table = pd.DataFrame(rows).reindex(
+    columns=["query", "cells", "predicted_types", "accuracy", "macro_f1", "unknown"]
+)
 table.columns = ["query", "cells", "types", "accuracy", "macro-F1", "Unknown"]
 accuracy = max(bundle.history["classifier"].get("val_accuracy", [float("nan")]))
 caption = (
