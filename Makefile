@@ -9,7 +9,7 @@ CORES ?= 2
 # The Keras backend and the extras a developer needs (TensorFlow is the default backend).
 EXTRAS ?= tensorflow,test,workflow,loom,bench,dev
 
-.PHONY: venv run report test test-all lint bench bench-quick clean
+.PHONY: venv run report test test-all lint bench bench-quick bench-scale clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -63,6 +63,11 @@ bench: venv $(CELLTYPIST_VENV)/.installed
 
 bench-quick: venv
 	$(PY) -m benchmarks --quick
+
+# Scale alone (part of `make bench`): training throughput and memory to 1M cells, the neighbour index
+# against its peers at 100k and 1M reference cells (10M extrapolated).
+bench-scale: venv
+	$(PY) -m benchmarks --only speed,scale
 
 clean:
 	rm -rf results logs .snakemake report.html .test/results .test/logs .test/.snakemake

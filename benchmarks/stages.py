@@ -33,13 +33,19 @@ def train_stage(*, data, bundle):
     import anndata as ad
 
     from scquery.bundle import save_bundle
+    from scquery.neighbors import NeighborIndex
     from scquery.train import train
 
     config = _config()
     adata = ad.read_h5ad(data)
+    csr_gb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 1024**3
     start = time.perf_counter()
     result = train(adata, label_key=LABEL_KEY, config=config, seed=0)
     total = time.perf_counter() - start
+    train_peak = peak_rss_gb()
+    start = time.perf_counter()
+    NeighborIndex.for_bundle(result)
+    index_s = time.perf_counter() - start
     save_bundle(result, bundle)
     n_cells = result.reference.n_obs
     pretrain_epoch = sum(stage["seconds"][-1] for stage in result.history["pretrain"])
@@ -51,6 +57,11 @@ def train_stage(*, data, bundle):
         "n_classes": len(result.classes),
         "batch_size": config.batch_size,
         "train_api_s": total,
+        "train_peak_rss_gb": train_peak,
+        "input_csr_gb": csr_gb,
+        "model_gb": sum(w.nbytes for w in result.model.get_weights()) / 1024**3,
+        "index_s": index_s,
+        "index_search": result.index.description(15),
         "pretrain_epoch_s": pretrain_epoch,
         "pretrain_cells_per_s": n_cells / pretrain_epoch,
         "finetune_epoch_s": finetune_epoch,
@@ -73,7 +84,8 @@ def embed_stage(*, data, bundle):
 
 
 def query_stage(*, data, bundle):
-    """Time building (and caching) the reference's neighbour index, then `query()` of `data`."""
+    """Time `query()` of `data` against the saved bundle (its neighbour index saved with it), and
+    the search alone."""
     import anndata as ad
 
     from scquery.bundle import load_bundle
@@ -82,39 +94,20 @@ def query_stage(*, data, bundle):
 
     model, adata = load_bundle(bundle), ad.read_h5ad(data)
     start = time.perf_counter()
-    NeighborIndex.for_bundle(model, bundle)
-    index_s = time.perf_counter() - start
-    start = time.perf_counter()
-    query(adata, model, k=15, bundle_path=bundle)
+    query(adata, model, k=15)
     seconds = time.perf_counter() - start
+    index = NeighborIndex.for_bundle(model)
+    start = time.perf_counter()
+    index.kneighbors(adata.obsm["X_scquery"], 15)
+    search_s = time.perf_counter() - start
     return {
         "n_query": adata.n_obs,
         "n_reference": model.reference.n_obs,
-        "index_s": index_s,
+        "search_s": search_s,
         "query_s": seconds,
         "query_cells_per_s": adata.n_obs / seconds,
         "search": adata.uns["scquery"]["query_params"]["search"],
     }
-
-
-def matmul_stage(*, batch_size, widths, repeats=20):
-    """Dense float32 matmul rate (GFLOP/s) of the network's layer shapes at its batch size."""
-    import keras
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    flops = seconds = 0.0
-    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
-        a = keras.ops.convert_to_tensor(rng.standard_normal((batch_size, n_in), dtype=np.float32))
-        b = keras.ops.convert_to_tensor(rng.standard_normal((n_in, n_out), dtype=np.float32))
-        keras.ops.convert_to_numpy(keras.ops.matmul(a, b))  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            out = keras.ops.matmul(a, b)
-        keras.ops.convert_to_numpy(out)
-        seconds += time.perf_counter() - start
-        flops += 2.0 * batch_size * n_in * n_out * repeats
-    return {"matmul_gflops": flops / seconds / 1e9, "batch_size": batch_size, "widths": widths}
 
 
 def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
@@ -206,6 +199,119 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
     return result
 
 
+def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0):
+    """Where training time goes, at each batch size, for the first pretraining layer and for
+    fine-tuning, on `n_cells` synthetic cells (2,000 genes), all in this one process:
+
+    - `peak_gflops`: one large square float32 matmul (4096², best of 3): the machine's bound;
+    - `shape_gflops`: the same op at the network's layer shapes and this batch size;
+    - per stage, cells/s of the step's matmuls alone (`matmuls`: forward and the gradients the step
+      needs, chained), of Keras's fit on dense in-memory arrays (`in_memory`: adds the optimizer,
+      activations, noise, loss and dispatch), and of scquery's fit on the sparse batches
+      (`sparse`: adds the input pipeline), with scquery's compile options (`FIT_OPTIONS`).
+    """
+    import keras
+    import numpy as np
+    import scanpy as sc
+
+    from scquery.batches import SparseBatches
+    from scquery.callbacks import EpochTimer
+    from scquery.classifier import build_classifier
+    from scquery.layers import DenseLayerAutoencoder
+    from scquery.pretrain import FIT_OPTIONS
+
+    from .speed import training_flops
+
+    adata = synthetic_counts(n_cells, seed=seed)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    X, dense = adata.X, adata.X.toarray()
+    y = adata.obs[LABEL_KEY].cat.codes.to_numpy().astype(np.int64)
+    n_genes = X.shape[1]
+    widths = [n_genes, *hidden_sizes]
+    flops = training_flops(n_genes, hidden_sizes, n_classes)
+    rng = np.random.default_rng(seed)
+
+    def rate(a_shape, b_shape, repeats):
+        a = keras.ops.convert_to_tensor(rng.standard_normal(a_shape, dtype=np.float32))
+        b = keras.ops.convert_to_tensor(rng.standard_normal(b_shape, dtype=np.float32))
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = keras.ops.matmul(a, b)
+            keras.ops.convert_to_numpy(out)
+            best = max(
+                best, 2.0 * a_shape[0] * a_shape[1] * b_shape[1] * repeats / (time.perf_counter() - start)
+            )
+        return best / 1e9
+
+    def step_matmuls(shapes, batch_size, repeats=20):
+        """Cells/s of a chain of matmuls `(m, k, n)` per batch (m: rows of the batch or weights)."""
+        tensors = [
+            (
+                keras.ops.convert_to_tensor(rng.standard_normal((m, k), dtype=np.float32)),
+                keras.ops.convert_to_tensor(rng.standard_normal((k, n), dtype=np.float32)),
+            )
+            for m, k, n in shapes
+        ]
+        for a, b in tensors:
+            keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                outs = [keras.ops.matmul(a, b) for a, b in tensors]
+            keras.ops.convert_to_numpy(outs[-1])
+            best = max(best, batch_size * repeats / (time.perf_counter() - start))
+        return best
+
+    def epoch_rate(model, data, **fit):
+        history = model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[EpochTimer()], **fit)
+        return n_cells / history.history["seconds"][-1]
+
+    result = {"n_cells": n_cells, "widths": widths, "peak_gflops": rate((4096, 4096), (4096, 4096), 5)}
+    result.update(flops)
+    rows = []
+    for batch_size in batch_sizes:
+        shape = [rate((batch_size, a), (a, b), 20) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        w0 = (n_genes, hidden_sizes[0])
+        # first DAE: encode x·W, decode h·Wᵀ; gradients: both of W, and of h (not of the input)
+        pretrain_shapes = [(batch_size, *w0), (batch_size, w0[1], w0[0])]
+        pretrain_shapes += [
+            (w0[0], batch_size, w0[1]),
+            (w0[1], batch_size, w0[0]),
+            (batch_size, w0[0], w0[1]),
+        ]
+        head = [*widths, n_classes]
+        finetune_shapes = []
+        for i, (a, b) in enumerate(zip(head[:-1], head[1:], strict=True)):
+            finetune_shapes += [(batch_size, a, b), (a, batch_size, b)] + ([(batch_size, b, a)] if i else [])
+        row = {"batch_size": batch_size, "shape_gflops": shape}
+        for stage, shapes in (("pretrain", pretrain_shapes), ("finetune", finetune_shapes)):
+            row[f"{stage}_matmuls"] = step_matmuls(shapes, batch_size)
+        dae = DenseLayerAutoencoder([hidden_sizes[0]], activation="tanh", dropout=0.2, seed=seed)
+        inputs = keras.Input((n_genes,))
+        model = keras.Model(inputs, dae(inputs))
+        model.compile(keras.optimizers.Adam(1e-3), loss="mse", **FIT_OPTIONS)
+        row["pretrain_in_memory"] = epoch_rate(model, dense, y=dense, batch_size=batch_size)
+        model.compile(keras.optimizers.Adam(1e-3), loss="mse", **FIT_OPTIONS)
+        row["pretrain_sparse"] = epoch_rate(model, SparseBatches(X, batch_size=batch_size, seed=seed))
+        for name, data, fit in (
+            ("finetune_in_memory", dense, {"y": y, "batch_size": batch_size}),
+            ("finetune_sparse", SparseBatches(X, y, batch_size=batch_size, seed=seed), {}),
+        ):
+            model = build_classifier(n_genes, hidden_sizes, n_classes, seed=seed)
+            model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", **FIT_OPTIONS)
+            row[name] = epoch_rate(model, data, **fit)
+        rows.append(row)
+    result["batches"] = rows
+    # pretraining layer 0 alone: 10 w FLOPs per cell (see `training_flops`)
+    result["pretrain_layer0_flops_per_cell"] = 10 * n_genes * hidden_sizes[0]
+    return result
+
+
 def _setting_name(method, value):
     return {"hnswlib": {"ef": value}, "faiss-hnsw": {"ef": value}, "pynndescent": {"epsilon": value}}[method]
 
@@ -219,8 +325,8 @@ STAGES = {
     "train": train_stage,
     "embed": embed_stage,
     "query": query_stage,
-    "matmul": matmul_stage,
     "index": index_stage,
+    "throughput": throughput_stage,
 }
 
 

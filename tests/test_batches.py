@@ -113,3 +113,22 @@ def test_streaming_does_not_densify_the_matrix():
         tracemalloc.stop()
     assert rows == n_cells
     assert peak < dense_bytes / 10, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_subset_of_rows_is_used_in_place(X):
+    cells = np.array([3, 5, 8, 13, 21, 34, 55, 89])
+    y = np.arange(len(cells)) * 10
+    batches = SparseBatches(X, y, cells=cells, batch_size=3, seed=1)
+    assert len(batches) == 3 and batches.X is X  # the matrix itself, not a copy of the rows
+    seen = []
+    for i in range(len(batches)):
+        x, labels = batches[i]
+        rows = batches.rows(i)
+        np.testing.assert_array_equal(x, X[rows].toarray())
+        np.testing.assert_array_equal(labels, y[np.searchsorted(cells, rows)])
+        seen += rows.tolist()
+    assert sorted(seen) == cells.tolist()
+    chunks = list(iter_dense_chunks(X, 5, cells=cells))
+    np.testing.assert_array_equal(np.vstack(chunks), X[cells].toarray())
+    with pytest.raises(ValueError, match="y has 2 rows, cells holds 8"):
+        SparseBatches(X, y[:2], cells=cells)

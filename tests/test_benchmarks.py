@@ -47,7 +47,7 @@ def test_retrieval_map_is_one_for_separated_types_and_lower_when_mixed():
 @pytest.mark.slow
 def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "quality,speed", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -63,8 +63,15 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     for run in speed["runs"]:
         assert "error" not in run["train"] and "error" not in run["embed"]
         assert run["train"]["pretrain_cells_per_s"] > 0 and run["embed"]["peak_rss_gb"] > 0
-    assert speed["query"]["query"]["query_cells_per_s"] > 0
-    assert speed["bound"]["matmul_gflops"] > 0
+        assert run["query"]["search_s"] > 0 and run["train"]["index_s"] > 0
+        assert run["train"]["input_csr_gb"] > 0
+    throughput = speed["throughput"]
+    assert throughput["peak_gflops"] > 0
+    for row in throughput["batches"]:
+        assert (
+            min(row[f"{s}_{w}"] for s in ("pretrain", "finetune") for w in ("matmuls", "in_memory", "sparse"))
+            > 0
+        )
     assert raw["quality"]["command"].startswith("python -m benchmarks --quick")
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Quality" in report and "## Speed and memory" in report

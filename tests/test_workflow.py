@@ -1,11 +1,16 @@
 """The Snakemake workflow: lint, format, dry runs (also with the SLURM profile, without conda),
 configuration errors, and one whole run of the quick test configuration (.test)."""
 
+import base64
+import json
+import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -202,7 +207,6 @@ def test_quick_test_configuration_is_complete_and_small():
 def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     import anndata as ad
     import numpy as np
-    import pandas as pd
 
     from scquery.bundle import load_bundle
     from scquery.datasets import pbmc68k_split
@@ -256,3 +260,73 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     assert report.returncode == 0, report.stderr[-5000:]
     html = (tmp_path / "report.html").read_text()
     assert QUERY in html and "Confusion matrix" in html
+    check_report(html, bundle, query)
+
+
+def report_variable(html, name):
+    """The JSON value (an object or a string, on one line) of the report page's `var NAME = …`."""
+    start = re.search(rf"var {name} = (?=[{{\"])", html).end()
+    return json.loads(html[start : html.index("\n", start)].rstrip().rstrip(";"))
+
+
+class _TableRows(HTMLParser):
+    """The rows of the first HTML table, as lists of cell texts (header row first)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.rows, self._cell, self._done = [], None, False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if self._done:
+            return
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and not self._done:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+        self._done = self._done or tag == "table"
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def html_table(text):
+    rows = _TableRows(text).rows
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
+def check_report(html, bundle, query):
+    """The first page holds the headline table; every figure and table is in the report."""
+    from scquery.evaluate import score
+
+    first_page = report_variable(html, "workflow_desc")
+    assert 'class="scquery"' in first_page
+    headline = html_table(first_page)
+    assert list(headline.columns) == ["query", "cells", "types", "accuracy", "macro-F1", "Unknown"]
+    expected = score(query, "bulk_labels")
+    row = headline.iloc[0]
+    assert (row["query"], row["cells"], row["types"]) == (QUERY, "210", str(expected["predicted_types"]))
+    assert row["accuracy"] == f"{expected['accuracy']:.1%}" and row["Unknown"] == f"{expected['unknown']:.1%}"
+    assert row["macro-F1"] == f"{expected['macro_f1']:.3f}"
+    assert f"Model {bundle.model_id}: {bundle.reference.n_obs:,} reference cells" in first_page
+
+    results = report_variable(html, "results")
+    shown = {
+        "training_curves.png", "reference_umap.png", "overview.html", f"{QUERY}_umap.png",
+        f"{QUERY}_confusion.png", f"{QUERY}_per_type.html", f"{QUERY}_summary.html", f"{QUERY}_summary.png",
+    }  # fmt: skip
+    assert {Path(path).name for path in results} == shown
+    for path, entry in results.items():
+        kind = "image/png" if path.endswith(".png") else "text/html"
+        assert entry["data_uri"].startswith(f"data:{kind}") and len(entry["data_uri"]) > 1000, path
+        assert entry["caption"], path
+    per_type = results[f"results/report/{QUERY}_per_type.html"]["data_uri"]
+    table = html_table(base64.b64decode(per_type.split(",", 1)[1]).decode())
+    assert list(table.columns) == ["cell type", "cells", "predicted", "precision", "recall", "f1", "unknown"]
+    assert table["cells"].astype(int).sum() == 210

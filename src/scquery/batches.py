@@ -43,9 +43,13 @@ class SparseBatches(keras.utils.PyDataset):
     the transformed x. With `shuffle`, the row order is a permutation drawn from
     `numpy.random.default_rng(seed)` and re-drawn at each epoch end: one seed, one batch sequence.
 
+    With `cells`, only those rows of `X` are used (no copy of them is made): `y` and
+    `sample_weight` then hold one value per used row, in the order of `cells`.
+
     Args:
         X: CSR matrix, dense array, or the `.X` of an h5ad opened with `backed='r'`.
         y: targets, one per row (labels or one-hot rows), or None.
+        cells: the rows of `X` to use (integer indices), or None for all.
         batch_size: rows per batch; the last batch may be smaller.
         shuffle: shuffle the rows at start and after every epoch.
         seed: seed of the shuffling.
@@ -64,14 +68,17 @@ class SparseBatches(keras.utils.PyDataset):
         seed=0,
         transform=None,
         sample_weight=None,
+        cells=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.X = _rows(X)
-        self.n = self.X.shape[0]
+        self.cells = None if cells is None else np.asarray(cells, dtype=np.int64)
+        self.n = self.X.shape[0] if cells is None else len(self.cells)
         for name, values in (("y", y), ("sample_weight", sample_weight)):
             if values is not None and len(values) != self.n:
-                raise ValueError(f"{name} has {len(values)} rows, X has {self.n}.")
+                used = "X has" if cells is None else "cells holds"
+                raise ValueError(f"{name} has {len(values)} rows, {used} {self.n}.")
         if sample_weight is not None and y is None:
             raise ValueError("sample_weight needs targets y.")
         if int(batch_size) < 1:
@@ -88,30 +95,39 @@ class SparseBatches(keras.utils.PyDataset):
         return math.ceil(self.n / self.batch_size)
 
     def rows(self, index):
-        """The sorted row indices of batch `index`."""
+        """The rows of `X` in batch `index`, in increasing order."""
+        return self._rows_of(self._positions(index))
+
+    def _positions(self, index):
+        """Batch `index`'s positions among the used rows (sorted)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range ({len(self)} batches).")
         return np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
 
+    def _rows_of(self, positions):
+        return positions if self.cells is None else self.cells[positions]
+
     def __getitem__(self, index):
-        rows = self.rows(index)
-        x = _dense(self.X[rows])
+        positions = self._positions(index)
+        x = _dense(self.X[self._rows_of(positions)])
         if self.transform is not None:
             x = self.transform(x)
         if self.y is None:
             return x, x
         if self.sample_weight is None:
-            return x, self.y[rows]
-        return x, self.y[rows], self.sample_weight[rows]
+            return x, self.y[positions]
+        return x, self.y[positions], self.sample_weight[positions]
 
     def on_epoch_end(self):
         if self.shuffle:
             self._order = self._rng.permutation(self.n)
 
 
-def iter_dense_chunks(X, chunk_size):
-    """Yield the rows of `X` (as `SparseBatches` accepts it) in order, as dense float32 chunks of
-    at most `chunk_size` rows."""
+def iter_dense_chunks(X, chunk_size, *, cells=None):
+    """Yield the rows of `X` (as `SparseBatches` accepts it) in order, or its rows `cells` in their
+    order, as dense float32 chunks of at most `chunk_size` rows."""
     X = _rows(X)
-    for start in range(0, X.shape[0], int(chunk_size)):
-        yield _dense(X[start : start + int(chunk_size)])
+    n = X.shape[0] if cells is None else len(cells)
+    for start in range(0, n, int(chunk_size)):
+        chunk = slice(start, start + int(chunk_size))
+        yield _dense(X[chunk] if cells is None else X[np.asarray(cells)[chunk]])

@@ -24,6 +24,7 @@ import numpy as np
 
 from .classifier import embedding_model
 from .errors import ScqueryError
+from .logs import arrows
 from .neighbors import INDEX_FILES, NeighborIndex
 from .outputs import (
     BUNDLE_MARKER,
@@ -56,9 +57,10 @@ def current_versions() -> dict:
 _BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 
 
-@dataclass
+@dataclass(repr=False)
 class Bundle:
-    """A trained scquery model.
+    """A trained scquery model (`scquery.train`); `bundle.save(path)` writes it, `scquery.load(path)`
+    reads it back.
 
     Attributes:
         model: the Keras classifier; layers `encoder_0 …` (the last one's output is the embedding)
@@ -91,6 +93,33 @@ class Bundle:
     @property
     def genes(self) -> list[str]:
         return self.preprocess["genes"]
+
+    def save(self, path, *, overwrite=False) -> Path:
+        """Write the bundle to the folder `path` (`save_bundle`); an existing bundle there is
+        replaced only with `overwrite`."""
+        return save_bundle(self, path, overwrite=overwrite)
+
+    def __repr__(self):
+        widths = [len(self.genes), *self.config.get("hidden_sizes", [])]
+        shown = ", ".join(self.classes[:4]) + (", …" if len(self.classes) > 4 else "")
+        datasets = self.reference.obs["dataset"].nunique() if "dataset" in self.reference.obs else 1
+        accuracy = max(self.history.get("classifier", {}).get("val_accuracy", []), default=None)
+        epochs = len(self.history.get("classifier", {}).get("loss", []))
+        training = f"{len(self.history.get('pretrain', []))} pretraining stages, {epochs} classifier epochs"
+        if accuracy is not None:
+            training += f", validation accuracy {accuracy:.1%}"
+        software = self.versions
+        return "\n".join(
+            [
+                f"scquery Bundle {self.model_id}: {arrows(widths)} → {len(self.classes)} cell types",
+                f"    cell types: {shown}",
+                f"    reference: {self.reference.n_obs:,} cells from {datasets} dataset(s), "
+                f"labels from obs[{self.label_key!r}]",
+                f"    trained with seed {self.seed}: {training}",
+                f"    scquery {software.get('scquery')}, keras {software.get('keras')} "
+                f"({software.get('backend')} {software.get('backend_version')})",
+            ]
+        )
 
 
 def model_digest(model, genes) -> str:

@@ -6,8 +6,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from .batches import SparseBatches, iter_dense_chunks
-from .callbacks import EpochTimer
-from .pretrain import ENCODER_PREFIX, seed_for, stack_encoder
+from .callbacks import EpochTimer, StageProgress
+from .logs import arrows, logger, resolve_verbose
+from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, seed_for, stack_encoder
 
 HEAD = "classifier"
 
@@ -45,16 +46,22 @@ def fit_classifier(
     validation_fraction=0.1,
     patience=5,
     class_weight=True,
+    cells=None,
     seed=0,
-    verbose=0,
+    verbose="auto",
 ):
     """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
 
     A stratified `validation_fraction` of the cells drives early stopping, which restores the best
-    weights; with `class_weight`, classes are weighted inversely to their size ('balanced').
+    weights; with `class_weight`, classes are weighted inversely to their size ('balanced'). With
+    `cells` (row indices), only those rows of `X` are used, without copying them, and `y` holds
+    their labels. The stage is announced on the `scquery` logger; `verbose` shows its epochs
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
     """
     y = np.asarray(y)
-    callbacks, validation = [EpochTimer()], None
+    cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
+    label = "fine-tuning the classifier"
+    callbacks, validation = [EpochTimer(), StageProgress(label, verbose=resolve_verbose(verbose))], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
         # At least one validation cell per class, so that rare classes can be stratified.
@@ -65,7 +72,7 @@ def fit_classifier(
         train_rows.sort()
         validation_rows.sort()
         validation = SparseBatches(
-            X[validation_rows], y[validation_rows], batch_size=batch_size, shuffle=False
+            X, y[validation_rows], cells=cells[validation_rows], batch_size=batch_size, shuffle=False
         )
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
@@ -75,11 +82,20 @@ def fit_classifier(
         present = np.unique(y[train_rows])
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
-    batches = SparseBatches(X[train_rows], y[train_rows], batch_size=batch_size, seed=seed)
+    batches = SparseBatches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
+    widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
+    schedule = f"{epochs} epochs"
+    if validation is not None:
+        schedule = f"up to {epochs} epochs ({len(y) - len(train_rows):,} cells held out for early stopping)"
+    n_classes = model.get_layer(HEAD).units
+    logger.info(
+        "%s: %s → %d cell types, %s cells, %s", label, arrows(widths), n_classes, f"{len(y):,}", schedule
+    )
     model.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        **FIT_OPTIONS,
     )
     fitted = model.fit(
         batches,
@@ -88,7 +104,7 @@ def fit_classifier(
         class_weight=weights,
         callbacks=callbacks,
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
-        verbose=verbose,
+        verbose=0,
     )
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
@@ -99,7 +115,8 @@ def embedding_model(model):
     return keras.Model(model.input, encoders[-1].output, name="scquery_embedding")
 
 
-def predict_in_chunks(model, X, *, chunk_size=8192):
-    """`model`'s outputs for the rows of CSR `X`, densifying `chunk_size` rows at a time."""
-    parts = [model(chunk, training=False) for chunk in iter_dense_chunks(X, chunk_size)]
+def predict_in_chunks(model, X, *, chunk_size=8192, cells=None):
+    """`model`'s outputs for the rows of CSR `X` (or its rows `cells`), densifying `chunk_size` rows
+    at a time."""
+    parts = [model(chunk, training=False) for chunk in iter_dense_chunks(X, chunk_size, cells=cells)]
     return np.concatenate([keras.ops.convert_to_numpy(p) for p in parts]).astype(np.float32)

@@ -8,12 +8,16 @@ import warnings
 
 from . import __version__
 from .errors import ScqueryError
+from .logs import log_to_stderr
 
 log = logging.getLogger("scquery")
 
 #: Options every subcommand takes (pass `parents=[COMMON]` to `add_parser`).
 COMMON = argparse.ArgumentParser(add_help=False)
-COMMON.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+COMMON.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+COMMON.add_argument(
+    "-v", "--verbose", action="count", default=0, help="print each epoch and details (-vv: the backend's too)"
+)
 
 
 def _add_input_options(parser):
@@ -51,10 +55,10 @@ def _check_outputs(args, outputs, inputs, *, folders=()):
 
 
 def _verbosity(args):
-    """Keras progress bars on a terminal, one line per epoch in logs, nothing with --quiet."""
+    """Training progress: a bar on a terminal, one line per epoch in logs and with -v, none with -q."""
     if args.quiet:
         return 0
-    return 1 if sys.stderr.isatty() else 2
+    return 1 if sys.stderr.isatty() and not args.verbose else 2
 
 
 def _add_train(subparsers):
@@ -283,7 +287,7 @@ def build_parser():
 def main(argv=None):
     """Run the command line; user errors print one sentence and exit with status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="scquery: %(message)s")
+    stop_logging = log_to_stderr(-1 if args.quiet else args.verbose)
     warnings.showwarning = _show_warning
     # Repeated cell names are the user's, kept on purpose (each output row follows the input's order).
     warnings.filterwarnings("ignore", message="Observation names are not unique")
@@ -295,6 +299,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("scquery: interrupted", file=sys.stderr)
         return 130
+    finally:
+        stop_logging()
     return 0
 
 

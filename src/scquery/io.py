@@ -273,7 +273,7 @@ DATASET_KEY, DATASET_KEY_TAKEN = "dataset", "scquery_dataset"
 
 
 def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
-    """Read several files (as `read`) and merge them into one AnnData.
+    """Read one file or several (as `read`) and merge them into one AnnData (`scquery.read`).
 
     Each cell's file name (without suffixes, made unique with `-1`, `-2`, …) goes to
     `obs['dataset']`, or to `obs['scquery_dataset']` when an input already has a `dataset` column
@@ -286,7 +286,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     zeros. Files whose values are of different kinds (counts and normalized values) cannot be
     merged.
     """
-    paths = [Path(p) for p in paths]
+    paths = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not paths:
         raise ScqueryError("No input files were given; give at least one.")
     adatas = [read(p, layer=layer, use_raw=use_raw, genes_by_cells=genes_by_cells) for p in paths]

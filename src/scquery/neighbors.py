@@ -66,7 +66,7 @@ class NeighborIndex:
         self.seed = int(seed)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.nprobe = {}
-        self._nearest = self._coarse = None
+        self._nearest = self._coarse = self._truth = None
         if self.exact:
             self._search = None
             return
@@ -154,10 +154,8 @@ class NeighborIndex:
         """The least `nprobe` of `NPROBES` whose leave-self-out recall@k reaches `TARGET_RECALL`."""
         k = min(int(k), self.n_cells - 1)
         if k not in self.nprobe:
-            rng = np.random.default_rng(self.seed)
-            rows = np.sort(rng.choice(self.n_cells, min(RECALL_SAMPLE, self.n_cells), replace=False))
-            sample = self.embeddings[rows]
-            truth = _others(self._exact(sample, k + 1)[1], rows, k)
+            rows, exact = self._sample_truth(k + 1)
+            sample, truth = self.embeddings[rows], _others(exact, rows, k)
             faiss.omp_set_num_threads(self.n_threads)
             for nprobe in [p for p in NPROBES if p < self._search.nlist] + [self._search.nlist]:
                 self._search.nprobe = nprobe
@@ -167,6 +165,17 @@ class NeighborIndex:
                     break
             self.nprobe[k] = nprobe
         return self.nprobe[k]
+
+    def _sample_truth(self, k):
+        """The calibration sample (`RECALL_SAMPLE` seeded rows) and their exact `k` nearest cells
+        (at least as many as `CALIBRATED_K` needs, computed once)."""
+        if self._truth is None or self._truth[1].shape[1] < k:
+            rng = np.random.default_rng(self.seed)
+            rows = np.sort(rng.choice(self.n_cells, min(RECALL_SAMPLE, self.n_cells), replace=False))
+            width = min(max(k, max(CALIBRATED_K) + 1), self.n_cells)
+            self._truth = rows, self._exact(self.embeddings[rows], width)[1]
+        rows, exact = self._truth
+        return rows, exact[:, :k]
 
     def save(self, folder):
         """Write the index into the new folder `folder` (`save_bundle`'s staging folder):
@@ -206,7 +215,7 @@ class NeighborIndex:
         index.exact, index.seed = meta["exact"], meta["seed"]
         index.n_threads = n_threads or os.cpu_count() or 1
         index.nprobe = {int(k): v for k, v in meta["nprobe"].items()}
-        index._coarse = None
+        index._coarse = index._truth = None
         try:
             index._nearest = np.load(folder / DISTANCES_FILE, allow_pickle=False)
             index._search = None if index.exact else faiss.read_index(str(folder / FAISS_FILE))

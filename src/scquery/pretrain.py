@@ -14,13 +14,19 @@ import keras
 import numpy as np
 
 from .batches import SparseBatches
-from .callbacks import EpochTimer
+from .callbacks import EpochTimer, StageProgress
 from .layers import DenseLayerAutoencoder
+from .logs import arrows, logger, resolve_verbose
 
 #: Names of the encoder's dense layers (`encoder_0 …`); the last one's output is the embedding.
 ENCODER_PREFIX = "encoder_"
 #: Batches used to measure a layer's reconstruction loss before its training starts.
 _INITIAL_LOSS_BATCHES = 20
+#: Keras compile options for throughput, shared by pretraining and fine-tuning. Batches run 32 to a
+#: compiled call (`steps_per_execution`: the per-step Python and dispatch cost is paid once per 32);
+#: XLA (`jit_compile`) is left to Keras's default, off on TensorFlow, where it measured 10-15 times
+#: slower on CPU (benchmarks/RESULTS.md, "Training throughput").
+FIT_OPTIONS = {"steps_per_execution": 32}
 #: Keys of the random streams of `pretrain_greedy`, per stage: initial weights, noise, batch order.
 _INIT, _NOISE, _ORDER = 0, 1, 2
 
@@ -65,7 +71,7 @@ def pretrain_greedy(
     finetune_autoencoder=False,
     scale=None,
     seed=0,
-    verbose=0,
+    verbose="auto",
 ):
     """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
 
@@ -75,14 +81,20 @@ def pretrain_greedy(
     `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
     `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the
     preprocessing record's gene means and standard deviations) standardizes each batch first.
+    Each stage is announced on the `scquery` logger; `verbose` shows its epochs
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
         stage with its number of `cells`, the loss before training (`initial_loss`), after each
         epoch (`loss`) and each epoch's duration (`seconds`).
     """
+    verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
+    widths = [X.shape[1], *hidden_sizes]
     for i, width in enumerate(hidden_sizes):
+        label = f"pretraining layer {i + 1}/{len(hidden_sizes)}"
+        logger.info("%s: %s, %d epochs", label, arrows(widths[i : i + 2]), epochs)
         dae = _autoencoder([width], activation, noise, noise_level, seed, stage=i)
         below = stack_encoder(
             X.shape[1], hidden_sizes[:i], activation=activation, scale=scale, weights=weights
@@ -90,7 +102,7 @@ def pretrain_greedy(
         batches = SparseBatches(
             X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER), transform=_frozen(below)
         )
-        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}")
+        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}", label=label)
         history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
@@ -103,11 +115,15 @@ def pretrain_greedy(
             stacked.kernels + stacked.encoder_biases + stacked.decoder_biases, values, strict=True
         ):
             variable.assign(value)
+        label = "fine-tuning the stacked autoencoder"
+        logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         scaling = stack_encoder(X.shape[1], [], scale=scale)
         batches = SparseBatches(
             X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER), transform=_frozen(scaling)
         )
-        stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, verbose, name="stacked")
+        stage = _fit_autoencoder(
+            stacked, batches, epochs, learning_rate, verbose, name="stacked", label=label
+        )
         history.append(
             {"stage": "stacked", "width": int(hidden_sizes[-1]), "cells": int(X.shape[0]), **stage}
         )
@@ -136,14 +152,15 @@ def _frozen(encoder):
     return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
 
 
-def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name):
+def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name, label):
     inputs = keras.Input((batches[0][0].shape[1],))
     model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
-    model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
+    model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
     # The batches shuffle themselves (seeded); Keras's own shuffling would draw from the global state.
-    fitted = model.fit(batches, epochs=epochs, callbacks=[EpochTimer()], shuffle=False, verbose=verbose)
+    callbacks = [EpochTimer(), StageProgress(label, verbose=verbose)]
+    fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
     return {
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],

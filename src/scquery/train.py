@@ -19,6 +19,7 @@ from .classifier import build_classifier, embedding_model, fit_classifier, predi
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .io import check_labels, labelled_cells, select_values
+from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 
@@ -26,8 +27,9 @@ from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 _PRETRAIN, _CLASSIFIER = 1, 2
 
 
+@without_retracing_warnings
 def pretrain(
-    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose=0
+    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose="auto"
 ) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
     its cells (labels are not used) and the `unlabeled` data; `train(..., encoder=...)` goes on
@@ -39,6 +41,7 @@ def pretrain(
     return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
 
 
+@without_retracing_warnings
 def train(
     adata,
     *,
@@ -49,7 +52,7 @@ def train(
     seed=0,
     layer=None,
     use_raw=False,
-    verbose=0,
+    verbose="auto",
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
 
@@ -71,6 +74,9 @@ def train(
             pretraining here.
         seed: seeds every random choice (weights, noise, batch order, validation split): the
             same seed gives the same model on the same machine. The global random state is untouched.
+        verbose: how the epochs are shown, Keras style: 0 not at all, 1 a progress bar, 2 a log line
+            each; 'auto' a bar on a terminal or in a notebook, else lines. Each stage is announced
+            on the `scquery` logger with its size either way.
     """
     config = _config(config)
     _check_seed(seed)
@@ -91,9 +97,10 @@ def train(
         _check_encoder(encoder, record, config)
     elif config.pretrain:
         encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
-    reference, classes, y = _labelled(processed, label_key, config)
+    cells, classes, y = _labelled(processed, label_key, config)
+    reference = processed.obs.iloc[cells]
     model = build_classifier(
-        reference.n_vars,
+        processed.n_vars,
         config.hidden_sizes,
         len(classes),
         activation=config.activation,
@@ -105,7 +112,7 @@ def train(
         "pretrain": [] if encoder is None else encoder.history,
         "classifier": fit_classifier(
             model,
-            reference.X,
+            processed.X,
             y,
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -113,21 +120,21 @@ def train(
             validation_fraction=config.validation_fraction,
             patience=config.patience,
             class_weight=config.class_weight,
+            cells=cells,
             seed=seed,
             verbose=verbose,
         ),
-        "cells": {"labelled": int(reference.n_obs), "reference": int(processed.n_obs)},
+        "cells": {"labelled": len(cells), "reference": int(processed.n_obs)},
     }
     obs = pd.DataFrame(
         {
             "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
-            "dataset": reference.obs["dataset"].astype(str).to_numpy()
-            if "dataset" in reference.obs
-            else "reference",
+            "dataset": reference["dataset"].astype(str).to_numpy() if "dataset" in reference else "reference",
         },
-        index=reference.obs_names.copy(),
-    )
-    embedding = predict_in_chunks(embedding_model(model), reference.X)
+        index=reference.index.copy(),
+    ).astype({"dataset": "category"})
+    logger.info("embedding the reference: %s cells", f"{len(reference):,}")
+    embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
     return Bundle(
         model=model,
         classes=classes,
@@ -144,7 +151,7 @@ def train(
 def _preprocess(adata, config, values):
     """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
     the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`)."""
-    return fit_preprocess(
+    processed, record = fit_preprocess(
         select_values(adata, **values),
         min_genes=config.min_genes,
         min_cells=config.min_cells,
@@ -154,12 +161,18 @@ def _preprocess(adata, config, values):
         genes=config.genes,
         scale=config.scale,
     )
+    logger.info(
+        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
+        *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
+    )
+    return processed, record
 
 
 def _labelled(processed, label_key, config):
-    """The labelled cells of the cell types large enough to learn, the class names and integer labels."""
-    processed = processed[labelled_cells(processed.obs[label_key])]
-    labels = processed.obs[label_key].astype(str)
+    """The labelled cells of the cell types large enough to learn (their rows in `processed`, not a
+    copy of them), the class names and integer labels."""
+    cells = np.flatnonzero(labelled_cells(processed.obs[label_key]))
+    labels = processed.obs[label_key].iloc[cells].astype(str)
     sizes = labels.value_counts()
     small = sizes[sizes < config.min_cells_per_class]
     if len(small):
@@ -170,7 +183,7 @@ def _labelled(processed, label_key, config):
             stacklevel=3,
         )
         keep = ~labels.isin(small.index).to_numpy()
-        processed, labels = processed[keep], labels[keep]
+        cells, labels = cells[keep], labels[keep]
     if labels.nunique() < 2:
         raise ScqueryError(
             f"Label column '{label_key}' leaves {labels.nunique()} cell type(s) with at least "
@@ -179,7 +192,7 @@ def _labelled(processed, label_key, config):
         )
     classes = sorted(labels.unique())
     y = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
-    return processed.copy(), classes, y
+    return cells, classes, y
 
 
 def _pretrain(processed, record, unlabeled, config, values, seed, verbose):

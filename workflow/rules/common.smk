@@ -25,6 +25,8 @@ def _validate_config():
 
 _validate_config()
 
+#: The report's UMAPs show at most this many reference cells (and query cells), drawn at random.
+REPORT_MAX_CELLS = 20_000
 #: Name of the held-out query of the built-in data (used when `queries` is empty).
 DEFAULT_QUERY = "pbmc68k_heldout"
 #: The built-in reference/query split is used when no reference files or no queries are given.
@@ -71,13 +73,14 @@ def all_outputs():
         "results/model",
         "results/report/training_curves.png",
         "results/report/reference_umap.png",
+        "results/report/overview.html",
     ]
     outputs += expand("results/embedding/{query}.h5ad", query=QUERIES)
     outputs += expand("results/query/{query}.h5ad", query=QUERIES)
     outputs += expand("results/report/{query}_umap.png", query=QUERIES)
-    outputs += expand("results/report/{query}_summary.tsv", query=QUERIES)
+    outputs += expand("results/report/{query}_summary.{ext}", query=QUERIES, ext=["tsv", "html", "png"])
     if config["query_label_key"]:
-        outputs += expand("results/report/{query}_confusion.png", query=QUERIES)
+        outputs += expand("results/report/{query}_{part}", query=QUERIES, part=["confusion.png", "per_type.html"])
     return outputs
 
 

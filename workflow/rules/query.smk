@@ -13,13 +13,7 @@ rule query:
     output:
         data="results/query/{query}.h5ad",
         matches="results/query/{query}_matches.tsv.gz",
-        summary=report(
-            "results/report/{query}_summary.tsv",
-            caption="../report/summary.rst",
-            category="Queries",
-            subcategory="{query}",
-            labels={"dataset": "{query}", "figure": "summary"},
-        ),
+        summary="results/report/{query}_summary.tsv",
     log:
         "logs/query/{query}.log",
     benchmark:

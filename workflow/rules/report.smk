@@ -1,4 +1,6 @@
-"""Report figures (snakemake --report report.html): training curves, UMAPs, confusion matrices."""
+"""The report (snakemake --report report.html): headline numbers on its first page, then per query
+the scores per cell type, the confusion matrix, the UMAP and the summary; the model's training curves
+and reference UMAP."""
 
 
 rule report_model:
@@ -27,30 +29,47 @@ rule report_model:
     threads: 1
     params:
         seed=config["seed"],
+        max_cells=REPORT_MAX_CELLS,
     script:
         "../scripts/report_model.py"
 
 
+def _query_report(path, caption, figure):
+    return report(
+        path,
+        caption=f"../report/{caption}",
+        category="Queries",
+        subcategory="{query}",
+        labels={"query": "{query}", "figure": figure},
+    )
+
+
 rule report_query:
-    """The UMAP of the reference and one query, and its confusion matrix when labels are known."""
+    """One query's headline scores, UMAP with the reference, summary, and when its cell types are
+    known (query_label_key), its scores per type and confusion matrix."""
     input:
         data=rules.query.output.data,
+        summary=rules.query.output.summary,
         bundle=rules.finetune.output[0],
     output:
-        umap=report(
-            "results/report/{query}_umap.png",
-            caption="../report/query_umap.rst",
-            category="Queries",
-            subcategory="{query}",
-            labels={"dataset": "{query}", "figure": "UMAP"},
+        scores="results/report/{query}_scores.json",
+        umap=_query_report("results/report/{query}_umap.png", "query_umap.rst", "3. UMAP"),
+        summary_table=_query_report(
+            "results/report/{query}_summary.html", "summary.rst", "4. summary table"
+        ),
+        summary_plot=_query_report(
+            "results/report/{query}_summary.png", "summary_plot.rst", "5. summary bars"
+        ),
+        per_type=(
+            _query_report(
+                "results/report/{query}_per_type.html", "per_type.rst", "1. scores per type"
+            )
+            if config["query_label_key"]
+            else []
         ),
         confusion=(
-            report(
-                "results/report/{query}_confusion.png",
-                caption="../report/confusion.rst",
-                category="Queries",
-                subcategory="{query}",
-                labels={"dataset": "{query}", "figure": "confusion matrix"},
+            _query_report(
+                "results/report/{query}_confusion.png", "confusion.rst", "2. confusion matrix"
             )
             if config["query_label_key"]
             else []
@@ -65,5 +84,33 @@ rule report_query:
     params:
         label_key=config["query_label_key"],
         seed=config["seed"],
+        max_cells=REPORT_MAX_CELLS,
     script:
         "../scripts/report_query.py"
+
+
+rule report_overview:
+    """The headline table of the report's first page: the model, and per query its cells, types,
+    share Unknown and, when its cell types are known, accuracy and macro-F1."""
+    input:
+        bundle=rules.finetune.output[0],
+        scores=expand("results/report/{query}_scores.json", query=QUERIES),
+    output:
+        report(
+            "results/report/overview.html",
+            caption="../report/overview.rst",
+            category="Overview",
+            labels={"figure": "headline numbers"},
+        ),
+    log:
+        "logs/report/overview.log",
+    benchmark:
+        "logs/benchmarks/report/overview.tsv"
+    conda:
+        "../envs/scquery.yaml"
+    threads: 1
+    resources:
+        mem_mb=resources_of("default", "mem_mb", 4000),
+        runtime=resources_of("default", "runtime", 30),
+    script:
+        "../scripts/report_overview.py"

@@ -1,51 +1,33 @@
 """Report figures of the model: training curves (bundle history) and the reference UMAP."""
 
-from common import log_to
+from common import log_to, save_figure
 
 log_to(snakemake.log[0])
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+matplotlib.rcParams["figure.figsize"] = (4, 4)  # each UMAP panel
 
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import scanpy as sc  # noqa: E402
 
-from scquery.bundle import load_bundle  # noqa: E402
+import scquery as scq  # noqa: E402
 
-bundle = load_bundle(snakemake.input.bundle)
-pretrain, classifier = bundle.history["pretrain"], bundle.history["classifier"]
+bundle = scq.load(snakemake.input.bundle)
+save_figure(scq.pl.history(bundle, show=False), snakemake.output.curves)
 
-panels = (["pretrain"] if pretrain else []) + ["loss", "accuracy"]
-fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
-axes = dict(zip(panels, axes[0], strict=True))
-if pretrain:
-    for stage in pretrain:
-        losses = [stage["initial_loss"], *stage["loss"]]
-        axes["pretrain"].plot(range(len(losses)), losses, marker=".", label=stage["stage"])
-    axes["pretrain"].set(title="Greedy denoising pretraining", xlabel="epoch", ylabel="reconstruction MSE")
-    axes["pretrain"].legend(fontsize="small")
-for metric in ("loss", "accuracy"):
-    for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-        if key in classifier:
-            values = classifier[key]
-            axes[metric].plot(range(1, len(values) + 1), values, style, marker=".", label=key)
-    axes[metric].set(title=f"Classifier {metric}", xlabel="epoch", ylabel=metric)
-    axes[metric].legend(fontsize="small")
-fig.tight_layout()
-fig.savefig(snakemake.output.curves, dpi=120)
-
-reference = bundle.reference.copy()
-sc.pp.neighbors(reference, use_rep="X_scquery", random_state=snakemake.params.seed)
-sc.tl.umap(reference, random_state=snakemake.params.seed)
-titles = {"label": "reference: cell type", "dataset": "reference: dataset"}
-colors = ["label"] + (["dataset"] if reference.obs["dataset"].nunique() > 1 else [])
-fig = sc.pl.umap(
-    reference,
-    color=colors,
-    title=[titles[c] for c in colors],
-    show=False,
-    return_fig=True,
-    wspace=0.6,
-)
-fig.savefig(snakemake.output.umap, dpi=120, bbox_inches="tight")
+seed, max_cells = snakemake.params.seed, snakemake.params.max_cells
+reference = bundle.reference
+if reference.n_obs > max_cells:
+    reference = reference[
+        np.sort(np.random.default_rng(seed).choice(reference.n_obs, max_cells, replace=False))
+    ]
+reference = reference.copy()
+reference.obs["annotated type"] = reference.obs["label"].astype("category")
+sc.pp.neighbors(reference, use_rep="X_scquery", random_state=seed)
+sc.tl.umap(reference, random_state=seed)
+colors = ["annotated type"] + (["dataset"] if reference.obs["dataset"].nunique() > 1 else [])
+palette = scq.pl.palette(reference.obs["annotated type"].cat.categories)
+fig = scq.pl.umap(reference, color=colors, palette=palette, show=False)
+save_figure(fig, snakemake.output.umap)

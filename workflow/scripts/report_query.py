@@ -1,90 +1,111 @@
-"""Report figures of one query: the joint UMAP with the reference, and the confusion matrix of the
-known against the predicted cell types."""
+"""Report of one query: headline scores (JSON, for the overview), the joint UMAP with the reference,
+and, when its cell types are known, the per-type scores and the confusion matrix; the summary as a
+table and as bars."""
 
-from common import log_to
+from common import html_table, log_to, save_figure
 
 log_to(snakemake.log[0])
 
+import html  # noqa: E402
+import json  # noqa: E402
+
+import anndata as ad  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
-import anndata as ad  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams["figure.figsize"] = (4, 4)  # each UMAP panel: two panels with legends fit the report's width
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scanpy as sc  # noqa: E402
 
-from scquery.bundle import load_bundle  # noqa: E402
+import scquery as scq  # noqa: E402
+from scquery import evaluate  # noqa: E402
 
+name, seed = snakemake.wildcards.query, snakemake.params.seed
 query = ad.read_h5ad(snakemake.input.data)
-reference = load_bundle(snakemake.input.bundle).reference
-label_key = snakemake.params.label_key
-known = label_key is not None and label_key in query.obs
-name = snakemake.wildcards.query
+reference = scq.load(snakemake.input.bundle).reference
+truth = snakemake.params.label_key if snakemake.params.label_key in query.obs else None
 
-# Reference cells show their label, query cells their prediction (and their known label).
-obs = pd.concat(
-    [
-        pd.DataFrame({"source": "reference", "cell type": reference.obs["label"].astype(str).to_numpy()}),
-        pd.DataFrame(
-            {
-                "source": name,
-                "cell type": query.obs["scquery_prediction"].astype(str).to_numpy(),
-                **({"known cell type": query.obs[label_key].astype(str).to_numpy()} if known else {}),
-            }
-        ),
-    ],
-    ignore_index=True,
-)
-obs.index = obs.index.astype(str)
+scores = {"query": name, **evaluate.score(query, truth)}
+with open(snakemake.output.scores, "w") as handle:
+    json.dump(scores, handle, indent=1)
+
+# One palette for every figure of the report: the reference's types, then the query's own names.
+types = list(reference.obs["label"].astype("category").cat.categories)
+if truth:
+    types += [t for t in evaluate.type_order(query, truth, used_only=False) if t not in types]
+palette = scq.pl.palette(types)
+
+# The joint UMAP of (at most `max_cells` of) the reference and the query cells: each panel colours
+# one side, the other is light grey underneath.
+rng = np.random.default_rng(seed)
+max_cells = snakemake.params.max_cells
+parts = {"reference": reference, name: query}
+parts = {
+    side: part[np.sort(rng.choice(part.n_obs, max_cells, replace=False))] if part.n_obs > max_cells else part
+    for side, part in parts.items()
+}
+reference_part, query_part = parts["reference"], parts[name]
+n_ref = reference_part.n_obs
+columns = {
+    "reference: annotated type": reference_part.obs["label"].astype(str).tolist() + [None] * query_part.n_obs,
+    f"{name}: predicted type": [None] * n_ref + query_part.obs["scquery_prediction"].astype(str).tolist(),
+}
+if truth:
+    columns[f"{name}: known type ({truth})"] = [None] * n_ref + query_part.obs[truth].astype(str).tolist()
 joint = ad.AnnData(
-    obs=obs.astype("category"),
-    obsm={"X_scquery": np.vstack([reference.obsm["X_scquery"], query.obsm["X_scquery"]])},
+    obs=pd.DataFrame(columns, index=[f"cell{i}" for i in range(n_ref + query_part.n_obs)]),
+    obsm={"X_scquery": np.vstack([reference_part.obsm["X_scquery"], query_part.obsm["X_scquery"]])},
 )
-sc.pp.neighbors(joint, use_rep="X_scquery", random_state=snakemake.params.seed)
-sc.tl.umap(joint, random_state=snakemake.params.seed)
-colors = ["source", "cell type"] + (["known cell type"] if known else [])
-titles = ["reference and query", "reference label / query prediction", "query: known cell type"]
-fig = sc.pl.umap(
-    joint,
-    color=colors,
-    title=titles[: len(colors)],
-    show=False,
-    return_fig=True,
-    wspace=0.6,
-    na_color="lightgrey",
-)
-fig.savefig(snakemake.output.umap, dpi=120, bbox_inches="tight")
+sc.pp.neighbors(joint, use_rep="X_scquery", random_state=seed)
+sc.tl.umap(joint, random_state=seed)
+fig = scq.pl.umap(joint, color=list(columns), palette=palette, show=False)
+save_figure(fig, snakemake.output.umap)
 
-if snakemake.output.get("confusion"):
-    fig, ax = plt.subplots(figsize=(8, 7))
-    if known:
-        true = query.obs[label_key].astype(str).rename("known")
-        predicted = query.obs["scquery_prediction"].astype(str).rename("predicted")
-        # rows: known types; columns: predicted types (and Unknown); each row sums to 1
-        table = pd.crosstab(true, predicted, normalize="index")
-        image = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
-        for (row, column), share in np.ndenumerate(table.to_numpy()):
-            color = "white" if share > 0.5 else "black"
-            ax.text(column, row, f"{share:.2f}", ha="center", va="center", color=color, fontsize=7)
-        ax.set_xticks(range(table.shape[1]), table.columns, rotation=90)
-        ax.set_yticks(range(table.shape[0]), table.index)
-        fig.colorbar(image, ax=ax, shrink=0.7, label="share of the known type")
-        ax.set(
-            title=f"{name}: accuracy {(true == predicted).mean():.3f}, "
-            f"{(predicted == 'Unknown').mean():.1%} Unknown",
-            xlabel="predicted (scquery)",
-            ylabel=f"known ({label_key})",
-        )
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            f"{name} has no column {label_key!r}:\nno known cell types to compare.",
-            ha="center",
-            va="center",
-        )
-        ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(snakemake.output.confusion, dpi=120)
+summary = pd.read_csv(snakemake.input.summary, sep="\t")
+save_figure(scq.pl.summary(summary, palette=palette, show=False), snakemake.output.summary_plot)
+shown = summary.rename(columns=lambda c: c.removeprefix("fraction ")).rename(
+    columns={
+        "n_cells": "cells",
+        "mean_distance": "mean distance",
+        "nearest_dataset": "nearest reference dataset",
+        "nearest_dataset_share": "its share of the neighbours",
+        "nearest_label": "nearest reference type",
+        "nearest_label_share": "share of the neighbours",
+    }
+)
+predicted = [c.removeprefix("fraction ") for c in summary.columns if c.startswith("fraction ")]
+html_table(
+    shown,
+    snakemake.output.summary_table,
+    caption=f"{name}: the share of each predicted type per dataset"
+    + (f" and known type ({truth})" if truth else "")
+    + ", and the reference dataset and type most often among the cells' neighbours",
+    formats={
+        **{c: lambda v: f"{v:.0%}" if v else "" for c in predicted},
+        "its share of the neighbours": "{:.0%}",
+        "share of the neighbours": "{:.0%}",
+        "mean distance": "{:.3f}",
+    },
+)
+
+if snakemake.output.get("confusion") and not truth:  # configured, but this query has no such column
+    missing = f"{name} has no column {snakemake.params.label_key!r}: no known cell types to compare."
+    fig = plt.figure(figsize=(6, 1))
+    fig.text(0.5, 0.5, missing, ha="center", va="center")
+    save_figure(fig, snakemake.output.confusion)
+    with open(snakemake.output.per_type, "w") as handle:
+        handle.write(f"<p>{html.escape(missing)}</p>")
+elif truth:
+    save_figure(scq.pl.confusion(query, truth, show=False), snakemake.output.confusion)
+    table = evaluate.per_type(query, truth).reset_index()
+    html_table(
+        table,
+        snakemake.output.per_type,
+        caption=f"{name}: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}, "
+        f"{scores['unknown']:.1%} Unknown; per cell type",
+        formats={"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}", "unknown": "{:.1%}"},
+    )

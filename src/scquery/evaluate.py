@@ -1,0 +1,111 @@
+"""How well predicted cell types match known ones: headline scores, per-type scores, confusion counts.
+
+Unknown is not a cell type: a cell predicted Unknown counts as an error for accuracy and for the
+recall of its known type, and Unknown comes last in every table. Macro-F1 averages over the known
+types only (a predicted type the data does not hold is an error but adds no type to the average).
+"""
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from .errors import ScqueryError
+from .query import UNKNOWN
+
+PREDICTION = "scquery_prediction"
+
+
+def _labels(adata, truth, prediction):
+    """`(known, predicted)` as string arrays; missing known labels are an error."""
+    for key in (truth, prediction):
+        if key not in adata.obs:
+            raise ScqueryError(
+                f"The data has no obs column {key!r}; choose one of {list(adata.obs.columns)}."
+            )
+    known = adata.obs[truth]
+    if known.isna().any():
+        raise ScqueryError(f"obs[{truth!r}] leaves {int(known.isna().sum())} cells without a known label.")
+    return known.astype(str).to_numpy(), adata.obs[prediction].astype(str).to_numpy()
+
+
+def type_order(adata, *keys, used_only=True):
+    """The cell types in the obs columns `keys`, Unknown left out: the first column's, then the new
+    ones of each other column, each group in the order of its categories (a query's prediction lists
+    all the reference's types, so this order is the same for every query of a model) or sorted.
+    With `used_only`, only the types some cell holds."""
+    order, used = {}, set()
+    for key in keys:
+        column = adata.obs[key]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            names = [str(name) for name in column.cat.categories]
+        else:
+            names = sorted(column.dropna().astype(str).unique())
+        order.update(dict.fromkeys(names))
+        used.update(column.dropna().astype(str).unique())
+    order.pop(UNKNOWN, None)
+    return [name for name in order if name in used or not used_only]
+
+
+def score(adata, truth=None, *, prediction=PREDICTION) -> dict:
+    """Headline numbers of a query: `cells`, `predicted_types` (Unknown not counted), `unknown`
+    (share of cells predicted Unknown); with the known types in `obs[truth]` also `known_types`,
+    `accuracy` and `macro_f1`."""
+    if prediction not in adata.obs:
+        raise ScqueryError(f"The data has no obs column {prediction!r}; run the query first.")
+    predicted = adata.obs[prediction].astype(str).to_numpy()
+    scores = {
+        "cells": int(adata.n_obs),
+        "predicted_types": int(len(set(predicted) - {UNKNOWN})),
+        "unknown": float(np.mean(predicted == UNKNOWN)) if adata.n_obs else 0.0,
+    }
+    if truth is not None:
+        known, predicted = _labels(adata, truth, prediction)
+        types = sorted(set(known))
+        scores["known_types"] = len(types)
+        scores["accuracy"] = float(np.mean(known == predicted))
+        scores["macro_f1"] = float(f1_score(known, predicted, labels=types, average="macro", zero_division=0))
+    return scores
+
+
+def per_type(adata, truth, *, prediction=PREDICTION) -> pd.DataFrame:
+    """One row per cell type (known or predicted; `type_order`): `cells` known to be of the type,
+    `predicted` as the type, `precision`, `recall`, `f1` and `unknown` (the share of its known cells
+    predicted Unknown). Scores without cells to count are NaN."""
+    known, predicted = _labels(adata, truth, prediction)
+    types = type_order(adata, prediction, truth)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        known, predicted, labels=types, zero_division=np.nan
+    )
+    table = pd.DataFrame(
+        {
+            "cells": support,
+            "predicted": [int(np.sum(predicted == t)) for t in types],
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "unknown": [
+                np.mean(predicted[known == t] == UNKNOWN) if np.any(known == t) else np.nan for t in types
+            ],
+        },
+        index=pd.Index(types, name="cell type"),
+    )
+    table.loc[table["cells"] == 0, ["recall", "f1", "unknown"]] = np.nan
+    return table
+
+
+def confusion(adata, truth, *, prediction=PREDICTION, normalize=True) -> pd.DataFrame:
+    """The square confusion table: rows the known types, columns the predicted ones in the same order
+    (`type_order`), then an Unknown column. With `normalize`, each row holds shares of its known
+    cells (rows without cells are NaN), else counts."""
+    known, predicted = _labels(adata, truth, prediction)
+    types = type_order(adata, prediction, truth)
+    columns = types + [UNKNOWN]
+    counts = pd.crosstab(
+        pd.Categorical(known, categories=types), pd.Categorical(predicted, categories=columns)
+    )
+    counts = counts.reindex(index=types, columns=columns, fill_value=0)
+    counts.index.name, counts.columns.name = "known", "predicted"
+    if not normalize:
+        return counts
+    totals = counts.sum(axis=1)
+    return counts.div(totals.where(totals > 0), axis=0)

@@ -1,0 +1,149 @@
+"""What scquery tells its user: the `scquery` logger, a quiet backend start-up, and progress modes.
+
+The package writes only to the `scquery` logger, which has a `NullHandler`: nothing is printed unless
+the application sets up logging (the command line does, with `log_to_stderr`; the workflow's scripts
+send everything to their log files). The package never configures the root logger.
+
+TensorFlow writes a few lines of C++ start-up chatter (oneDNN, CUDA drivers, absl) straight to the
+stderr file descriptor while it is imported, before any setting can stop them. `import scquery`
+imports it through `import_backend`, which holds those lines back; `TF_CPP_MIN_LOG_LEVEL` (default
+here: 3) keeps the later C++ messages out. Set it to 0, and use `-v`, to see them all.
+"""
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import tempfile
+
+logger = logging.getLogger("scquery")
+logger.addHandler(logging.NullHandler())
+
+#: What the backend wrote to stderr while `import_backend` imported it.
+backend_startup = ""
+
+
+def import_backend():
+    """Import Keras and its backend, holding back the C++ start-up lines written meanwhile to stderr:
+    they go to the `scquery` logger at DEBUG level, or back to stderr if the import fails."""
+    global backend_startup
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    with _held_back_stderr() as held:
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            held.replay = True
+            raise
+    backend_startup = held.text
+    _log_backend_startup()
+
+
+def _log_backend_startup():
+    for line in backend_startup.splitlines():
+        logger.debug("backend: %s", line)
+
+
+class _Held:
+    text, replay = "", False
+
+
+@contextlib.contextmanager
+def _held_back_stderr():
+    """Send the stderr file descriptor to a temporary file for the block (`held.text` after it);
+    with `held.replay` set, the text is written back to stderr."""
+    held = _Held()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold back
+        yield held
+        return
+    with tempfile.TemporaryFile() as buffer:
+        _flush_stderr()
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield held
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            held.text = buffer.read().decode(errors="replace")
+            if held.replay:
+                os.write(2, held.text.encode())
+
+
+def _flush_stderr():
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
+
+
+class _NoRetracingWarnings(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def without_retracing_warnings(function):
+    """Decorator: TensorFlow's warnings that functions were traced again are dropped while `function`
+    runs (training builds a model per stage, and an epoch's last batch may be smaller: expected)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        drop = _NoRetracingWarnings()
+        logging.getLogger("tensorflow").addFilter(drop)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            logging.getLogger("tensorflow").removeFilter(drop)
+
+    return wrapper
+
+
+def log_to_stderr(verbosity=0):
+    """Print the `scquery` logger's messages on stderr, as `scquery: …` (for applications).
+
+    `verbosity` -1: warnings and errors only; 0: stages and results; 1: details too; 2: also the
+    backend's start-up lines and the TensorFlow and absl loggers' warnings, otherwise hidden.
+
+    Returns:
+        A function that undoes these settings.
+    """
+    quieted = [] if verbosity >= 2 else [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    saved = [(logger, logger.level, logger.propagate)] + [
+        (other, other.level, other.propagate) for other in quieted
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("scquery: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
+    logger.propagate = False
+    for other in quieted:
+        other.setLevel(logging.ERROR)
+    if verbosity >= 2:
+        _log_backend_startup()
+
+    def restore():
+        logger.removeHandler(handler)
+        for each, level, propagate in saved:
+            each.setLevel(level)
+            each.propagate = propagate
+
+    return restore
+
+
+def arrows(widths):
+    """Layer widths as `2,000 → 500 → 100`."""
+    return " → ".join(f"{int(w):,}" for w in widths)
+
+
+def resolve_verbose(verbose):
+    """Keras-style `verbose` for training: 0 silent, 1 a progress bar, 2 one log line per epoch.
+
+    `'auto'` is a bar where someone watches (stderr a terminal, or a Jupyter kernel), else lines.
+    """
+    if verbose != "auto":
+        return int(verbose)
+    interactive = "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return 1 if interactive else 2
