@@ -27,6 +27,12 @@ def _speed(quick, log):
     return run_speed(quick=quick, log=log)
 
 
+def _crossstudy(quick, log):
+    from .crossstudy import run_crossstudy
+
+    return run_crossstudy(quick=quick, log=log)
+
+
 def _labels(quick, log):
     from .labels import run_labels, settings
 
@@ -41,7 +47,13 @@ def _scale(quick, log):
 
 
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
-PARTS = {"quality": _quality, "labels": _labels, "speed": _speed, "scale": _scale}
+PARTS = {
+    "quality": _quality,
+    "crossstudy": _crossstudy,
+    "labels": _labels,
+    "speed": _speed,
+    "scale": _scale,
+}
 
 
 def main(argv=None):

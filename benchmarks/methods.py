@@ -22,7 +22,8 @@ def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, co
     """Train scquery on `reference` (with `config`, or the benchmark's; `train_options`: `unlabeled`,
     `encoder` of `scquery.train.train`) and query `query_data` (a copy is annotated).
 
-    Returns the kNN and classifier predictions, the share of cells rejected as Unknown, and the
+    Returns the prediction, the kNN vote's and the classifier's own answers, the share of cells
+    rejected as Unknown, and the
     reference and query embeddings.
     """
     bundle = train(
@@ -34,11 +35,12 @@ def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, co
     )
     annotated = query_data.copy()
     query(annotated, bundle, k=15)
-    knn = annotated.obs["scquery_prediction"].astype(str).to_numpy()
+    prediction = annotated.obs["scquery_prediction"].astype(str).to_numpy()
     return {
-        "knn": knn,
+        "prediction": prediction,
+        "knn": annotated.obs["scquery_knn"].astype(str).to_numpy(),
         "classifier": annotated.obs["scquery_classifier"].astype(str).to_numpy(),
-        "unknown_fraction": float((knn == UNKNOWN).mean()),
+        "unknown_fraction": float((prediction == UNKNOWN).mean()),
         "reference_embedding": bundle.reference.obsm["X_scquery"],
         "reference_labels": bundle.reference.obs["label"].astype(str).to_numpy(),
         "query_embedding": annotated.obsm["X_scquery"],

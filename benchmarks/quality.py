@@ -43,8 +43,9 @@ def _timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def celltypist_predictions(split):
-    """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured)."""
+def celltypist_predictions(split, *, majority_voting=False):
+    """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured); with
+    `majority_voting`, a table of its plain and majority-voting predictions."""
     if not CELLTYPIST_PYTHON or not Path(CELLTYPIST_PYTHON).exists():
         return None
     with tempfile.TemporaryDirectory() as folder:
@@ -59,6 +60,7 @@ def celltypist_predictions(split):
                 str(folder / "reference.h5ad"),
                 str(folder / "query.h5ad"),
                 str(folder / "out.csv"),
+                *(["--majority-voting"] if majority_voting else []),
             ],
             capture_output=True,
             text=True,
@@ -67,8 +69,8 @@ def celltypist_predictions(split):
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"  CellTypist failed on {split.task} [{split.fold}]: {last}", flush=True)
             return None
-        table = pd.read_csv(folder / "out.csv", index_col=0)
-    return table.loc[split.query.obs_names].iloc[:, 0].astype(str).to_numpy()
+        table = pd.read_csv(folder / "out.csv", index_col=0).loc[split.query.obs_names].astype(str)
+    return table if majority_voting else table.iloc[:, 0].to_numpy()
 
 
 def evaluate(split, *, quick, seed=0, log=print):

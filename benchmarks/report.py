@@ -441,9 +441,75 @@ def _quality_section(result):
     return quality_section(pd.DataFrame(result["summary"]))
 
 
+def crossstudy_section(result):
+    """Per task: macro-F1 of scquery's prediction and of each peer, the Unknown shares, the targets;
+    then the input scales."""
+    table = pd.DataFrame(result["tasks"])
+    parts = [
+        "## Cross-study queries (`--only crossstudy`)",
+        "",
+        "A reference from one study annotates a query from another (../shared/data). Macro-F1 over the "
+        "query cells of the types the reference knows ('Unknown' counts as an error); 'held-out "
+        "Unknown': share of the cells of the type removed from the reference called 'Unknown'; 'known "
+        "Unknown': share of the other cells called 'Unknown'. Peers have no 'Unknown'. Targets on every "
+        "task: scquery's prediction ≥ the best peer's macro-F1; held-out ≥ 90 % Unknown with ≤ 5 % of "
+        "known cells Unknown.",
+        "",
+    ]
+    rows, verdicts = [], []
+    for task, group in table.groupby("task", sort=False):
+        ours = group[group.method == "scquery prediction"].iloc[0]
+        peers = group[~group.method.str.startswith("scquery")]
+        best = peers.macro_f1.max() if len(peers) else float("nan")
+        for r in group.itertuples():
+            rows.append(
+                [
+                    task,
+                    r.method,
+                    r.macro_f1,
+                    r.known_unknown if r.method.startswith("scquery") else None,
+                    r.held_out_unknown if r.method.startswith("scquery") else None,
+                ]
+            )
+        f1_met = "met" if ours.macro_f1 >= best - 1e-9 else "not met"
+        line = f"- {task}: macro-F1 {ours.macro_f1:.3f} vs best peer {best:.3f} ({f1_met})"
+        if ours.held_out_unknown is not None and not pd.isna(ours.held_out_unknown):
+            caught = ours.held_out_unknown >= 0.9 and ours.known_unknown <= 0.05
+            line += (
+                f"; held-out Unknown {ours.held_out_unknown:.1%}, known Unknown {ours.known_unknown:.1%} "
+                f"({'met' if caught else 'not met'})"
+            )
+        else:
+            met = "met" if ours.known_unknown <= 0.05 else "not met"
+            line += f"; known Unknown {ours.known_unknown:.1%} ({met})"
+        verdicts.append(line)
+    parts += [_table(["task", "method", "macro-F1", "known Unknown", "held-out Unknown"], rows), ""]
+    parts += ["Targets:", "", *verdicts, ""]
+    if result.get("scales"):
+        scale_rows = []
+        for r in result["scales"]:
+            if "refused" in r:
+                scale_rows.append([r["scale"], "refused: " + r["refused"], None, None])
+            else:
+                found = r["detected"]
+                kind = (
+                    ", ".join(f"{k}={v}" for k, v in found.items()) if isinstance(found, dict) else str(found)
+                )
+                scale_rows.append([r["scale"], kind, r["agreement_with_counts"], r["macro_f1"]])
+        parts += [
+            "The first Baron query given in other scales (same cells, same model): what was detected, "
+            "the share of predictions equal to those from counts, and macro-F1.",
+            "",
+            _table(["query given as", "detected / refusal", "agreement with counts", "macro-F1"], scale_rows),
+            "",
+        ]
+    return parts
+
+
 #: How each part of results.json is written into RESULTS.md (parts not listed are left out).
 SECTIONS = {
     "quality": _quality_section,
+    "crossstudy": crossstudy_section,
     "labels": labels_section,
     "speed": speed_section,
     "scale": scale_section,

@@ -51,7 +51,7 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     raw = json.loads((tmp_path / "results.json").read_text())
@@ -103,3 +103,26 @@ def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
     assert ours["build_s"] > 0 and ours["leave_self_out_s"] > 0 and ours["query_s"] > 0
     assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw"}
     assert "## Neighbour index at scale" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "crossstudy", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())["crossstudy"]["result"]
+    if not result["tasks"]:
+        pytest.skip("the shared data is absent: no cross-study task to run")
+    methods = {row["method"] for row in result["tasks"]}
+    assert {"scquery prediction", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
+    held = [row for row in result["tasks"] if row["held_out"] and row["method"] == "scquery prediction"]
+    assert held and all(0.0 <= row["held_out_unknown"] <= 1.0 for row in held)
+    scales = {row["scale"]: row for row in result["scales"]}
+    assert "refused" in scales["z-scored log1p CP10k"]
+    assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
+    assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()

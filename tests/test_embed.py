@@ -26,6 +26,7 @@ def test_embed_writes_embedding_and_keeps_everything_else(bundle, query):
     info = query.uns["scquery"]
     assert info["model_id"] == bundle.model_id
     assert info["overlap"]["fraction"] == 1.0
+    assert info["values"] == {"values": "normalized", "log_base": "e", "assumed_target_sum": 1e4}
     assert set(info) >= {"params", "versions"}
     assert (query.X != before.X).nnz == 0
     assert list(query.var_names) == list(before.var_names)
@@ -37,8 +38,9 @@ def test_embed_writes_embedding_and_keeps_everything_else(bundle, query):
 
 
 def test_embed_copy_leaves_the_input_alone(bundle, query):
-    embedded = embed(query, bundle, key_added="X_mine", copy=True)
+    embedded = embed(query, bundle, key_added="mine", copy=True)
     assert "X_mine" not in query.obsm and "X_mine" in embedded.obsm
+    assert embedded.uns["mine"]["model_id"] == bundle.model_id and "scquery" in embedded.uns
     assert query.uns["scquery"] == {"source": "scanpy.datasets.pbmc68k_reduced (pbmc68k_query)"}
 
 

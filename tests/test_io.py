@@ -17,7 +17,6 @@ from scquery.errors import ScqueryError
 from scquery.io import (
     check_labels,
     dataset_name,
-    detect_values,
     read,
     read_many,
     select_values,
@@ -99,7 +98,6 @@ def _check_round_trip(result, source):
     assert list(result.obs_names) == list(source.obs_names)
     assert list(result.var_names) == list(source.var_names)
     np.testing.assert_array_equal(_dense(result), _dense(source))
-    assert result.uns["scquery"]["values"] == "counts"
 
 
 def test_h5ad_round_trip(counts, tmp_path):
@@ -145,15 +143,12 @@ def test_layer_and_raw(counts, tmp_path):
     logged.X = sp.csr_matrix(np.log1p(counts.X.toarray()))
     logged.raw = counts
     logged.write_h5ad(tmp_path / "x.h5ad")
-    assert read(tmp_path / "x.h5ad").uns["scquery"]["values"] == "log1p_normalized"
+    assert read(tmp_path / "x.h5ad").uns["scquery"]["source"] == str(tmp_path / "x.h5ad")
     for options in ({"layer": "counts"}, {"use_raw": True}):
         result = read(tmp_path / "x.h5ad", **options)
-        assert result.uns["scquery"]["values"] == "counts"  # the values chosen, checked ...
-        np.testing.assert_array_equal(_dense(result), _dense(logged))  # ... and not moved into .X
+        np.testing.assert_array_equal(_dense(result), _dense(logged))  # not moved into .X
         assert list(result.layers) == ["counts"] and result.raw is not None
-        values = select_values(result, **options)
-        values.uns["scquery"]["values"] = detect_values(values.X)
-        _check_round_trip(values, counts)
+        _check_round_trip(select_values(result, **options), counts)
     with pytest.raises(ScqueryError, match="no layer 'spliced'.*layers: counts"):
         read(tmp_path / "x.h5ad", layer="spliced")
     counts.write_h5ad(tmp_path / "plain.h5ad")
@@ -193,34 +188,12 @@ def test_read_many_merges_on_the_union_of_genes(counts, tmp_path):
     expected[:10, 8:] = 0
     expected[10:, :4] = 0
     np.testing.assert_array_equal(merged.X.toarray(), expected)
-    assert merged.uns["scquery"]["values"] == "counts"
-
-
-def test_read_many_refuses_mixed_values(counts, tmp_path):
-    counts.write_h5ad(tmp_path / "a.h5ad")
-    logged = counts.copy()
-    logged.X = sp.csr_matrix(np.log1p(counts.X.toarray()))
-    logged.write_h5ad(tmp_path / "b.h5ad")
-    with pytest.raises(ScqueryError, match="a: counts, b: log1p_normalized"):
-        read_many([tmp_path / "a.h5ad", tmp_path / "b.h5ad"])
 
 
 def test_dataset_name(tmp_path):
     assert dataset_name("x/pbmc.csv.gz") == "pbmc"
     assert dataset_name("x/donor.1.h5ad") == "donor.1"
     assert dataset_name(tmp_path) == tmp_path.name
-
-
-def test_detect_values():
-    rng = np.random.default_rng(0)
-    raw = sp.random(50, 40, density=0.3, format="csr", random_state=0) * 20
-    raw.data = np.ceil(raw.data)
-    assert detect_values(raw) == "counts"
-    normalized = raw.multiply(1e4 / raw.sum(axis=1)).tocsr()
-    assert detect_values(normalized.log1p()) == "log1p_normalized"
-    assert detect_values((normalized * 1e6).log1p()) == "log1p_normalized"  # max > 20, sums equal
-    assert detect_values(rng.normal(size=(20, 5))) == "other"
-    assert detect_values(raw * 1.5 + raw.sign() * 30.25) == "other"  # large, unequal sums
 
 
 # Bad input: one ScqueryError naming the file and what to do; nothing is written.

@@ -32,6 +32,11 @@ def pbmc3k():
     return select_values(read(shared_file("pbmc3k.h5ad")), layer="counts")
 
 
+def _log1p_cp10k(counts):
+    counts = np.asarray(counts.toarray(), dtype=np.float64)
+    return np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4).astype(np.float32)
+
+
 def _counts(n_cells=60, genes=None, seed=0):
     genes = genes or [f"G{i}" for i in range(40)]
     rng = np.random.default_rng(seed)
@@ -48,7 +53,7 @@ def test_pbmc68k_split(pbmc68k):
     assert set(reference.obs["dataset"]) == {"pbmc68k_reference"}
     assert set(query.obs["dataset"]) == {"pbmc68k_query"}
     assert reference.X.format == "csr" and reference.X.dtype == np.float32
-    assert detect_values(reference.X) == "log1p_normalized"
+    assert detect_values(reference.X)["log_base"] == "e"
     shares = reference.obs["bulk_labels"].value_counts(normalize=True)
     query_shares = query.obs["bulk_labels"].value_counts(normalize=True)
     assert np.abs(shares - query_shares[shares.index]).max() < 0.02  # stratified
@@ -64,15 +69,17 @@ def test_fit_on_log_normalized_pbmc68k(pbmc68k):
     result, record = fit_preprocess(reference, min_genes=10, n_top_genes=300)
     assert (reference.X != before).nnz == 0  # the input is not modified
     json.dumps(record)
-    assert record["values"] == "log1p_normalized" and not record["normalized"]
+    assert record["values"] == {
+        "values": "normalized", "log_base": "e", "target_sum": None, "assumed_target_sum": 1e4
+    }  # fmt: skip
     assert record["gene_selection"] == "highly_variable" and len(record["genes"]) == 300
     assert list(result.var_names) == record["genes"]
     assert result.X.format == "csr" and result.X.dtype == np.float32
     assert list(result.obs.columns) == list(reference.obs.columns)
     assert result.obs.equals(reference.obs.loc[result.obs_names])
-    # Values already log-normalized are not normalized again: the selected columns are unchanged.
-    np.testing.assert_array_equal(
-        result.X.toarray(), reference[result.obs_names, record["genes"]].X.toarray()
+    # Values log-normalized over more genes than the data holds keep their scale (total 1e4 assumed).
+    np.testing.assert_allclose(
+        result.X.toarray(), reference[result.obs_names, record["genes"]].X.toarray(), rtol=1e-5, atol=1e-5
     )
     # The query is processed identically: the same cells give the same matrix.
     again, overlap = apply_preprocess(reference, record)
@@ -91,7 +98,7 @@ def test_n_top_genes_is_capped(pbmc68k):
 def test_fit_and_apply_on_pbmc3k_counts(pbmc3k):
     result, record = fit_preprocess(pbmc3k, max_pct_mito=5, scale=True)
     json.dumps(record)
-    assert record["values"] == "counts" and record["normalized"] and record["log1p"]
+    assert record["values"]["values"] == "counts" and record["normalized"] and record["log1p"]
     assert len(record["genes"]) == 2000 and len(record["scale"]["mean"]) == 2000
     cells = result.obs_names
     counts = pbmc3k[cells].X
@@ -105,10 +112,13 @@ def test_fit_and_apply_on_pbmc3k_counts(pbmc3k):
     query, overlap = apply_preprocess(pbmc3k[cells], record)
     assert overlap["fraction"] == 1.0
     np.testing.assert_array_equal(query.X.toarray(), result.X.toarray())
-    # Refitting preprocessed values does not normalize them again.
-    refit, second = fit_preprocess(result, min_genes=1, min_cells=0, genes=record["genes"])
-    assert second["values"] == "log1p_normalized"
-    np.testing.assert_array_equal(refit.X.toarray(), result.X.toarray())
+    # Preprocessed values are recognized as log1p(normalized counts) and give the same matrix back
+    # when normalized on the same genes.
+    again = pbmc3k[cells].copy()
+    again.X = sp.csr_matrix(_log1p_cp10k(again.X))
+    refit, second = fit_preprocess(again, min_genes=1, min_cells=0, genes=record["genes"])
+    assert second["values"]["log_base"] == "e" and second["values"]["target_sum"] == pytest.approx(1e4)
+    np.testing.assert_allclose(refit.X.toarray(), result.X.toarray(), rtol=1e-5, atol=1e-5)
 
 
 def test_scale_statistics_match_scanpy(pbmc68k):
@@ -140,11 +150,11 @@ def test_qc_removing_everything_raises():
         fit_preprocess(adata, min_genes=1, min_cells=100)
 
 
-def test_other_values(pbmc68k):
+def test_scaled_values_are_refused(pbmc68k):
     scaled = sc.datasets.pbmc68k_reduced()
-    assert detect_values(scaled.X) == "other"
+    assert detect_values(scaled.X)["values"] == "scaled"
     _, record = fit_preprocess(pbmc68k[0], min_genes=10, n_top_genes=200)
-    with pytest.warns(UserWarning, match="cannot be normalized like the reference"):
+    with pytest.raises(ScqueryError, match="centred or scaled"):
         apply_preprocess(scaled, record, min_overlap=0.1)
 
 

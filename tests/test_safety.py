@@ -159,7 +159,7 @@ def test_read_changes_nothing_of_an_h5ad(user_data, tmp_path):
     user_data.write_h5ad(tmp_path / "given.h5ad")
     result = read(tmp_path / "given.h5ad", layer="lognorm")
     assert_same_data(result, ad.read_h5ad(tmp_path / "given.h5ad"), (), (), {"scquery"})
-    assert result.uns["scquery"]["values"] == "log1p_normalized"  # what the chosen layer holds
+    assert result.uns["scquery"]["source"] == str(tmp_path / "given.h5ad")
 
 
 def test_merge_leaves_out_partial_obsm_instead_of_zeros(split, tmp_path):
@@ -313,9 +313,9 @@ def test_bad_options_are_one_sentence(model, split, tmp_path, capsys):
         "nan",
         match="min_overlap must be a finite",
     )
-    refused(capsys, "query", model, given, "--out", out, "--min-agreement", "inf", match="min_agreement")
+    refused(capsys, "query", model, given, "--out", out, "--min-confidence", "inf", match="min_confidence")
     refused(
-        capsys, "query", model, given, "--out", out, "--distance-quantile", "0", match="distance_quantile"
+        capsys, "query", model, given, "--out", out, "--novelty-threshold", "0", match="novelty_threshold"
     )
     refused(capsys, "embed", model, given, "--out", out, "--layer", "counts", match="has no layer 'counts'")
     config = tmp_path / "nan.yaml"

@@ -46,21 +46,22 @@ class StageProgress(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch + 1
+        self._epoch, self._steps_done = epoch + 1, 0
         if self._bar is not None:
             self._bar.set_postfix_str(f"epoch {self._epoch}/{self._epochs}", refresh=False)
 
     def on_train_batch_end(self, batch, logs=None):
+        # With `steps_per_execution`, Keras calls this once per group of steps, with `batch` the group's
+        # last step, even past the epoch's end.
         if self._bar is not None:
             loss = (logs or {}).get("loss")
             loss = "" if loss is None else f", loss {float(loss):.4f}"
             self._bar.set_postfix_str(f"epoch {self._epoch}/{self._epochs}{loss}", refresh=False)
-            # `batch` is the last step run (Keras runs `steps_per_execution` steps at a time)
-            self._advance((self._epoch - 1) * self._steps + min(batch + 1, self._steps))
+            done = min(batch + 1, self._steps)
+            self._bar.update(done - self._steps_done)
+            self._steps_done = done
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._bar is not None:
-            self._advance((epoch + 1) * self._steps)
         logs = logs or {}
         parts = [f"{self.stage} · epoch {epoch + 1}/{self._epochs}"]
         metrics = sorted(set(logs) - {"seconds"}, key=lambda k: (k.startswith("val_"), "loss" not in k, k))
@@ -68,9 +69,6 @@ class StageProgress(keras.callbacks.Callback):
         if "seconds" in logs:
             parts.append(f"{logs['seconds']:.1f} s")
         logger.log(logging.INFO if self.verbose == 2 else logging.DEBUG, " · ".join(parts))
-
-    def _advance(self, done):
-        self._bar.update(max(0, done - self._bar.n))
 
     def on_train_end(self, logs=None):
         if self._bar is not None:

@@ -168,9 +168,9 @@ def _add_query(subparsers):
         "query",
         parents=[COMMON],
         help="predict cell types from the nearest reference cells",
-        description="Embed the query cells, find their nearest reference cells and transfer "
-        "the labels by a distance-weighted vote; cells too far from the reference or without a "
-        "clear majority are 'Unknown'.",
+        description="Embed the query cells, find their nearest reference cells, and predict each "
+        "cell's type from their distance-weighted vote and the classifier; cells without enough "
+        "confidence, and query clusters that sit far from every reference type, are 'Unknown'.",
     )
     parser.add_argument("model", help="model bundle folder (from `scquery train`)")
     parser.add_argument("query", nargs="+", help="query file(s) or 10x folder(s)")
@@ -180,17 +180,26 @@ def _add_query(subparsers):
     parser.add_argument("--summary", help="TSV file of predicted types per dataset (and group)")
     parser.add_argument("--groupby", help="obs column of clusters to summarize by")
     parser.add_argument(
-        "--min-agreement",
+        "--min-confidence",
         type=float,
         default=0.5,
-        help="least weight share of the winning type (default: 0.5)",
+        help="least confidence (mean of the neighbours' vote share and the classifier's "
+        "probability) of a prediction, else Unknown (default: 0.5)",
     )
     parser.add_argument(
-        "--distance-quantile",
+        "--novelty-threshold",
         type=float,
-        default=0.99,
-        help="quantile of the reference's nearest-neighbour distances beyond which a cell is "
-        "Unknown (default: 0.99)",
+        default=1.0,
+        help="largest novelty of a query cluster (log of how much farther it lies from its types "
+        "than the query's median cell), else its cells are Unknown (default: 1.0)",
+    )
+    parser.add_argument(
+        "--resolution", type=float, default=2.0, help="Leiden resolution of the query clusters (default: 2.0)"
+    )
+    parser.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="give every cell of a query cluster the cluster's most probable type",
     )
     _add_query_options(parser)
     parser.set_defaults(run=_query)
@@ -209,8 +218,10 @@ def _query(args):
         adata,
         bundle,
         k=args.k,
-        min_agreement=args.min_agreement,
-        distance_quantile=args.distance_quantile,
+        min_confidence=args.min_confidence,
+        novelty_threshold=args.novelty_threshold,
+        resolution=args.resolution,
+        majority_voting=args.majority_voting,
         gene_key=args.gene_key,
         min_overlap=args.min_overlap,
         bundle_path=args.model,

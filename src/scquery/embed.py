@@ -24,36 +24,40 @@ def compute_embedding(
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
     The values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`) are processed like
-    the reference (`apply_preprocess`: genes aligned to the bundle's, missing ones zero-filled) and
-    fed to the model `batch_size` rows at a time, so the expression matrix is never dense as a whole.
+    the reference (`apply_preprocess`: values brought to the reference's scale, genes aligned to the
+    bundle's, missing ones zero-filled) and fed to the model `batch_size` rows at a time (`encode`),
+    so the expression matrix is never dense as a whole.
 
     Returns:
-        `(embedding, probabilities, overlap)`: float32 cells × embedding width; float32 cells ×
-        classes in the order of `bundle.classes`; the gene overlap report of `apply_preprocess`.
+        `(embedding, probabilities, processed)`: float32 cells × embedding width; float32 cells ×
+        classes in the order of `bundle.classes`; the processed AnnData of `apply_preprocess`, whose
+        `uns['scquery']` holds the gene `overlap` and the detected input `values`.
     """
     check_number("min_overlap", min_overlap, low=0, high=1)
     check_number("batch_size", batch_size, low=1, integer=True)
     values = select_values(adata, layer=layer, use_raw=use_raw)
     aligned, overlap = apply_preprocess(values, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap)
+    aligned.uns["scquery"]["overlap"] = overlap
+    return (*encode(aligned.X, bundle, batch_size=batch_size), aligned)
+
+
+def encode(X, bundle: Bundle, *, batch_size=8192):
+    """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
     embedding, probabilities = [], []
-    for chunk in iter_dense_chunks(aligned.X, batch_size):
+    for chunk in iter_dense_chunks(X, batch_size):
         codes, probs = model(chunk, training=False)
         embedding.append(keras.ops.convert_to_numpy(codes))
         probabilities.append(keras.ops.convert_to_numpy(probs))
-    return (
-        np.concatenate(embedding).astype(np.float32),
-        np.concatenate(probabilities).astype(np.float32),
-        overlap,
-    )
+    return np.concatenate(embedding).astype(np.float32), np.concatenate(probabilities).astype(np.float32)
 
 
 def embed(
     adata,
     bundle: Bundle,
     *,
-    key_added="X_scquery",
+    key_added="scquery",
     layer=None,
     use_raw=False,
     gene_key=None,
@@ -63,11 +67,13 @@ def embed(
 ):
     """Embed `adata`'s cells with `bundle`'s encoder (scanpy style).
 
-    Writes `adata.obsm[key_added]` (cells × embedding width) and `adata.uns['scquery']`
-    (`model_id`, `params`, gene `overlap`, `versions`); nothing else of `adata` changes (its genes
-    keep their order: the alignment to the model's genes is internal).
+    Writes `adata.obsm['X_' + key_added]` (cells × embedding width) and `adata.uns[key_added]`
+    (`model_id`, `params`, gene `overlap`, the detected input `values`, `versions`); nothing else of
+    `adata` changes (its genes keep their order: the alignment to the model's genes is internal).
+    `key_added` means the same in `scquery.query.query`.
 
     Args:
+        key_added: name of the results (default 'scquery': `obsm['X_scquery']`, `uns['scquery']`).
         layer: take the values from `layers[layer]` instead of `.X` (e.g. `'counts'`).
         use_raw: take the values (and genes) from `.raw`.
         gene_key: `var` column holding gene names matching the model's (default: `var_names`).
@@ -80,7 +86,7 @@ def embed(
         None, or the embedded copy when `copy=True`.
     """
     adata = adata.copy() if copy else adata
-    embedding, _, overlap = compute_embedding(
+    embedding, _, processed = compute_embedding(
         adata,
         bundle,
         layer=layer,
@@ -89,7 +95,7 @@ def embed(
         min_overlap=min_overlap,
         batch_size=batch_size,
     )
-    adata.obsm[key_added] = embedding
+    adata.obsm[f"X_{key_added}"] = embedding
     params = {
         "key_added": key_added,
         "layer": layer,
@@ -97,16 +103,19 @@ def embed(
         "gene_key": gene_key,
         "min_overlap": min_overlap,
     }
-    record_run(adata, bundle, overlap, params)
+    record_run(adata, bundle, processed, params, uns_key=key_added)
     return adata if copy else None
 
 
-def record_run(adata, bundle: Bundle, overlap, params, *, uns_key="scquery"):
-    """Write `uns[uns_key]`: the model, the parameters (None left out) and the gene overlap."""
+def record_run(adata, bundle: Bundle, processed, params, *, uns_key="scquery"):
+    """Write `uns[uns_key]`: the model, the parameters (None left out), the gene overlap and the
+    input values `detect_values` found (from `processed.uns['scquery']`)."""
+    found = processed.uns["scquery"]
     adata.uns[uns_key] = {
         "model_id": bundle.model_id,
         "params": {key: value for key, value in params.items() if value is not None},
-        "overlap": _storable(overlap),
+        "overlap": _storable(found["overlap"]),
+        "values": _storable(found["values"]),
         "versions": current_versions(),
     }
 

@@ -8,7 +8,8 @@ Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv
 Reading never changes the data: `.X`, its dtype, `.raw`, layers and the cell and gene names are as
 in the file. Where the values to use are (`.X`, a layer or `.raw`) is an option of the functions
 that use them (`layer=`, `use_raw=`), which take them with `select_values`. `read` only checks
-them and records what they are in `uns['scquery']` (`source`, `values`: see `detect_values`).
+them and records the file in `uns['scquery']['source']`; what the values are (counts, normalized,
+log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), not here.
 """
 
 import os
@@ -131,35 +132,6 @@ def to_csr32(X):
     return sp.csr_matrix(np.asarray(X, dtype=np.float32))
 
 
-def detect_values(X, *, max_log=20.0, tolerance=0.05):
-    """What a cells × genes matrix holds: `'counts'`, `'log1p_normalized'` or `'other'`.
-
-    `'counts'`: non-negative integers. `'log1p_normalized'`: non-negative, not all integers, and
-    either the largest value is below `max_log` (log scale) or the rows of `expm1(X)` sum to
-    nearly the same total (relative spread below `tolerance`). `'other'`: anything else, e.g.
-    negative (scaled) values.
-    """
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size == 0:
-        return "counts"
-    if values.min() < 0 or not np.isfinite(values).all():
-        return "other"
-    if np.array_equal(values, np.round(values)):
-        return "counts"
-    if values.max() < max_log:
-        return "log1p_normalized"
-    with np.errstate(over="ignore", invalid="ignore"):
-        if sp.issparse(X):
-            totals = sp.csr_matrix(X, dtype=np.float64).expm1().sum(axis=1)
-        else:
-            totals = np.expm1(np.asarray(X, dtype=np.float64)).sum(axis=1)
-    totals = np.asarray(totals).ravel()
-    totals = totals[totals > 0]
-    if totals.size and np.isfinite(totals).all() and np.std(totals) <= tolerance * np.mean(totals):
-        return "log1p_normalized"
-    return "other"
-
-
 def check_matrix(X, source, *, counts=False):
     """Raise `ScqueryError` when the CSR matrix `X` holds NaN or infinite values, or negative values
     where counts are expected: when `counts` is true, or when every value is a whole number (counts
@@ -264,7 +236,6 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
             "with at least one cell and one gene."
         )
     check_matrix(values, path, counts=layer is not None and "count" in layer.lower())
-    adata.uns["scquery"]["values"] = detect_values(values)
     return adata
 
 
@@ -283,21 +254,14 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     gene is lost and sparse values stay sparse. Cell names are kept as they are, even where files
     share some; repeated gene names within a file are made unique so that files can be joined.
     `obsm` entries present in some files only are left out (with a warning) instead of filled with
-    zeros. Files whose values are of different kinds (counts and normalized values) cannot be
-    merged.
+    zeros. Files may hold values of different kinds (counts, normalized values): preprocessing
+    recognizes each dataset's scale on its own.
     """
     paths = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
     if not paths:
         raise ScqueryError("No input files were given; give at least one.")
     adatas = [read(p, layer=layer, use_raw=use_raw, genes_by_cells=genes_by_cells) for p in paths]
     names = list(ad.utils.make_index_unique(pd.Index([dataset_name(p) for p in paths])))
-    kinds = {a.uns["scquery"]["values"] for a in adatas}
-    if len(kinds) > 1:
-        found = ", ".join(f"{n}: {a.uns['scquery']['values']}" for n, a in zip(names, adatas, strict=True))
-        raise ScqueryError(
-            f"The inputs hold different kinds of values ({found}); read them all as counts "
-            "(e.g. layer='counts') or all as normalized values."
-        )
     key = DATASET_KEY_TAKEN if any(DATASET_KEY in a.obs for a in adatas) else DATASET_KEY
     if len(adatas) == 1:
         merged = adatas[0]
@@ -309,7 +273,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         merged = ad.concat(adatas, join="outer", fill_value=0, label=key, keys=names, merge="same")
-    merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "values": kinds.pop()}
+    merged.uns["scquery"] = {"source": ", ".join(map(str, paths))}
     return merged
 
 

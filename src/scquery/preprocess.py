@@ -3,6 +3,15 @@
 `fit_preprocess` filters, normalizes and selects genes on a reference and returns a plain,
 JSON-serializable record of every parameter; `apply_preprocess` uses that record on a query.
 
+Input scales: `detect_values` tells what a matrix holds (raw counts; counts normalized per cell, such
+as CPM, CP10k or TPM; either of them on a log scale of base e, 2 or 10; or centred/scaled values), and
+`to_linear` undoes what can be undone exactly, so that both the reference and a query are normalized
+the same way (`normalize_total` to the reference's `target_sum` on the data's own genes, then
+`log1p`) whatever scale they arrive in. Values normalized over more genes than the data still holds
+(their cells' totals differ) keep each cell's own scale, with the total taken as the smallest usual
+one (1e4, 1e5, …) above every cell's sum, and a warning when that differs from the reference's.
+Centred or scaled values cannot be undone and are refused.
+
 Scaling stays sparse-friendly: z-scoring would make the whole matrix dense, so `scale=True` only
 records the reference's gene means and standard deviations; `.X` stays sparse log1p values and
 the model's first layer (`keras.layers.Normalization`, see `scquery.classifier`) standardizes each
@@ -20,7 +29,7 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .errors import ScqueryError
-from .io import check_matrix, detect_values, to_csr32
+from .io import check_matrix, to_csr32
 
 __all__ = [
     "align_genes",
@@ -28,6 +37,7 @@ __all__ = [
     "detect_values",
     "fit_preprocess",
     "qc_cells",
+    "to_linear",
 ]
 
 RECORD_VERSION = 1
@@ -51,6 +61,208 @@ def _matrix(adata):
         )
     check_matrix(X, _source(adata))
     return X
+
+
+#: Log bases a matrix may be on (`log_b(1 + x)`), by name; None is the linear scale.
+LOG_BASES = {None: None, "e": np.e, "2": 2.0, "10": 10.0}
+#: Largest value of a log-scaled matrix (log2 of a million is 20) taken as log-like when unrecognized.
+MAX_LOG = 20.0
+#: Within-cell value ratios up to this one decide whether a cell's values are multiples of one unit.
+_RATIO_MAX = 20.0
+#: Cells sampled to recognize the scale.
+_SAMPLE = 500
+
+
+def _linear_values(data, base):
+    """`b**x - 1` of the values (the inverse of `log_b(1 + x)`), float64; the values on a linear scale."""
+    data = np.asarray(data, dtype=np.float64)
+    if base is None:
+        return data
+    with np.errstate(over="ignore"):
+        return np.expm1(data * np.log(LOG_BASES[base]))
+
+
+def _units(X, data):
+    """Per row of CSR `X` (with `data` in place of its values): whether the row's values are whole
+    multiples of its smallest value (checked on ratios up to `_RATIO_MAX`, to 1e-2 + 2e-3 × ratio, so
+    values rounded to three decimals still pass), whether the row says anything (two values of
+    ratio 1.5 or more), and the ratios themselves."""
+    lengths = np.diff(X.indptr)
+    nonempty = lengths > 0
+    unit = np.zeros(X.shape[0])
+    unit[nonempty] = np.minimum.reduceat(data, X.indptr[:-1][nonempty])
+    rows = np.repeat(np.arange(X.shape[0]), lengths)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = data / unit[rows]
+        checked = ratios <= _RATIO_MAX
+        off = checked & (np.abs(ratios - np.round(ratios)) > 1e-2 + 2e-3 * ratios)
+    n_checked = np.bincount(rows, weights=checked, minlength=X.shape[0])
+    n_off = np.bincount(rows, weights=off, minlength=X.shape[0])
+    n_large = np.bincount(rows, weights=checked & (ratios >= 1.5), minlength=X.shape[0])
+    whole = nonempty & (n_off <= 0.02 * n_checked)
+    return whole, n_large >= 2, ratios
+
+
+def detect_values(X, *, seed=0):
+    """What a cells × genes matrix holds, and on which scale.
+
+    Returns a JSON-serializable dict: `values` is `'counts'` (non-negative integers),
+    `'normalized'` (counts scaled per cell: CPM, CP10k, TPM, …), `'scaled'` (negative values:
+    centred or z-scored, which cannot be undone) or `'unrecognized'` (non-negative values of
+    neither kind); `log_base` (`None`, `'e'`, `'2'` or `'10'`) says whether they are on a
+    `log_b(1 + x)` scale; `target_sum` is the cells' common total on the linear scale when they
+    share one (None otherwise).
+
+    A scale is recognized from the count structure that survives normalization: within a cell,
+    the linear values of counts scaled by one factor are whole multiples of the cell's smallest
+    value (checked on up to 500 sampled cells, for each log base; recognized when at least 90 % of
+    the informative cells pass for exactly one base), or else from the cells' totals being equal
+    on exactly one scale.
+    """
+    X = to_csr32(X)
+    data = X.data
+    found = {"values": "counts", "log_base": None, "target_sum": None}
+    if data.size == 0:
+        return found
+    if data.min() < 0:
+        return {**found, "values": "scaled"}
+    if np.array_equal(data, np.round(data)):
+        return found
+    filled = np.flatnonzero(np.diff(X.indptr) > 0)
+    rng = np.random.default_rng(seed)
+    sample = X[np.sort(rng.choice(filled, min(_SAMPLE, filled.size), replace=False))]
+    scores, totals = {}, {}
+    for base in LOG_BASES:
+        linear = _linear_values(sample.data, base)
+        whole, informative, _ = _units(sample, linear)
+        enough = informative.sum() >= min(20, len(informative))
+        scores[base] = whole[informative].mean() if enough else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.add.reduceat(linear, sample.indptr[:-1])
+        middle = np.median(sums)
+        if np.isfinite(sums).all() and middle > 0 and np.abs(sums / middle - 1).max() <= 1e-2:
+            totals[base] = float(middle)
+    passing = [base for base, score in scores.items() if score >= 0.9]
+    if len(passing) == 1:
+        base = passing[0]
+    elif len(totals) == 1:
+        base = next(iter(totals))
+    else:
+        return {**found, "values": "unrecognized"}
+    linear = _linear_values(sample.data, base)
+    counts = (np.abs(linear - np.round(linear)) <= 1e-2 + 1e-5 * linear).all()
+    return {
+        "values": "counts" if counts else "normalized",
+        "log_base": base,
+        "target_sum": totals.get(base),
+    }
+
+
+def to_linear(X, values):
+    """Values proportional to each cell's counts (CSR float32): the inverse of `values`'s scale.
+
+    `values` is what `detect_values` found. Log scales are undone; in a cell whose linear values are
+    whole multiples of its smallest value they are rounded to those multiples (counts up to the
+    cell's scale factor, which normalization removes), so that counts and any normalized or logged
+    form of them give the same matrix after normalization. Raises `ValueError` for values that
+    cannot be undone (`'scaled'`, `'unrecognized'`).
+    """
+    if values["values"] not in ("counts", "normalized"):
+        raise ValueError(f"{values['values']} values cannot be brought back to a linear scale")
+    X = to_csr32(X)
+    if values["values"] == "counts" and values["log_base"] is None:
+        return X
+    linear = _linear_values(X.data, values["log_base"])
+    whole, _, ratios = _units(X, linear)
+    rows = np.repeat(whole, np.diff(X.indptr))
+    linear = np.where(rows, np.round(ratios), linear)
+    return to_csr32(sp.csr_matrix((linear, X.indices.copy(), X.indptr.copy()), shape=X.shape))
+
+
+def describe_values(values):
+    """A few words for what `detect_values` found, e.g. 'log2(1 + normalized values, total 1e+06)'."""
+    kind = {"counts": "counts", "normalized": "normalized values"}.get(values["values"], values["values"])
+    if values.get("target_sum"):
+        kind += f" (total {values['target_sum']:.4g} per cell)"
+    base = values.get("log_base")
+    if base is not None:
+        kind = f"{'log' if base == 'e' else 'log' + base}(1 + {kind})"
+    return kind
+
+
+def _normalized(X, values, target_sum, source):
+    """log1p of the values brought to `target_sum` per cell, as `values` allows (one warning or one
+    `ScqueryError` where they cannot be undone)."""
+    if values["values"] == "scaled":
+        raise ScqueryError(
+            f"The values of {source} are centred or scaled (they have negative values, e.g. z-scores), "
+            "which cannot be turned back into expression levels; give the counts or the log-normalized "
+            "values instead (for example from a layer or .raw: --layer/--use-raw, layer=/use_raw=)."
+        )
+    if values["values"] == "unrecognized":
+        top = X.data.max() if X.nnz else 0.0
+        how = "as log1p-normalized values, as they are" if top <= MAX_LOG else "as normalized values"
+        warnings.warn(
+            f"The values of {source} are neither counts nor counts normalized per cell on a linear or "
+            f"log scale; they are used {how}. Give the counts if you have them.",
+            stacklevel=3,
+        )
+        if top <= MAX_LOG:
+            return X
+        return _log_normalize(X, target_sum)
+    if values["values"] == "counts" or values["target_sum"]:
+        return _log_normalize(to_linear(X, values), target_sum)
+    # Normalized over genes the data no longer holds: the cells' own totals are unknown, so their
+    # scale is kept and only the total is taken as the smallest usual one above every cell's sum.
+    linear = to_csr32(
+        sp.csr_matrix((_linear_values(X.data, values["log_base"]), X.indices, X.indptr), X.shape)
+    )
+    assumed = _assumed_total(linear)
+    values["assumed_target_sum"] = assumed
+    if assumed != target_sum:
+        warnings.warn(
+            f"The values of {source} were normalized per cell over genes it no longer holds, so their "
+            f"total is unknown; it is taken as {assumed:g} (the smallest usual total above every cell's "
+            "sum). Give the counts if you have them.",
+            stacklevel=3,
+        )
+    linear.data *= target_sum / assumed
+    linear.data = np.log1p(linear.data)
+    return linear
+
+
+def _assumed_total(linear):
+    """The smallest of 1e4, 1e5, 1e6, … at least as large as every row's sum."""
+    top = float(np.asarray(linear.sum(axis=1)).max()) if linear.nnz else 0.0
+    return float(10 ** max(4, int(np.ceil(np.log10(max(top, 1.0)) - 1e-9))))
+
+
+def _detect_per_dataset(adata, X):
+    """`detect_values` for each dataset of a merged AnnData (`obs['dataset']`), or the whole."""
+    datasets = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else None
+    if datasets is None or len(set(datasets)) < 2:
+        return {None: (np.arange(X.shape[0]), detect_values(X))}
+    parts = {}
+    for name in pd.unique(datasets):
+        rows = np.flatnonzero(datasets == name)
+        parts[name] = (rows, detect_values(X[rows]))
+    return parts
+
+
+def _to_log_normalized(adata, X, target_sum):
+    """`X` (the data's values) normalized like the reference: each dataset of a merged AnnData on
+    its own scale. Returns the matrix and what was found (one dict, or one per dataset)."""
+    source = _source(adata)
+    parts = _detect_per_dataset(adata, X)
+    if list(parts) == [None]:
+        values = parts[None][1]
+        return _normalized(X, values, target_sum, source), values
+    blocks = []
+    for name, (rows, values) in parts.items():
+        blocks.append((rows, _normalized(X[rows], values, target_sum, f"{source} (dataset {name})")))
+    order = np.argsort(np.concatenate([rows for rows, _ in blocks]))
+    stacked = sp.vstack([block for _, block in blocks], format="csr")[order]
+    return to_csr32(stacked), {name: values for name, (_, values) in parts.items()}
 
 
 def _log_normalize(X, target_sum):
@@ -116,8 +328,9 @@ def fit_preprocess(
 
     Steps: keep cells with at least `min_genes` expressed genes and (when `max_pct_mito` is set) at
     most that percentage of their values in mitochondrial genes (names starting `MT-`/`mt-`);
-    when the values are counts, `normalize_total(target_sum)` and `log1p` on all genes (values
-    already log1p-normalized are not normalized again); keep genes expressed in at least
+    bring the values to a linear scale (`detect_values`, `to_linear`; centred or scaled values are
+    refused, each dataset of a merged reference is recognized on its own), `normalize_total(target_sum)`
+    and `log1p` on all genes; keep genes expressed in at least
     `min_cells` kept cells; select the `n_top_genes` most variable (`highly_variable_genes`,
     flavor 'seurat'; all genes when there are no more) or, when given, exactly `genes` (missing
     ones zero-filled, `min_cells` not applied); with `scale`, record gene means and standard
@@ -125,22 +338,17 @@ def fit_preprocess(
 
     Returns:
         `(result, record)`: `result.X` is CSR float32 of the selected genes in record order, obs
-        holds every original column for the kept cells; `record` is a JSON-serializable dict.
+        holds every original column for the kept cells; `record` is a JSON-serializable dict
+        (`record['values']`: what `detect_values` found).
     """
     source = _source(adata)
     X = _matrix(adata)
-    values = detect_values(X)
-    if values == "other":
-        warnings.warn(
-            f"The values of {source} are neither counts nor log1p-normalized; they are used as "
-            "they are, without normalization.",
-            stacklevel=2,
-        )
     n_cells, n_genes = X.shape
-    cells = _qc_cells(adata, X, min_genes, max_pct_mito)
+    X, values = _to_log_normalized(adata, X, target_sum)
+    linear = X.copy()
+    linear.data = np.expm1(linear.data)
+    cells = _qc_cells(adata, linear, min_genes, max_pct_mito)
     X = X[cells]
-    if values == "counts":
-        X = _log_normalize(X, target_sum)
 
     qc_record = {
         "min_genes": int(min_genes),
@@ -190,8 +398,8 @@ def fit_preprocess(
     record = {
         "version": RECORD_VERSION,
         "values": values,
-        "normalized": values == "counts",
-        "log1p": values != "other",
+        "normalized": True,
+        "log1p": True,
         "target_sum": float(target_sum),
         "gene_selection": selection,
         "n_top_genes": int(n_top_genes),
@@ -274,7 +482,7 @@ def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
     aligned = to_csr32(X @ selection)
     aligned.sort_indices()
     var = pd.DataFrame({"scquery_shared": sources >= 0}, index=pd.Index(genes))
-    values = adata.uns.get("scquery", {}).get("values") or detect_values(X)
+    values = adata.uns.get("scquery", {}).get("values")
     result = _obs_result(adata, np.arange(adata.n_obs), aligned, var, values)
     return result, overlap
 
@@ -282,25 +490,18 @@ def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
 def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5):
     """Process a query like the reference of `record` (from `fit_preprocess`).
 
-    When the query holds counts and the reference was log1p-normalized, normalize on the query's
-    own genes (`target_sum`, log1p); values already log1p-normalized are used as they are. Then
-    align to `record['genes']` (see `align_genes`). All cells and obs columns are kept; scaling,
+    The query's scale is recognized (`detect_values`; each dataset of a merged query on its own)
+    and undone (`to_linear`); its cells are then normalized to the reference's `target_sum` on the
+    query's own genes and log1p-transformed, so counts and every normalized or logged form of them
+    give the same matrix. Centred or scaled values are refused (`ScqueryError`). Then the genes are
+    aligned to `record['genes']` (see `align_genes`). All cells and obs columns are kept; scaling,
     when recorded, is the model's first layer.
 
     Returns:
-        `(query, overlap)` as in `align_genes`.
+        `(query, overlap)` as in `align_genes`; `query.uns['scquery']['values']` holds what
+        `detect_values` found.
     """
-    source = _source(adata)
-    X = _matrix(adata)
-    values = detect_values(X)
-    if values == "other":
-        warnings.warn(
-            f"The values of {source} are neither counts nor log1p-normalized, so they cannot be "
-            "normalized like the reference; they are used as they are.",
-            stacklevel=2,
-        )
-    elif values == "counts" and record["log1p"]:
-        X = _log_normalize(X, record["target_sum"])
+    X, values = _to_log_normalized(adata, _matrix(adata), record["target_sum"])
     query = ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm.items()))
-    query.uns["scquery"] = {"source": source, "values": values}
+    query.uns["scquery"] = {"source": _source(adata), "values": values}
     return align_genes(query, record["genes"], gene_key=gene_key, min_overlap=min_overlap)

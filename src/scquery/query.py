@@ -1,14 +1,25 @@
-"""Nearest-neighbour cell-type queries against a bundle's annotated reference.
+"""Cell-type queries against a bundle's annotated reference, in three steps (like scanpy's ingest).
 
-Label transfer: each query cell's `k` nearest reference cells (euclidean, in the embedding) vote
-for their labels with weights `exp(-d / s)`, `d` a neighbour's distance and `s` the cell's mean
-distance to its `k` neighbours (a scale-free kernel: the nearest neighbours count most, and
-equidistant neighbours count alike). The confidence is the winning label's share of the weight.
-
-Rejection: a cell is predicted 'Unknown' when its confidence is below `min_agreement`, or when its
-nearest reference cell is farther than the `distance_quantile` of the reference's own
-nearest-other-cell distances (leave-self-out: how far a reference cell is from its nearest
-neighbour in the reference).
+1. Neighbour search (`search`): the query is processed and embedded like the reference, and each
+   query cell's `k` nearest reference cells are found.
+2. Label transfer and rejection (`transfer`):
+   - the kNN vote: each neighbour votes for its label with weight `exp(-d / s)`, `d` its distance
+     and `s` the cell's mean distance to its `k` neighbours; a label's share of the weight is its
+     vote share;
+   - the prediction is the type with the highest mean of the vote share and the classifier head's
+     probability (types the classifier was not trained on, added by `extend`, count by the vote
+     alone), and that mean is the cell's `confidence`;
+   - the query is clustered (Leiden on its own kNN graph in the embedding); with `majority_voting`
+     every cell of a cluster takes the cluster's most probable type (CellTypist's majority voting);
+   - novelty: a cell's distance to its nearest reference cell, divided by the typical nearest
+     distance among the reference cells of its predicted type (a per-type scale), as a log ratio
+     relative to the query's median log ratio (the query's own batch shift); a cluster's novelty is
+     its cells' median;
+   - a cell is 'Unknown' when it expresses none of the reference genes, when its confidence is
+     below `min_confidence`, or when its cluster's novelty exceeds `novelty_threshold` (the whole
+     cluster sits farther from its types than the rest of the query does: a type the reference
+     lacks). A lone far cell in a well-matched cluster keeps its label.
+3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
 import dataclasses
@@ -17,6 +28,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
 
 from .bundle import Bundle, save_bundle
@@ -25,27 +37,53 @@ from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
 
+#: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
+REASONS = ["", "no reference genes", "low confidence", "new cluster"]
+
+
+@dataclasses.dataclass
+class Neighbors:
+    """Step 1's result: the query's embedding, class probabilities and reference neighbours."""
+
+    embedding: np.ndarray
+    probabilities: np.ndarray
+    distances: np.ndarray
+    indices: np.ndarray
+    expressed: np.ndarray  # per cell: does it express any reference gene?
+    processed: ad.AnnData
+    index: NeighborIndex
+
+
+@dataclasses.dataclass
+class Transfer:
+    """Step 2's result, one entry per query cell (see the module docstring)."""
+
+    prediction: np.ndarray
+    reason: np.ndarray
+    confidence: np.ndarray
+    knn: np.ndarray
+    knn_share: np.ndarray
+    novelty: np.ndarray
+    cluster: np.ndarray
+    cluster_novelty: np.ndarray
+    labels: pd.Index
+
 
 def vote(distances, codes, n_labels):
-    """Distance-weighted vote (see the module docstring): `(winning code, its weight share)`."""
+    """Distance-weighted vote (see the module docstring): the cells × labels weight shares."""
     n, k = distances.shape
     scale = np.maximum(distances.mean(axis=1, keepdims=True), np.finfo(np.float32).tiny)
     weights = np.exp(-distances / scale)
     rows = np.repeat(np.arange(n), k)
-    tally = sp.csr_matrix((weights.ravel(), (rows, codes.ravel())), shape=(n, n_labels))
-    winner = np.asarray(tally.argmax(axis=1)).ravel()
-    share = tally.max(axis=1).toarray().ravel() / weights.sum(axis=1)
-    return winner, np.clip(share, 0.0, 1.0).astype(np.float32)
+    tally = sp.csr_matrix((weights.ravel(), (rows, codes.ravel())), shape=(n, n_labels)).toarray()
+    return np.clip(tally / weights.sum(axis=1, keepdims=True), 0.0, 1.0).astype(np.float32)
 
 
-def query(
+def search(
     adata,
     bundle: Bundle,
     *,
     k=15,
-    min_agreement=0.5,
-    distance_quantile=0.99,
-    key_added="scquery",
     layer=None,
     use_raw=False,
     gene_key=None,
@@ -53,22 +91,157 @@ def query(
     bundle_path=None,
     batch_size=8192,
 ):
-    """Predict the cell types of `adata` from its nearest reference cells (in place).
+    """Step 1: embed `adata` like the reference and find each cell's `k` nearest reference cells."""
+    embedding, probabilities, processed = compute_embedding(
+        adata,
+        bundle,
+        layer=layer,
+        use_raw=use_raw,
+        gene_key=gene_key,
+        min_overlap=min_overlap,
+        batch_size=batch_size,
+    )
+    index = NeighborIndex.for_bundle(bundle, bundle_path)
+    distances, indices = index.kneighbors(embedding, min(k, bundle.reference.n_obs))
+    expressed = np.diff(processed.X.indptr) > 0
+    return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
 
-    Writes `obsm['X_' + key_added]` (the embedding, usable as `sc.pp.neighbors(use_rep=...)`),
-    `uns[key_added]` (model, parameters, gene overlap, `query_params`) and the obs columns
-    `{key_added}_prediction` (categorical, 'Unknown' for rejected cells), `_confidence` (the
-    winning label's weight share, in [0, 1]), `_distance` (mean distance to the `k` neighbours),
-    `_nearest_label` and `_nearest_dataset` (of the nearest reference cell), `_classifier` (the
-    classifier head's most probable type) and `_classifier_probability`.
+
+def cluster_query(embedding, *, resolution=2.0, n_neighbors=15, seed=0):
+    """Leiden clusters of the query cells on their own kNN graph in the embedding (integer codes).
+
+    The graph is built with the project's neighbour search (`NeighborIndex`: exact up to 20,000
+    cells, faiss IVF-Flat above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
+    (igraph implementation).
+    """
+    n = len(embedding)
+    if n < 3:
+        return np.zeros(n, dtype=np.int64)
+    k = min(n_neighbors, n - 1)
+    _, indices = NeighborIndex(embedding, seed=seed).kneighbors(embedding, k + 1)
+    rows = np.repeat(np.arange(n), k + 1)
+    graph = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, indices.ravel())), shape=(n, n))
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    graph = graph.maximum(graph.T).tocsr()
+    holder = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
+    sc.tl.leiden(
+        holder,
+        resolution=resolution,
+        adjacency=graph,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=seed,
+    )
+    return holder.obs["leiden"].astype(int).to_numpy()
+
+
+def transfer(
+    neighbors: Neighbors,
+    bundle: Bundle,
+    *,
+    min_confidence=0.5,
+    novelty_threshold=1.0,
+    resolution=2.0,
+    majority_voting=False,
+    seed=0,
+):
+    """Step 2: the prediction, its confidence and the Unknown calls (see the module docstring)."""
+    reference = bundle.reference
+    # The model's types first, in its order, then those only `extend` added: one order for every query.
+    names = reference.obs["label"].astype(str)
+    labels = pd.Index([*bundle.classes, *sorted(set(names) - set(bundle.classes))])
+    codes = labels.get_indexer(names)
+    shares = vote(neighbors.distances, codes[neighbors.indices], len(labels))
+    probabilities = np.zeros_like(shares)
+    trained = labels.get_indexer(list(bundle.classes))
+    probabilities[:, trained] = neighbors.probabilities
+    evidence = (shares + probabilities) / 2
+    added = np.setdiff1d(np.arange(len(labels)), trained)
+    from_vote = np.isin(shares.argmax(axis=1), added)
+    evidence[from_vote] = shares[from_vote]
+    predicted = evidence.argmax(axis=1)
+
+    cluster = cluster_query(neighbors.embedding, resolution=resolution, seed=seed)
+    if majority_voting:
+        for c in np.unique(cluster):
+            cells = cluster == c
+            predicted[cells] = evidence[cells].mean(axis=0).argmax()
+    confidence = evidence[np.arange(len(predicted)), predicted]
+
+    scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
+    ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
+    novelty = (ratio - np.median(ratio)).astype(np.float32)
+    cluster_novelty = pd.Series(novelty).groupby(cluster).transform("median").to_numpy(np.float32)
+
+    reason = np.zeros(len(predicted), dtype=np.int64)
+    reason[cluster_novelty > novelty_threshold] = 3
+    reason[confidence < min_confidence] = 2
+    reason[~neighbors.expressed] = 1
+    return Transfer(
+        prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
+        reason=reason,
+        confidence=confidence.astype(np.float32),
+        knn=labels.to_numpy()[shares.argmax(axis=1)],
+        knn_share=shares.max(axis=1),
+        novelty=novelty,
+        cluster=cluster,
+        cluster_novelty=cluster_novelty,
+        labels=labels,
+    )
+
+
+def _type_scales(nearest_distances, codes, n_labels):
+    """Per reference label: the median distance of its cells to their nearest other reference cell."""
+    scales = np.array(
+        [np.median(nearest_distances[codes == c]) if (codes == c).any() else np.nan for c in range(n_labels)]
+    )
+    fallback = np.median(nearest_distances)
+    scales = np.where(np.isfinite(scales) & (scales > 0), scales, fallback)
+    return np.maximum(scales, 1e-12)
+
+
+def query(
+    adata,
+    bundle: Bundle,
+    *,
+    k=15,
+    min_confidence=0.5,
+    novelty_threshold=1.0,
+    resolution=2.0,
+    majority_voting=False,
+    key_added="scquery",
+    layer=None,
+    use_raw=False,
+    gene_key=None,
+    min_overlap=0.5,
+    bundle_path=None,
+    batch_size=8192,
+    seed=0,
+):
+    """Predict the cell types of `adata` from the reference and the classifier (in place).
+
+    Runs the three steps of the module docstring. Writes `obsm['X_' + key_added]` (the embedding,
+    usable as `sc.pp.neighbors(use_rep=...)`), `uns[key_added]` (model, parameters, gene overlap,
+    the detected input `values`, `query_params`) and the obs columns `{key_added}_prediction`
+    (categorical, 'Unknown' for rejected cells), `_confidence` (mean of vote share and classifier
+    probability of the predicted type), `_unknown_reason`, `_novelty` and `_cluster_novelty`,
+    `_cluster` (the query's Leiden cluster), `_knn` and `_knn_share` (the vote's own answer),
+    `_classifier` and `_classifier_probability` (the classifier head's), `_distance` (mean distance
+    to the `k` neighbours), `_nearest_label` and `_nearest_dataset` (of the nearest reference cell).
 
     Args:
-        k: neighbours per query cell (at most the reference's size).
-        min_agreement: the least confidence of a prediction.
-        distance_quantile: quantile of the reference's leave-self-out nearest distances beyond
-            which a cell's nearest reference cell is too far (the cell is 'Unknown').
+        k: reference neighbours per query cell.
+        min_confidence: the least confidence of a prediction.
+        novelty_threshold: the largest cluster novelty (log distance ratio, see the module
+            docstring) of predicted cells; 1.0 = e times farther than the query's median.
+        resolution: Leiden resolution of the query clusters (higher: more, smaller clusters).
+        majority_voting: give each query cluster its most probable type.
+        key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
         layer, use_raw, gene_key, min_overlap: as in `scquery.embed.embed`.
         bundle_path: the bundle's folder, where the neighbour index is cached.
+        seed: seed of the query's clustering.
 
     Returns:
         The matches: one row per query cell and rank (1 = nearest) with `query_cell`, `rank`,
@@ -81,64 +254,92 @@ def query(
             f"k={k} is more than the {reference.n_obs} cells of the model's reference; choose k of "
             f"at most {reference.n_obs}."
         )
-    check_number("min_agreement", min_agreement, low=0, high=1)
-    check_number("distance_quantile", distance_quantile, low=0, high=1, low_open=True)
-    embedding, probabilities, overlap = compute_embedding(
+    check_number("min_confidence", min_confidence, low=0, high=1)
+    check_number("novelty_threshold", novelty_threshold, low=0, low_open=True)
+    check_number("resolution", resolution, low=0, low_open=True)
+    neighbors = search(
         adata,
         bundle,
+        k=k,
         layer=layer,
         use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
+        bundle_path=bundle_path,
         batch_size=batch_size,
     )
-    index = NeighborIndex.for_bundle(bundle, bundle_path)
-    distances, indices = index.kneighbors(embedding, k)
-    threshold = float(np.quantile(index.nearest_distances, distance_quantile))
-
-    labels = reference.obs["label"].astype(str).astype("category")
-    datasets = reference.obs["dataset"].astype(str).astype("category")
-    names = labels.cat.categories
-    winner, confidence = vote(distances, labels.cat.codes.to_numpy()[indices], len(names))
-    rejected = (confidence < min_agreement) | (distances[:, 0] > threshold)
-    prediction = np.where(rejected, UNKNOWN, names.to_numpy()[winner])
-    classes = np.asarray(bundle.classes, dtype=object)
-    nearest = indices[:, 0]
-
-    obs = adata.obs
-    obs[f"{key_added}_prediction"] = pd.Categorical(
-        prediction, categories=[*names.drop(UNKNOWN, errors="ignore"), UNKNOWN]
+    result = transfer(
+        neighbors,
+        bundle,
+        min_confidence=min_confidence,
+        novelty_threshold=novelty_threshold,
+        resolution=resolution,
+        majority_voting=majority_voting,
+        seed=seed,
     )
-    obs[f"{key_added}_confidence"] = confidence
-    obs[f"{key_added}_distance"] = distances.mean(axis=1)
-    obs[f"{key_added}_nearest_label"] = labels.to_numpy()[nearest]
-    obs[f"{key_added}_nearest_dataset"] = datasets.to_numpy()[nearest]
-    obs[f"{key_added}_classifier"] = pd.Categorical(
-        classes[probabilities.argmax(axis=1)], categories=list(bundle.classes)
-    )
-    obs[f"{key_added}_classifier_probability"] = probabilities.max(axis=1)
-    adata.obsm[f"X_{key_added}"] = embedding
-    params = {"layer": layer, "use_raw": use_raw, "gene_key": gene_key, "min_overlap": min_overlap}
-    record_run(adata, bundle, overlap, params, uns_key=key_added)
-    adata.uns[key_added]["query_params"] = {
-        "k": int(k),
-        "min_agreement": float(min_agreement),
-        "distance_quantile": float(distance_quantile),
-        "distance_threshold": threshold,
-        "weights": "exp(-d / mean distance to the k neighbours)",
-        "search": index.description(k),
-        "n_reference": int(reference.n_obs),
-        "n_unknown": int(rejected.sum()),
+    params = {
+        "k": int(neighbors.indices.shape[1]),
+        "min_confidence": float(min_confidence),
+        "novelty_threshold": float(novelty_threshold),
+        "resolution": float(resolution),
+        "majority_voting": bool(majority_voting),
+        "seed": int(seed),
     }
-    flat = indices.ravel()
+    run = {"layer": layer, "use_raw": use_raw, "gene_key": gene_key, "min_overlap": min_overlap}
+    return write_query(adata, bundle, neighbors, result, params, run, key_added=key_added)
+
+
+def write_query(
+    adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, params, run, *, key_added="scquery"
+):
+    """Step 3: write the results into `adata` (see `query`) and return the matches table; `params`
+    are the query's options, `run` the options of reading the values (as `embed` records them)."""
+    reference = bundle.reference
+    labels = reference.obs["label"].astype(str).to_numpy()
+    datasets = reference.obs["dataset"].astype(str).to_numpy()
+    classes = np.asarray(bundle.classes, dtype=object)
+    nearest = neighbors.indices[:, 0]
+    known = [name for name in result.labels if name != UNKNOWN]
+    obs = adata.obs
+    obs[f"{key_added}_prediction"] = pd.Categorical(result.prediction, categories=[*known, UNKNOWN])
+    obs[f"{key_added}_confidence"] = result.confidence
+    obs[f"{key_added}_unknown_reason"] = pd.Categorical(
+        np.asarray(REASONS, dtype=object)[result.reason], categories=REASONS
+    )
+    obs[f"{key_added}_novelty"] = result.novelty
+    obs[f"{key_added}_cluster_novelty"] = result.cluster_novelty
+    obs[f"{key_added}_cluster"] = pd.Categorical(result.cluster.astype(str))
+    obs[f"{key_added}_knn"] = pd.Categorical(result.knn, categories=known)
+    obs[f"{key_added}_knn_share"] = result.knn_share
+    obs[f"{key_added}_classifier"] = pd.Categorical(
+        classes[neighbors.probabilities.argmax(axis=1)], categories=list(bundle.classes)
+    )
+    obs[f"{key_added}_classifier_probability"] = neighbors.probabilities.max(axis=1)
+    obs[f"{key_added}_distance"] = neighbors.distances.mean(axis=1)
+    obs[f"{key_added}_nearest_label"] = labels[nearest]
+    obs[f"{key_added}_nearest_dataset"] = datasets[nearest]
+    adata.obsm[f"X_{key_added}"] = neighbors.embedding
+    record_run(adata, bundle, neighbors.processed, {"key_added": key_added, **run}, uns_key=key_added)
+    k = params["k"]
+    adata.uns[key_added]["query_params"] = {
+        **params,
+        "search": neighbors.index.description(k),
+        "n_reference": int(reference.n_obs),
+        "n_clusters": int(len(np.unique(result.cluster))),
+        "n_unknown": int((result.reason > 0).sum()),
+        "n_unknown_by_reason": {
+            REASONS[code]: int((result.reason == code).sum()) for code in range(1, len(REASONS))
+        },
+    }
+    flat = neighbors.indices.ravel()
     return pd.DataFrame(
         {
             "query_cell": np.repeat(adata.obs_names.to_numpy(), k),
             "rank": np.tile(np.arange(1, k + 1), adata.n_obs),
             "reference_cell": reference.obs_names.to_numpy()[flat],
-            "distance": distances.ravel(),
-            "reference_label": labels.to_numpy()[flat],
-            "reference_dataset": datasets.to_numpy()[flat],
+            "distance": neighbors.distances.ravel(),
+            "reference_label": labels[flat],
+            "reference_dataset": datasets[flat],
         }
     )
 

@@ -4,7 +4,8 @@ from common import log_to
 
 log_to(snakemake.log[0])
 
-from scquery.io import check_labels, read_many, write_h5ad  # noqa: E402
+from scquery.io import check_labels, read_many, select_values, write_h5ad  # noqa: E402
+from scquery.preprocess import describe_values, detect_values  # noqa: E402
 
 adata = read_many(
     list(snakemake.input),
@@ -15,4 +16,5 @@ adata = read_many(
 if snakemake.params.label_key:
     check_labels(adata, snakemake.params.label_key, source=", ".join(snakemake.input), allow_missing=True)
 write_h5ad(adata, snakemake.output[0])
-print(f"{adata.n_obs} cells x {adata.n_vars} genes ({adata.uns['scquery']['values']})")
+values = select_values(adata, layer=snakemake.params.layer, use_raw=snakemake.params.use_raw).X
+print(f"{adata.n_obs} cells x {adata.n_vars} genes ({describe_values(detect_values(values))})")
