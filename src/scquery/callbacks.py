@@ -25,36 +25,41 @@ class StageProgress(keras.callbacks.Callback):
 
     `verbose` as Keras's: 1 draws a progress bar on stderr (tqdm) and logs the epochs at DEBUG level;
     2 logs one INFO line per epoch (`pretraining layer 1/2 · epoch 3/10 · loss 0.0123 · 0.8 s`) to the
-    `scquery` logger; 0 logs the epochs at DEBUG level only. Place it after `EpochTimer`.
+    `scquery` logger; 0 logs the epochs at DEBUG level only. The bar also shows the stage's `size`
+    (e.g. `2,000 → 500`). Place it after `EpochTimer`.
     """
 
-    def __init__(self, stage, *, verbose):
+    def __init__(self, stage, *, verbose, size=None):
         super().__init__()
-        self.stage, self.verbose = stage, verbose
+        self.stage, self.verbose, self.size = stage, verbose, size
         self._bar = None
 
     def on_train_begin(self, logs=None):
-        self._epochs, steps = self.params["epochs"], self.params.get("steps") or 1
+        self._epochs, self._steps = self.params["epochs"], self.params.get("steps") or 1
         if self.verbose == 1:
             self._bar = tqdm(
-                total=self._epochs * steps,
-                desc=self.stage,
+                total=self._epochs * self._steps,
+                desc=f"{self.stage} ({self.size})" if self.size else self.stage,
                 unit="batch",
                 bar_format="{desc} {bar:30} {percentage:3.0f}%{postfix} [{elapsed}<{remaining}]",
                 leave=True,
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch + 1
+        self._epoch, self._steps_done = epoch + 1, 0
         if self._bar is not None:
             self._bar.set_postfix_str(f"epoch {self._epoch}/{self._epochs}", refresh=False)
 
     def on_train_batch_end(self, batch, logs=None):
+        # With `steps_per_execution`, Keras calls this once per group of steps, with `batch` the group's
+        # last step, even past the epoch's end.
         if self._bar is not None:
             loss = (logs or {}).get("loss")
             loss = "" if loss is None else f", loss {float(loss):.4f}"
             self._bar.set_postfix_str(f"epoch {self._epoch}/{self._epochs}{loss}", refresh=False)
-            self._bar.update()
+            done = min(batch + 1, self._steps)
+            self._bar.update(done - self._steps_done)
+            self._steps_done = done
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

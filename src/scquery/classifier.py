@@ -61,7 +61,7 @@ def fit_classifier(
     y = np.asarray(y)
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
     label = "fine-tuning the classifier"
-    callbacks, validation = [EpochTimer(), StageProgress(label, verbose=resolve_verbose(verbose))], None
+    callbacks, validation = [EpochTimer()], None
     train_rows = np.arange(len(y))
     if validation_fraction > 0:
         # At least one validation cell per class, so that rare classes can be stratified.
@@ -87,10 +87,9 @@ def fit_classifier(
     schedule = f"{epochs} epochs"
     if validation is not None:
         schedule = f"up to {epochs} epochs ({len(y) - len(train_rows):,} cells held out for early stopping)"
-    n_classes = model.get_layer(HEAD).units
-    logger.info(
-        "%s: %s → %d cell types, %s cells, %s", label, arrows(widths), n_classes, f"{len(y):,}", schedule
-    )
+    size = f"{arrows(widths)} → {model.get_layer(HEAD).units} cell types"
+    logger.info("%s: %s, %s cells, %s", label, size, f"{len(y):,}", schedule)
+    callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
     model.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from .errors import ScqueryError
-from .query import UNKNOWN
+from .io import UNKNOWN
 
 PREDICTION = "scquery_prediction"
 

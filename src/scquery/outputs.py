@@ -72,22 +72,27 @@ def clean_leftovers(path):
     only where the file system cannot swap two folders at once), that folder is renamed back.
     """
     path = Path(path)
-    if not path.parent.is_dir():
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # missing or unreadable: nothing of ours to clean there
         return
     leftovers = []
-    for entry in path.parent.iterdir():
+    for entry in entries:
         match = _LEFTOVER.match(entry.name)
         if match and match["name"] == path.name and not _running(int(match["pid"])):
             leftovers.append((match["kind"], entry))
     old = sorted((e for kind, e in leftovers if kind == "old"), key=lambda e: e.stat().st_mtime)
-    if old and not os.path.lexists(path) and (old[-1] / BUNDLE_MARKER).is_file():
-        os.rename(old[-1], path)
-        leftovers = [(kind, e) for kind, e in leftovers if e != old[-1]]
-    for _, entry in leftovers:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    try:
+        if old and not os.path.lexists(path) and (old[-1] / BUNDLE_MARKER).is_file():
+            os.rename(old[-1], path)
+            leftovers = [(kind, e) for kind, e in leftovers if e != old[-1]]
+        for _, entry in leftovers:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    except OSError:  # a folder we may not change: the leftovers stay (they are hidden and harmless)
+        pass
 
 
 def _exchange(first, second):

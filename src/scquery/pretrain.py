@@ -93,8 +93,9 @@ def pretrain_greedy(
     weights, decoder_biases, history = [], [], []
     widths = [X.shape[1], *hidden_sizes]
     for i, width in enumerate(hidden_sizes):
-        label = f"pretraining layer {i + 1}/{len(hidden_sizes)}"
-        logger.info("%s: %s, %d epochs", label, arrows(widths[i : i + 2]), epochs)
+        label, size = f"pretraining layer {i + 1}/{len(hidden_sizes)}", arrows(widths[i : i + 2])
+        logger.info("%s: %s, %d epochs", label, size, epochs)
+        progress = StageProgress(label, verbose=verbose, size=size)
         dae = _autoencoder([width], activation, noise, noise_level, seed, stage=i)
         below = stack_encoder(
             X.shape[1], hidden_sizes[:i], activation=activation, scale=scale, weights=weights
@@ -102,7 +103,7 @@ def pretrain_greedy(
         batches = SparseBatches(
             X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER), transform=_frozen(below)
         )
-        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, name=f"layer_{i}", label=label)
+        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, name=f"layer_{i}", progress=progress)
         history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
@@ -117,13 +118,12 @@ def pretrain_greedy(
             variable.assign(value)
         label = "fine-tuning the stacked autoencoder"
         logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
+        progress = StageProgress(label, verbose=verbose, size=arrows(widths))
         scaling = stack_encoder(X.shape[1], [], scale=scale)
         batches = SparseBatches(
             X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER), transform=_frozen(scaling)
         )
-        stage = _fit_autoencoder(
-            stacked, batches, epochs, learning_rate, verbose, name="stacked", label=label
-        )
+        stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, name="stacked", progress=progress)
         history.append(
             {"stage": "stacked", "width": int(hidden_sizes[-1]), "cells": int(X.shape[0]), **stage}
         )
@@ -152,14 +152,14 @@ def _frozen(encoder):
     return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
 
 
-def _fit_autoencoder(dae, batches, epochs, learning_rate, verbose, *, name, label):
+def _fit_autoencoder(dae, batches, epochs, learning_rate, *, name, progress):
     inputs = keras.Input((batches[0][0].shape[1],))
     model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
     # The batches shuffle themselves (seeded); Keras's own shuffling would draw from the global state.
-    callbacks = [EpochTimer(), StageProgress(label, verbose=verbose)]
+    callbacks = [EpochTimer(), progress]
     fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
     return {
         "initial_loss": float(initial),

@@ -149,8 +149,10 @@ def transfer(
 ):
     """Step 2: the prediction, its confidence and the Unknown calls (see the module docstring)."""
     reference = bundle.reference
-    labels = reference.obs["label"].astype(str).astype("category").cat.categories  # sorted, as classes
-    codes = labels.get_indexer(reference.obs["label"].astype(str))
+    # The model's types first, in its order, then those only `extend` added: one order for every query.
+    names = reference.obs["label"].astype(str)
+    labels = pd.Index([*bundle.classes, *sorted(set(names) - set(bundle.classes))])
+    codes = labels.get_indexer(names)
     shares = vote(neighbors.distances, codes[neighbors.indices], len(labels))
     probabilities = np.zeros_like(shares)
     trained = labels.get_indexer(list(bundle.classes))
