@@ -68,9 +68,11 @@ def test_both_snakefiles_run_the_same_jobs_with_rule_all_as_default_target(tmp_p
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()]
     counts = dict(row for row in rows if len(row) == 2 and row[1].isdigit())
-    assert counts.pop("total") == "8"
+    assert counts.pop("total") == "9"
     assert counts == dict.fromkeys(
-        ["all", "default_data", "pretrain", "finetune", "embed", "query", "report_model", "report_query"], "1"
+        ["all", "default_data", "pretrain", "finetune", "embed", "query"]
+        + ["report_model", "report_query", "report_overview"],
+        "1",
     )
 
 

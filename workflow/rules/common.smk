@@ -78,9 +78,17 @@ def all_outputs():
     outputs += expand("results/embedding/{query}.h5ad", query=QUERIES)
     outputs += expand("results/query/{query}.h5ad", query=QUERIES)
     outputs += expand("results/report/{query}_umap.png", query=QUERIES)
-    outputs += expand("results/report/{query}_summary.{ext}", query=QUERIES, ext=["tsv", "html", "png"])
+    outputs += expand(
+        "results/report/{query}_summary.{ext}",
+        query=QUERIES,
+        ext=["tsv", "html", "png"],
+    )
     if config["query_label_key"]:
-        outputs += expand("results/report/{query}_{part}", query=QUERIES, part=["confusion.png", "per_type.html"])
+        outputs += expand(
+            "results/report/{query}_{part}",
+            query=QUERIES,
+            part=["confusion.png", "per_type.html"],
+        )
     return outputs
 
 
@@ -122,3 +130,14 @@ def finetune_input(wildcards):
     if config["train"].get("pretrain", True):
         inputs.update(rules.pretrain.output)
     return inputs
+
+
+def query_report(path, caption, figure):
+    """`path` as a figure of one query in the report, captioned by workflow/report/`caption`."""
+    return report(
+        path,
+        caption=f"../report/{caption}",
+        category="Queries",
+        subcategory="{query}",
+        labels={"query": "{query}", "figure": figure},
+    )

@@ -34,16 +34,6 @@ rule report_model:
         "../scripts/report_model.py"
 
 
-def _query_report(path, caption, figure):
-    return report(
-        path,
-        caption=f"../report/{caption}",
-        category="Queries",
-        subcategory="{query}",
-        labels={"query": "{query}", "figure": figure},
-    )
-
-
 rule report_query:
     """One query's headline scores, UMAP with the reference, summary, and when its cell types are
     known (query_label_key), its scores per type and confusion matrix."""
@@ -53,23 +43,29 @@ rule report_query:
         bundle=rules.finetune.output[0],
     output:
         scores="results/report/{query}_scores.json",
-        umap=_query_report("results/report/{query}_umap.png", "query_umap.rst", "3. UMAP"),
-        summary_table=_query_report(
+        umap=query_report(
+            "results/report/{query}_umap.png", "query_umap.rst", "3. UMAP"
+        ),
+        summary_table=query_report(
             "results/report/{query}_summary.html", "summary.rst", "4. summary table"
         ),
-        summary_plot=_query_report(
+        summary_plot=query_report(
             "results/report/{query}_summary.png", "summary_plot.rst", "5. summary bars"
         ),
         per_type=(
-            _query_report(
-                "results/report/{query}_per_type.html", "per_type.rst", "1. scores per type"
+            query_report(
+                "results/report/{query}_per_type.html",
+                "per_type.rst",
+                "1. scores per type",
             )
             if config["query_label_key"]
             else []
         ),
         confusion=(
-            _query_report(
-                "results/report/{query}_confusion.png", "confusion.rst", "2. confusion matrix"
+            query_report(
+                "results/report/{query}_confusion.png",
+                "confusion.rst",
+                "2. confusion matrix",
             )
             if config["query_label_key"]
             else []
@@ -109,8 +105,5 @@ rule report_overview:
     conda:
         "../envs/scquery.yaml"
     threads: 1
-    resources:
-        mem_mb=resources_of("default", "mem_mb", 4000),
-        runtime=resources_of("default", "runtime", 30),
     script:
         "../scripts/report_overview.py"
