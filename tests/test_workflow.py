@@ -230,7 +230,9 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     assert bundle.reference.obsm["X_scquery"].shape == (bundle.reference.n_obs, 8)
     assert len(bundle.genes) == 300
     assert [stage["stage"] for stage in bundle.history["pretrain"]] == ["layer_0", "layer_1"]
-    assert bundle.history["pretrain"][0]["cells"] == 700 and bundle.reference.n_obs == 490
+    # Quality control (min_genes 200) keeps 486 of the 490 reference cells and 207 of the 210 held-out
+    # ones; all of them pretrain, the labelled reference cells are the query's reference points.
+    assert bundle.history["pretrain"][0]["cells"] == 486 + 207 and bundle.reference.n_obs == 486
 
     query = ad.read_h5ad(results / "query" / f"{QUERY}.h5ad")
     assert query.n_obs == 210  # 30 % of pbmc68k_reduced's 700 cells held out
