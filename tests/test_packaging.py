@@ -120,7 +120,7 @@ def test_catalog_metadata_and_layout():
 
 
 def make_dry_run(target):
-    result = run("make", "-n", target)
+    result = run("make", "--no-print-directory", "-n", target)  # also when run under make
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
