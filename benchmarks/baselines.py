@@ -42,7 +42,7 @@ def pca_knn(reference, query, *, values, seed=0, unlabelled=None):
     """
     ref_log, query_log = log_normalized(reference, values), log_normalized(query, values)
     fit_log = ref_log
-    if unlabelled is not None:
+    if unlabelled is not None and unlabelled.n_obs:
         fit_log = ad.concat([ref_log, log_normalized(unlabelled, values)])
     genes = reference_hvgs(fit_log)
     fit = fit_log[:, genes].copy()
