@@ -133,7 +133,7 @@ def finetune_input(wildcards):
 
 
 def query_report(path, caption, figure):
-    """`path` marked for the report under Queries › {query}, with its caption file and label."""
+    """`path` as a figure of one query in the report, captioned by workflow/report/`caption`."""
     return report(
         path,
         caption=f"../report/{caption}",
