@@ -194,7 +194,14 @@ def _add_query(subparsers):
         "than the query's median cell), else its cells are Unknown (default: 1.0)",
     )
     parser.add_argument(
-        "--resolution", type=float, default=2.0, help="Leiden resolution of the query clusters (default: 2.0)"
+        "--min-marker-agreement",
+        type=float,
+        default=0.5,
+        help="least correlation of a query cluster's markers with its type's markers in the reference, "
+        "else its cells are Unknown (default: 0.5; -1 turns the check off)",
+    )
+    parser.add_argument(
+        "--resolution", type=float, default=1.0, help="Leiden resolution of the query clusters (default: 1.0)"
     )
     parser.add_argument(
         "--majority-voting",
@@ -220,6 +227,7 @@ def _query(args):
         k=args.k,
         min_confidence=args.min_confidence,
         novelty_threshold=args.novelty_threshold,
+        min_marker_agreement=args.min_marker_agreement,
         resolution=args.resolution,
         majority_voting=args.majority_voting,
         gene_key=args.gene_key,

@@ -9,16 +9,29 @@
    - the prediction is the type with the highest mean of the vote share and the classifier head's
      probability (types the classifier was not trained on, added by `extend`, count by the vote
      alone), and that mean is the cell's `confidence`;
-   - the query is clustered (Leiden on its own kNN graph in the embedding); with `majority_voting`
-     every cell of a cluster takes the cluster's most probable type (CellTypist's majority voting);
+   - the query is clustered in its own expression (`cluster_query`: Leiden on a kNN graph of the
+     PCA of its processed values; not in the embedding, which is trained to tell the known types
+     apart and may map a type it never saw into one of them); a cluster's type is the argmax of
+     its cells' mean evidence, and with `majority_voting` every cell of the cluster takes it
+     (CellTypist's majority voting);
+   - marker agreement (`scquery.profiles.marker_agreement`): the Pearson correlation between a
+     cluster's markers (its mean log expression minus the mean of the query's clusters) and its
+     type's markers in the reference (the type's mean minus the mean of the reference's types,
+     saved in the bundle). Each side is measured within its own study, so what the two studies
+     differ in everywhere cancels. A cluster of a type the reference lacks, mapped onto the
+     nearest known type, does not show that type's markers;
    - novelty: a cell's distance to its nearest reference cell, divided by the typical nearest
      distance among the reference cells of its predicted type (a per-type scale), as a log ratio
      relative to the query's median log ratio (the query's own batch shift); a cluster's novelty is
      its cells' median;
-   - a cell is 'Unknown' when it expresses none of the reference genes, when its confidence is
-     below `min_confidence`, or when its cluster's novelty exceeds `novelty_threshold` (the whole
-     cluster sits farther from its types than the rest of the query does: a type the reference
-     lacks). A lone far cell in a well-matched cluster keeps its label.
+   - a cell is 'Unknown' when it expresses none of the reference genes ('no reference genes'),
+     when its confidence is below `min_confidence` ('low confidence'), when its cluster's novelty
+     exceeds `novelty_threshold` ('new cluster': the whole cluster sits farther from its types than
+     the rest of the query does), or when its cluster's marker agreement is below
+     `min_marker_agreement` ('markers differ'). A lone odd cell in a well-matched cluster keeps
+     its label. The default 0.5 (the cluster's markers explain a quarter of the variance of its
+     type's) lies in the gap measured on the cross-study benchmark: clusters of known types 0.6-0.94,
+     clusters of types held out of the reference -0.1-0.4 (benchmarks/RESULTS.md).
 3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
@@ -36,9 +49,10 @@ from .embed import compute_embedding, record_run
 from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
+from .profiles import PROFILES_KEY, marker_agreement, merge_profiles, type_profiles
 
 #: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
-REASONS = ["", "no reference genes", "low confidence", "new cluster"]
+REASONS = ["", "no reference genes", "low confidence", "new cluster", "markers differ"]
 
 
 @dataclasses.dataclass
@@ -66,6 +80,7 @@ class Transfer:
     novelty: np.ndarray
     cluster: np.ndarray
     cluster_novelty: np.ndarray
+    marker_agreement: np.ndarray
     labels: pd.Index
 
 
@@ -107,24 +122,36 @@ def search(
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
 
 
-def cluster_query(embedding, *, resolution=2.0, n_neighbors=15, seed=0):
-    """Leiden clusters of the query cells on their own kNN graph in the embedding (integer codes).
+def cluster_query(values, *, resolution=1.0, n_neighbors=15, n_pcs=50, seed=0):
+    """Leiden clusters of the query cells (integer codes), found in the query's own expression.
 
-    The graph is built with the project's neighbour search (`NeighborIndex`: exact up to 20,000
-    cells, faiss IVF-Flat above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
-    (igraph implementation).
+    `values` (cells × genes, CSR or dense: the processed query, on the model's genes) are reduced to
+    `n_pcs` principal components (scanpy's PCA, which keeps sparse data sparse); the cells' kNN graph
+    there is built with the project's neighbour search (`NeighborIndex`: exact up to 20,000 cells,
+    faiss IVF-Flat above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
+    (igraph implementation). Gene space, not the embedding: the embedding is trained to tell the
+    reference's types apart and may place a type it never saw inside a known one.
     """
-    n = len(embedding)
+    n = values.shape[0]
     if n < 3:
         return np.zeros(n, dtype=np.int64)
+    holder = ad.AnnData(
+        X=values if sp.issparse(values) else np.asarray(values, dtype=np.float32),
+        obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)),
+    )
+    n_pcs = min(n_pcs, n - 1, values.shape[1] - 1)
+    if n_pcs >= 2:
+        sc.pp.pca(holder, n_comps=n_pcs, random_state=seed)
+        points = holder.obsm["X_pca"]
+    else:
+        points = holder.X.toarray() if sp.issparse(holder.X) else holder.X
     k = min(n_neighbors, n - 1)
-    _, indices = NeighborIndex(embedding, seed=seed).kneighbors(embedding, k + 1)
+    _, indices = NeighborIndex(points, seed=seed).kneighbors(points, k + 1)
     rows = np.repeat(np.arange(n), k + 1)
     graph = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, indices.ravel())), shape=(n, n))
     graph.setdiag(0)
     graph.eliminate_zeros()
     graph = graph.maximum(graph.T).tocsr()
-    holder = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
     sc.tl.leiden(
         holder,
         resolution=resolution,
@@ -143,7 +170,8 @@ def transfer(
     *,
     min_confidence=0.5,
     novelty_threshold=1.0,
-    resolution=2.0,
+    min_marker_agreement=0.5,
+    resolution=1.0,
     majority_voting=False,
     seed=0,
 ):
@@ -163,19 +191,38 @@ def transfer(
     evidence[from_vote] = shares[from_vote]
     predicted = evidence.argmax(axis=1)
 
-    cluster = cluster_query(neighbors.embedding, resolution=resolution, seed=seed)
+    cluster = cluster_query(neighbors.processed.X, resolution=resolution, seed=seed)
+    ids, cluster_rows = np.unique(cluster, return_inverse=True)
+    # Each cluster's most probable type: the argmax of its cells' mean evidence.
+    cluster_type = np.vstack([evidence[cluster_rows == i].mean(axis=0) for i in range(len(ids))]).argmax(
+        axis=1
+    )
     if majority_voting:
-        for c in np.unique(cluster):
-            cells = cluster == c
-            predicted[cells] = evidence[cells].mean(axis=0).argmax()
+        predicted = cluster_type[cluster_rows]
     confidence = evidence[np.arange(len(predicted)), predicted]
 
     scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
     novelty = (ratio - np.median(ratio)).astype(np.float32)
     cluster_novelty = pd.Series(novelty).groupby(cluster).transform("median").to_numpy(np.float32)
+    agreement = np.full(len(ids), np.nan, dtype=np.float32)
+    profiles = bundle.reference.uns.get(PROFILES_KEY)
+    if profiles is None:
+        warnings.warn(
+            "The model bundle holds no expression profiles of its cell types (it was saved by an older "
+            "scquery), so query clusters are not checked for their types' markers; train it again to "
+            "add them.",
+            stacklevel=3,
+        )
+    else:
+        types = dict(zip(ids, labels.to_numpy()[cluster_type], strict=True))
+        agreement = marker_agreement(neighbors.processed.X, cluster, types, profiles)[ids].to_numpy(
+            np.float32
+        )
+    cluster_agreement = agreement[cluster_rows]
 
     reason = np.zeros(len(predicted), dtype=np.int64)
+    reason[cluster_agreement < min_marker_agreement] = 4
     reason[cluster_novelty > novelty_threshold] = 3
     reason[confidence < min_confidence] = 2
     reason[~neighbors.expressed] = 1
@@ -188,6 +235,7 @@ def transfer(
         novelty=novelty,
         cluster=cluster,
         cluster_novelty=cluster_novelty,
+        marker_agreement=cluster_agreement,
         labels=labels,
     )
 
@@ -209,7 +257,8 @@ def query(
     k=15,
     min_confidence=0.5,
     novelty_threshold=1.0,
-    resolution=2.0,
+    min_marker_agreement=0.5,
+    resolution=1.0,
     majority_voting=False,
     key_added="scquery",
     layer=None,
@@ -227,15 +276,18 @@ def query(
     the detected input `values`, `query_params`) and the obs columns `{key_added}_prediction`
     (categorical, 'Unknown' for rejected cells), `_confidence` (mean of vote share and classifier
     probability of the predicted type), `_unknown_reason`, `_novelty` and `_cluster_novelty`,
-    `_cluster` (the query's Leiden cluster), `_knn` and `_knn_share` (the vote's own answer),
-    `_classifier` and `_classifier_probability` (the classifier head's), `_distance` (mean distance
-    to the `k` neighbours), `_nearest_label` and `_nearest_dataset` (of the nearest reference cell).
+    `_marker_agreement` (of the cell's cluster), `_cluster` (the query's Leiden cluster), `_knn`
+    and `_knn_share` (the vote's own answer), `_classifier` and `_classifier_probability` (the
+    classifier head's), `_distance` (mean distance to the `k` neighbours), `_nearest_label` and
+    `_nearest_dataset` (of the nearest reference cell).
 
     Args:
         k: reference neighbours per query cell.
         min_confidence: the least confidence of a prediction.
         novelty_threshold: the largest cluster novelty (log distance ratio, see the module
             docstring) of predicted cells; 1.0 = e times farther than the query's median.
+        min_marker_agreement: the least marker agreement (a correlation, see the module
+            docstring) of a cluster's cells' predictions; -1 turns the check off.
         resolution: Leiden resolution of the query clusters (higher: more, smaller clusters).
         majority_voting: give each query cluster its most probable type.
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
@@ -256,6 +308,7 @@ def query(
         )
     check_number("min_confidence", min_confidence, low=0, high=1)
     check_number("novelty_threshold", novelty_threshold, low=0, low_open=True)
+    check_number("min_marker_agreement", min_marker_agreement, low=-1, high=1)
     check_number("resolution", resolution, low=0, low_open=True)
     neighbors = search(
         adata,
@@ -273,6 +326,7 @@ def query(
         bundle,
         min_confidence=min_confidence,
         novelty_threshold=novelty_threshold,
+        min_marker_agreement=min_marker_agreement,
         resolution=resolution,
         majority_voting=majority_voting,
         seed=seed,
@@ -281,6 +335,7 @@ def query(
         "k": int(neighbors.indices.shape[1]),
         "min_confidence": float(min_confidence),
         "novelty_threshold": float(novelty_threshold),
+        "min_marker_agreement": float(min_marker_agreement),
         "resolution": float(resolution),
         "majority_voting": bool(majority_voting),
         "seed": int(seed),
@@ -308,6 +363,7 @@ def write_query(
     )
     obs[f"{key_added}_novelty"] = result.novelty
     obs[f"{key_added}_cluster_novelty"] = result.cluster_novelty
+    obs[f"{key_added}_marker_agreement"] = result.marker_agreement
     obs[f"{key_added}_cluster"] = pd.Categorical(result.cluster.astype(str))
     obs[f"{key_added}_knn"] = pd.Categorical(result.knn, categories=known)
     obs[f"{key_added}_knn_share"] = result.knn_share
@@ -434,7 +490,7 @@ def extend(
             f"{int(held.sum())} cells of {source} (e.g. {adata.obs_names[held][0]!r}) are already in "
             "the model's reference; extend it with new cells only (or give the cells distinct names)."
         )
-    embedding, _, _ = compute_embedding(
+    embedding, _, processed = compute_embedding(
         adata, bundle, layer=layer, use_raw=use_raw, gene_key=gene_key, min_overlap=min_overlap
     )
     dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
@@ -449,6 +505,9 @@ def extend(
         warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
         reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
+    if PROFILES_KEY in bundle.reference.uns:
+        added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
+        reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
     extended = dataclasses.replace(bundle, reference=reference)
     if path is not None:
         save_bundle(extended, path, overwrite=overwrite)

@@ -4,7 +4,8 @@ One path: preprocess the reference (all its cells: quality control, normalizatio
 genes see labelled and unlabelled cells alike) → pretrain the encoder on every reference cell and on
 the `unlabeled` data, processed like a query (unless a `PretrainedEncoder` is given, or
 `config.pretrain` is false) → fine-tune the classifier on the labelled cells → embed them: they are
-the query's reference points. Cells without a label (NaN or empty) serve pretraining only.
+the query's reference points, saved with each cell type's mean expression profile
+(`scquery.profiles`). Cells without a label (NaN or empty) serve pretraining only.
 """
 
 import warnings
@@ -22,6 +23,7 @@ from .io import check_labels, labelled_cells, select_values
 from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
+from .profiles import PROFILES_KEY, type_profiles
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
 _PRETRAIN, _CLASSIFIER = 1, 2
@@ -139,7 +141,11 @@ def train(
         model=model,
         classes=classes,
         preprocess=record,
-        reference=ad.AnnData(obs=obs, obsm={"X_scquery": embedding}),
+        reference=ad.AnnData(
+            obs=obs,
+            obsm={"X_scquery": embedding},
+            uns={PROFILES_KEY: type_profiles(processed.X, np.asarray(classes)[y], rows=cells)},
+        ),
         label_key=label_key,
         config=config.to_dict(),
         seed=seed,
