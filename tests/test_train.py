@@ -15,7 +15,13 @@ import scipy.sparse as sp
 from sklearn.metrics import accuracy_score
 
 from scquery.bundle import FORMAT_VERSION, load_bundle, save_bundle
-from scquery.classifier import embedding_model, predict_in_chunks
+from scquery.classifier import (
+    MIN_BATCHES_PER_EPOCH,
+    build_classifier,
+    embedding_model,
+    fit_classifier,
+    predict_in_chunks,
+)
 from scquery.cli import main
 from scquery.config import load_train_config
 from scquery.errors import ScqueryError
@@ -196,3 +202,16 @@ def test_rare_types_down_to_two_cells_are_learned(split, small_config):
     config = {k: v for k, v in small_config.items() if k != "min_cells_per_class"}
     result = train(reference[sorted(keep)], label_key="bulk_labels", config={**config, "epochs": 1})
     assert rare in result.classes
+
+
+def test_few_labels_all_train_in_small_batches_and_many_hold_out_a_validation_split():
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.poisson(1.0, size=(400, 20)).astype(np.float32))
+    y = np.repeat(np.arange(4), 100)
+    few = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(4)])  # 20 labelled cells
+    model = build_classifier(20, [8], 4)
+    history = fit_classifier(model, X, y[few], cells=few, epochs=3, validation_fraction=0.1)
+    assert "val_loss" not in history and len(history["loss"]) == 3  # nothing held out, no early stop
+    assert model.optimizer.iterations.numpy() == 3 * MIN_BATCHES_PER_EPOCH  # batches of 2 cells
+    history = fit_classifier(build_classifier(20, [8], 4), X, y, epochs=3, validation_fraction=0.1)
+    assert "val_loss" in history  # 40 validation cells, 10 per type

@@ -12,6 +12,13 @@ from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, seed_for, stack_encoder
 
 HEAD = "classifier"
 
+#: A validation split is held out for early stopping only where it holds this many cells per type on
+#: average; with fewer labels every labelled cell trains (for the full `epochs`).
+MIN_VALIDATION_PER_CLASS = 3
+#: Without a validation split, batches are made small enough for this many updates per epoch (30
+#: labelled cells in 256-cell batches would train 50 epochs in 50 steps).
+MIN_BATCHES_PER_EPOCH = 10
+
 
 def build_classifier(
     n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None, scale=None, seed=0
@@ -53,7 +60,10 @@ def fit_classifier(
     """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
 
     A stratified `validation_fraction` of the cells drives early stopping, which restores the best
-    weights; with `class_weight`, classes are weighted inversely to their size ('balanced'). With
+    weights, where it holds `MIN_VALIDATION_PER_CLASS` cells per type on average; with fewer labels
+    every cell trains for `epochs` epochs, in batches of at most 1/`MIN_BATCHES_PER_EPOCH` of the
+    cells (a tenth of a few labels is too few to stop on, and too many to lose). With
+    `class_weight`, classes are weighted inversely to their size ('balanced'). With
     `cells` (row indices), only those rows of `X` are used, without copying them, and `y` holds
     their labels. The stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
@@ -63,9 +73,10 @@ def fit_classifier(
     label = "fine-tuning the classifier"
     callbacks, validation = [EpochTimer()], None
     train_rows = np.arange(len(y))
-    if validation_fraction > 0:
-        # At least one validation cell per class, so that rare classes can be stratified.
-        n_validation = max(int(np.ceil(validation_fraction * len(y))), len(np.unique(y)))
+    # At least one validation cell per class, so that rare classes can be stratified.
+    n_classes = len(np.unique(y))
+    n_validation = max(int(np.ceil(validation_fraction * len(y))), n_classes)
+    if validation_fraction > 0 and n_validation >= MIN_VALIDATION_PER_CLASS * n_classes:
         train_rows, validation_rows = train_test_split(
             train_rows, test_size=n_validation, stratify=y, random_state=seed
         )
@@ -77,6 +88,8 @@ def fit_classifier(
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         )
+    else:
+        batch_size = max(1, min(batch_size, len(y) // MIN_BATCHES_PER_EPOCH))
     weights = None
     if class_weight:
         present = np.unique(y[train_rows])
