@@ -329,3 +329,28 @@ def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):
     assert extended.reference.n_obs == without_b.reference.n_obs + b_cells.n_obs
     assert HELD_OUT in set(extended.reference.obs["label"])
     assert main(["query", str(model), str(tmp_path / "missing.h5ad"), "--out", "x.h5ad"]) == 2
+
+
+def test_marker_agreement_of_a_query_of_a_few_types_contrasts_those_types():
+    """A query of only some reference types (e.g. sorted T cells) is judged on what tells those
+    types apart in the reference; clusters that all share one type are not judged at all."""
+    rng = np.random.default_rng(1)
+    n_genes = 60
+    means = np.tile(rng.uniform(0.5, 1.5, n_genes), (3, 1))
+    for t in range(3):
+        means[t, t * 10 : t * 10 + 10] += 2.0
+    means[:2, 30:40] += 3.0  # A and B share a lineage programme that C lacks
+    profiles = type_profiles(means, ["A", "B", "C"])
+
+    def clusters_of(centres):
+        cells = np.repeat(np.arange(len(centres)), 50)
+        noisy = np.asarray(centres)[cells] + rng.normal(0, 0.3, (cells.size, n_genes))
+        return sp.csr_matrix(np.clip(noisy, 0, None)), cells
+
+    X, cells = clusters_of(means[:2])  # A and B only
+    agreement = marker_agreement(X, cells, {0: "A", 1: "B"}, profiles)
+    assert (agreement > 0.8).all()
+    subtype = means[0].copy()
+    subtype[50:55] += 1.0  # A split into two clusters by a minor programme
+    X, cells = clusters_of([means[0], subtype])
+    assert marker_agreement(X, cells, {0: "A", 1: "A"}, profiles).isna().all()

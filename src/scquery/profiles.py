@@ -1,13 +1,13 @@
 """Expression profiles of the reference's cell types, and whether a query cluster shows its type's markers.
 
 A type's profile is the mean of its reference cells' processed values (log-normalized, on the model's
-genes), saved in the bundle's reference (`uns['profiles']`). Its markers are its profile minus the
-mean of all the types' profiles (log fold changes against the average type); a query cluster's markers
-are its mean minus the mean of the query clusters' means. Each side is measured within its own study, so
-what two studies differ in everywhere (depth, chemistry, batch) cancels, and the Pearson correlation of a
-cluster's markers with its predicted type's markers (`marker_agreement`) says whether the cluster
-expresses what sets that type apart in the reference: a cell type the reference lacks, mapped onto its
-nearest known type, does not.
+genes), saved in the bundle's reference (`uns['profiles']`). A query cluster's markers are its mean
+minus the mean of the query's clusters; its type's markers, the type's profile minus the mean of the
+profiles of those clusters' types (log fold changes against the same mix of types). Each side is
+measured within its own study, so what two studies differ in everywhere (depth, chemistry, batch)
+cancels, and the Pearson correlation of a cluster's markers with its predicted type's markers
+(`marker_agreement`) says whether the cluster expresses what sets that type apart in the reference: a
+cell type the reference lacks, mapped onto its nearest known type, does not.
 """
 
 import numpy as np
@@ -59,27 +59,30 @@ def marker_agreement(X, clusters, types, profiles):
     """Per query cluster: the correlation of its markers with those of its type (module docstring).
 
     `X` holds the query's processed values (cells × the model's genes), `clusters` each cell's cluster,
-    `types` each cluster's predicted type (a mapping from cluster to label). Clusters whose type has no
-    profile, and queries of one cluster (nothing to compare it with), get NaN.
+    `types` each cluster's predicted type (a mapping from cluster to label). Both sides contrast the
+    same set: a cluster's mean against the mean of the query's clusters, its type's profile against
+    the mean of those clusters' types' profiles (so a query of a few types, e.g. only T cells, is
+    compared with what tells those types apart in the reference). Clusters whose type has no profile
+    get NaN, as do all clusters when they share one type (nothing tells them apart in the reference).
 
     Returns:
         A `pandas.Series` indexed by cluster.
     """
     names, means, _ = group_means(X, clusters)
     result = pd.Series(np.nan, index=names)
-    if len(names) < 2:
+    reference = pd.DataFrame(np.asarray(profiles["means"], dtype=np.float64), index=list(profiles["labels"]))
+    known = np.array([types[name] in reference.index for name in names], dtype=bool)
+    if known.sum() < 2:
         return result
-    query_markers = means - means.mean(axis=0)
-    reference = np.asarray(profiles["means"], dtype=np.float64)
-    reference_markers = pd.DataFrame(reference - reference.mean(axis=0), index=list(profiles["labels"]))
-    for name, markers in zip(names, query_markers, strict=True):
-        label = types[name]
-        if label in reference_markers.index:
-            result[name] = _correlation(markers, reference_markers.loc[label].to_numpy())
+    query_markers = means[known] - means[known].mean(axis=0)
+    profile = reference.loc[[types[name] for name in names[known]]].to_numpy()
+    reference_markers = profile - profile.mean(axis=0)
+    for name, cluster, kind in zip(names[known], query_markers, reference_markers, strict=True):
+        result[name] = _correlation(cluster, kind)
     return result
 
 
 def _correlation(a, b):
     a, b = a - a.mean(), b - b.mean()
     norm = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norm) if norm > 0 else 0.0
+    return float(a @ b / norm) if norm > 0 else np.nan

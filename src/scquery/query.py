@@ -16,10 +16,10 @@
      (CellTypist's majority voting);
    - marker agreement (`scquery.profiles.marker_agreement`): the Pearson correlation between a
      cluster's markers (its mean log expression minus the mean of the query's clusters) and its
-     type's markers in the reference (the type's mean minus the mean of the reference's types,
-     saved in the bundle). Each side is measured within its own study, so what the two studies
-     differ in everywhere cancels. A cluster of a type the reference lacks, mapped onto the
-     nearest known type, does not show that type's markers;
+     type's markers in the reference (the type's mean, saved in the bundle, minus the mean of the
+     clusters' types' means: the same mix of types on both sides). Each side is measured within
+     its own study, so what the two studies differ in everywhere cancels. A cluster of a type the
+     reference lacks, mapped onto the nearest known type, does not show that type's markers;
    - novelty: a cell's distance to its nearest reference cell, divided by the typical nearest
      distance among the reference cells of its predicted type (a per-type scale), as a log ratio
      relative to the query's median log ratio (the query's own batch shift); a cluster's novelty is
@@ -29,9 +29,8 @@
      exceeds `novelty_threshold` ('new cluster': the whole cluster sits farther from its types than
      the rest of the query does), or when its cluster's marker agreement is below
      `min_marker_agreement` ('markers differ'). A lone odd cell in a well-matched cluster keeps
-     its label. The default 0.5 (the cluster's markers explain a quarter of the variance of its
-     type's) lies in the gap measured on the cross-study benchmark: clusters of known types 0.6-0.94,
-     clusters of types held out of the reference -0.1-0.4 (benchmarks/RESULTS.md).
+     its label. The default 0.5: the cluster's markers explain a quarter of the variance of its
+     type's (measured on the cross-study benchmark, benchmarks/RESULTS.md).
 3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
