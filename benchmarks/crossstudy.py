@@ -4,9 +4,11 @@ Every task of `crossstudy_tasks` trains scquery on the reference and queries the
 peers (PCA + kNN, logistic regression, CellTypist with and without majority voting) get the same
 inputs. Per method: macro-F1 over the known types' query cells ('Unknown' counts as an error), the
 share of the held-out type's cells called 'Unknown' and the share of known cells called 'Unknown'.
-On the first Baron task the same query is also given in six other scales (counts, log1p CP10k, linear
-CP10k, TPM-like, log2(CPM+1), z-scored): the predictions must agree with the counts' ones, or the
-input be refused.
+Each pair's query is also given as subsets of its types (e.g. only the T cells, as from a sorted
+sample): their cells are the same, so what they are called should not change, and none should turn
+'Unknown' for lack of the other types. On the first Baron task the same query is also given in six
+other scales (counts, log1p CP10k, linear CP10k, TPM-like, log2(CPM+1), z-scored): the predictions
+must agree with the counts' ones, or the input be refused.
 """
 
 import time
@@ -123,9 +125,49 @@ def _scales(task, bundle, log):
     return rows
 
 
+#: Per pair, subsets of the query's types queried on their own.
+SUBSETS = {
+    "pbmc3k→pbmc68k": [["CD8 T", "Memory CD4 T", "Naive CD4 T"], ["CD14+ Mono", "DC"], ["B"]],
+    "baron (donor human3 out)": [
+        ["alpha", "beta", "delta", "gamma"],
+        ["alpha", "beta"],
+        ["acinar", "ductal"],
+    ],
+    "CEL-seq2→Drop-seq": [["H1975", "HCC827"], ["HCC827"]],
+}
+
+
+def _subsets(task, bundle, whole, log):
+    """The query's `SUBSETS` queried alone: share Unknown and accuracy, next to the same cells'
+    figures when the whole query was given (`whole`: its predictions)."""
+    rows = []
+    truth = task.query.obs["label"].astype(str).to_numpy()
+    for types in SUBSETS.get(task.pair, []):
+        cells = np.isin(truth, types)
+        adata = task.query[cells].copy()
+        query(adata, bundle)
+        predicted = adata.obs["scquery_prediction"].astype(str).to_numpy()
+        row = {
+            "task": task.name,
+            "types": types,
+            "cells": int(cells.sum()),
+            "unknown": float((predicted == UNKNOWN).mean()),
+            "accuracy": float((predicted == truth[cells]).mean()),
+            "unknown_in_whole": float((whole[cells] == UNKNOWN).mean()),
+            "accuracy_in_whole": float((whole[cells] == truth[cells]).mean()),
+        }
+        rows.append(row)
+        log(
+            f"  subset {' + '.join(types)}: {row['cells']} cells, Unknown {row['unknown']:.3f} "
+            f"(in the whole query {row['unknown_in_whole']:.3f}), accuracy {row['accuracy']:.3f} "
+            f"({row['accuracy_in_whole']:.3f})"
+        )
+    return rows
+
+
 def run_crossstudy(*, quick, seed=0, log=print):
     """Figures of every task (the CellBench pair only, with a small network, when `quick`)."""
-    results, scales = [], []
+    results, scales, subsets = [], [], []
     for task in tasks():
         if quick and not task.pair.startswith("CEL-seq2"):
             continue
@@ -156,6 +198,8 @@ def run_crossstudy(*, quick, seed=0, log=print):
                 f"  {method}: macro-F1 {row['macro_f1']:.3f}, known Unknown {row['known_unknown']:.3f}"
                 + (f", held-out Unknown {row['held_out_unknown']:.3f}" if held.any() else "")
             )
+        if not task.held_out:
+            subsets += _subsets(task, bundle, methods["scquery prediction"], log)
         if not task.held_out and (task.pair.startswith("baron") or quick):
             scales = _scales(task, bundle, log)
-    return {"tasks": results, "scales": scales}
+    return {"tasks": results, "scales": scales, "subsets": subsets}

@@ -485,6 +485,37 @@ def crossstudy_section(result):
         verdicts.append(line)
     parts += [_table(["task", "method", "macro-F1", "known Unknown", "held-out Unknown"], rows), ""]
     parts += ["Targets:", "", *verdicts, ""]
+    if result.get("subsets"):
+        subset_rows = [
+            [
+                r["task"],
+                " + ".join(r["types"]),
+                r["cells"],
+                r["unknown"],
+                r["unknown_in_whole"],
+                r["accuracy"],
+                r["accuracy_in_whole"],
+            ]
+            for r in result["subsets"]
+        ]
+        parts += [
+            "The same query cells given as a subset of the query's types (as from a sorted sample), "
+            "next to the same cells' figures in the whole query:",
+            "",
+            _table(
+                [
+                    "task",
+                    "query holds only",
+                    "cells",
+                    "Unknown",
+                    "Unknown in the whole query",
+                    "accuracy",
+                    "accuracy in the whole query",
+                ],
+                subset_rows,
+            ),
+            "",
+        ]
     if result.get("scales"):
         scale_rows = []
         for r in result["scales"]:
