@@ -30,10 +30,10 @@ from .quality import celltypist_predictions
 from .tasks import baron_splits, data_dir, pbmc_split, synthetic_split, zeisel_splits
 
 FRACTIONS = (0.01, 0.05, 0.2, 1.0)
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 QUICK_FRACTIONS, QUICK_SEEDS = (0.05, 1.0), (0,)
 #: Folds of the quality part's tasks run here (the quality part runs them all).
-BARON_DONORS, ZEISEL_FOLDS = ("human1",), ("0",)
+BARON_DONORS, ZEISEL_FOLDS = ("human1", "human3"), ("0",)
 MIN_PER_TYPE = 2
 
 ALL, LABELLED, NONE, QUERY = (
