@@ -398,8 +398,10 @@ def scale_section(scale):
         "from another draw shifted off the reference (another study's cells). Each build runs in its "
         "own process on every core; recall@15 against exact search on 1,000 of the queries; memory: "
         "the process's resident growth over the data. Peers use the least search width of their grid "
-        "that reaches recall 0.95 on those queries. 10M rows are extrapolated (a power law through "
-        "100k and 1M), not measured.",
+        "that reaches recall 0.95 on those queries. scquery's leave-self-out distances (each type's "
+        "typical nearest-neighbour distance, which the query's novelty is scaled by) are computed for "
+        "up to 2,000 cells per cluster, as `train` does per cell type. 10M rows are extrapolated (a "
+        "power law through 100k and 1M), not measured.",
         "",
         _table(
             [

@@ -114,9 +114,10 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
     """Build one neighbour index over simulated embeddings and search `n_query` cells of another
     (shifted) draw; recall@k against exact search on the first `RECALL_QUERIES` of them.
 
-    `method`: 'scquery' (`NeighborIndex`, faiss IVF-Flat; its leave-self-out distances are timed
-    apart), 'hnswlib', 'faiss-hnsw' or 'pynndescent' (peers at settings reaching the recall
-    target where their grid allows: the least search width whose recall on the same queries does).
+    `method`: 'scquery' (`NeighborIndex`, faiss IVF-Flat; its leave-self-out distances, of
+    `SELF_PER_GROUP` cells per simulated type, are timed apart), 'hnswlib', 'faiss-hnsw' or
+    'pynndescent' (peers at settings reaching the recall target where their grid allows: the least
+    search width whose recall on the same queries does).
     """
     import numpy as np
     from sklearn.neighbors import NearestNeighbors
@@ -125,7 +126,7 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
 
     from .synthetic import synthetic_embeddings
 
-    reference = synthetic_embeddings(n_reference, seed=seed)
+    reference, types = synthetic_embeddings(n_reference, seed=seed, with_types=True)
     queries = synthetic_embeddings(n_query, seed=seed + 1, shift=shift)
     sample = queries[:RECALL_QUERIES]
     truth = NearestNeighbors(algorithm="brute").fit(reference).kneighbors(sample, k, return_distance=False)
@@ -137,7 +138,7 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
     result = {"method": method, "n_reference": n_reference, "n_query": n_query, "width": reference.shape[1]}
     start = time.perf_counter()
     if method == "scquery":
-        index = NeighborIndex(reference, seed=seed)
+        index = NeighborIndex(reference, groups=types, seed=seed)
         result["build_s"] = time.perf_counter() - start
         start = time.perf_counter()
         index.nearest_distances  # noqa: B018 (computed on first use, saved with the bundle)

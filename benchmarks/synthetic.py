@@ -58,12 +58,13 @@ def synthetic_counts(n_cells, n_genes=2000, n_types=10, seed=0, *, dispersion=2.
     return ad.AnnData(X=X, obs=obs, var=var)
 
 
-def synthetic_embeddings(n_cells, *, width=100, seed=0, shift=0.0, latent=20, n_types=50):
+def synthetic_embeddings(n_cells, *, width=100, seed=0, shift=0.0, latent=20, n_types=50, with_types=False):
     """Embeddings like the network's (tanh units): `n_types` clusters of several spreads on a
     `latent`-dimensional manifold, mapped into `width` dimensions, with a little noise off it.
 
     The clusters come from a fixed seed, so draws with different `seed` are new cells of the same
     types; `shift` moves every cell off the reference (another study's cells). Built in chunks.
+    With `with_types`, returns `(embeddings, each cell's cluster)`.
     """
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(n_types, latent))
@@ -71,10 +72,11 @@ def synthetic_embeddings(n_cells, *, width=100, seed=0, shift=0.0, latent=20, n_
     spreads = rng.uniform(0.2, 0.6, size=n_types)
     draw = np.random.default_rng([seed, n_cells])
     out = np.empty((n_cells, width), dtype=np.float32)
+    cell_types = np.empty(n_cells, dtype=np.int64)
     for start in range(0, n_cells, 20 * CHUNK):
         stop = min(start + 20 * CHUNK, n_cells)
-        types = draw.integers(n_types, size=stop - start)
+        types = cell_types[start:stop] = draw.integers(n_types, size=stop - start)
         points = centres[types] + draw.normal(size=(stop - start, latent)) * spreads[types, None]
         noise = draw.normal(0.0, 0.05, size=(stop - start, width))
         out[start:stop] = np.tanh(points @ projection + noise + shift)
-    return out
+    return (out, cell_types) if with_types else out

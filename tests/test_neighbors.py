@@ -8,7 +8,7 @@ import pytest
 
 from scquery.bundle import load_bundle, save_bundle
 from scquery.errors import ScqueryError
-from scquery.neighbors import INDEX_FILES, TARGET_RECALL, NeighborIndex
+from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, NeighborIndex
 from scquery.query import extend, query
 
 
@@ -50,9 +50,21 @@ def test_approximate_search_recalls_the_exact_neighbours(reference, approximate)
         assert np.isclose(d_approx[:, 0], d_exact[:, 0], atol=1e-5).mean() > 0.95
         found = np.linalg.norm(queries[:, None, :] - reference[i_approx[:, :3]], axis=2)
         np.testing.assert_allclose(d_approx[:, :3], found, atol=1e-5)
-    same = np.isclose(approximate.nearest_distances, exact.nearest_distances, atol=1e-5)
-    assert same.mean() > TARGET_RECALL
-    assert (approximate.nearest_distances >= exact.nearest_distances - 1e-5).all()
+    measured = np.isfinite(exact.nearest_distances)  # the same seeded sample of cells in both
+    np.testing.assert_array_equal(np.isfinite(approximate.nearest_distances), measured)
+    approx_nearest, exact_nearest = approximate.nearest_distances[measured], exact.nearest_distances[measured]
+    assert np.isclose(approx_nearest, exact_nearest, atol=1e-5).mean() > TARGET_RECALL
+    assert (approx_nearest >= exact_nearest - 1e-5).all()
+
+
+def test_leave_self_out_distances_of_a_sample_of_each_group(reference, approximate):
+    groups = np.where(np.arange(len(reference)) < 500, "rare", "common")  # 500 and 5,500 cells
+    index = NeighborIndex(reference, groups=groups, exact_max_cells=1000, seed=0)
+    measured = np.isfinite(index.nearest_distances)
+    assert measured[:500].all() and measured[500:].sum() == SELF_PER_GROUP
+    assert np.isfinite(approximate.nearest_distances).sum() == SELF_PER_GROUP  # no groups: one
+    small = NeighborIndex(reference[:300], groups=groups[:300])
+    assert np.isfinite(small.nearest_distances).all() and (small.nearest_distances > 0).all()
 
 
 def test_a_reference_cell_is_its_own_nearest_neighbour(reference, approximate):

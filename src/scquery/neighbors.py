@@ -13,6 +13,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pandas as pd
 from faiss.contrib.ivf_tools import add_preassigned
 
 from .errors import ScqueryError
@@ -37,6 +38,9 @@ COARSE_PROBES = 16
 """Nearest lists of every reference cell found while building (reused by its leave-self-out search)."""
 CALIBRATED_K = (1, 15)
 """Neighbour counts calibrated when the index is built (1: leave-self-out; 15: `query`'s default)."""
+SELF_PER_GROUP = 2000
+"""Cells per group (the reference's cell types) whose leave-self-out distance is computed: all of a
+smaller group, a seeded sample of a larger one. The query only needs each type's median."""
 FORMAT = 2
 META_FILE, FAISS_FILE, DISTANCES_FILE = "index.json", "index.faiss", "index.npy"
 INDEX_FILES = (META_FILE, FAISS_FILE, DISTANCES_FILE)
@@ -56,12 +60,14 @@ class NeighborIndex:
 
     Attributes:
         exact: whether the search is exact.
-        nearest_distances: each reference cell's distance to its nearest other reference cell
-            (computed on first use, then kept and saved).
+        nearest_distances: each reference cell's distance to its nearest other reference cell,
+            for up to `SELF_PER_GROUP` cells of each of the `groups` (one label per cell; None:
+            one group), NaN for the others (computed on first use, then kept and saved).
     """
 
-    def __init__(self, embeddings, *, exact_max_cells=EXACT_MAX_CELLS, seed=0, n_threads=None):
+    def __init__(self, embeddings, *, groups=None, exact_max_cells=EXACT_MAX_CELLS, seed=0, n_threads=None):
         self.embeddings = _embeddings(embeddings)
+        self.groups = None if groups is None else np.asarray(groups)
         self.exact = len(self.embeddings) <= exact_max_cells
         self.seed = int(seed)
         self.n_threads = n_threads or os.cpu_count() or 1
@@ -118,24 +124,34 @@ class NeighborIndex:
             np.shape(embeddings) == self.embeddings.shape and np.array_equal(embeddings, self.embeddings)
         )
 
+    def _self_rows(self):
+        """The cells whose leave-self-out distance is computed (`SELF_PER_GROUP` per group)."""
+        groups = np.zeros(self.n_cells) if self.groups is None else self.groups
+        codes = pd.factorize(pd.Series(groups), sort=True)[0]
+        rng = np.random.default_rng(self.seed)
+        rows = [np.flatnonzero(codes == code) for code in range(codes.max() + 1)]
+        rows = [r if r.size <= SELF_PER_GROUP else rng.choice(r, SELF_PER_GROUP, replace=False) for r in rows]
+        return np.sort(np.concatenate(rows))
+
     def _leave_self_out(self):
+        rows = self._self_rows()
+        cells = self.embeddings[rows]
         if self.exact:
-            distances, indices = self._exact(self.embeddings, 2)
-            itself = indices[:, 0] == np.arange(self.n_cells)
-            return np.where(itself, distances[:, 1], distances[:, 0])
-        nprobe = self._nprobe_for(1)
-        faiss.omp_set_num_threads(self.n_threads)
-        if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
-            self._search.nprobe = nprobe
-            dq, iq = (part[:, :nprobe] for part in self._coarse)
-            squared, indices = self._search.search_preassigned(self.embeddings, 2, iq, dq)
+            distances, indices = self._exact(cells, 2)
         else:
+            nprobe = self._nprobe_for(1)
+            faiss.omp_set_num_threads(self.n_threads)
             self._search.nprobe = nprobe
-            squared, indices = self._search.search(self.embeddings, 2)
-        self._coarse = None
-        distances = _distances(squared)
-        itself = indices[:, 0] == np.arange(self.n_cells)
-        return np.where(itself, distances[:, 1], distances[:, 0]).astype(np.float32)
+            if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
+                dq, iq = (part[rows, :nprobe] for part in self._coarse)
+                squared, indices = self._search.search_preassigned(cells, 2, iq, dq)
+            else:
+                squared, indices = self._search.search(cells, 2)
+            self._coarse = None
+            distances = _distances(squared)
+        nearest = np.full(self.n_cells, np.nan, dtype=np.float32)
+        nearest[rows] = np.where(indices[:, 0] == rows, distances[:, 1], distances[:, 0])
+        return nearest
 
     def _exact(self, queries, k):
         """Exact search (faiss brute force, BLAS), its distances recomputed without the round-off
@@ -238,7 +254,7 @@ class NeighborIndex:
         lives in the bundle); it is accepted for callers of the former folder cache."""
         embeddings = bundle.reference.obsm["X_scquery"]
         if bundle.index is None or not bundle.index.indexes(embeddings):
-            bundle.index = cls(embeddings, seed=bundle.seed)
+            bundle.index = cls(embeddings, groups=bundle.reference.obs["label"].to_numpy(), seed=bundle.seed)
         return bundle.index
 
 

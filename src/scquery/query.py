@@ -240,11 +240,18 @@ def transfer(
 
 
 def _type_scales(nearest_distances, codes, n_labels):
-    """Per reference label: the median distance of its cells to their nearest other reference cell."""
+    """Per reference label: the median distance of its cells to their nearest other reference cell
+    (over the cells the index measured: a sample of a large type; NaN marks the others)."""
+    measured = np.isfinite(nearest_distances)
     scales = np.array(
-        [np.median(nearest_distances[codes == c]) if (codes == c).any() else np.nan for c in range(n_labels)]
+        [
+            np.median(nearest_distances[(codes == c) & measured])
+            if ((codes == c) & measured).any()
+            else np.nan
+            for c in range(n_labels)
+        ]
     )
-    fallback = np.median(nearest_distances)
+    fallback = np.median(nearest_distances[measured])
     scales = np.where(np.isfinite(scales) & (scales > 0), scales, fallback)
     return np.maximum(scales, 1e-12)
 
