@@ -326,6 +326,13 @@ def labels_section(result):
         ]
     wins = sum(met for _, _, met, _ in verdicts)
     worst = min((full for *_, full in verdicts if not np.isnan(full)), default=np.nan)
+    for f in (0.01, 0.05):
+        ahead = [t for t, margins, _, _ in verdicts if f in margins and min(margins[f]) >= 0.03]
+        parts += [
+            f"At {f:.0%} labels, ahead of both by ≥ 0.03 on {len(ahead)} task(s): "
+            f"{', '.join(ahead) or 'none'}."
+        ]
+    parts += [""]
     parts += [
         f"Target: at 1 % and 5 % labels, pretrained with the unlabelled cells beats no pretraining and the "
         f"best peer (PCA + kNN, logistic regression, CellTypist) by ≥ 0.03 macro-F1 on at least three tasks: "
