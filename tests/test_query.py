@@ -218,7 +218,7 @@ def test_extended_reference_finds_the_new_type(without_b, split, tmp_path):
     assert HELD_OUT not in extended.classes
     assert HELD_OUT in set(extended.reference.uns["profiles"]["labels"])
     adata = split[1].copy()
-    matches = query(adata, extended, bundle_path=tmp_path / "model")
+    matches = query(adata, extended)
     held = (adata.obs["bulk_labels"] == HELD_OUT).to_numpy()
     assert (adata.obs["scquery_prediction"][held] == HELD_OUT).mean() > 0.7
     assert set(new_cells.obs_names) & set(matches["reference_cell"])

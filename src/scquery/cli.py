@@ -232,7 +232,6 @@ def _query(args):
         majority_voting=args.majority_voting,
         gene_key=args.gene_key,
         min_overlap=args.min_overlap,
-        bundle_path=args.model,
         **_values(args),
     )
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None

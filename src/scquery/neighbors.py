@@ -129,7 +129,8 @@ class NeighborIndex:
         groups = np.zeros(self.n_cells) if self.groups is None else self.groups
         codes = pd.factorize(pd.Series(groups), sort=True)[0]
         rng = np.random.default_rng(self.seed)
-        rows = [np.flatnonzero(codes == code) for code in range(codes.max() + 1)]
+        order = np.argsort(codes, kind="stable")  # each group's cells, in order
+        rows = np.split(order, np.cumsum(np.bincount(codes))[:-1])
         rows = [r if r.size <= SELF_PER_GROUP else rng.choice(r, SELF_PER_GROUP, replace=False) for r in rows]
         return np.sort(np.concatenate(rows))
 
@@ -248,10 +249,9 @@ class NeighborIndex:
         return index
 
     @classmethod
-    def for_bundle(cls, bundle, path=None):
+    def for_bundle(cls, bundle):
         """The index of `bundle.reference`: the one the bundle holds (saved with it), else one built
-        now and kept on the bundle, so that `save_bundle` writes it. `path` is not used (the index
-        lives in the bundle); it is accepted for callers of the former folder cache."""
+        now and kept on the bundle, so that `save_bundle` writes it."""
         embeddings = bundle.reference.obsm["X_scquery"]
         if bundle.index is None or not bundle.index.indexes(embeddings):
             bundle.index = cls(embeddings, groups=bundle.reference.obs["label"].to_numpy(), seed=bundle.seed)

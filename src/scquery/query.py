@@ -48,7 +48,7 @@ from .embed import compute_embedding, record_run
 from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
-from .profiles import PROFILES_KEY, marker_agreement, merge_profiles, type_profiles
+from .profiles import PROFILES_KEY, group_means, marker_agreement, merge_profiles, type_profiles
 
 #: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
 REASONS = ["", "no reference genes", "low confidence", "new cluster", "markers differ"]
@@ -102,7 +102,6 @@ def search(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
-    bundle_path=None,
     batch_size=8192,
 ):
     """Step 1: embed `adata` like the reference and find each cell's `k` nearest reference cells."""
@@ -115,7 +114,7 @@ def search(
         min_overlap=min_overlap,
         batch_size=batch_size,
     )
-    index = NeighborIndex.for_bundle(bundle, bundle_path)
+    index = NeighborIndex.for_bundle(bundle)
     distances, indices = index.kneighbors(embedding, min(k, bundle.reference.n_obs))
     expressed = np.diff(processed.X.indptr) > 0
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
@@ -193,9 +192,7 @@ def transfer(
     cluster = cluster_query(neighbors.processed.X, resolution=resolution, seed=seed)
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
-    cluster_type = np.vstack([evidence[cluster_rows == i].mean(axis=0) for i in range(len(ids))]).argmax(
-        axis=1
-    )
+    cluster_type = group_means(evidence, cluster_rows)[1].argmax(axis=1)
     if majority_voting:
         predicted = cluster_type[cluster_rows]
     confidence = evidence[np.arange(len(predicted)), predicted]
@@ -243,14 +240,8 @@ def _type_scales(nearest_distances, codes, n_labels):
     """Per reference label: the median distance of its cells to their nearest other reference cell
     (over the cells the index measured: a sample of a large type; NaN marks the others)."""
     measured = np.isfinite(nearest_distances)
-    scales = np.array(
-        [
-            np.median(nearest_distances[(codes == c) & measured])
-            if ((codes == c) & measured).any()
-            else np.nan
-            for c in range(n_labels)
-        ]
-    )
+    medians = pd.Series(nearest_distances[measured]).groupby(codes[measured]).median()
+    scales = medians.reindex(range(n_labels)).to_numpy(np.float64)
     fallback = np.median(nearest_distances[measured])
     scales = np.where(np.isfinite(scales) & (scales > 0), scales, fallback)
     return np.maximum(scales, 1e-12)
@@ -271,7 +262,6 @@ def query(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
-    bundle_path=None,
     batch_size=8192,
     seed=0,
 ):
@@ -298,7 +288,6 @@ def query(
         majority_voting: give each query cluster its most probable type.
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
         layer, use_raw, gene_key, min_overlap: as in `scquery.embed.embed`.
-        bundle_path: the bundle's folder, where the neighbour index is cached.
         seed: seed of the query's clustering.
 
     Returns:
@@ -324,7 +313,6 @@ def query(
         use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
-        bundle_path=bundle_path,
         batch_size=batch_size,
     )
     result = transfer(

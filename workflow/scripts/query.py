@@ -15,7 +15,6 @@ adata = ad.read_h5ad(snakemake.input.data)
 matches = query(
     adata,
     load_bundle(snakemake.input.bundle),
-    bundle_path=snakemake.input.bundle,  # the neighbour index cached by the finetune rule
     **snakemake.params.query,
     **snakemake.params.values,
 )
