@@ -86,7 +86,7 @@ def test_tensorflow_is_the_default_backend_extra_not_a_requirement():
 
 
 def test_conda_environment_pins_every_dependency_of_pyproject():
-    environment = yaml.safe_load((REPO / "workflow" / "envs" / "scquery.yaml").read_text())
+    environment = yaml.safe_load((REPO / "envs" / "scquery.yaml").read_text())
     assert environment["channels"][0] == "conda-forge"
     pins = {}
     for entry in environment["dependencies"]:
@@ -98,11 +98,22 @@ def test_conda_environment_pins_every_dependency_of_pyproject():
     needed += project["optional-dependencies"]["loom"]
     for requirement in map(Requirement, needed):
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"workflow/envs/scquery.yaml lacks {name} (pyproject.toml: {requirement})"
+        assert name in pins, f"envs/scquery.yaml lacks {name} (pyproject.toml: {requirement})"
         assert requirement.specifier.contains(pins[name] + ".0"), f"{name}={pins[name]} is not {requirement}"
     assert Version(pins["setuptools"] + ".0") >= Version(lowest_setuptools())  # builds scquery offline
-    deploy = (REPO / "workflow" / "envs" / "scquery.post-deploy.sh").read_text()
+    deploy = (REPO / "envs" / "scquery.post-deploy.sh").read_text()
     assert "--no-deps" in deploy and "SCQUERY_SOURCE" in deploy  # the package only, from this checkout
+
+
+def test_every_rule_runs_in_the_top_level_environment():
+    # One copy of the environment, in envs/ at the top level; every rule's `conda:` names it.
+    assert not (REPO / "workflow" / "envs").exists()
+    for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = rules.read_text()
+        directives = re.findall(r"^\s+conda:\n\s+\"([^\"]+)\"", text, re.M)
+        assert len(directives) == len(re.findall(r"^rule ", text, re.M)), rules.name  # one per rule
+        for directive in directives:
+            assert (rules.parent / directive).resolve() == REPO / "envs" / "scquery.yaml", rules.name
 
 
 def test_catalog_metadata_and_layout():

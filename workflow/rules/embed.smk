@@ -12,7 +12,7 @@ rule embed:
     benchmark:
         "logs/benchmarks/embed/{query}.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         min_overlap=config["query"].get("min_overlap", 0.5),

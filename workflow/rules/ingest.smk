@@ -12,7 +12,7 @@ rule default_data:
     benchmark:
         "logs/benchmarks/default_data.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         seed=config["seed"],
@@ -32,7 +32,7 @@ rule ingest_reference:
     benchmark:
         "logs/benchmarks/ingest/reference.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         layer=config["reference"].get("layer"),
@@ -54,7 +54,7 @@ rule ingest_query:
     benchmark:
         "logs/benchmarks/ingest/{query}.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         layer=config.get("query_input", {}).get("layer"),
@@ -76,7 +76,7 @@ rule ingest_unlabeled:
     benchmark:
         "logs/benchmarks/ingest/unlabeled/{unlabeled}.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         layer=config["reference"].get("layer"),

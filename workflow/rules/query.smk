@@ -19,7 +19,7 @@ rule query:
     benchmark:
         "logs/benchmarks/query/{query}.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         query=config["query"],

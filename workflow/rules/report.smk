@@ -25,7 +25,7 @@ rule report_model:
     benchmark:
         "logs/benchmarks/report/model.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         seed=config["seed"],
@@ -75,7 +75,7 @@ rule report_query:
     benchmark:
         "logs/benchmarks/report/{query}.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     params:
         label_key=config["query_label_key"],
@@ -103,7 +103,7 @@ rule report_overview:
     benchmark:
         "logs/benchmarks/report/overview.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 1
     script:
         "../scripts/report_overview.py"

@@ -23,7 +23,7 @@ rule pretrain:
     benchmark:
         "logs/benchmarks/pretrain.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 2
     params:
         train=config["train"],
@@ -44,7 +44,7 @@ rule finetune:
     benchmark:
         "logs/benchmarks/finetune.tsv"
     conda:
-        "../envs/scquery.yaml"
+        "../../envs/scquery.yaml"
     threads: 2
     params:
         label_key=config["reference"]["label_key"],
