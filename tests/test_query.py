@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from conftest import shared_file
 
 from scquery.errors import ScqueryError
-from scquery.profiles import marker_agreement, merge_profiles, type_profiles
+from scquery.profiles import group_means, marker_agreement, merge_profiles, type_profiles, unique_markers
 from scquery.query import UNKNOWN, cluster_query, extend, query, summarize, vote
 from scquery.train import train
 
@@ -136,7 +136,9 @@ def test_held_out_type_comes_back_unknown_more_often(without_b, split):
     # measured with training seeds 0-2: all B cells rejected (their cluster lacks every marker of
     # the type it is mapped to), 3-6 % of the others
     assert (predicted[held] == UNKNOWN).mean() > 0.8
-    assert (adata.obs["scquery_marker_agreement"][held] < 0.5).mean() > 0.8
+    obs = adata.obs[held]
+    lacking = (obs["scquery_marker_agreement"] < 0.6) | (obs["scquery_unique_markers"] < 0.7)
+    assert lacking.mean() > 0.8
     assert (predicted[~held] == UNKNOWN).mean() < 0.12
 
 
@@ -354,3 +356,74 @@ def test_marker_agreement_of_a_query_of_a_few_types_contrasts_those_types():
     subtype[50:55] += 1.0  # A split into two clusters by a minor programme
     X, cells = clusters_of([means[0], subtype])
     assert marker_agreement(X, cells, {0: "A", 1: "A"}, profiles).isna().all()
+
+
+def _blood_like(rng, n_genes=120):
+    """Synthetic type profiles: T4 and T8 share a lineage (genes 0-9) and have their own genes (10-14,
+    15-19); T8 and NK share a cytotoxic programme (20-34), NK has its own genes (35-39); B and M have
+    their own (40-54, 55-69). Genes 70-119 define no type."""
+    base = rng.uniform(0.3, 1.0, n_genes)
+    means = np.tile(base, (5, 1))
+    means[:2, 0:10] += 2.0  # T lineage (CD3-like), T4 and T8
+    means[0, 10:15] += 1.5  # T4's own
+    means[1, 15:20] += 1.5  # T8's own (CD8-like)
+    means[[1, 2], 20:35] += 2.0  # cytotoxic programme, T8 and NK
+    means[2, 35:40] += 1.5  # NK's own
+    means[3, 40:55] += 2.0  # B
+    means[4, 55:70] += 2.0  # M
+    return means, ["T4", "T8", "NK", "B", "M"]
+
+
+def _cells(rng, centres, n=60, shift=None):
+    cells = np.repeat(np.arange(len(centres)), n)
+    noise = rng.normal(0, 0.3, (cells.size, centres.shape[1]))
+    shift = 0 if shift is None else shift
+    return sp.csr_matrix(np.clip(centres[cells] + shift + noise, 0, None)), cells
+
+
+def test_a_condition_programme_on_known_types_keeps_their_markers():
+    """Interferon-like programme (40 genes that define no type, raised 2-8x) on the T4 and B clusters of
+    a query from another study: both still express their types' genes, so neither is 'markers differ',
+    though the programme makes their whole profiles unlike their types' (the old all-genes contrast)."""
+    rng = np.random.default_rng(2)
+    means, labels = _blood_like(rng)
+    profiles = type_profiles(means, labels)
+    centres = means[[0, 0, 1, 3, 3, 4]].copy()  # T4 and B, each resting and stimulated
+    programme = np.arange(75, 115)
+    for stimulated in (1, 4):
+        centres[stimulated, programme] += np.log(rng.uniform(2, 8, programme.size)) + 1.0
+    X, cells = _cells(rng, centres, shift=rng.normal(0, 0.3, means.shape[1]))
+    types = dict(enumerate(["T4", "T4", "T8", "B", "B", "M"]))
+    agreement = marker_agreement(X, cells, types, profiles)
+    unique = unique_markers(X, cells, types, profiles)
+    assert (agreement[[1, 4]] >= 0.9).all() and (unique[[1, 4]] >= 0.9).all()
+    # the whole profile no longer looks like its type's: what an all-genes contrast judged
+    names, cluster_means, _ = group_means(X, cells)
+    whole = cluster_means - cluster_means.mean(axis=0)
+    reference = profiles["means"][[labels.index(types[c]) for c in names]]
+    reference = reference - reference.mean(axis=0)
+    assert np.corrcoef(whole[1], reference[1])[0, 1] < 0.5
+
+
+def test_a_type_that_mimics_a_known_one_without_its_defining_genes_is_caught():
+    """NK-like cells (the cytotoxic programme, no T lineage, no CD8-like genes) read as T8 by a
+    reference without NK: their cluster lacks T8's lineage and own genes, the real T8 cluster does not."""
+    rng = np.random.default_rng(3)
+    means, labels = _blood_like(rng)
+    keep = [0, 1, 3, 4]  # the reference has no NK
+    profiles = type_profiles(means[keep], [labels[i] for i in keep])
+    X, cells = _cells(rng, means[[0, 1, 2, 3, 4]], shift=rng.normal(0, 0.3, means.shape[1]))
+    types = dict(enumerate(["T4", "T8", "T8", "B", "M"]))  # the NK cluster (2) mapped to T8
+    agreement = marker_agreement(X, cells, types, profiles)
+    unique = unique_markers(X, cells, types, profiles)
+    assert agreement[2] < 0.6  # it lacks the T lineage; it has 15 of T8's 20 own genes (cytotoxic)
+    assert unique[2] == pytest.approx(0.75)
+    assert (agreement[[0, 1, 3, 4]] >= 0.9).all() and (unique[[0, 1, 3, 4]] >= 0.9).all()
+
+
+def test_a_query_of_one_type_is_not_rejected_for_lack_of_others(bundle, split):
+    adata = split[1][split[1].obs["bulk_labels"] == "CD14+ Monocyte"].copy()
+    query(adata, bundle)
+    reasons = adata.obs["scquery_unknown_reason"].astype(str)
+    assert (reasons == "markers differ").mean() == 0
+    assert (adata.obs["scquery_prediction"] == UNKNOWN).mean() < 0.1

@@ -196,9 +196,17 @@ def _add_query(subparsers):
     parser.add_argument(
         "--min-marker-agreement",
         type=float,
-        default=0.5,
-        help="least correlation of a query cluster's markers with its type's markers in the reference, "
-        "else its cells are Unknown (default: 0.5; -1 turns the check off)",
+        default=0.6,
+        help="least share of its type's lineage genes (those the type raises most against the types of "
+        "the query's other clusters, in the reference) a query cluster must express above the query's "
+        "average cluster, else its cells are Unknown (default: 0.6; 0 turns the check off)",
+    )
+    parser.add_argument(
+        "--min-unique-markers",
+        type=float,
+        default=0.7,
+        help="the same for its type's own genes (those the type raises above every other reference type) "
+        "(default: 0.7; 0 turns the check off)",
     )
     parser.add_argument(
         "--resolution", type=float, default=1.0, help="Leiden resolution of the query clusters (default: 1.0)"
@@ -228,6 +236,7 @@ def _query(args):
         min_confidence=args.min_confidence,
         novelty_threshold=args.novelty_threshold,
         min_marker_agreement=args.min_marker_agreement,
+        min_unique_markers=args.min_unique_markers,
         resolution=args.resolution,
         majority_voting=args.majority_voting,
         gene_key=args.gene_key,

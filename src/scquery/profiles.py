@@ -2,12 +2,20 @@
 
 A type's profile is the mean of its reference cells' processed values (log-normalized, on the model's
 genes), saved in the bundle's reference (`uns['profiles']`). A query cluster's markers are its mean
-minus the mean of the query's clusters; its type's markers, the type's profile minus the mean of the
-profiles of those clusters' types (log fold changes against the same mix of types). Each side is
-measured within its own study, so what two studies differ in everywhere (depth, chemistry, batch)
-cancels, and the Pearson correlation of a cluster's markers with its predicted type's markers
-(`marker_agreement`) says whether the cluster expresses what sets that type apart in the reference: a
-cell type the reference lacks, mapped onto its nearest known type, does not.
+minus the mean of the query's clusters: measured within the query's own study, so what two studies
+differ in everywhere (depth, chemistry, batch) cancels. A cluster mapped to type T is checked on the
+genes that define T in the reference, and only on those, in two ways:
+
+- `marker_agreement`: T's lineage genes, the `DEFINING_GENES` genes T raises most against the mix of
+  types the query's clusters are mapped to (its profile minus the mean of those types' profiles, so a
+  query of only T cells is judged on what tells T-cell types apart);
+- `unique_markers`: T's own genes, those T raises above every other reference type.
+
+Each is the share of those genes the cluster expresses above the query's average cluster. A cell type
+the reference lacks, mapped onto its nearest known type, lacks many of them (NK cells read as CD8 T
+lack CD3 and CD8; acinar cells read as ductal lack KRT19 and CFTR), while a known type under a
+treatment, stress or the cell cycle keeps them: whatever else the condition raises does not define the
+type and is not counted.
 """
 
 import numpy as np
@@ -16,6 +24,11 @@ import scipy.sparse as sp
 
 #: Key of the profiles in the reference's `uns`.
 PROFILES_KEY = "profiles"
+#: How many of the genes a type raises most (against the query's mix of types, or above every other
+#: type) define it.
+DEFINING_GENES = 50
+#: The fewest such genes (raised by a quarter or more) a type needs to be judged on them.
+MIN_DEFINING_GENES = 5
 
 
 def group_means(X, groups, *, rows=None):
@@ -56,33 +69,48 @@ def merge_profiles(first, second):
 
 
 def marker_agreement(X, clusters, types, profiles):
-    """Per query cluster: the correlation of its markers with those of its type (module docstring).
+    """Per query cluster: the share of its type's lineage genes it expresses (module docstring).
 
     `X` holds the query's processed values (cells × the model's genes), `clusters` each cell's cluster,
-    `types` each cluster's predicted type (a mapping from cluster to label). Both sides contrast the
-    same set: a cluster's mean against the mean of the query's clusters, its type's profile against
-    the mean of those clusters' types' profiles (so a query of a few types, e.g. only T cells, is
-    compared with what tells those types apart in the reference). Clusters whose type has no profile
-    get NaN, as do all clusters when they share one type (nothing tells them apart in the reference).
+    `types` each cluster's predicted type (a mapping from cluster to label). A type's lineage genes are
+    the `DEFINING_GENES` that its profile raises most, by a quarter or more, against the mean of the
+    profiles of the clusters' types; a cluster is judged on them when there are `MIN_DEFINING_GENES`.
 
     Returns:
-        A `pandas.Series` indexed by cluster.
+        A `pandas.Series` indexed by cluster, in [0, 1]; NaN where a cluster's type has no profile or
+        too few such genes, and for every cluster when they all share one type (nothing tells them
+        apart in the reference).
     """
+    return _shares(X, clusters, types, profiles, lambda profile, mix, _: profile - mix.mean(axis=0))
+
+
+def unique_markers(X, clusters, types, profiles):
+    """Per query cluster: the share of its type's own genes it expresses (module docstring).
+
+    As `marker_agreement`, but a type's genes are those it raises above every other reference type
+    (the `DEFINING_GENES` with the largest margin over the highest other profile, by a quarter or
+    more).
+    """
+    return _shares(X, clusters, types, profiles, lambda profile, _, others: profile - others.max(axis=0))
+
+
+def _shares(X, clusters, types, profiles, contrast):
+    """The share of each cluster's type's genes (the highest of `contrast(profile, mix, others)`, by a
+    quarter or more) that the cluster expresses above the query's average cluster."""
     names, means, _ = group_means(X, clusters)
     result = pd.Series(np.nan, index=names)
-    reference = pd.DataFrame(np.asarray(profiles["means"], dtype=np.float64), index=list(profiles["labels"]))
-    known = np.array([types[name] in reference.index for name in names], dtype=bool)
-    if known.sum() < 2:
+    labels = list(profiles["labels"])
+    reference = np.asarray(profiles["means"], dtype=np.float64)
+    known = np.array([types[name] in labels for name in names], dtype=bool)
+    if len({types[name] for name in names[known]}) < 2:
         return result
     query_markers = means[known] - means[known].mean(axis=0)
-    profile = reference.loc[[types[name] for name in names[known]]].to_numpy()
-    reference_markers = profile - profile.mean(axis=0)
-    for name, cluster, kind in zip(names[known], query_markers, reference_markers, strict=True):
-        result[name] = _correlation(cluster, kind)
+    mix = reference[[labels.index(types[name]) for name in names[known]]]
+    for name, cluster in zip(names[known], query_markers, strict=True):
+        row = labels.index(types[name])
+        raised = contrast(reference[row], mix, np.delete(reference, row, axis=0))
+        genes = np.argsort(-raised, kind="stable")[:DEFINING_GENES]
+        genes = genes[raised[genes] > np.log(1.25)]
+        if genes.size >= MIN_DEFINING_GENES:
+            result[name] = float((cluster[genes] > 0).mean())
     return result
-
-
-def _correlation(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    norm = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norm) if norm > 0 else np.nan

@@ -14,12 +14,15 @@
      apart and may map a type it never saw into one of them); a cluster's type is the argmax of
      its cells' mean evidence, and with `majority_voting` every cell of the cluster takes it
      (CellTypist's majority voting);
-   - marker agreement (`scquery.profiles.marker_agreement`): the Pearson correlation between a
-     cluster's markers (its mean log expression minus the mean of the query's clusters) and its
-     type's markers in the reference (the type's mean, saved in the bundle, minus the mean of the
-     clusters' types' means: the same mix of types on both sides). Each side is measured within
-     its own study, so what the two studies differ in everywhere cancels. A cluster of a type the
-     reference lacks, mapped onto the nearest known type, does not show that type's markers;
+   - markers (`scquery.profiles`): a cluster mapped to type T is checked on the genes that define
+     T in the reference, and only on those: the share of T's lineage genes (those T raises most
+     against the mix of types the query's clusters are mapped to) that the cluster expresses above
+     the query's average cluster (`marker_agreement`), and the same share of T's own genes (those T
+     raises above every other reference type: `unique_markers`). Each side is measured within its own
+     study, so what the two studies differ in everywhere cancels; what a condition (a treatment,
+     stress, the cell cycle) adds on top of a type is not counted, since it does not define the
+     type. A cluster of a type the reference lacks, mapped onto the nearest known type, lacks many
+     of that type's genes;
    - novelty: a cell's distance to its nearest reference cell, divided by the typical nearest
      distance among the reference cells of its predicted type (a per-type scale), as a log ratio
      relative to the query's median log ratio (the query's own batch shift); a cluster's novelty is
@@ -27,10 +30,10 @@
    - a cell is 'Unknown' when it expresses none of the reference genes ('no reference genes'),
      when its confidence is below `min_confidence` ('low confidence'), when its cluster's novelty
      exceeds `novelty_threshold` ('new cluster': the whole cluster sits farther from its types than
-     the rest of the query does), or when its cluster's marker agreement is below
-     `min_marker_agreement` ('markers differ'). A lone odd cell in a well-matched cluster keeps
-     its label. The default 0.5: the cluster's markers explain a quarter of the variance of its
-     type's (measured on the cross-study benchmark, benchmarks/RESULTS.md).
+     the rest of the query does), or when its cluster expresses less than `min_marker_agreement`
+     of its type's lineage genes or less than `min_unique_markers` of its own genes ('markers
+     differ'). A lone odd cell in a well-matched cluster keeps its label. The defaults (0.6, 0.7)
+     were chosen on the cross-study pairs with each type held out in turn (benchmarks/RESULTS.md).
 3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
@@ -48,7 +51,14 @@ from .embed import compute_embedding, record_run
 from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
-from .profiles import PROFILES_KEY, group_means, marker_agreement, merge_profiles, type_profiles
+from .profiles import (
+    PROFILES_KEY,
+    group_means,
+    marker_agreement,
+    merge_profiles,
+    type_profiles,
+    unique_markers,
+)
 
 #: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
 REASONS = ["", "no reference genes", "low confidence", "new cluster", "markers differ"]
@@ -80,6 +90,7 @@ class Transfer:
     cluster: np.ndarray
     cluster_novelty: np.ndarray
     marker_agreement: np.ndarray
+    unique_markers: np.ndarray
     labels: pd.Index
 
 
@@ -168,7 +179,8 @@ def transfer(
     *,
     min_confidence=0.5,
     novelty_threshold=1.0,
-    min_marker_agreement=0.5,
+    min_marker_agreement=0.6,
+    min_unique_markers=0.7,
     resolution=1.0,
     majority_voting=False,
     seed=0,
@@ -201,7 +213,7 @@ def transfer(
     ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
     novelty = (ratio - np.median(ratio)).astype(np.float32)
     cluster_novelty = pd.Series(novelty).groupby(cluster).transform("median").to_numpy(np.float32)
-    agreement = np.full(len(ids), np.nan, dtype=np.float32)
+    agreement = unique = np.full(len(ids), np.nan, dtype=np.float32)
     profiles = bundle.reference.uns.get(PROFILES_KEY)
     if profiles is None:
         warnings.warn(
@@ -212,13 +224,13 @@ def transfer(
         )
     else:
         types = dict(zip(ids, labels.to_numpy()[cluster_type], strict=True))
-        agreement = marker_agreement(neighbors.processed.X, cluster, types, profiles)[ids].to_numpy(
-            np.float32
-        )
-    cluster_agreement = agreement[cluster_rows]
+        X = neighbors.processed.X
+        agreement = marker_agreement(X, cluster, types, profiles)[ids].to_numpy(np.float32)
+        unique = unique_markers(X, cluster, types, profiles)[ids].to_numpy(np.float32)
+    cluster_agreement, cluster_unique = agreement[cluster_rows], unique[cluster_rows]
 
     reason = np.zeros(len(predicted), dtype=np.int64)
-    reason[cluster_agreement < min_marker_agreement] = 4
+    reason[(cluster_agreement < min_marker_agreement) | (cluster_unique < min_unique_markers)] = 4
     reason[cluster_novelty > novelty_threshold] = 3
     reason[confidence < min_confidence] = 2
     reason[~neighbors.expressed] = 1
@@ -232,6 +244,7 @@ def transfer(
         cluster=cluster,
         cluster_novelty=cluster_novelty,
         marker_agreement=cluster_agreement,
+        unique_markers=cluster_unique,
         labels=labels,
     )
 
@@ -254,7 +267,8 @@ def query(
     k=15,
     min_confidence=0.5,
     novelty_threshold=1.0,
-    min_marker_agreement=0.5,
+    min_marker_agreement=0.6,
+    min_unique_markers=0.7,
     resolution=1.0,
     majority_voting=False,
     key_added="scquery",
@@ -272,18 +286,20 @@ def query(
     the detected input `values`, `query_params`) and the obs columns `{key_added}_prediction`
     (categorical, 'Unknown' for rejected cells), `_confidence` (mean of vote share and classifier
     probability of the predicted type), `_unknown_reason`, `_novelty` and `_cluster_novelty`,
-    `_marker_agreement` (of the cell's cluster), `_cluster` (the query's Leiden cluster), `_knn`
-    and `_knn_share` (the vote's own answer), `_classifier` and `_classifier_probability` (the
-    classifier head's), `_distance` (mean distance to the `k` neighbours), `_nearest_label` and
-    `_nearest_dataset` (of the nearest reference cell).
+    `_marker_agreement` and `_unique_markers` (of the cell's cluster), `_cluster` (the query's
+    Leiden cluster), `_knn` and `_knn_share` (the vote's own answer), `_classifier` and
+    `_classifier_probability` (the classifier head's), `_distance` (mean distance to the `k`
+    neighbours), `_nearest_label` and `_nearest_dataset` (of the nearest reference cell).
 
     Args:
         k: reference neighbours per query cell.
         min_confidence: the least confidence of a prediction.
         novelty_threshold: the largest cluster novelty (log distance ratio, see the module
             docstring) of predicted cells; 1.0 = e times farther than the query's median.
-        min_marker_agreement: the least marker agreement (a correlation, see the module
-            docstring) of a cluster's cells' predictions; -1 turns the check off.
+        min_marker_agreement: the least share of its type's lineage genes a cluster must express
+            for its cells' predictions (see the module docstring); 0 turns the check off.
+        min_unique_markers: the same for its type's own genes (those it raises above every other
+            reference type); 0 turns the check off.
         resolution: Leiden resolution of the query clusters (higher: more, smaller clusters).
         majority_voting: give each query cluster its most probable type.
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
@@ -303,7 +319,8 @@ def query(
         )
     check_number("min_confidence", min_confidence, low=0, high=1)
     check_number("novelty_threshold", novelty_threshold, low=0, low_open=True)
-    check_number("min_marker_agreement", min_marker_agreement, low=-1, high=1)
+    check_number("min_marker_agreement", min_marker_agreement, low=0, high=1)
+    check_number("min_unique_markers", min_unique_markers, low=0, high=1)
     check_number("resolution", resolution, low=0, low_open=True)
     neighbors = search(
         adata,
@@ -321,6 +338,7 @@ def query(
         min_confidence=min_confidence,
         novelty_threshold=novelty_threshold,
         min_marker_agreement=min_marker_agreement,
+        min_unique_markers=min_unique_markers,
         resolution=resolution,
         majority_voting=majority_voting,
         seed=seed,
@@ -330,6 +348,7 @@ def query(
         "min_confidence": float(min_confidence),
         "novelty_threshold": float(novelty_threshold),
         "min_marker_agreement": float(min_marker_agreement),
+        "min_unique_markers": float(min_unique_markers),
         "resolution": float(resolution),
         "majority_voting": bool(majority_voting),
         "seed": int(seed),
@@ -358,6 +377,7 @@ def write_query(
     obs[f"{key_added}_novelty"] = result.novelty
     obs[f"{key_added}_cluster_novelty"] = result.cluster_novelty
     obs[f"{key_added}_marker_agreement"] = result.marker_agreement
+    obs[f"{key_added}_unique_markers"] = result.unique_markers
     obs[f"{key_added}_cluster"] = pd.Categorical(result.cluster.astype(str))
     obs[f"{key_added}_knn"] = pd.Categorical(result.knn, categories=known)
     obs[f"{key_added}_knn_share"] = result.knn_share
