@@ -33,6 +33,12 @@ def _crossstudy(quick, log):
     return run_crossstudy(quick=quick, log=log)
 
 
+def _unknown(quick, log):
+    from .unknown import run_unknown
+
+    return run_unknown(quick=quick, log=log)
+
+
 def _labels(quick, log):
     from .labels import run_labels, settings
 
@@ -50,6 +56,7 @@ def _scale(quick, log):
 PARTS = {
     "quality": _quality,
     "crossstudy": _crossstudy,
+    "unknown": _unknown,
     "labels": _labels,
     "speed": _speed,
     "scale": _scale,

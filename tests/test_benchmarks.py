@@ -126,3 +126,28 @@ def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     assert "refused" in scales["z-scored log1p CP10k"]
     assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
     assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_a_condition_programme_is_raised_in_the_chosen_cells_only():
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from benchmarks.crossstudy_tasks import Task
+    from benchmarks.unknown import with_programme
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(1.0, (20, 8)).astype(np.float32))
+    genes = [f"G{i}" for i in range(6)] + ["ISG15", "MX1"]
+    obs = pd.DataFrame({"label": ["a"] * 20}, index=[f"c{i}" for i in range(20)])
+    query = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=genes))
+    task = Task("pair", query, query, "counts", "counts")
+    cells = np.arange(10)
+    changed, raised = with_programme(task, cells, ["ISG15", "MX1", "NOT_THERE"])
+    assert raised == 2
+    before, after = counts.toarray(), changed.X.toarray()
+    np.testing.assert_array_equal(after[10:], before[10:])  # the other cells
+    np.testing.assert_array_equal(after[:, :6], before[:, :6])  # the other genes
+    assert (after[:10, 6:] >= 2 * before[:10, 6:]).all() and (after[:10, 6:] > 0).all()
+    assert np.array_equal(after, np.rint(after))  # counts stay counts
+    assert query.X is counts  # the task's query is not modified
