@@ -79,9 +79,15 @@ def with_programme(task: Task, cells, genes, *, seed=0):
 
 
 def _annotate(bundle, adata):
+    """The prediction of each cell of `adata` (annotated as a copy) and why each Unknown one is."""
     adata = adata.copy()
     query(adata, bundle)
-    return adata.obs["scquery_prediction"].astype(str).to_numpy()
+    columns = adata.obs[["scquery_prediction", "scquery_unknown_reason"]].astype(str)
+    return columns["scquery_prediction"].to_numpy(), columns["scquery_unknown_reason"].to_numpy()
+
+
+def _reasons(reasons):
+    return {reason: int(n) for reason, n in pd.Series(reasons[reasons != ""]).value_counts().items()}
 
 
 def _conditions(task, bundle, baseline, log):
@@ -98,7 +104,7 @@ def _conditions(task, bundle, baseline, log):
                 size = int(round(share * rows_of_type.size))
                 cells = np.sort(np.random.default_rng(0).choice(rows_of_type, size, replace=False))
                 adata, raised = with_programme(task, cells, genes)
-                predicted = _annotate(bundle, adata)
+                predicted, reasons = _annotate(bundle, adata)
                 row = {
                     "pair": task.pair,
                     "programme": kind,
@@ -111,6 +117,7 @@ def _conditions(task, bundle, baseline, log):
                     "accuracy": float((predicted[cells] == truth[cells]).mean()),
                     "accuracy_unperturbed": float((baseline[cells] == truth[cells]).mean()),
                     "unknown_unperturbed": float((baseline[cells] == UNKNOWN).mean()),
+                    "reasons": _reasons(reasons[cells]),
                 }
                 rows.append(row)
                 log(
@@ -141,7 +148,7 @@ def run_unknown(*, quick, seed=0, log=print):
             continue
         log(f"{task.pair}: {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
         bundle = train(task.reference, label_key="label", config=config, seed=seed)
-        baseline = _annotate(bundle, task.query)
+        baseline, _ = _annotate(bundle, task.query)
         per_type += _per_type(task, baseline)
         if task.query.var_names.str.startswith("ENSG").mean() < 0.5:  # programmes are named by symbol
             conditions += _conditions(task, bundle, baseline, log)
@@ -153,7 +160,7 @@ def run_unknown(*, quick, seed=0, log=print):
                 continue
             reduced = without(task, [cell_type])
             model = train(reduced.reference, label_key="label", config=config, seed=seed)
-            predicted = _annotate(model, task.query)
+            predicted, reasons = _annotate(model, task.query)
             held = truth == cell_type
             row = {
                 "pair": task.pair,
@@ -163,6 +170,7 @@ def run_unknown(*, quick, seed=0, log=print):
                 "known_unknown": float((predicted[~held] == UNKNOWN).mean()),
                 "macro_f1": label_scores(truth[~held], predicted[~held])["macro_f1"],
                 "called": pd.Series(predicted[held]).value_counts().head(3).to_dict(),
+                "known_reasons": _reasons(reasons[~held]),
             }
             held_out.append(row)
             log(
