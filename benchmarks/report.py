@@ -601,6 +601,7 @@ def unknown_section(result):
                 r.unknown_unperturbed,
                 r.accuracy,
                 r.accuracy_unperturbed,
+                ", ".join(f"{k} {v}" for k, v in getattr(r, "reasons", {}).items()),
             ]
             for r in conditions.itertuples()
         ]
@@ -623,6 +624,7 @@ def unknown_section(result):
                     "Unknown unperturbed",
                     "accuracy",
                     "accuracy unperturbed",
+                    "why Unknown",
                 ],
                 rows,
             ),
