@@ -196,7 +196,7 @@ def test_cli_query_with_species_or_gene_map(bundle, mouse_query, tmp_path):
     _, mouse, table = mouse_query
     model = save_bundle(bundle, tmp_path / "model")
     ad.AnnData(mouse[:60].X, obs=mouse[:60].obs, var=mouse.var).write_h5ad(tmp_path / "mouse.h5ad")
-    table[["reference_gene", "query_gene"]].to_csv(tmp_path / "map.csv", index=False)  # mouse, human
+    table.set_axis(["human", "mouse"], axis=1)[["mouse", "human"]].to_csv(tmp_path / "map.csv", index=False)
     base = ["query", str(model), str(tmp_path / "mouse.h5ad"), "-q", "--k", "5"]
     assert main([*base, "--out", str(tmp_path / "none.h5ad")]) == 2
     assert not (tmp_path / "none.h5ad").exists()

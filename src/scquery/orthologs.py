@@ -138,8 +138,8 @@ def builtin_map(query_species, reference_species) -> GeneMap:
 
 def read_gene_map(source) -> GeneMap:
     """A `GeneMap` from a CSV or TSV file (told by a tab in its header line) with a header (columns
-    `query_gene` and `reference_gene`, else the first two), a DataFrame of the same, a dict {query gene: reference gene or list of them}, or
-    a `GeneMap` (returned as it is)."""
+    `query_gene` and `reference_gene`, else the first two), a DataFrame of the same, a dict
+    {query gene: reference gene or list of them}, or a `GeneMap` (returned as it is)."""
     if isinstance(source, GeneMap):
         return source
     if isinstance(source, dict):
