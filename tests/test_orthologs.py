@@ -28,7 +28,7 @@ def test_gene_map_files_with_or_without_named_columns(tmp_path, name, text):
     path.write_text(text)
     found = read_gene_map(path)
     assert sorted(map(tuple, found.pairs.to_numpy())) == sorted(PAIRS)
-    assert found.name == name and found.collapse == "sum"
+    assert found.name == name and found.collapse == "mean"
     assert path.read_text() == text  # the user's file is left as it was
 
 
@@ -69,7 +69,7 @@ def _mapped(collapse):
     return pd.DataFrame(np.expm1(mapped.toarray()), columns=genes), record
 
 
-def test_one_to_many_fills_each_and_many_to_one_is_summed_averaged_or_dropped():
+def test_one_to_many_fills_each_and_many_to_one_is_averaged_summed_or_dropped():
     summed, record = _mapped("sum")
     assert list(summed.columns) == ["A", "B", "D1", "D2"]
     np.testing.assert_allclose(summed.to_numpy(), [[1, 5, 4, 4], [0, 5, 0, 0]], rtol=1e-5)
@@ -171,7 +171,7 @@ def test_a_mouse_query_through_the_orthologues_answers_like_the_human_one(bundle
     assert record["species"] == {"query": "mouse", "reference": "human"}
     assert record["params"]["species"] == "mouse"
     mapping = record["gene_map"]
-    assert mapping["name"].startswith("built-in mouse → human") and mapping["collapse"] == "sum"
+    assert mapping["name"].startswith("built-in mouse → human") and mapping["collapse"] == "mean"
     assert mapping["one_to_one"] == record["overlap"]["n_shared"] > 0
     assert mapping["one_to_many"] == mapping["many_to_one"] == 0  # only 1:1 genes were kept
     assert mapping["overlap_before"]["n_shared"] < record["overlap"]["n_shared"]
