@@ -187,6 +187,8 @@ def test_a_mouse_query_through_the_orthologues_answers_like_the_human_one(bundle
     assert by_file.uns["scquery"]["gene_map"]["name"] == "map.tsv"
     with pytest.raises(ScqueryError, match="not both"):
         embed(mouse, bundle, gene_map=path, species="mouse", copy=True)
+    with pytest.raises(ScqueryError, match="None of the genes .* maps onto the model's genes through a dict"):
+        embed(mouse, bundle, gene_map={"Nothing1": "CD3E"}, copy=True)
 
 
 def test_cli_query_with_species_or_gene_map(bundle, mouse_query, tmp_path):

@@ -558,6 +558,12 @@ def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=
         find = gene_lookup(names)
         before = sum(find(key) >= 0 for key in match_keys(record["genes"]))
         mapped, genes, mapping = map_genes(X, names, found, record["genes"])
+        if not genes:
+            raise ScqueryError(
+                f"None of the genes of {source} maps onto the model's genes through {found.name}; check "
+                "that the map's query_gene column names the query's genes (the built-in table holds gene "
+                "symbols and human Ensembl IDs, not mouse ones)."
+            )
         mapping["overlap_before"] = {
             "n_reference_genes": len(record["genes"]),
             "n_shared": int(before),
