@@ -46,6 +46,12 @@ def _labels(quick, log):
     return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
 
 
+def _species(quick, log):
+    from .species import run_species
+
+    return run_species(quick=quick, log=log)
+
+
 def _scale(quick, log):
     from .scale import run_scale
 
@@ -58,6 +64,7 @@ PARTS = {
     "crossstudy": _crossstudy,
     "unknown": _unknown,
     "labels": _labels,
+    "species": _species,
     "speed": _speed,
     "scale": _scale,
 }

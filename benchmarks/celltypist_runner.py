@@ -1,10 +1,13 @@
 """Run CellTypist in its own environment (1.7.1 fails with scikit-learn >= 1.8).
 
-Usage: `<celltypist python> celltypist_runner.py REFERENCE.h5ad QUERY.h5ad OUT.csv [--majority-voting]`.
+Usage: `<celltypist python> celltypist_runner.py REFERENCE.h5ad QUERY.h5ad OUT.csv [--majority-voting]
+[--convert]`.
 Both files hold log1p(counts per 10k) in `.X` and the reference's labels in `obs['label']`. CellTypist
 insists that each cell's expm1 values sum to 10,000, so data restricted to a gene subset are
 renormalized first. OUT.csv holds the predicted labels (best match) and, with `--majority-voting`,
-a second column `majority_voting` (CellTypist's own over-clustering and majority vote).
+a second column `majority_voting` (CellTypist's own over-clustering and majority vote). With `--convert`,
+the trained model is converted to the other species (`Model.convert()`: its built-in Ensembl 105 human-mouse
+table, one-to-one orthologues only) before it annotates the query.
 This file is a standalone script: it imports nothing from the project.
 """
 
@@ -34,6 +37,8 @@ def main(reference_path, query_path, out_path, *options):
     reference = _renormalized(ad.read_h5ad(reference_path))
     query = _renormalized(ad.read_h5ad(query_path))
     model = celltypist.train(reference, labels="label", n_jobs=2, max_iter=1000)
+    if "--convert" in options:
+        model.convert()
     predictions = celltypist.annotate(query, model=model, majority_voting=majority_voting)
     columns = ["predicted_labels"] + (["majority_voting"] if majority_voting else [])
     predictions.predicted_labels[columns].to_csv(out_path)

@@ -43,9 +43,10 @@ def _timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def celltypist_predictions(split, *, majority_voting=False):
+def celltypist_predictions(split, *, majority_voting=False, convert=False):
     """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured); with
-    `majority_voting`, a table of its plain and majority-voting predictions."""
+    `majority_voting`, a table of its plain and majority-voting predictions; with `convert`, of its
+    model converted to the other species (`Model.convert()`, human ↔ mouse) before annotating."""
     if not CELLTYPIST_PYTHON or not Path(CELLTYPIST_PYTHON).exists():
         return None
     with tempfile.TemporaryDirectory() as folder:
@@ -61,6 +62,7 @@ def celltypist_predictions(split, *, majority_voting=False):
                 str(folder / "query.h5ad"),
                 str(folder / "out.csv"),
                 *(["--majority-voting"] if majority_voting else []),
+                *(["--convert"] if convert else []),
             ],
             capture_output=True,
             text=True,

@@ -151,3 +151,54 @@ def test_a_condition_programme_is_raised_in_the_chosen_cells_only():
     assert (after[:10, 6:] >= 2 * before[:10, 6:]).all() and (after[:10, 6:] > 0).all()
     assert np.array_equal(after, np.rint(after))  # counts stay counts
     assert query.X is counts  # the task's query is not modified
+
+
+def test_simulated_mouse_genes_split_paralogues_whole_and_sum_shared_orthologues():
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from benchmarks.species import one_to_one, with_paralogues
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(50, 4)).astype(np.float32)
+    human = ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=["A", "B", "C", "D"]))
+    pairs = pd.DataFrame(
+        [("A", "a1"), ("A", "a2"), ("B", "bc"), ("C", "bc"), ("D", "d"), ("E", "e")],
+        columns=["human", "mouse"],
+    )
+    mouse = with_paralogues(human, pairs, seed=0)
+    assert sp.issparse(mouse.X) and list(mouse.var_names) == ["a1", "a2", "bc", "d"]
+    got = mouse.to_df()
+    np.testing.assert_array_equal(got["a1"] + got["a2"], counts[:, 0])  # A split whole between a1, a2
+    assert 0 < (got["a1"] > 0).mean() < 1 and 0 < (got["a2"] > 0).mean() < 1
+    np.testing.assert_array_equal(got["bc"], counts[:, 1] + counts[:, 2])
+    np.testing.assert_array_equal(got["d"], counts[:, 3])
+    np.testing.assert_array_equal(with_paralogues(human, pairs, seed=0).X.toarray(), mouse.X.toarray())
+    renamed, used = one_to_one(human, pairs)
+    assert list(renamed.var_names) == ["d"] and list(used["human"]) == ["D"]
+
+
+@pytest.mark.slow
+def test_quick_species_run_maps_a_simulated_mouse_query(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "species", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["species"]["result"]["rows"]
+    if not rows:
+        pytest.skip("the shared data is absent: no human query to rename")
+    ways = {(row["simulation"], row["way"]): row for row in rows}
+    assert ways[("1:1 only", "species='mouse'")]["agreement_same_genes"] >= 0.98
+    assert (
+        ways[("1:1 only", "gene_map=FILE")]["agreement"] == ways[("1:1 only", "species='mouse'")]["agreement"]
+    )
+    assert (
+        ways[("1:1 only", "species='mouse'")]["overlap_after"]
+        > ways[("1:1 only", "species='mouse'")]["overlap_before"]
+    )
+    assert "## Another species, simulated" in (tmp_path / "RESULTS.md").read_text()

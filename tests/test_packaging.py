@@ -281,6 +281,16 @@ def test_pip_install_with_the_lowest_setuptools(clean_venv):
     )
     assert "License-Expression: MIT" in metadata.stdout and "License-File: LICENSE" in metadata.stdout
     assert "Provides-Extra: jax" in metadata.stdout
+    # The built-in orthologue table and its source note are package data (found without importing).
+    shipped = run(
+        python,
+        "-c",
+        "import importlib.util, pathlib; spec = importlib.util.find_spec('scquery'); "
+        "data = pathlib.Path(spec.origin).parent / 'data'; "
+        "print(all((data / name).is_file() for name in ('human_mouse_orthologs.tsv.gz', 'README.md')))",
+        cwd=root,
+    )
+    assert shipped.stdout.strip() == "True", shipped.stderr
     # No backend installed yet (the JAX test below adds one): the import says what to install.
     env = {**os.environ, "KERAS_HOME": str(root / "keras")}
     env.pop("KERAS_BACKEND", None)

@@ -141,6 +141,34 @@ def test_each_query_is_its_own_job(tmp_path):
     assert "pretrain" not in counts and "default_data" not in counts
 
 
+def test_a_query_of_another_species_names_its_species_or_gene_map(tmp_path):
+    for name in ("ref.h5ad", "mouse.h5ad", "rat.h5ad", "rat_to_human.csv"):
+        (tmp_path / name).touch()
+    queries = {
+        "mouse": {"files": "mouse.h5ad", "species": "mouse"},
+        "rat": {"files": ["rat.h5ad"], "gene_map": "rat_to_human.csv"},
+    }
+    config = write_config(
+        tmp_path / "user.yaml",
+        reference={"files": ["ref.h5ad"], "label_key": "cell_type"},
+        queries=queries,
+        query_label_key=None,
+        train={"pretrain": False},
+    )
+    result = snakemake(tmp_path, "--dry-run", config=config)
+    assert result.returncode == 0, result.stderr
+    query_jobs = [block for block in result.stdout.split("rule query:")[1:]]
+    assert len(query_jobs) == 2 and any("rat_to_human.csv" in block.split("\n\n")[0] for block in query_jobs)
+    both = {**queries, "mouse": {**queries["mouse"], "gene_map": "rat_to_human.csv"}}
+    result = snakemake(tmp_path, "--dry-run", config=write_config(tmp_path / "both.yaml", queries=both))
+    assert result.returncode != 0 and "The configuration is invalid at" in result.stdout + result.stderr
+    (tmp_path / "rat_to_human.csv").unlink()
+    result = snakemake(tmp_path, "--dry-run", config=config)
+    assert (
+        result.returncode != 0 and "configuration key queries.rat.gene_map" in result.stdout + result.stderr
+    )
+
+
 def test_unlabeled_files_are_ingested_for_pretraining_only(tmp_path):
     for name in ("ref.h5ad", "a.h5ad", "run1.h5ad", "run2"):
         (tmp_path / name).touch()

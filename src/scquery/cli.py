@@ -89,6 +89,12 @@ def _add_train(subparsers):
         "--config", help="YAML file of training options (keys: scquery/schemas/train.schema.yaml)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--species",
+        choices=["human", "mouse"],
+        help="the reference's species, recorded for queries of the other one (default: told by the "
+        "gene names: CD3E human, Cd3e mouse, ENSG/ENSMUSG)",
+    )
     _add_input_options(parser)
     parser.set_defaults(run=_train)
 
@@ -109,6 +115,7 @@ def _train(args):
         config=config,
         unlabeled=unlabeled or None,
         seed=args.seed,
+        species=args.species,
         verbose=_verbosity(args),
         **_values(args),
     )
@@ -135,6 +142,22 @@ def _add_query_options(parser):
     _add_input_options(parser)
 
 
+def _add_species_options(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--species",
+        choices=["human", "mouse"],
+        help="the query's species where the model's reference is the other: genes are mapped through "
+        "the built-in human-mouse orthologues",
+    )
+    group.add_argument(
+        "--gene-map",
+        metavar="FILE",
+        help="CSV/TSV file mapping the query's genes to the model's (header; columns query_gene and "
+        "reference_gene, else the first two), e.g. orthologues of another species",
+    )
+
+
 def _add_embed(subparsers):
     parser = subparsers.add_parser(
         "embed",
@@ -147,6 +170,7 @@ def _add_embed(subparsers):
     parser.add_argument("input", nargs="+", help="file(s) or 10x folder(s) to embed")
     parser.add_argument("--out", required=True, help="h5ad file to write")
     _add_query_options(parser)
+    _add_species_options(parser)
     parser.set_defaults(run=_embed)
 
 
@@ -155,10 +179,18 @@ def _embed(args):
     from .embed import embed
     from .io import write_h5ad
 
-    _check_outputs(args, {"--out": args.out}, [args.model, *args.input])
+    _check_outputs(args, {"--out": args.out}, [args.model, *args.input, *filter(None, [args.gene_map])])
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
-    embed(adata, bundle, gene_key=args.gene_key, min_overlap=args.min_overlap, **_values(args))
+    embed(
+        adata,
+        bundle,
+        gene_key=args.gene_key,
+        min_overlap=args.min_overlap,
+        gene_map=args.gene_map,
+        species=args.species,
+        **_values(args),
+    )
     write_h5ad(adata, args.out)
     log.info("Wrote %s: %d cells embedded.", args.out, adata.n_obs)
 
@@ -217,6 +249,7 @@ def _add_query(subparsers):
         help="give every cell of a query cluster the cluster's most probable type",
     )
     _add_query_options(parser)
+    _add_species_options(parser)
     parser.set_defaults(run=_query)
 
 
@@ -226,7 +259,7 @@ def _query(args):
     from .query import UNKNOWN, query, summarize
 
     outputs = {"--out": args.out, "--matches": args.matches, "--summary": args.summary}
-    _check_outputs(args, outputs, [args.model, *args.query])
+    _check_outputs(args, outputs, [args.model, *args.query, *filter(None, [args.gene_map])])
     bundle = load_bundle(args.model)
     adata = _read(args, args.query)
     matches = query(
@@ -241,6 +274,8 @@ def _query(args):
         majority_voting=args.majority_voting,
         gene_key=args.gene_key,
         min_overlap=args.min_overlap,
+        gene_map=args.gene_map,
+        species=args.species,
         **_values(args),
     )
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None

@@ -19,13 +19,16 @@ def compute_embedding(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
+    gene_map=None,
+    species=None,
     batch_size=8192,
 ):
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
     The values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`) are processed like
     the reference (`apply_preprocess`: values brought to the reference's scale, genes aligned to the
-    bundle's, missing ones zero-filled) and fed to the model `batch_size` rows at a time (`encode`),
+    bundle's, missing ones zero-filled; a query of another species mapped through `gene_map` or the
+    built-in orthologues of `species` first) and fed to the model `batch_size` rows at a time (`encode`),
     so the expression matrix is never dense as a whole.
 
     Returns:
@@ -36,7 +39,14 @@ def compute_embedding(
     check_number("min_overlap", min_overlap, low=0, high=1)
     check_number("batch_size", batch_size, low=1, integer=True)
     values = select_values(adata, layer=layer, use_raw=use_raw)
-    aligned, overlap = apply_preprocess(values, bundle.preprocess, gene_key=gene_key, min_overlap=min_overlap)
+    aligned, overlap = apply_preprocess(
+        values,
+        bundle.preprocess,
+        gene_key=gene_key,
+        min_overlap=min_overlap,
+        gene_map=gene_map,
+        species=species,
+    )
     aligned.uns["scquery"]["overlap"] = overlap
     return (*encode(aligned.X, bundle, batch_size=batch_size), aligned)
 
@@ -62,13 +72,16 @@ def embed(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
+    gene_map=None,
+    species=None,
     batch_size=8192,
     copy=False,
 ):
     """Embed `adata`'s cells with `bundle`'s encoder (scanpy style).
 
     Writes `adata.obsm['X_' + key_added]` (cells × embedding width) and `adata.uns[key_added]`
-    (`model_id`, `params`, gene `overlap`, the detected input `values`, `versions`); nothing else of
+    (`model_id`, `params`, gene `overlap`, the detected input `values`, the query's and the
+    reference's `species`, `gene_map` when genes were mapped, `versions`); nothing else of
     `adata` changes (its genes keep their order: the alignment to the model's genes is internal).
     `key_added` means the same in `scquery.query.query`.
 
@@ -79,6 +92,12 @@ def embed(
         gene_key: `var` column holding gene names matching the model's (default: `var_names`).
         min_overlap: the least fraction of the model's genes the data must have
             (`ScqueryError` below it).
+        gene_map: a query of another species: pairs of its genes and the model's (a CSV/TSV path
+            with columns `query_gene`, `reference_gene` or else the first two, a DataFrame, a dict
+            {query gene: reference gene(s)} or a `scquery.orthologs.GeneMap`); see
+            `scquery.orthologs` for genes mapped several times.
+        species: the query's species ('human' or 'mouse') where the model's reference is the other:
+            its genes are mapped through the built-in orthologues (`scquery.orthologs`).
         batch_size: cells densified and embedded at a time.
         copy: return an embedded copy and leave `adata` alone.
 
@@ -93,6 +112,8 @@ def embed(
         use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
+        gene_map=gene_map,
+        species=species,
         batch_size=batch_size,
     )
     adata.obsm[f"X_{key_added}"] = embedding
@@ -102,20 +123,23 @@ def embed(
         "use_raw": use_raw,
         "gene_key": gene_key,
         "min_overlap": min_overlap,
+        "species": species,
     }
     record_run(adata, bundle, processed, params, uns_key=key_added)
     return adata if copy else None
 
 
 def record_run(adata, bundle: Bundle, processed, params, *, uns_key="scquery"):
-    """Write `uns[uns_key]`: the model, the parameters (None left out), the gene overlap and the
-    input values `detect_values` found (from `processed.uns['scquery']`)."""
+    """Write `uns[uns_key]`: the model, the parameters (None left out), the gene overlap, the
+    input values `detect_values` found, the species and the gene map's record (from
+    `processed.uns['scquery']`)."""
     found = processed.uns["scquery"]
     adata.uns[uns_key] = {
         "model_id": bundle.model_id,
         "params": {key: value for key, value in params.items() if value is not None},
-        "overlap": _storable(found["overlap"]),
-        "values": _storable(found["values"]),
+        **{
+            key: _storable(found[key]) for key in ("overlap", "values", "species", "gene_map") if key in found
+        },
         "versions": current_versions(),
     }
 

@@ -18,7 +18,6 @@ the model's first layer (`keras.layers.Normalization`, see `scquery.classifier`)
 mini-batch, so the saved model scales a query exactly like the reference.
 """
 
-import re
 import warnings
 
 import anndata as ad
@@ -30,6 +29,16 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .errors import ScqueryError
 from .io import check_matrix, to_csr32
+from .orthologs import (
+    SPECIES,
+    builtin_map,
+    detect_species,
+    gene_lookup,
+    map_genes,
+    match_keys,
+    read_gene_map,
+    species_hint,
+)
 
 __all__ = [
     "align_genes",
@@ -41,7 +50,6 @@ __all__ = [
 ]
 
 RECORD_VERSION = 1
-_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*[GT]\d+)\.\d+$", re.IGNORECASE)
 
 
 def _source(adata):
@@ -323,6 +331,7 @@ def fit_preprocess(
     n_top_genes=2000,
     genes=None,
     scale=False,
+    species=None,
 ):
     """Filter, normalize and select the genes of a reference; return the result and its record.
 
@@ -334,7 +343,9 @@ def fit_preprocess(
     `min_cells` kept cells; select the `n_top_genes` most variable (`highly_variable_genes`,
     flavor 'seurat'; all genes when there are no more) or, when given, exactly `genes` (missing
     ones zero-filled, `min_cells` not applied); with `scale`, record gene means and standard
-    deviations (applied by the model's `Normalization` layer).
+    deviations (applied by the model's `Normalization` layer). `species` ('human', 'mouse' or None:
+    detected from the gene names, `scquery.orthologs.detect_species`) is recorded for queries of
+    another species.
 
     Returns:
         `(result, record)`: `result.X` is CSR float32 of the selected genes in record order, obs
@@ -342,6 +353,10 @@ def fit_preprocess(
         (`record['values']`: what `detect_values` found).
     """
     source = _source(adata)
+    if species is not None and species not in SPECIES:
+        raise ScqueryError(
+            f"species={species!r} is not known; choose one of {', '.join(SPECIES)} or leave it out."
+        )
     X = _matrix(adata)
     n_cells, n_genes = X.shape
     X, values = _to_log_normalized(adata, X, target_sum)
@@ -405,6 +420,7 @@ def fit_preprocess(
         "n_top_genes": int(n_top_genes),
         "hvg_flavor": "seurat",
         "genes": genes,
+        "species": species or detect_species(adata.var_names),
         "scale": scale_record,
         "qc": qc_record,
         "n_cells": int(cells.size),
@@ -413,9 +429,17 @@ def fit_preprocess(
     return result, record
 
 
-def _match_keys(names):
-    """Names with Ensembl version suffixes removed (`ENSG00000123.12` → `ENSG00000123`)."""
-    return [_ENSEMBL_VERSION.sub(r"\1", str(name)) for name in names]
+def _gene_names(adata, gene_key):
+    """The gene names of `adata`: `var_names`, or the `var` column `gene_key`."""
+    if gene_key is None:
+        return adata.var_names
+    if gene_key not in adata.var:
+        columns = ", ".join(map(str, adata.var.columns)) or "none"
+        raise ScqueryError(
+            f"The gene column {gene_key!r} is not in the var of {_source(adata)} (columns: {columns}); "
+            "choose one of them or leave out gene_key."
+        )
+    return adata.var[gene_key]
 
 
 def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
@@ -431,24 +455,9 @@ def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
         raises `ScqueryError` below `min_overlap` or when no gene is shared.
     """
     source = _source(adata)
-    if gene_key is None:
-        names = adata.var_names
-    elif gene_key in adata.var:
-        names = adata.var[gene_key]
-    else:
-        columns = ", ".join(map(str, adata.var.columns)) or "none"
-        raise ScqueryError(
-            f"The gene column {gene_key!r} is not in the var of {source} (columns: {columns}); "
-            "choose one of them or leave out gene_key."
-        )
     genes = [str(g) for g in genes]
-    exact, folded = {}, {}
-    for position, key in enumerate(_match_keys(names)):
-        exact.setdefault(key, position)
-        folded.setdefault(key.lower(), position)
-    sources = []
-    for key in _match_keys(genes):
-        sources.append(exact.get(key, folded.get(key.lower(), -1)))
+    find = gene_lookup(_gene_names(adata, gene_key))
+    sources = [find(key) for key in match_keys(genes)]
     sources = np.asarray(sources, dtype=np.int64)
     found = np.flatnonzero(sources >= 0)
     overlap = {
@@ -487,21 +496,84 @@ def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
     return result, overlap
 
 
-def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5):
+def reference_species(record):
+    """The species of a preprocessing record's reference: recorded at training, or (records of older
+    bundles) detected from its genes; None when they do not tell."""
+    return record.get("species") or detect_species(record["genes"])
+
+
+def _gene_map(gene_map, species, reference, names, source):
+    """The `GeneMap` to use (None: the genes are aligned as they are), or the one sentence saying
+    why not: a query whose gene names look like another species than the reference's, given
+    neither option, is refused rather than matched by chance (case-insensitive names)."""
+    if gene_map is not None and species is not None:
+        raise ScqueryError("Give either species (the built-in orthologues) or gene_map (your own), not both.")
+    if gene_map is not None:
+        return read_gene_map(gene_map)
+    if species is None:
+        query = detect_species(names)
+        if query is not None and reference is not None and query != reference:
+            raise ScqueryError(
+                f"{source} does not match the model's genes: {species_hint(query, reference)}."
+            )
+        return None
+    if species not in SPECIES:
+        raise ScqueryError(f"species={species!r} is not known; choose one of {', '.join(SPECIES)}.")
+    if reference is None:
+        raise ScqueryError(
+            "The model's reference species is not recorded and its gene names look neither human nor "
+            "mouse; give a gene map (--gene-map FILE, gene_map=) instead of the species."
+        )
+    return None if species == reference else builtin_map(species, reference)
+
+
+def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=None, species=None):
     """Process a query like the reference of `record` (from `fit_preprocess`).
 
     The query's scale is recognized (`detect_values`; each dataset of a merged query on its own)
     and undone (`to_linear`); its cells are then normalized to the reference's `target_sum` on the
     query's own genes and log1p-transformed, so counts and every normalized or logged form of them
-    give the same matrix. Centred or scaled values are refused (`ScqueryError`). Then the genes are
-    aligned to `record['genes']` (see `align_genes`). All cells and obs columns are kept; scaling,
-    when recorded, is the model's first layer.
+    give the same matrix. Centred or scaled values are refused (`ScqueryError`). A query of another
+    species is mapped onto the reference's genes (`scquery.orthologs.map_genes`) through `gene_map`
+    (a CSV/TSV path, DataFrame, dict or `GeneMap`: `scquery.orthologs.read_gene_map`) or, with
+    `species` (the query's: 'human' or 'mouse'), the built-in orthologues; given neither, a query
+    whose gene names look like another species than the reference's is refused with a hint. Then
+    the genes are aligned to `record['genes']` (see `align_genes`). All cells and obs columns are
+    kept; scaling, when recorded, is the model's first layer.
 
     Returns:
-        `(query, overlap)` as in `align_genes`; `query.uns['scquery']['values']` holds what
-        `detect_values` found.
+        `(query, overlap)` as in `align_genes`; `query.uns['scquery']` holds what `detect_values`
+        found (`values`), the `species` of the query and the reference (as given or detected) and,
+        when genes were mapped, `gene_map` (`map_genes`'s record with `overlap_before`: the overlap
+        of the query's own gene names).
     """
+    source = _source(adata)
     X, values = _to_log_normalized(adata, _matrix(adata), record["target_sum"])
+    names = _gene_names(adata, gene_key)
+    reference = reference_species(record)
+    found = _gene_map(gene_map, species, reference, names, source)
     query = ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm.items()))
-    query.uns["scquery"] = {"source": _source(adata), "values": values}
-    return align_genes(query, record["genes"], gene_key=gene_key, min_overlap=min_overlap)
+    mapping = None
+    if found is not None:
+        find = gene_lookup(names)
+        before = sum(find(key) >= 0 for key in match_keys(record["genes"]))
+        mapped, genes, mapping = map_genes(X, names, found, record["genes"])
+        if not genes:
+            raise ScqueryError(
+                f"None of the genes of {source} maps onto the model's genes through {found.name}; check "
+                "that the map's query_gene column names the query's genes (the built-in table holds gene "
+                "symbols and human Ensembl IDs, not mouse ones)."
+            )
+        mapping["overlap_before"] = {
+            "n_reference_genes": len(record["genes"]),
+            "n_shared": int(before),
+            "fraction": float(before / len(record["genes"])),
+        }
+        query = ad.AnnData(mapped, obs=query.obs, var=pd.DataFrame(index=pd.Index(genes)), obsm=query.obsm)
+        gene_key = None
+    query.uns["scquery"] = {"source": source, "values": values}
+    aligned, overlap = align_genes(query, record["genes"], gene_key=gene_key, min_overlap=min_overlap)
+    aligned.uns["scquery"]["species"] = {"query": species or detect_species(names), "reference": reference}
+    if mapping is not None:
+        aligned.uns["scquery"]["gene_map"] = mapping
+    return aligned, overlap

@@ -113,6 +113,8 @@ def search(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
+    gene_map=None,
+    species=None,
     batch_size=8192,
 ):
     """Step 1: embed `adata` like the reference and find each cell's `k` nearest reference cells."""
@@ -123,6 +125,8 @@ def search(
         use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
+        gene_map=gene_map,
+        species=species,
         batch_size=batch_size,
     )
     index = NeighborIndex.for_bundle(bundle)
@@ -276,6 +280,8 @@ def query(
     use_raw=False,
     gene_key=None,
     min_overlap=0.5,
+    gene_map=None,
+    species=None,
     batch_size=8192,
     seed=0,
 ):
@@ -283,13 +289,14 @@ def query(
 
     Runs the three steps of the module docstring. Writes `obsm['X_' + key_added]` (the embedding,
     usable as `sc.pp.neighbors(use_rep=...)`), `uns[key_added]` (model, parameters, gene overlap,
-    the detected input `values`, `query_params`) and the obs columns `{key_added}_prediction`
-    (categorical, 'Unknown' for rejected cells), `_confidence` (mean of vote share and classifier
-    probability of the predicted type), `_unknown_reason`, `_novelty` and `_cluster_novelty`,
-    `_marker_agreement` and `_unique_markers` (of the cell's cluster), `_cluster` (the query's
-    Leiden cluster), `_knn` and `_knn_share` (the vote's own answer), `_classifier` and
-    `_classifier_probability` (the classifier head's), `_distance` (mean distance to the `k`
-    neighbours), `_nearest_label` and `_nearest_dataset` (of the nearest reference cell).
+    the detected input `values`, `species`, `gene_map` when genes were mapped, `query_params`) and
+    the obs columns `{key_added}_prediction` (categorical, 'Unknown' for rejected cells),
+    `_confidence` (mean of vote share and classifier probability of the predicted type),
+    `_unknown_reason`, `_novelty` and `_cluster_novelty`, `_marker_agreement` and `_unique_markers`
+    (of the cell's cluster), `_cluster` (the query's Leiden cluster), `_knn` and `_knn_share` (the
+    vote's own answer), `_classifier` and `_classifier_probability` (the classifier head's),
+    `_distance` (mean distance to the `k` neighbours), `_nearest_label` and `_nearest_dataset` (of
+    the nearest reference cell).
 
     Args:
         k: reference neighbours per query cell.
@@ -303,7 +310,8 @@ def query(
         resolution: Leiden resolution of the query clusters (higher: more, smaller clusters).
         majority_voting: give each query cluster its most probable type.
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
-        layer, use_raw, gene_key, min_overlap: as in `scquery.embed.embed`.
+        layer, use_raw, gene_key, min_overlap, gene_map, species: as in `scquery.embed.embed`
+            (a query of another species: its genes mapped onto the reference's).
         seed: seed of the query's clustering.
 
     Returns:
@@ -330,6 +338,8 @@ def query(
         use_raw=use_raw,
         gene_key=gene_key,
         min_overlap=min_overlap,
+        gene_map=gene_map,
+        species=species,
         batch_size=batch_size,
     )
     result = transfer(
@@ -353,7 +363,13 @@ def query(
         "majority_voting": bool(majority_voting),
         "seed": int(seed),
     }
-    run = {"layer": layer, "use_raw": use_raw, "gene_key": gene_key, "min_overlap": min_overlap}
+    run = {
+        "layer": layer,
+        "use_raw": use_raw,
+        "gene_key": gene_key,
+        "min_overlap": min_overlap,
+        "species": species,
+    }
     return write_query(adata, bundle, neighbors, result, params, run, key_added=key_added)
 
 

@@ -54,6 +54,7 @@ def train(
     seed=0,
     layer=None,
     use_raw=False,
+    species=None,
     verbose="auto",
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
@@ -74,6 +75,9 @@ def train(
             like a query (`apply_preprocess`).
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
+        species: the reference's species, 'human' or 'mouse' (default: detected from the gene
+            names, `scquery.orthologs.detect_species`), recorded in the bundle for queries of the
+            other species (`query(..., species=...)`).
         seed: seeds every random choice (weights, noise, batch order, validation split): the
             same seed gives the same model on the same machine. The global random state is untouched.
         verbose: how the epochs are shown, Keras style: 0 not at all, 1 a progress bar, 2 a log line
@@ -94,7 +98,7 @@ def train(
             "pretraining) were given; set pretrain to true or leave them out."
         )
     values = {"layer": layer, "use_raw": use_raw}
-    processed, record = _preprocess(adata, config, values)
+    processed, record = _preprocess(adata, config, values, species=species)
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
@@ -154,9 +158,9 @@ def train(
     )
 
 
-def _preprocess(adata, config, values):
+def _preprocess(adata, config, values, *, species=None):
     """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
-    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`)."""
+    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`) and `species`."""
     processed, record = fit_preprocess(
         select_values(adata, **values),
         min_genes=config.min_genes,
@@ -166,6 +170,7 @@ def _preprocess(adata, config, values):
         n_top_genes=config.n_top_genes,
         genes=config.genes,
         scale=config.scale,
+        species=species,
     )
     logger.info(
         "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",

@@ -31,10 +31,23 @@ REPORT_MAX_CELLS = 20_000
 DEFAULT_QUERY = "pbmc68k_heldout"
 #: The built-in reference/query split is used when no reference files or no queries are given.
 USE_DEFAULT_REFERENCE = not config["reference"]["files"]
-QUERIES = {
-    name: [files] if isinstance(files, str) else list(files)
-    for name, files in config["queries"].items()
-} or {DEFAULT_QUERY: []}
+
+
+def _files(entry):
+    """A query's files: the entry itself (a path or a list), or its `files` key."""
+    files = entry["files"] if isinstance(entry, dict) else entry
+    return [files] if isinstance(files, str) else list(files)
+
+
+QUERIES = {name: _files(entry) for name, entry in config["queries"].items()} or {
+    DEFAULT_QUERY: []
+}
+#: Per query of another species: how its genes map onto the reference's (`species`, `gene_map`).
+QUERY_GENES = {
+    name: {key: entry[key] for key in ("species", "gene_map") if key in entry}
+    for name, entry in config["queries"].items()
+    if isinstance(entry, dict)
+}
 
 
 #: The unlabelled datasets for pretraining, one per file or folder: unlabeled_1, unlabeled_2, …
@@ -55,6 +68,11 @@ def _check_files_exist():
     configured += [("unlabeled", path) for path in UNLABELED.values()]
     configured += [
         (f"queries.{name}", path) for name, paths in QUERIES.items() for path in paths
+    ]
+    configured += [
+        (f"queries.{name}.gene_map", genes["gene_map"])
+        for name, genes in QUERY_GENES.items()
+        if "gene_map" in genes
     ]
     for key, path in configured:
         if not Path(path).exists():
@@ -122,6 +140,16 @@ def query_data(wildcards):
     if not QUERIES[wildcards.query]:
         return "results/data/default/query.h5ad"
     return f"results/data/queries/{wildcards.query}.h5ad"
+
+
+def query_genes(wildcards):
+    """How the query `wildcards.query` maps its genes onto the reference's (none: as they are)."""
+    return QUERY_GENES.get(wildcards.query, {})
+
+
+def gene_map_input(wildcards):
+    """The gene map file of the query `wildcards.query`, if it has one."""
+    return query_genes(wildcards).get("gene_map", [])
 
 
 def finetune_input(wildcards):

@@ -5,6 +5,7 @@ rule embed:
     input:
         data=query_data,
         bundle=rules.finetune.output[0],
+        gene_map=gene_map_input,
     output:
         "results/embedding/{query}.h5ad",
     log:
@@ -17,5 +18,6 @@ rule embed:
     params:
         min_overlap=config["query"].get("min_overlap", 0.5),
         values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
+        genes=query_genes,
     script:
         "../scripts/embed.py"

@@ -10,6 +10,7 @@ rule query:
     input:
         data=query_data,
         bundle=rules.finetune.output[0],
+        gene_map=gene_map_input,
     output:
         data="results/query/{query}.h5ad",
         matches="results/query/{query}_matches.tsv.gz",
@@ -24,6 +25,7 @@ rule query:
     params:
         query=config["query"],
         values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
+        genes=query_genes,
         label_key=config["query_label_key"],
     script:
         "../scripts/query.py"

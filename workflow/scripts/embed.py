@@ -16,6 +16,7 @@ embed(
     load_bundle(snakemake.input.bundle),
     min_overlap=snakemake.params.min_overlap,
     **snakemake.params.values,
+    **snakemake.params.genes,
 )
 write_h5ad(adata, snakemake.output[0])
 print(f"embedded {adata.n_obs} cells; gene overlap: {adata.uns['scquery']['overlap']}")

@@ -17,6 +17,7 @@ matches = query(
     load_bundle(snakemake.input.bundle),
     **snakemake.params.query,
     **snakemake.params.values,
+    **snakemake.params.genes,
 )
 write_h5ad(adata, snakemake.output.data)
 matches.to_csv(snakemake.output.matches, sep="\t", index=False)
