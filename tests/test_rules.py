@@ -103,7 +103,7 @@ def test_each_rule_over_and_under_its_threshold(rule, value, expected):
     np.testing.assert_array_equal(reasons, expected)
 
 
-# The rules inside `transfer`, on a real query of the small model.
+# The rules inside `transfer`, on a real query of the small model (`test_in_transfer_*`: these train it).
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def hand_evidence(neighbors, bundle):
     return labels, (shares + neighbors.probabilities) / 2
 
 
-def test_transfer_confidence_is_the_mean_of_vote_share_and_probability(searched, bundle):
+def test_in_transfer_confidence_is_the_mean_of_vote_share_and_probability(searched, bundle):
     neighbors, _ = searched
     result = transfer(neighbors, bundle, **PERMISSIVE)
     labels, evidence = hand_evidence(neighbors, bundle)
@@ -138,7 +138,7 @@ def test_transfer_confidence_is_the_mean_of_vote_share_and_probability(searched,
     assert np.abs(result.confidence - result.knn_share).max() > 0.05
 
 
-def test_low_confidence_over_and_under_the_threshold_in_transfer(searched, bundle):
+def test_in_transfer_low_confidence_over_and_under_the_threshold(searched, bundle):
     neighbors, _ = searched
     confidence = transfer(neighbors, bundle, **PERMISSIVE).confidence
     threshold = float(np.median(confidence))
@@ -149,7 +149,7 @@ def test_low_confidence_over_and_under_the_threshold_in_transfer(searched, bundl
     assert (result.prediction[low] == UNKNOWN).all() and (result.prediction[~low] != UNKNOWN).all()
 
 
-def test_a_far_cluster_is_a_new_cluster_at_the_default_threshold(searched, bundle):
+def test_in_transfer_a_far_cluster_is_a_new_cluster_at_the_default_threshold(searched, bundle):
     neighbors, clusters = searched
     assert transfer(neighbors, bundle, **{**PERMISSIVE, "novelty_threshold": 1.0}).cluster_novelty.max() < 1.0
     # one cluster moved 20 times farther from the reference: log 20 = 3 over the rest of the query
@@ -165,7 +165,7 @@ def test_a_far_cluster_is_a_new_cluster_at_the_default_threshold(searched, bundl
     assert (kept.reason == NONE).all()
 
 
-def test_markers_differ_over_and_under_the_threshold_in_transfer(searched, bundle):
+def test_in_transfer_markers_differ_over_and_under_the_threshold(searched, bundle):
     neighbors, _ = searched
     agreement = transfer(neighbors, bundle, **PERMISSIVE).marker_agreement
     lowest = float(agreement.min())
@@ -177,7 +177,7 @@ def test_markers_differ_over_and_under_the_threshold_in_transfer(searched, bundl
     assert (over.reason == NONE).all()
 
 
-def test_reasons_in_transfer_follow_their_order(searched, bundle):
+def test_in_transfer_the_reasons_follow_their_order(searched, bundle):
     neighbors, _ = searched
     expressed = np.ones(len(neighbors.expressed), dtype=bool)
     expressed[:3] = False
