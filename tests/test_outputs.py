@@ -99,10 +99,22 @@ def test_leftover_names_are_recognized_exactly():
         assert outputs._LEFTOVER.match(name) is None, name
 
 
-def test_running_tells_live_processes_from_ended_ones():
+def test_running_tells_live_processes_from_ended_ones(monkeypatch):
     assert outputs._running(os.getpid())
-    assert outputs._running(os.getppid())
     assert not outputs._running(dead_pid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert outputs._running(child.pid)
+        assert child.poll() is None  # asked, not signalled
+    finally:
+        child.kill()
+        child.wait()
+
+    def not_ours(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_ours)  # another user's process
+    assert outputs._running(child.pid)
 
 
 # Leftovers of dead runs.
@@ -127,9 +139,9 @@ def test_leftovers_of_dead_runs_are_removed_and_others_kept(tmp_path):
 
 def test_a_folder_on_its_way_out_is_put_back_when_the_bundle_is_missing(tmp_path):
     dead = dead_pid()
-    older = make_bundle(tmp_path / f".model.scquery-old-{dead}-a", "older")
+    older = make_bundle(tmp_path / f".model.scquery-old-{dead}-b", "older")
     os.utime(older, (1_000_000, 1_000_000))
-    newer = make_bundle(tmp_path / f".model.scquery-old-{dead}-b", "newer")
+    newer = make_bundle(tmp_path / f".model.scquery-old-{dead}-a", "newer")
     staging = make_bundle(tmp_path / f".model.scquery-staging-{dead}-c", "half")
     clean_leftovers(tmp_path / "model")
     assert bundle_content(tmp_path / "model") == "newer"  # the latest one out
@@ -160,13 +172,36 @@ def test_cleaning_beside_a_missing_folder_does_nothing(tmp_path):
 # The swap.
 
 
-def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+def _can_exchange(folder):
+    """Whether the file system of `folder` swaps two folders in one step (asked of the C library)."""
+    import ctypes
+
+    (folder / "probe_a").mkdir()
+    (folder / "probe_b").mkdir()
+    renameat2 = ctypes.CDLL(None).renameat2
+    done = renameat2(-100, bytes(folder / "probe_a"), -100, bytes(folder / "probe_b"), 2) == 0
+    (folder / "probe_a").rmdir()
+    (folder / "probe_b").rmdir()
+    return done
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_exchange_swaps_two_folders_in_one_step(tmp_path, monkeypatch):
+    if not _can_exchange(tmp_path):
+        pytest.skip("this file system cannot swap two folders in one step")
     first, second = make_bundle(tmp_path / "a", "first"), make_bundle(tmp_path / "b", "second")
-    if not outputs._exchange(first, second):
-        pytest.skip("this system cannot swap two folders in one step")
+    assert outputs._exchange(first, second) is True
     assert bundle_content(first) == "second" and bundle_content(second) == "first"
-    with pytest.raises(FileNotFoundError):
+    monkeypatch.chdir(tmp_path)  # relative paths: from the current folder
+    assert outputs._exchange("a", "b") is True
+    assert bundle_content(first) == "first" and bundle_content(second) == "second"
+    import ctypes
+
+    ctypes.set_errno(0)
+    with pytest.raises(FileNotFoundError) as raised:
         outputs._exchange(first, tmp_path / "missing")
+    assert raised.value.filename == str(tmp_path / "missing")
+    assert raised.value.strerror == os.strerror(raised.value.errno)
 
 
 def test_exchange_is_refused_off_linux(tmp_path, monkeypatch):
@@ -290,6 +325,11 @@ def test_a_replacement_killed_at_any_step_leaves_the_old_or_the_new_folder(tmp_p
         make_bundle(path, "old")
     assert seen[-1] == "new" and "old" in seen, seen
     assert seen == sorted(seen, key=["old", "new"].index), seen  # never back to the old one
+    with pytest.MonkeyPatch.context() as patch:  # and the same replacement, not killed, in this process
+        if swap == "two renames":
+            patch.setattr(outputs, "_exchange", lambda first, second: False)
+        replace_folder(make_bundle(make_staging(path), "again"), path)
+    assert bundle_content(path) == "again" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 # Where outputs may go.
@@ -300,7 +340,9 @@ def test_bundle_destinations(tmp_path):
     (tmp_path / "empty").mkdir()
     check_bundle_destination(tmp_path / "empty")
     bundle = make_bundle(tmp_path / "model", "x")
-    with pytest.raises(ScqueryError, match=r"already holds a model bundle; give --overwrite"):
+    with pytest.raises(
+        ScqueryError, match=r"already holds a model bundle; give --overwrite .* or choose a new folder\.$"
+    ):
         check_bundle_destination(bundle)
     check_bundle_destination(bundle, overwrite=True)
     with pytest.raises(ScqueryError, match=r"is inside the model bundle .*model; write the new bundle"):
@@ -313,7 +355,10 @@ def test_bundle_destinations(tmp_path):
         check_bundle_destination(tmp_path / "link", overwrite=True)
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("mine")
-    with pytest.raises(ScqueryError, match=r"is a folder of other files, not a scquery model bundle"):
+    with pytest.raises(
+        ScqueryError,
+        match=r"folder of other files, not .* own bundles; choose a new folder \(nothing was written\)\.$",
+    ):
         check_bundle_destination(tmp_path / "project", overwrite=True)
 
 
@@ -324,10 +369,14 @@ def test_file_destinations(tmp_path):
     check_file_destination(tmp_path / "out.h5ad")  # overwrite is the default for files
     with pytest.raises(ScqueryError, match=r"out.h5ad exists; give --overwrite"):
         check_file_destination(tmp_path / "out.h5ad", overwrite=False)
-    with pytest.raises(ScqueryError, match=r"is a folder; give a file name"):
+    with pytest.raises(
+        ScqueryError, match=r"is a folder; give a file name for the output \(e\.g\. .*/out\.h5ad\)\.$"
+    ):
         check_file_destination(tmp_path)
     bundle = make_bundle(tmp_path / "model", "x")
-    with pytest.raises(ScqueryError, match=r"is inside the model bundle .*model, which holds only"):
+    with pytest.raises(
+        ScqueryError, match=r"is inside the model bundle .*model, which holds only .*; write it elsewhere\.$"
+    ):
         check_file_destination(bundle / "out.h5ad")
     (tmp_path / "file").write_text("mine")
     with pytest.raises(ScqueryError, match=r"file is a file, so .* cannot be written"):
@@ -362,7 +411,10 @@ def test_outputs_that_are_inputs_or_each_other(tmp_path):
     data = tmp_path / "data.h5ad"
     data.write_text("input")
     check_outputs({"--out": tmp_path / "out.h5ad", "--matches": None}, [data])
-    with pytest.raises(ScqueryError, match=r"^--out .*data.h5ad is the input .*never overwrites"):
+    with pytest.raises(
+        ScqueryError,
+        match=r"^--out .*data.h5ad is the input .*never overwrites; choose another output path\.$",
+    ):
         check_outputs({"--out": data}, [data], overwrite=True)
     with pytest.raises(ScqueryError, match=r"^--out .* holds the input .*data.h5ad, which scquery never"):
         check_outputs({"--out": tmp_path}, [data], folders={"--out"}, overwrite=True)
@@ -374,6 +426,10 @@ def test_outputs_that_are_inputs_or_each_other(tmp_path):
     model = make_bundle(tmp_path / "model", "x")
     with pytest.raises(ScqueryError, match=r"already holds a model bundle"):
         check_outputs({"--out": model}, [data], folders={"--out"})  # checked as a bundle folder
+    check_outputs({"--out": model}, [data], folders={"--out"}, overwrite=True)
+    with pytest.raises(ScqueryError, match=r"data.h5ad exists; give --overwrite"):
+        check_outputs({"--out": data}, [], overwrite=False)
+    check_outputs({"--out": data}, [], overwrite=True)
     with pytest.raises(ScqueryError, match=r"model is inside the model bundle .*model, which holds only"):
         check_outputs({"--matches": model}, [data], overwrite=True)  # checked as a file
     (tmp_path / "plain").mkdir()

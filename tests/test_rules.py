@@ -33,6 +33,17 @@ def test_vote_with_equal_distances_counts_the_neighbours():
     np.testing.assert_array_equal(shares, [[0.75, 0.25, 0.0]])
 
 
+def test_vote_scales_each_cell_by_its_own_mean_distance():
+    # three cells, two neighbours each: the shares depend on the ratio of the distances only
+    distances = np.array([[1.0, 3.0], [10.0, 30.0], [0.0, 0.0]])
+    shares = vote(distances, np.array([[1, 0], [1, 0], [0, 1]]), 3)
+    first = 1 / (1 + np.exp(-1))
+    np.testing.assert_allclose(
+        shares, [[1 - first, first, 0], [1 - first, first, 0], [0.5, 0.5, 0]], rtol=1e-6
+    )
+    assert shares.dtype == np.float32
+
+
 def test_vote_weighs_each_neighbour_by_exp_of_minus_distance_over_the_mean():
     # distances 1 and 3, mean 2: weights e^-0.5 and e^-1.5, so the first label's share is 1 / (1 + e^-1)
     shares = vote(np.array([[1.0, 3.0]]), np.array([[1, 0]]), 2)
@@ -81,6 +92,11 @@ def test_each_rule_at_its_threshold_and_the_first_reason_wins():
     # cell 0 meets every rule, cell 1 all but the genes, cell 2 the last two, cell 3 the last one;
     # cell 5 sits exactly at every threshold (kept), cell 6 just under the confidence
     np.testing.assert_array_equal(reasons, [NO_GENES, LOW, NEW, MARKERS, NONE, NONE, LOW])
+    assert reasons.dtype == np.int64  # codes into REASONS
+    as_numbers = unknown_reasons(
+        expressed.astype(int), confidence, cluster_novelty, agreement, **{**PERMISSIVE, "min_confidence": 0.5}
+    )
+    np.testing.assert_array_equal(as_numbers, [NO_GENES, LOW, NONE, NONE, NONE, NONE, LOW])
 
 
 @pytest.mark.parametrize(
