@@ -99,29 +99,33 @@ def test_leftover_names_are_recognized_exactly():
         assert outputs._LEFTOVER.match(name) is None, name
 
 
-def test_running_tells_live_processes_from_ended_ones(monkeypatch):
+def test_running_tells_live_processes_from_ended_ones(alive, monkeypatch):
     assert outputs._running(os.getpid())
     assert not outputs._running(dead_pid())
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        assert outputs._running(child.pid)
-        assert child.poll() is None  # asked, not signalled
-    finally:
-        child.kill()
-        child.wait()
+    assert outputs._running(alive)
 
     def not_ours(pid, signal):
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "kill", not_ours)  # another user's process
-    assert outputs._running(child.pid)
+    assert outputs._running(alive)
 
 
 # Leftovers of dead runs.
 
 
-def test_leftovers_of_dead_runs_are_removed_and_others_kept(tmp_path):
-    dead, alive = dead_pid(), os.getppid()
+@pytest.fixture
+def alive():
+    """The id of a process that runs while the test does (never signalled: only asked about)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield child.pid
+    assert child.poll() is None, "the live process was signalled"
+    child.kill()
+    child.wait()
+
+
+def test_leftovers_of_dead_runs_are_removed_and_others_kept(tmp_path, alive):
+    dead = dead_pid()
     target = make_bundle(tmp_path / "model", "current")
     stale = make_bundle(tmp_path / f".model.scquery-staging-{dead}-a", "half")
     stale_old = make_bundle(tmp_path / f".model.scquery-old-{dead}-b", "older")
