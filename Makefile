@@ -3,13 +3,14 @@
 #   make test       the fast tests (not those marked slow): the loop while developing
 #   make test-all   lint, then every test: what CI runs (.ci/run)
 #   make lint       ruff check, ruff format --check, snakefmt --check
+#   make mutation   mutmut over the promise-holding modules (slow, not in CI; docs/MUTATION.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 # The Keras backend and the extras a developer needs (TensorFlow is the default backend).
 EXTRAS ?= tensorflow,test,workflow,loom,bench,dev
 
-.PHONY: venv run report test test-all lint bench bench-quick bench-scale clean
+.PHONY: venv run report test test-all lint mutation bench bench-quick bench-scale clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,6 +52,14 @@ test: venv
 test-all: lint
 	$(VENV)/bin/pytest
 
+# Mutation testing ([tool.mutmut] in pyproject.toml: the modules and the fast tests that check them), in
+# a copy of the checkout (mutants/); `$(VENV)/bin/mutmut results` lists the survivors, `mutmut show NAME`
+# shows one. MUTMUT_ARGS adds options, e.g. a mutant name pattern: MUTMUT_ARGS='scquery.outputs*'.
+MUTMUT_ARGS ?=
+mutation: venv
+	$(PY) -m pip install --quiet 'mutmut>=3.8,<4'
+	$(VENV)/bin/mutmut run --max-children $(CORES) $(MUTMUT_ARGS)
+
 # CellTypist 1.7.1, a peer in the benchmarks, needs scikit-learn < 1.8: it gets its own environment.
 CELLTYPIST_VENV ?= .venv-celltypist
 $(CELLTYPIST_VENV)/.installed:
@@ -70,4 +79,4 @@ bench-scale: venv
 	$(PY) -m benchmarks --only speed,scale
 
 clean:
-	rm -rf results logs .snakemake report.html .test/results .test/logs .test/.snakemake
+	rm -rf results logs .snakemake report.html mutants .test/results .test/logs .test/.snakemake

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .report import write_report
+from .report import current_commit, write_report
 
 
 def _quality(quick, log):
@@ -92,8 +92,9 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
+    commit = current_commit()  # the code as the run starts
     results = {name: PARTS[name](args.quick, _log) for name in PARTS if name in args.only}
-    path = write_report(args.out, command=command.strip(), results=results, order=list(PARTS))
+    path = write_report(args.out, command=command.strip(), results=results, order=list(PARTS), commit=commit)
     _log(f"wrote {path} and {path.with_name('results.json')}")
 
 

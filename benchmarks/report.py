@@ -3,8 +3,10 @@
 import json
 import os
 import platform
+import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,28 @@ TARGETS = {
     "recall": 0.95,
     "query_100k_vs_1m_index_s": 10.0,
 }
+
+
+#: The benchmarks' own outputs: a run that changed only these ran on the commit itself.
+OUTPUTS = ["benchmarks/RESULTS.md", "benchmarks/results.json", "benchmarks/labels.png"]
+
+
+def current_commit():
+    """The git commit of the code being run (`+ uncommitted changes` where tracked files other than
+    the benchmarks' outputs differ from it), or why there is none."""
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{o}" for o in OUTPUTS)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not run from a git checkout)"
+    return head.stdout.strip() + (" + uncommitted changes" if changed.stdout.strip() else "")
 
 
 def machine():
@@ -729,14 +753,15 @@ SECTIONS = {
 FIGURES = {"labels": (labels_figure, "labels.png")}
 
 
-def write_report(out_dir, *, command, results, order):
+def write_report(out_dir, *, command, results, order, commit=None):
     """Store `results` (part name → figures) in `out_dir`/results.json, keeping the figures of
     other parts already there, and write RESULTS.md from every stored part; returns its path.
 
-    Each part keeps the command, date and machine of the run that produced it.
+    Each part keeps the command, date, machine and git `commit` (default: the current one) of the run
+    that produced it.
     """
     stored = _read_stored(out_dir / "results.json")
-    info = machine()
+    info = {**machine(), "commit": commit or current_commit()}
     for name, result in results.items():
         stored[name] = {"command": command, "machine": info, "result": result}
         if name in FIGURES:
@@ -746,8 +771,9 @@ def write_report(out_dir, *, command, results, order):
     parts = [
         "# scquery benchmarks",
         "",
-        "Written by `make bench` (`python -m benchmarks`); each section names the command, date and "
-        "machine of the run that produced it (`python -m benchmarks --only PART` reruns one part).",
+        "Written by `make bench` (`python -m benchmarks`); each section names the command, date, git "
+        "commit and machine of the run that produced it (`python -m benchmarks --only PART` reruns one "
+        "part).",
         "",
     ]
     for name in [*order, *sorted(set(stored) - set(order))]:
@@ -757,7 +783,9 @@ def write_report(out_dir, *, command, results, order):
         info = entry["machine"]
         parts += SECTIONS[name](entry["result"])
         parts += [
-            f"<sub>Command: `{entry['command']}`; {info['date']}; {info['platform']}, {info['cpu']}, "
+            f"<sub>Command: `{entry['command']}`; {info['date']}; "
+            f"commit {info.get('commit', 'not recorded')}; "
+            f"{info['platform']}, {info['cpu']}, "
             f"{info['cores']} cores, Python {info['python']}; GPU: {info['gpu']}; "
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
             + "</sub>",

@@ -1,18 +1,28 @@
 """The benchmark harness: its generator and metrics, and a quick end-to-end run."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` lives at the repository root, outside the package
 
 from benchmarks.metrics import label_scores, retrieval_map  # noqa: E402
 from benchmarks.synthetic import synthetic_counts  # noqa: E402
+
+#: The files of the cross-study pairs (benchmarks/crossstudy_tasks.py).
+CROSSSTUDY_FILES = [
+    "pbmc3k.h5ad",
+    "baron_human_pancreas.h5ad",
+    "cellbench_celseq2.h5ad",
+    "cellbench_dropseq.h5ad",
+]
 
 
 def test_synthetic_counts_are_sparse_seeded_and_typed():
@@ -107,6 +117,8 @@ def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
 
 @pytest.mark.slow
 def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
+    for name in CROSSSTUDY_FILES:  # skipped, and counted, by the real-data guard where they are absent
+        shared_file(name)
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--only", "crossstudy", "--out", str(tmp_path)],
         cwd=ROOT,
@@ -116,8 +128,7 @@ def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "results.json").read_text())["crossstudy"]["result"]
-    if not result["tasks"]:
-        pytest.skip("the shared data is absent: no cross-study task to run")
+    assert result["tasks"], "the shared data is there, but no cross-study task ran"
     methods = {row["method"] for row in result["tasks"]}
     assert {"scquery prediction", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
     held = [row for row in result["tasks"] if row["held_out"] and row["method"] == "scquery prediction"]
@@ -202,3 +213,20 @@ def test_quick_species_run_maps_a_simulated_mouse_query(tmp_path):
         > ways[("1:1 only", "species='mouse'")]["overlap_before"]
     )
     assert "## Another species, simulated" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_report_records_the_commit_of_each_part(tmp_path):
+    from benchmarks.report import current_commit, write_report
+
+    stored = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    commit = current_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}( \+ uncommitted changes)?", commit), commit
+    write_report(
+        tmp_path,
+        command="python -m benchmarks --only speed",
+        results={"speed": stored["speed"]["result"]},
+        order=["speed"],
+    )
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["speed"]["machine"]["commit"] == commit
+    assert f"; commit {commit};" in (tmp_path / "RESULTS.md").read_text()

@@ -116,6 +116,23 @@ def test_seed_usage_from_the_original_package():
     model.compile(keras.optimizers.SGD(0.01), "mse")
     model.fit(x, x, epochs=1, batch_size=16, verbose=0)
     assert tuple(layer.encode(x).shape) == (n, 20)
+    # the values, by hand: tanh through the kernels, back through the same kernels transposed
+    kernels = [keras.ops.convert_to_numpy(k) for k in layer.kernels]
+    encoder = [keras.ops.convert_to_numpy(b) for b in layer.encoder_biases]
+    decoder = [keras.ops.convert_to_numpy(b) for b in layer.decoder_biases]
+    h = x
+    for kernel, bias in zip(kernels, encoder, strict=True):
+        h = np.tanh(h @ kernel + bias)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.encode(x)), h, rtol=1e-4, atol=1e-5)
+    for i, (kernel, bias) in enumerate(zip(kernels[::-1], decoder, strict=True)):
+        h = h @ kernel.T + bias
+        h = h if i == len(kernels) - 1 else np.tanh(h)  # linear reconstruction
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.predict(x, verbose=0)), h, rtol=1e-4, atol=1e-5
+    )
+    assert [k.shape for k in kernels] == [(1000, 100), (100, 50), (50, 20)]
+    assert [b.shape for b in decoder] == [(50,), (100,), (1000,)]
+    assert np.abs(encoder[0]).max() > 0 and np.abs(decoder[-1]).max() > 0  # the biases were trained
 
 
 def test_rejects_bad_arguments():

@@ -311,16 +311,23 @@ QUERY_ON_JAX = textwrap.dedent(
     from scquery.train import train
 
     reference, held_out = pbmc68k_split(seed=0)
-    config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 1, "epochs": 3}
+    config = {"min_genes": 0, "hidden_sizes": [64, 16], "pretrain_epochs": 2, "epochs": 20}
     save_bundle(train(reference, label_key="bulk_labels", config=config, seed=0), sys.argv[1])
     bundle = load_bundle(sys.argv[1])
     matches = query(held_out, bundle, k=5)
-    # the neighbours' vote: a 3-epoch model's probabilities are too flat for confident predictions
-    predicted = held_out.obs["scquery_knn"].astype(str)
-    accuracy = (predicted == held_out.obs["bulk_labels"].astype(str)).mean()
+    truth = held_out.obs["bulk_labels"].astype(str)
+    accuracy = (held_out.obs["scquery_knn"].astype(str) == truth).mean()  # the neighbours' vote
+    majority = truth.value_counts(normalize=True).iloc[0]  # a constant answer's accuracy
+    # the peer on the same data: 5 nearest neighbours in 8 principal components of the same values
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+    ref_values, query_values = reference.X.toarray(), held_out.X.toarray()
+    pca = PCA(8, random_state=0).fit(ref_values)
+    knn = KNeighborsClassifier(5).fit(pca.transform(ref_values), reference.obs["bulk_labels"].astype(str))
+    peer = knn.score(pca.transform(query_values), truth)
     print(keras.backend.backend(), bundle.versions["backend"], find_spec("tensorflow") is None)
     print(held_out.obsm["X_scquery"].shape, len(matches), sep="|", end="|")
-    print(f"{accuracy:.2f}")
+    print(f"{accuracy:.3f}|{majority:.3f}|{peer:.3f}")
     """
 )
 
@@ -336,10 +343,12 @@ def test_jax_extra_installs_without_tensorflow_and_trains_and_queries(clean_venv
     )
     assert result.returncode == 0, result.stderr[-5000:]
     backend, answers = result.stdout.splitlines()[-2:]
-    shape, n_matches, accuracy = answers.split("|")
+    shape, n_matches, accuracy, majority, peer = answers.split("|")
     assert backend == "jax jax True"  # on JAX, with no TensorFlow installed
-    assert (shape, n_matches) == ("(210, 8)", "1050")  # 30 % of pbmc68k_reduced, k = 5
-    assert float(accuracy) > 0.3  # 10 types; a trained model, not chance
+    assert (shape, n_matches) == ("(210, 16)", "1050")  # 30 % of pbmc68k_reduced, k = 5
+    # measured on TensorFlow: 0.790 against the largest type's 0.343 and PCA + kNN's 0.781
+    assert float(accuracy) > float(majority) + 0.25, answers
+    assert float(accuracy) > float(peer) - 0.1, answers
     # With KERAS_BACKEND unset, importing scquery picks JAX: Keras's default, TensorFlow, is absent.
     chosen = run(python, "-c", "import scquery, keras; print(keras.backend.backend())", cwd=root, env=env)
     assert chosen.returncode == 0 and chosen.stdout.split() == ["jax"], chosen.stderr[-3000:]

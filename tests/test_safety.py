@@ -620,8 +620,16 @@ def test_sigkill_of_train_overwrite_leaves_a_whole_bundle(bundle, split, tmp_pat
     assert digests(data) == user_files
 
 
+#: The environment running the tests: `make run` uses it as its VENV (never reinstalled by a test).
+VENV = Path(sys.prefix)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(
+    not (VENV / "bin" / "snakemake").is_file() or VENV == Path(sys.base_prefix),
+    reason="the tests do not run in a virtual environment holding snakemake (make's VENV)",
+)
 def test_make_run_resumes_after_a_kill(tmp_path):
     """`make run` killed with SIGKILL (whole process group) mid-training, then started again:
     it finishes without the user knowing Snakemake's --unlock or --rerun-incomplete."""
@@ -634,14 +642,15 @@ def test_make_run_resumes_after_a_kill(tmp_path):
     config_file = tmp_path / "config.yaml"
     arguments = "results/model "  # the target: up to the model bundle
     arguments += f"--snakefile {REPO / 'Snakefile'} --directory {work} --configfile {config_file}"
-    # `-o .venv/.installed`: use the environment as it is (never reinstall it from a test)
+    # `-o VENV/.installed`: use the environment as it is (never reinstall it from a test)
     command = [
         "make",
         "-C",
         str(REPO),
         "-o",
-        ".venv/.installed",
+        f"{VENV}/.installed",
         "run",
+        f"VENV={VENV}",
         "CORES=1",
         f"SNAKEMAKE_ARGS={arguments}",
     ]

@@ -252,7 +252,7 @@ def verify_bundle(path):
     naming the file and what to do.
 
     The files are read once, in 1 MiB pieces (constant memory), on several threads (hashlib
-    releases the GIL): about 0.5 GiB/s per core, so ~2 s per core for a million-cell bundle (~1 GB).
+    releases the GIL).
     """
     path = Path(path)
     entries = read_manifest(path)

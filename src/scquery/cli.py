@@ -201,8 +201,11 @@ def _add_query(subparsers):
         parents=[COMMON],
         help="predict cell types from the nearest reference cells",
         description="Embed the query cells, find their nearest reference cells, and predict each "
-        "cell's type from their distance-weighted vote and the classifier; cells without enough "
-        "confidence, and query clusters that sit far from every reference type, are 'Unknown'.",
+        "cell's type from their distance-weighted vote and the classifier. A cell is 'Unknown', and "
+        "obs['scquery_unknown_reason'] says why, when it expresses none of the model's genes ('no "
+        "reference genes'), when its confidence is low ('low confidence', --min-confidence), when its "
+        "query cluster sits far from every reference type ('new cluster', --novelty-threshold), or when "
+        "the cluster's markers differ from its type's ('markers differ', --min-marker-agreement).",
     )
     parser.add_argument("model", help="model bundle folder (from `scquery train`)")
     parser.add_argument("query", nargs="+", help="query file(s) or 10x folder(s)")

@@ -138,7 +138,11 @@ def replace_folder(staging, path):
     if os.path.lexists(path):
         old = make_staging(path, "old")
         os.rename(path, old)  # replaces the empty folder `old`
-        os.rename(staging, path)
+        try:
+            os.rename(staging, path)
+        except BaseException:
+            os.rename(old, path)  # the old folder back in place (a killed run's is put back on next use)
+            raise
         fsync_folder(path.parent)
         shutil.rmtree(old)
         return

@@ -196,13 +196,7 @@ def transfer(
     labels = pd.Index([*bundle.classes, *sorted(set(names) - set(bundle.classes))])
     codes = labels.get_indexer(names)
     shares = vote(neighbors.distances, codes[neighbors.indices], len(labels))
-    probabilities = np.zeros_like(shares)
-    trained = labels.get_indexer(list(bundle.classes))
-    probabilities[:, trained] = neighbors.probabilities
-    evidence = (shares + probabilities) / 2
-    added = np.setdiff1d(np.arange(len(labels)), trained)
-    from_vote = np.isin(shares.argmax(axis=1), added)
-    evidence[from_vote] = shares[from_vote]
+    evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
     cluster = cluster_query(neighbors.processed.X, resolution=resolution, seed=seed)
@@ -233,11 +227,17 @@ def transfer(
         unique = unique_markers(X, cluster, types, profiles)[ids].to_numpy(np.float32)
     cluster_agreement, cluster_unique = agreement[cluster_rows], unique[cluster_rows]
 
-    reason = np.zeros(len(predicted), dtype=np.int64)
-    reason[(cluster_agreement < min_marker_agreement) | (cluster_unique < min_unique_markers)] = 4
-    reason[cluster_novelty > novelty_threshold] = 3
-    reason[confidence < min_confidence] = 2
-    reason[~neighbors.expressed] = 1
+    reason = unknown_reasons(
+        neighbors.expressed,
+        confidence,
+        cluster_novelty,
+        cluster_agreement,
+        cluster_unique,
+        min_confidence=min_confidence,
+        novelty_threshold=novelty_threshold,
+        min_marker_agreement=min_marker_agreement,
+        min_unique_markers=min_unique_markers,
+    )
     return Transfer(
         prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
         reason=reason,
@@ -251,6 +251,41 @@ def transfer(
         unique_markers=cluster_unique,
         labels=labels,
     )
+
+
+def combine_evidence(shares, probabilities, trained):
+    """Each cell's evidence for each label (cells × labels): the mean of its vote `shares` and the
+    classifier's `probabilities` (cells × classes; `trained`: the label of each class); a cell whose
+    vote favours a label the classifier was not trained on (added by `extend`) has the vote alone."""
+    spread = np.zeros_like(shares)
+    spread[:, trained] = probabilities
+    evidence = (shares + spread) / 2
+    added = np.setdiff1d(np.arange(shares.shape[1]), trained)
+    from_vote = np.isin(shares.argmax(axis=1), added)
+    evidence[from_vote] = shares[from_vote]
+    return evidence
+
+
+def unknown_reasons(
+    expressed,
+    confidence,
+    cluster_novelty,
+    cluster_agreement,
+    cluster_unique,
+    *,
+    min_confidence,
+    novelty_threshold,
+    min_marker_agreement,
+    min_unique_markers,
+):
+    """Per cell, the code of why it is 'Unknown' (an index into `REASONS`; 0: predicted): the first
+    of `REASONS` that holds (see the module docstring)."""
+    reason = np.zeros(len(confidence), dtype=np.int64)
+    reason[(cluster_agreement < min_marker_agreement) | (cluster_unique < min_unique_markers)] = 4
+    reason[cluster_novelty > novelty_threshold] = 3
+    reason[confidence < min_confidence] = 2
+    reason[~np.asarray(expressed, dtype=bool)] = 1
+    return reason
 
 
 def _type_scales(nearest_distances, codes, n_labels):
