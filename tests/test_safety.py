@@ -247,7 +247,7 @@ def test_train_never_deletes_what_is_not_a_bundle(split, tmp_path, capsys, monke
 
 def test_an_existing_bundle_is_replaced_only_with_overwrite(bundle, foreign, model, tmp_path, capsys):
     old = digests(model)
-    with pytest.raises(ScqueryError, match="already holds a model bundle; give --overwrite"):
+    with pytest.raises(ScqueryError, match="already holds a model bundle; give overwrite=True"):
         save_bundle(foreign, model)
     assert digests(model) == old
     with pytest.raises(ScqueryError, match="inside the model bundle"):
@@ -267,7 +267,7 @@ def test_extend_replaces_its_model_only_when_asked(without_unknown_cells, model,
     old, n_reference = digests(model), load_bundle(model).reference.n_obs
     args = ["extend", model, cells, "--label-key", "bulk_labels"]
     refused(capsys, *args, match="give --out NEW_FOLDER, or --overwrite")
-    refused(capsys, *args, "--out", model, match="already holds a model bundle; give --overwrite")
+    refused(capsys, *args, "--out", model, match="already holds a model bundle; give overwrite=True")
     assert digests(model) == old
     assert run_cli(capsys, *args, "--overwrite", "-q")[0] == 0
     assert load_bundle(model).reference.n_obs == n_reference + 30

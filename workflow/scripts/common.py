@@ -6,15 +6,17 @@ import sys
 
 
 def log_to(path):
-    """Redirect stdout, stderr (also of TensorFlow's C++ code) and Python logging to `path`."""
+    """Redirect stdout, stderr (also of TensorFlow's C++ code) and Python logging to `path`: scquery's
+    own lines from INFO, other libraries' (faiss's loader, anndata, …) from WARNING."""
     handle = open(path, "w", buffering=1)  # stays open for the whole job
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
         os.dup2(handle.fileno(), stream.fileno())
     sys.stdout = sys.stderr = handle
     logging.basicConfig(
-        stream=handle, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+        stream=handle, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", force=True
     )
+    logging.getLogger("scquery").setLevel(logging.INFO)
     logging.captureWarnings(True)
 
 
