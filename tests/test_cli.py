@@ -35,7 +35,7 @@ assert "keras" in sys.modules
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["--version"], ["query", "--help"], ["query"], ["score", "missing.h5ad", "--truth-key", "x"]],
+    [["--help"], ["--version"], ["query", "--help"], ["query"], ["score", "no.h5ad", "--truth-key", "x"]],
 )
 def test_cli_answers_before_importing_keras(argv):
     script = f"""
