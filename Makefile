@@ -36,6 +36,7 @@ run: venv
 	else \
 		$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS); \
 	fi
+	@if [ -f results/report/scores.txt ]; then cat results/report/scores.txt; fi
 
 report: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --report report.html

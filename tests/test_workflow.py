@@ -257,6 +257,12 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
         assert "faiss.loader" not in text and "as categorical" not in text, text
         assert (tmp_path / "logs" / "benchmarks" / f"{log}.tsv").is_file()
 
+    from scquery.evaluate import score
+
+    headline = (results / "report" / "scores.txt").read_text()  # what `make run` ends with
+    assert headline == f"scquery: {QUERY}: {score(query, 'bulk_labels')}\n"
+    assert "210 cells · accuracy " in headline
+
     # Complete: nothing is left to do (the index cached in the bundle does not trigger reruns).
     again = snakemake(tmp_path, "--dry-run", config=config)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
