@@ -134,7 +134,7 @@ def test_query_output_is_the_users_data_plus_documented_keys(model, user_data, t
     predictions = {c for c in result.obs.columns if c.startswith("scquery_")}
     assert "scquery_dataset" in predictions  # the user's obs['dataset'] is kept; the file name beside it
     assert set(result.obs["dataset"]) == {"donor_7"} and set(result.obs["scquery_dataset"]) == {"given"}
-    assert_same_data(result, user_file, predictions, {"X_scquery"}, {"scquery"})
+    assert_same_data(result, user_file, predictions, {"X_scquery"}, {"scquery", "scquery_prediction_colors"})
     assert result.uns["scquery"]["params"]["layer"] == "lognorm"
 
     # The values came from the layer: as if .X held them.
@@ -151,7 +151,7 @@ def test_api_embed_and_query_keep_the_data(bundle, user_data):
     assert_same_data(user_data, given, (), {"X_scquery"}, {"scquery"})
     matches = query(user_data, bundle, layer="lognorm", k=5)
     added = {c for c in user_data.obs.columns if c.startswith("scquery_")}
-    assert_same_data(user_data, given, added, {"X_scquery"}, {"scquery"})
+    assert_same_data(user_data, given, added, {"X_scquery"}, {"scquery", "scquery_prediction_colors"})
     assert list(matches["query_cell"][:10]) == [user_data.obs_names[0]] * 10  # repeated names, kept
 
 

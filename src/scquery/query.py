@@ -49,6 +49,7 @@ from .embed import compute_embedding, record_run
 from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
+from .palettes import palette
 from .profiles import PROFILES_KEY, group_means, marker_agreement, merge_profiles, type_profiles
 
 #: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
@@ -368,6 +369,8 @@ def write_query(
     known = [name for name in result.labels if name != UNKNOWN]
     obs = adata.obs
     obs[f"{key_added}_prediction"] = pd.Categorical(result.prediction, categories=[*known, UNKNOWN])
+    # scanpy's way: one colour per category, the same for every query of this model (scquery.pl)
+    adata.uns[f"{key_added}_prediction_colors"] = list(palette([*known, UNKNOWN]).values())
     obs[f"{key_added}_confidence"] = result.confidence
     obs[f"{key_added}_unknown_reason"] = pd.Categorical(
         np.asarray(REASONS, dtype=object)[result.reason], categories=REASONS

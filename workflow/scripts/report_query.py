@@ -33,11 +33,9 @@ scores = {"query": name, **evaluate.score(query, truth)}
 with open(snakemake.output.scores, "w") as handle:
     json.dump(scores, handle, indent=1)
 
-# One palette for every figure of the report: the reference's types, then the query's own names.
-types = list(reference.obs["label"].astype("category").cat.categories)
-if truth:
-    types += [t for t in evaluate.type_order(query, truth, used_only=False) if t not in types]
-palette = scq.pl.palette(types)
+# One palette for every figure of the report: the colours the query stored with its prediction (the
+# model's types, as in the reference's UMAP), then the query's own names.
+palette = scq.pl.colors(query, *([truth] if truth else []))
 
 # The joint UMAP of (at most `max_cells` of) the reference and the query cells: each panel colours
 # one side, the other is light grey underneath.
