@@ -634,13 +634,13 @@ def test_make_run_resumes_after_a_kill(tmp_path):
     config_file = tmp_path / "config.yaml"
     arguments = "results/model "  # the target: up to the model bundle
     arguments += f"--snakefile {REPO / 'Snakefile'} --directory {work} --configfile {config_file}"
-    # `-o .venv/.installed`: use the environment as it is (never reinstall it from a test)
+    # `-o .venv/.installed-run`: use the environment as it is (never reinstall it from a test)
     command = [
         "make",
         "-C",
         str(REPO),
         "-o",
-        ".venv/.installed",
+        ".venv/.installed-run",
         "run",
         "CORES=1",
         f"SNAKEMAKE_ARGS={arguments}",
