@@ -107,3 +107,13 @@ def test_overwrite_is_named_as_the_command_line_names_it(queried, capsys):
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err
     assert "give --overwrite to replace it" in err and "overwrite=True" not in err
+
+
+def test_a_missing_label_column_lists_only_the_users_columns(split, tmp_path, capsys):
+    reference = split[0][:60].copy()
+    reference.obs = reference.obs[["bulk_labels", "louvain"]]
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    args = ["train", tmp_path / "reference.h5ad", "--label-key", "cell_type", "--out", tmp_path / "model"]
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "(columns: bulk_labels, louvain)" in err and "dataset" not in err, err

@@ -316,7 +316,7 @@ def query(
     check_number("k", k, low=1, integer=True)
     if k > reference.n_obs:
         raise ScqueryError(
-            f"k={k} is more than the {reference.n_obs} cells of the model's reference; choose k of "
+            f"k={k} is more than the {reference.n_obs:,} cells of the model's reference; choose k of "
             f"at most {reference.n_obs}."
         )
     check_number("min_confidence", min_confidence, low=0, high=1)
