@@ -51,7 +51,7 @@ def test_pbmc68k_split(pbmc68k):
     assert (reference.n_obs, query.n_obs) == (490, 210)
     assert set(reference.obs_names).isdisjoint(query.obs_names)
     assert set(reference.obs["dataset"]) == {"pbmc68k_reference"}
-    assert set(query.obs["dataset"]) == {"pbmc68k_query"}
+    assert set(query.obs["dataset"]) == {"pbmc68k_heldout"}
     assert reference.X.format == "csr" and reference.X.dtype == np.float32
     assert detect_values(reference.X)["log_base"] == "e"
     shares = reference.obs["bulk_labels"].value_counts(normalize=True)

@@ -173,7 +173,7 @@ def test_merge_leaves_out_partial_obsm_instead_of_zeros(split, tmp_path):
         merged = read_many([tmp_path / "a.h5ad", tmp_path / "b.h5ad"])
     assert set(merged.obsm) == {"X_shared", "X_pca", "X_umap"} and merged.n_obs == 70
     assert set(merged.obs["scquery_dataset"]) == {"a", "b"}  # the files had obs['dataset'] of their own
-    assert set(merged.obs["dataset"]) == {"pbmc68k_query"}
+    assert set(merged.obs["dataset"]) == {"pbmc68k_heldout"}
     np.testing.assert_array_equal(merged.obsm["X_shared"], np.ones((70, 2)))
 
 
