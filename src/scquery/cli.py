@@ -118,10 +118,10 @@ def _add_train(subparsers):
 
 
 def _train(args):
-    from .config import load_train_config
-
     inputs = [*args.reference, *args.unlabeled, *filter(None, [args.config])]
     _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
+    from .config import load_train_config
+
     config = load_train_config(args.config)
 
     from .bundle import save_bundle
