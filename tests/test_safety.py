@@ -267,7 +267,7 @@ def test_extend_replaces_its_model_only_when_asked(without_unknown_cells, model,
     old, n_reference = digests(model), load_bundle(model).reference.n_obs
     args = ["extend", model, cells, "--label-key", "bulk_labels"]
     refused(capsys, *args, match="give --out NEW_FOLDER, or --overwrite")
-    refused(capsys, *args, "--out", model, match="already holds a model bundle; give overwrite=True")
+    refused(capsys, *args, "--out", model, match="already holds a model bundle; give --overwrite to replace")
     assert digests(model) == old
     assert run_cli(capsys, *args, "--overwrite", "-q")[0] == 0
     assert load_bundle(model).reference.n_obs == n_reference + 30
