@@ -52,12 +52,6 @@ def hold_back_backend_startup():
         sys.meta_path.insert(0, _KerasFinder())
 
 
-def import_backend():
-    """Import Keras and its backend, their start-up lines held back (`hold_back_backend_startup`)."""
-    hold_back_backend_startup()
-    import keras  # noqa: F401
-
-
 class _KerasFinder(importlib.abc.MetaPathFinder):
     """Finds nothing itself: hands the real spec of `keras` back with its loading held back."""
 
