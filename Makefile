@@ -1,5 +1,6 @@
 # Set-up and habits; each target first sets up .venv/ from pyproject.toml (Python >= 3.11):
-#   make run        the workflow on its built-in default data (snakemake --cores $(CORES))
+#   make run        the workflow on its built-in default data (snakemake --cores $(CORES)); installs
+#                   only what the workflow needs, and ends with the headline scores
 #   make test       the fast tests (not those marked slow): the loop while developing
 #   make test-all   lint, then every test: what CI runs (.ci/run)
 #   make lint       ruff check, ruff format --check, snakefmt --check
@@ -7,16 +8,32 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
-# The Keras backend and the extras a developer needs (TensorFlow is the default backend).
-EXTRAS ?= tensorflow,test,workflow,loom,bench,dev
+# TensorFlow, the default backend: its CPU-only build (1.3 GB installed, not 1.9 GB) where PyPI has
+# one (Linux x86-64), else the standard one; a .venv that holds the standard one keeps it (both
+# provide the module `tensorflow`: never the two in one environment).
+HAS_TENSORFLOW := $(wildcard $(VENV)/lib/python3*/site-packages/tensorflow-*.dist-info)
+CPU_ONLY := $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m))
+TENSORFLOW ?= $(if $(and $(CPU_ONLY),$(if $(HAS_TENSORFLOW),,yes)),tensorflow-cpu,tensorflow)
+# `make run` installs what the workflow needs (one backend); the other targets add what a developer
+# needs (tests, with JAX for the backend tests; loom files; benchmarks; pre-commit) into the same .venv.
+RUN_EXTRAS ?= $(TENSORFLOW),workflow
+EXTRAS ?= $(RUN_EXTRAS),test,loom,bench,dev
 
 .PHONY: venv run report test test-all lint mutation bench bench-quick bench-scale clean
+
+# One stamp per set of extras: .installed-run for `make run`, .installed for the whole set (which
+# includes the run set, so it stamps that too).
+$(VENV)/.installed-run: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(RUN_EXTRAS)]'
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 venv: $(VENV)/.installed
 
@@ -24,11 +41,12 @@ venv: $(VENV)/.installed
 # .snakemake/make-run.lock (flock: one `make run` per folder at a time; it waits for another one, or
 # for a job a killed one left running, to end), it removes the lock a killed Snakemake left behind and
 # reruns the jobs a kill left incomplete. SNAKEMAKE_ARGS adds options (e.g. --configfile my.yaml).
+# It ends with the headline scores (results/report/scores.txt) when they are of the current model.
 SNAKEMAKE_ARGS ?=
 SNAKEMAKE_RUN = $(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) >/dev/null && \
 	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS)
 
-run: venv
+run: $(VENV)/.installed-run
 	@mkdir -p .snakemake
 	@if command -v flock >/dev/null; then \
 		flock --nonblock .snakemake/make-run.lock true || \
@@ -37,8 +55,11 @@ run: venv
 	else \
 		$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS); \
 	fi
+	@if [ -f results/report/scores.txt ] && [ ! results/report/scores.txt -ot results/model ]; then \
+		cat results/report/scores.txt; \
+	fi
 
-report: venv
+report: $(VENV)/.installed-run
 	$(VENV)/bin/snakemake --cores $(CORES) --report report.html
 
 lint: venv

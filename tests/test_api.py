@@ -91,5 +91,5 @@ def test_readme_example_runs_on_pbmc68k_reduced(tmp_path, monkeypatch, capsys):
     assert query.obsm["X_umap"].shape == (350, 2)
     assert (tmp_path / "model").is_dir()
     out = capsys.readouterr().out
-    assert out.startswith("scquery Bundle ") and "'accuracy'" in out
+    assert out.startswith("scquery Bundle ") and "\n350 cells · accuracy " in out  # scores, rounded
     assert scq.score(query, "bulk_labels")["accuracy"] > 0.6

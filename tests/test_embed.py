@@ -41,7 +41,7 @@ def test_embed_copy_leaves_the_input_alone(bundle, query):
     embedded = embed(query, bundle, key_added="mine", copy=True)
     assert "X_mine" not in query.obsm and "X_mine" in embedded.obsm
     assert embedded.uns["mine"]["model_id"] == bundle.model_id and "scquery" in embedded.uns
-    assert query.uns["scquery"] == {"source": "scanpy.datasets.pbmc68k_reduced (pbmc68k_query)"}
+    assert query.uns["scquery"] == {"source": "scanpy.datasets.pbmc68k_reduced (pbmc68k_heldout)"}
 
 
 def test_reference_cells_embed_as_in_the_bundle(bundle, split):

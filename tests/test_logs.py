@@ -85,6 +85,26 @@ def test_import_prints_nothing():
     assert (result.stdout, result.stderr) == ("2.0\n", "")
 
 
+def test_an_info_log_shows_scquerys_lines_not_faiss_or_anndata_chatter():
+    script = """
+import logging
+logging.basicConfig(level="INFO")
+import numpy as np, anndata as ad, pandas as pd
+import scquery
+from scquery.neighbors import NeighborIndex
+points = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
+NeighborIndex(points).kneighbors(points, 3)
+obs = pd.DataFrame({"t": ["a", "b", "a"]}, index=["x", "y", "z"])
+adata = ad.AnnData(np.ones((3, 1), dtype="float32"), obs=obs)
+adata.strings_to_categoricals()
+logging.getLogger("scquery").info("a stage")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "faiss.loader" not in result.stderr and "as categorical" not in result.stderr, result.stderr
+    assert "INFO:scquery:a stage" in result.stderr
+
+
 def test_package_logs_stages_without_configuring_logging(split, small_config, caplog):
     root_handlers = list(logging.getLogger().handlers)
     assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)

@@ -345,7 +345,8 @@ def test_bundle_destinations(tmp_path):
     check_bundle_destination(tmp_path / "empty")
     bundle = make_bundle(tmp_path / "model", "x")
     with pytest.raises(
-        ScqueryError, match=r"already holds a model bundle; give --overwrite .* or choose a new folder\.$"
+        ScqueryError,
+        match=r"already holds a model bundle; give overwrite=True to replace it, or choose a new folder\.$",
     ):
         check_bundle_destination(bundle)
     check_bundle_destination(bundle, overwrite=True)

@@ -82,7 +82,9 @@ def test_tensorflow_is_the_default_backend_extra_not_a_requirement():
     assert [Requirement(r).name for r in extras["tensorflow"]] == ["tensorflow"]
     assert [Requirement(r).name for r in extras["jax"]] == ["jax"]
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^EXTRAS \?= tensorflow,", makefile, re.M)  # `make venv` installs TensorFlow
+    assert [Requirement(r).name for r in extras["tensorflow-cpu"]] == ["tensorflow-cpu"]
+    assert re.search(r"^RUN_EXTRAS \?= \$\(TENSORFLOW\),workflow$", makefile, re.M)  # one backend
+    assert re.search(r"^EXTRAS \?= \$\(RUN_EXTRAS\),test,", makefile, re.M)  # the same TensorFlow
 
 
 def test_conda_environment_pins_every_dependency_of_pyproject():

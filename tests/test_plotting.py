@@ -148,3 +148,35 @@ def test_type_order_keeps_category_order_then_sorts_new_names():
     )
     assert evaluate.type_order(adata, "p", "t", used_only=False) == ["b", "a", "z", "x", "y"]
     assert evaluate.type_order(adata, "p", "t") == ["b", "a", "x", "y"]
+
+
+def test_a_type_has_one_colour_in_umap_summary_and_scanpy(queried):
+    stored = queried.uns["scquery_prediction_colors"]
+    categories = list(queried.obs["scquery_prediction"].cat.categories)
+    assert len(stored) == len(categories) and stored[categories.index(UNKNOWN)] == UNKNOWN_COLOR
+    expected = dict(zip(categories, stored, strict=True))
+    umap = scq.pl.umap(queried, color=["bulk_labels", "scquery_prediction"], show=False)
+    legends = [legend_colors(ax) for ax in umap.axes if ax.get_legend() is not None]
+    bars = legend_colors(scq.pl.summary(queried, show=False).axes[0])
+    shown = sc.pl.umap(queried, color="scquery_prediction", show=False, return_fig=True)  # scanpy's own
+    for colors in [*legends, bars, legend_colors(shown.axes[0])]:
+        assert all(colors[name] == expected[name] for name in colors if name in expected), colors
+    # a type only the known labels hold gets a colour no predicted type has
+    queried.obs["renamed"] = queried.obs["bulk_labels"].astype(str).replace({"Dendritic": "DC"})
+    assert scq.pl.colors(queried, "renamed")["DC"] not in stored
+    plt.close("all")
+
+
+def test_palette_is_legible_on_white_and_greys_only_unknown():
+    def luminance(color):
+        channels = np.array(mcolors.to_rgb(color))
+        linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+        return linear @ [0.2126, 0.7152, 0.0722]
+
+    from scquery.palettes import COLORS
+
+    colors = scq.pl.palette([f"type {i}" for i in range(len(COLORS))])
+    contrast = {name: 1.05 / (luminance(c) + 0.05) for name, c in colors.items()}
+    assert min(contrast.values()) >= 2.2, contrast  # scanpy's pale pink (#ff9896) has 2.06
+    assert len(set(colors.values())) == len(COLORS) + 1
+    assert all(len(set(mcolors.to_rgb(c))) > 1 for name, c in colors.items() if name != UNKNOWN)

@@ -246,7 +246,7 @@ def test_summary_per_dataset_and_cluster(queried):
     assert summary["n_cells"].sum() == adata.n_obs
     fractions = summary.filter(like="fraction ")
     np.testing.assert_allclose(fractions.sum(axis=1), 1.0)
-    assert (summary["dataset"] == "pbmc68k_query").all()
+    assert (summary["dataset"] == "pbmc68k_heldout").all()
     assert summary["nearest_label_share"].between(0, 1).all()
     cluster = summary.iloc[0]
     cells = adata.obs_names[adata.obs["louvain"].astype(str) == cluster["louvain"]]
@@ -310,14 +310,14 @@ def test_cli_embed_query_and_extend(bundle, without_b, split, tmp_path):
     args += ["--summary", str(tmp_path / "s.tsv"), "--groupby", "louvain", "-q"]
     assert main(args) == 0
     result = ad.read_h5ad(tmp_path / "q.h5ad")
-    assert set(result.obs["dataset"]) == {"pbmc68k_query"}  # the data's own column, kept
+    assert set(result.obs["dataset"]) == {"pbmc68k_heldout"}  # the data's own column, kept
     assert set(result.obs["scquery_dataset"]) == {"a", "b"}  # the file names beside it
     assert "scquery_prediction" in result.obs
     assert result.uns["scquery"]["query_params"]["k"] == 5
     matches = pd.read_csv(tmp_path / "m.tsv", sep="\t")
     assert len(matches) == 90 * 5 and set(matches["rank"]) == set(range(1, 6))
     summary = pd.read_csv(tmp_path / "s.tsv", sep="\t")
-    assert set(summary["dataset"]) == {"pbmc68k_query"} and summary["n_cells"].sum() == 90
+    assert set(summary["dataset"]) == {"pbmc68k_heldout"} and summary["n_cells"].sum() == 90
     assert (model / "index.json").is_file()
 
     small = save_bundle(without_b, tmp_path / "small")

@@ -134,7 +134,7 @@ def test_query_output_is_the_users_data_plus_documented_keys(model, user_data, t
     predictions = {c for c in result.obs.columns if c.startswith("scquery_")}
     assert "scquery_dataset" in predictions  # the user's obs['dataset'] is kept; the file name beside it
     assert set(result.obs["dataset"]) == {"donor_7"} and set(result.obs["scquery_dataset"]) == {"given"}
-    assert_same_data(result, user_file, predictions, {"X_scquery"}, {"scquery"})
+    assert_same_data(result, user_file, predictions, {"X_scquery"}, {"scquery", "scquery_prediction_colors"})
     assert result.uns["scquery"]["params"]["layer"] == "lognorm"
 
     # The values came from the layer: as if .X held them.
@@ -151,7 +151,7 @@ def test_api_embed_and_query_keep_the_data(bundle, user_data):
     assert_same_data(user_data, given, (), {"X_scquery"}, {"scquery"})
     matches = query(user_data, bundle, layer="lognorm", k=5)
     added = {c for c in user_data.obs.columns if c.startswith("scquery_")}
-    assert_same_data(user_data, given, added, {"X_scquery"}, {"scquery"})
+    assert_same_data(user_data, given, added, {"X_scquery"}, {"scquery", "scquery_prediction_colors"})
     assert list(matches["query_cell"][:10]) == [user_data.obs_names[0]] * 10  # repeated names, kept
 
 
@@ -173,7 +173,7 @@ def test_merge_leaves_out_partial_obsm_instead_of_zeros(split, tmp_path):
         merged = read_many([tmp_path / "a.h5ad", tmp_path / "b.h5ad"])
     assert set(merged.obsm) == {"X_shared", "X_pca", "X_umap"} and merged.n_obs == 70
     assert set(merged.obs["scquery_dataset"]) == {"a", "b"}  # the files had obs['dataset'] of their own
-    assert set(merged.obs["dataset"]) == {"pbmc68k_query"}
+    assert set(merged.obs["dataset"]) == {"pbmc68k_heldout"}
     np.testing.assert_array_equal(merged.obsm["X_shared"], np.ones((70, 2)))
 
 
@@ -247,7 +247,7 @@ def test_train_never_deletes_what_is_not_a_bundle(split, tmp_path, capsys, monke
 
 def test_an_existing_bundle_is_replaced_only_with_overwrite(bundle, foreign, model, tmp_path, capsys):
     old = digests(model)
-    with pytest.raises(ScqueryError, match="already holds a model bundle; give --overwrite"):
+    with pytest.raises(ScqueryError, match="already holds a model bundle; give overwrite=True"):
         save_bundle(foreign, model)
     assert digests(model) == old
     with pytest.raises(ScqueryError, match="inside the model bundle"):
@@ -267,7 +267,7 @@ def test_extend_replaces_its_model_only_when_asked(without_unknown_cells, model,
     old, n_reference = digests(model), load_bundle(model).reference.n_obs
     args = ["extend", model, cells, "--label-key", "bulk_labels"]
     refused(capsys, *args, match="give --out NEW_FOLDER, or --overwrite")
-    refused(capsys, *args, "--out", model, match="already holds a model bundle; give --overwrite")
+    refused(capsys, *args, "--out", model, match="already holds a model bundle; give --overwrite to replace")
     assert digests(model) == old
     assert run_cli(capsys, *args, "--overwrite", "-q")[0] == 0
     assert load_bundle(model).reference.n_obs == n_reference + 30
@@ -642,13 +642,13 @@ def test_make_run_resumes_after_a_kill(tmp_path):
     config_file = tmp_path / "config.yaml"
     arguments = "results/model "  # the target: up to the model bundle
     arguments += f"--snakefile {REPO / 'Snakefile'} --directory {work} --configfile {config_file}"
-    # `-o VENV/.installed`: use the environment as it is (never reinstall it from a test)
+    # `-o VENV/.installed-run`: use the environment as it is (never reinstall it from a test)
     command = [
         "make",
         "-C",
         str(REPO),
         "-o",
-        f"{VENV}/.installed",
+        f"{VENV}/.installed-run",
         "run",
         f"VENV={VENV}",
         "CORES=1",

@@ -215,3 +215,24 @@ def test_few_labels_all_train_in_small_batches_and_many_hold_out_a_validation_sp
     assert model.optimizer.iterations.numpy() == 3 * MIN_BATCHES_PER_EPOCH  # batches of 2 cells
     history = fit_classifier(build_classifier(20, [8], 4), X, y, epochs=3, validation_fraction=0.1)
     assert "val_loss" in history  # 40 validation cells, 10 per type
+
+
+def test_inputs_are_checked_before_any_training(split, small_config, caplog):
+    """Labels that leave no two types to learn, unlabelled data that are no AnnData or lack the layer:
+    each refused before the first pretraining epoch."""
+    import logging
+
+    reference = split[0][:120].copy()
+    reference.obs["few"] = ["A"] * 117 + ["B"] * 3  # B is below min_cells_per_class (5)
+    reference.layers["counts"] = reference.X.copy()
+    unlabeled = split[1][:30].copy()
+    cases = [
+        ({"label_key": "few"}, "leaves 1 cell type"),
+        ({"label_key": "bulk_labels", "unlabeled": ["cells.h5ad"]}, "must be AnnData objects"),
+        ({"label_key": "bulk_labels", "unlabeled": unlabeled, "layer": "counts"}, "counts"),
+    ]
+    for options, match in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scquery"), pytest.raises(ScqueryError, match=match):
+            train(reference, config=small_config, verbose=0, **options)
+        assert not [r for r in caplog.records if "pretraining" in r.getMessage()], options

@@ -281,8 +281,15 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     for figure in ("training_curves", "reference_umap", f"{QUERY}_umap", f"{QUERY}_confusion"):
         assert (results / "report" / f"{figure}.png").stat().st_size > 10_000
     for log in ("default_data", "pretrain", "finetune", f"embed/{QUERY}", f"query/{QUERY}"):
-        assert (tmp_path / "logs" / f"{log}.log").is_file()
+        text = (tmp_path / "logs" / f"{log}.log").read_text()
+        assert "faiss.loader" not in text and "as categorical" not in text, text
         assert (tmp_path / "logs" / "benchmarks" / f"{log}.tsv").is_file()
+
+    from scquery.evaluate import score
+
+    headline = (results / "report" / "scores.txt").read_text()  # what `make run` ends with
+    assert headline == f"scquery: {QUERY}: {score(query, 'bulk_labels')}\n"
+    assert "210 cells · accuracy " in headline
 
     # Complete: nothing is left to do (the index cached in the bundle does not trigger reruns).
     again = snakemake(tmp_path, "--dry-run", config=config)

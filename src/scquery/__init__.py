@@ -10,39 +10,67 @@
 
 Progress goes to the `scquery` logger (silent until the application sets up logging) and, while
 training where someone watches, to progress bars.
+
+`import scquery` is light (no Keras, scanpy or faiss): the short API's names load their modules on
+first use (PEP 562, as in scanpy and anndata). The Keras backend is chosen here, before anything can
+import Keras, and wherever Keras is first imported its backend's start-up chatter is held back.
 """
 
+import importlib
+import sys
+import types
 from importlib.metadata import version as _version
 
 from .backend import choose_backend
-from .logs import import_backend as _import_backend
+from .errors import ScqueryError
+from .logs import hold_back_backend_startup, quiet_others
 
 choose_backend()  # before any module imports Keras: TensorFlow, else an installed backend
-_import_backend()  # and before anything else imports TensorFlow: its start-up chatter is held back
-
-from . import plotting as pl  # noqa: E402
-from .bundle import Bundle  # noqa: E402
-from .bundle import load_bundle as load  # noqa: E402
-from .embed import embed  # noqa: E402
-from .errors import ScqueryError  # noqa: E402
-from .evaluate import score  # noqa: E402
-from .io import read_many as read  # noqa: E402
-from .query import extend, query, summarize  # noqa: E402
-from .train import train  # noqa: E402
+hold_back_backend_startup()  # and wherever Keras is first imported, its start-up chatter is held back
+quiet_others()  # faiss's and anndata's INFO chatter stays out of applications' INFO logs
 
 __version__ = _version("scquery")
 
-__all__ = [
-    "Bundle",
-    "ScqueryError",
-    "__version__",
-    "embed",
-    "extend",
-    "load",
-    "pl",
-    "query",
-    "read",
-    "score",
-    "summarize",
-    "train",
-]
+#: The short API, loaded on first use: name -> (module, attribute; None for the module itself).
+_LAZY = {
+    "Bundle": ("bundle", "Bundle"),
+    "embed": ("embed", "embed"),
+    "extend": ("query", "extend"),
+    "load": ("bundle", "load_bundle"),
+    "pl": ("plotting", None),
+    "query": ("query", "query"),
+    "read": ("io", "read_many"),
+    "score": ("evaluate", "score"),
+    "summarize": ("query", "summarize"),
+    "train": ("train", "train"),
+}
+
+__all__ = ["ScqueryError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    setattr(sys.modules[__name__], name, value)
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """`scquery.train`, `.embed` and `.query` are the functions, although modules share their names:
+    when Python sets a package attribute to the module it has just imported (`from scquery.train
+    import …`), the function of that name is kept instead."""
+
+    def __setattr__(self, name, value):
+        if _LAZY.get(name, (None, None))[1] == name and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -8,6 +8,7 @@ its destination and swapped into place whole (`scquery.outputs.replace_folder`).
 """
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -47,14 +48,12 @@ def current_versions() -> dict:
         "scquery": version("scquery"),
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
-        "backend_version": version(_BACKEND_PACKAGES[keras.backend.backend()]),
+        # the module's own version: the distribution may be named otherwise (tensorflow-cpu)
+        "backend_version": importlib.import_module(keras.backend.backend()).__version__,
         "anndata": version("anndata"),
         "scanpy": version("scanpy"),
         "python": platform.python_version(),
     }
-
-
-_BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 
 
 @dataclass(repr=False)

@@ -1,10 +1,17 @@
-"""The `scquery` command: a thin face over the package's functions."""
+"""The `scquery` command: a thin face over the package's functions.
+
+It answers `--help`, `--version`, wrong arguments and missing inputs before importing anything
+heavy: each command imports the package's modules (and with them Keras) only once its inputs and
+outputs have been checked.
+"""
 
 import argparse
+import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from . import __version__
 from .errors import ScqueryError
@@ -12,12 +19,26 @@ from .logs import log_to_stderr
 
 log = logging.getLogger("scquery")
 
-#: Options every subcommand takes (pass `parents=[COMMON]` to `add_parser`).
+
+def _verbosity_options(parser, *, defaults=True):
+    """-q and -v; without `defaults`, the options set nothing unless given."""
+    quiet, verbose = (False, 0) if defaults else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=quiet, help="print warnings and errors only"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=verbose,
+        help="print each epoch and details (-vv: the backend's too)",
+    )
+
+
+#: Options every subcommand takes (pass `parents=[COMMON]` to `add_parser`); given before the
+#: command (`scquery -q train …`) they mean the same.
 COMMON = argparse.ArgumentParser(add_help=False)
-COMMON.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
-COMMON.add_argument(
-    "-v", "--verbose", action="count", default=0, help="print each epoch and details (-vv: the backend's too)"
-)
+_verbosity_options(COMMON, defaults=False)  # where given, they take the place of those before it
 
 
 def _add_input_options(parser):
@@ -47,10 +68,13 @@ def _values(args):
 
 
 def _check_outputs(args, outputs, inputs, *, folders=()):
-    """Refuse, before any work, outputs that are inputs, repeat, or may not be written (see
-    `scquery.outputs.check_outputs`)."""
+    """Refuse, before any work or heavy import, inputs that do not exist and outputs that are
+    inputs, repeat, or may not be written (see `scquery.outputs.check_outputs`)."""
     from .outputs import check_outputs
 
+    for path in inputs:
+        if not os.path.exists(path):
+            raise ScqueryError(f"The input {path} does not exist; check the path.")
     check_outputs(outputs, inputs, folders=folders, overwrite=args.overwrite)
 
 
@@ -100,13 +124,15 @@ def _add_train(subparsers):
 
 
 def _train(args):
-    from .bundle import save_bundle
-    from .config import load_train_config
-    from .train import train
-
     inputs = [*args.reference, *args.unlabeled, *filter(None, [args.config])]
     _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
+    from .config import load_train_config
+
     config = load_train_config(args.config)
+
+    from .bundle import save_bundle
+    from .train import train
+
     reference = _read(args, args.reference)
     unlabeled = [_read(args, [path]) for path in args.unlabeled]
     bundle = train(
@@ -122,12 +148,12 @@ def _train(args):
     save_bundle(bundle, args.out, overwrite=args.overwrite)
     accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
     log.info(
-        "Wrote %s: %d cells, %d genes, %d cell types, validation accuracy %.3f.",
+        "Wrote %s: %s cells, %s genes, %d cell types, validation accuracy %.1f%%.",
         args.out,
-        bundle.reference.n_obs,
-        len(bundle.genes),
+        f"{bundle.reference.n_obs:,}",
+        f"{len(bundle.genes):,}",
         len(bundle.classes),
-        max(accuracy),
+        100 * max(accuracy),
     )
 
 
@@ -175,11 +201,11 @@ def _add_embed(subparsers):
 
 
 def _embed(args):
+    _check_outputs(args, {"--out": args.out}, [args.model, *args.input, *filter(None, [args.gene_map])])
     from .bundle import load_bundle
     from .embed import embed
     from .io import write_h5ad
 
-    _check_outputs(args, {"--out": args.out}, [args.model, *args.input, *filter(None, [args.gene_map])])
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
     embed(
@@ -192,7 +218,7 @@ def _embed(args):
         **_values(args),
     )
     write_h5ad(adata, args.out)
-    log.info("Wrote %s: %d cells embedded.", args.out, adata.n_obs)
+    log.info("Wrote %s: %s cells embedded.", args.out, f"{adata.n_obs:,}")
 
 
 def _add_query(subparsers):
@@ -251,18 +277,25 @@ def _add_query(subparsers):
         action="store_true",
         help="give every cell of a query cluster the cluster's most probable type",
     )
+    parser.add_argument(
+        "--truth-key",
+        metavar="COL",
+        help="obs column of the query's known cell types: print accuracy, macro-F1 and the share "
+        "Unknown, and keep them in uns['scquery']['scores'] of --out",
+    )
     _add_query_options(parser)
     _add_species_options(parser)
     parser.set_defaults(run=_query)
 
 
 def _query(args):
-    from .bundle import load_bundle
-    from .io import write_h5ad, write_table
-    from .query import UNKNOWN, query, summarize
-
     outputs = {"--out": args.out, "--matches": args.matches, "--summary": args.summary}
     _check_outputs(args, outputs, [args.model, *args.query, *filter(None, [args.gene_map])])
+    from .bundle import load_bundle
+    from .evaluate import score
+    from .io import write_h5ad, write_table
+    from .query import query, summarize
+
     bundle = load_bundle(args.model)
     adata = _read(args, args.query)
     matches = query(
@@ -282,13 +315,15 @@ def _query(args):
         **_values(args),
     )
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
+    scores = score(adata, args.truth_key)
+    if args.truth_key is not None:
+        adata.uns["scquery"]["scores"] = dict(scores)
     write_h5ad(adata, args.out)
     if args.matches:
         write_table(matches, args.matches)
     if summary is not None:
         write_table(summary, args.summary)
-    unknown = int((adata.obs["scquery_prediction"] == UNKNOWN).sum())
-    log.info("Wrote %s: %d cells, %d Unknown.", args.out, adata.n_obs, unknown)
+    log.info("Wrote %s: %s.", args.out, scores)
 
 
 def _add_extend(subparsers):
@@ -308,9 +343,6 @@ def _add_extend(subparsers):
 
 
 def _extend(args):
-    from .bundle import load_bundle
-    from .query import extend
-
     out = args.out or args.model
     if args.out is None and not args.overwrite:
         raise ScqueryError(
@@ -320,6 +352,9 @@ def _extend(args):
     _check_outputs(
         args, {"--out": out}, [*args.reference, *([] if replacing else [args.model])], folders={"--out"}
     )
+    from .bundle import load_bundle
+    from .query import extend
+
     bundle = load_bundle(args.model)
     adata = _read(args, args.reference)
     extended = extend(
@@ -332,7 +367,42 @@ def _extend(args):
         min_overlap=args.min_overlap,
         **_values(args),
     )
-    log.info("Wrote %s: %d reference cells.", out, extended.reference.n_obs)
+    log.info("Wrote %s: %s reference cells.", out, f"{extended.reference.n_obs:,}")
+
+
+def _add_score(subparsers):
+    parser = subparsers.add_parser(
+        "score",
+        parents=[COMMON],
+        help="score an annotated file's predictions against its known cell types",
+        description="Print one line of accuracy, macro-F1 and the share of cells predicted Unknown, "
+        "for a file `scquery query` wrote (its predictions in obs['scquery_prediction']) that holds "
+        "the cells' known types.",
+    )
+    parser.add_argument("annotated", help="h5ad file written by `scquery query`")
+    parser.add_argument("--truth-key", required=True, metavar="COL", help="obs column of the known types")
+    parser.add_argument(
+        "--prediction",
+        default="scquery_prediction",
+        metavar="COL",
+        help="obs column of the predictions (default: scquery_prediction)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the scores to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace the JSON file if it exists")
+    parser.set_defaults(run=_score)
+
+
+def _score(args):
+    _check_outputs(args, {"--json": args.json}, [args.annotated])
+    import anndata as ad
+
+    from .evaluate import score
+    from .io import write_atomically
+
+    scores = score(ad.read_h5ad(args.annotated), args.truth_key, prediction=args.prediction)
+    print(f"{args.annotated}: {scores}")
+    if args.json:
+        write_atomically(args.json, lambda path: Path(path).write_text(json.dumps(scores, indent=1) + "\n"))
 
 
 def build_parser():
@@ -341,11 +411,13 @@ def build_parser():
         description="Cell embeddings from denoising autoencoders, and cell-type queries.",
     )
     parser.add_argument("--version", action="version", version=f"scquery {__version__}")
+    _verbosity_options(parser)
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_train(subparsers)
     _add_embed(subparsers)
     _add_query(subparsers)
     _add_extend(subparsers)
+    _add_score(subparsers)
     return parser
 
 
@@ -359,7 +431,8 @@ def main(argv=None):
     try:
         args.run(args)
     except ScqueryError as error:
-        print(f"scquery: error: {error}", file=sys.stderr)
+        # The package's messages name its Python options; here the user gave command-line options.
+        print(f"scquery: error: {str(error).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scquery: interrupted", file=sys.stderr)

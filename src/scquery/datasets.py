@@ -18,7 +18,7 @@ def pbmc68k_split(*, query_fraction=0.3, seed=0):
     `train_test_split` with `random_state=seed`); both keep the original cell order.
 
     Returns:
-        `(reference, query)` with `obs['dataset']` 'pbmc68k_reference' and 'pbmc68k_query'.
+        `(reference, query)` with `obs['dataset']` 'pbmc68k_reference' and 'pbmc68k_heldout'.
     """
     if not 0.0 < query_fraction < 1.0:
         raise ScqueryError(
@@ -35,7 +35,7 @@ def pbmc68k_split(*, query_fraction=0.3, seed=0):
         np.arange(adata.n_obs), test_size=query_fraction, stratify=labels, random_state=seed
     )
     parts = []
-    for cells, name in ((reference_cells, "pbmc68k_reference"), (query_cells, "pbmc68k_query")):
+    for cells, name in ((reference_cells, "pbmc68k_reference"), (query_cells, "pbmc68k_heldout")):
         part = adata[np.sort(cells)].copy()
         part.obs["dataset"] = name
         part.uns["scquery"] = {"source": f"scanpy.datasets.pbmc68k_reduced ({name})"}

@@ -46,10 +46,28 @@ def type_order(adata, *keys, used_only=True):
     return [name for name in order if name in used or not used_only]
 
 
-def score(adata, truth=None, *, prediction=PREDICTION) -> dict:
+class Scores(dict):
+    """`score`'s numbers: a dict (full precision, as before) that prints rounded, on one line:
+    `2,638 cells · accuracy 93.9% · macro-F1 0.912 · Unknown 2.1%`."""
+
+    def __str__(self):
+        parts = [f"{self['cells']:,} cells"]
+        if "accuracy" in self:
+            parts += [f"accuracy {self['accuracy']:.1%}", f"macro-F1 {self['macro_f1']:.3f}"]
+        parts.append(f"Unknown {self['unknown']:.1%}")
+        return " · ".join(parts)
+
+    def __repr__(self):
+        shown = ", ".join(
+            f"{key}={round(value, 3) if isinstance(value, float) else value!r}" for key, value in self.items()
+        )
+        return f"Scores({shown})"
+
+
+def score(adata, truth=None, *, prediction=PREDICTION) -> Scores:
     """Headline numbers of a query: `cells`, `predicted_types` (Unknown not counted), `unknown`
     (share of cells predicted Unknown); with the known types in `obs[truth]` also `known_types`,
-    `accuracy` and `macro_f1`."""
+    `accuracy` and `macro_f1`. A dict (`Scores`) that prints them rounded, on one line."""
     if prediction not in adata.obs:
         raise ScqueryError(f"The data has no obs column {prediction!r}; run the query first.")
     predicted = adata.obs[prediction].astype(str).to_numpy()
@@ -64,7 +82,7 @@ def score(adata, truth=None, *, prediction=PREDICTION) -> dict:
         scores["known_types"] = len(types)
         scores["accuracy"] = float(np.mean(known == predicted))
         scores["macro_f1"] = float(f1_score(known, predicted, labels=types, average="macro", zero_division=0))
-    return scores
+    return Scores(scores)
 
 
 def per_type(adata, truth, *, prediction=PREDICTION) -> pd.DataFrame:

@@ -248,7 +248,8 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
 
     Each cell's file name (without suffixes, made unique with `-1`, `-2`, …) goes to
     `obs['dataset']`, or to `obs['scquery_dataset']` when an input already has a `dataset` column
-    (which is kept as it is). One file comes back as `read` gives it, plus that column. Several are
+    (which is kept as it is; `uns['scquery']['added_column']` names the column added). One file comes
+    back as `read` gives it, plus that column. Several are
     concatenated on the union of their genes (`anndata.concat(join='outer', fill_value=0)`, for
     `.X`, the layers and `.raw` alike): a gene missing from one file is zero in its cells, so no
     gene is lost and sparse values stay sparse. Cell names are kept as they are, even where files
@@ -266,6 +267,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     if len(adatas) == 1:
         merged = adatas[0]
         merged.obs[key] = pd.Categorical([names[0]] * merged.n_obs)
+        merged.uns["scquery"]["added_column"] = key  # not the user's: messages leave it out
         return merged
     _drop_partial_obsm(adatas, names)
     for adata in adatas:
@@ -273,7 +275,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         merged = ad.concat(adatas, join="outer", fill_value=0, label=key, keys=names, merge="same")
-    merged.uns["scquery"] = {"source": ", ".join(map(str, paths))}
+    merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "added_column": key}
     return merged
 
 
@@ -325,7 +327,8 @@ def check_labels(adata, key, source="the data", *, min_classes=2, allow_missing=
     `source` names the file in the message.
     """
     if key not in adata.obs:
-        columns = ", ".join(map(str, adata.obs.columns)) or "none"
+        added = adata.uns.get("scquery", {}).get("added_column")  # by read_many, not in the file
+        columns = ", ".join(str(c) for c in adata.obs.columns if c != added) or "none"
         raise ScqueryError(
             f"The label column {key!r} is not in {source} (columns: {columns}); choose one of them."
         )

@@ -2,16 +2,20 @@
 
 The package writes only to the `scquery` logger, which has a `NullHandler`: nothing is printed unless
 the application sets up logging (the command line does, with `log_to_stderr`; the workflow's scripts
-send everything to their log files). The package never configures the root logger.
+send everything to their log files). The package never configures the root logger; `quiet_others`
+keeps the chatter of the libraries it uses (faiss's loader, anndata) out of an application's INFO log.
 
 TensorFlow writes a few lines of C++ start-up chatter (oneDNN, CUDA drivers, absl) straight to the
 stderr file descriptor while it is imported, before any setting can stop them. `import scquery`
-imports it through `import_backend`, which holds those lines back; `TF_CPP_MIN_LOG_LEVEL` (default
-here: 3) keeps the later C++ messages out. Set it to 0, and use `-v`, to see them all.
+stays light (no Keras) and calls `hold_back_backend_startup`: wherever Keras is first imported
+afterwards (by scquery's modules or the user), those lines are held back; `TF_CPP_MIN_LOG_LEVEL`
+(default here: 3) keeps the later C++ messages out. Set it to 0, and use `-vv`, to see them all.
 """
 
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
@@ -20,25 +24,67 @@ import tempfile
 logger = logging.getLogger("scquery")
 logger.addHandler(logging.NullHandler())
 
-#: What the backend wrote to stderr while `import_backend` imported it.
+#: What the backend wrote to stderr while Keras was first imported.
 backend_startup = ""
 
 
-def import_backend():
-    """Import Keras and its backend, holding back the C++ start-up lines written meanwhile to stderr:
-    they go to the `scquery` logger at DEBUG level, or back to stderr if the import fails."""
-    global backend_startup
+#: Libraries whose INFO lines are chatter to a scquery user: faiss's loader trying each CPU build
+#: (`ModuleNotFoundError` lines that look like failures), anndata's "storing … as categorical".
+QUIET_LIBRARIES = ("faiss", "anndata")
+
+
+def quiet_others(level=logging.WARNING):
+    """Show only `level` and above from `QUIET_LIBRARIES` (those whose level nobody has set), so an
+    application logging at INFO (`logging.basicConfig(level="INFO")`, the workflow's log files) sees
+    scquery's stages, not their chatter. `log_to_stderr(2)` and `level=logging.NOTSET` let it back in."""
+    for name in QUIET_LIBRARIES:
+        other = logging.getLogger(name)
+        if other.level in (logging.NOTSET, logging.WARNING):
+            other.setLevel(level)
+
+
+def hold_back_backend_startup():
+    """From now on, the first import of Keras (and of the backend it imports), wherever it happens,
+    holds back what is written meanwhile to stderr: it goes to the `scquery` logger at DEBUG level,
+    or back to stderr if the import fails."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "keras" in sys.modules:
-        return
-    with _held_back_stderr() as held:
-        try:
-            import keras  # noqa: F401
-        except BaseException:
-            held.replay = True
-            raise
-    backend_startup = held.text
-    _log_backend_startup()
+    if "keras" not in sys.modules and not any(isinstance(f, _KerasFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _KerasFinder())
+
+
+class _KerasFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: hands the real spec of `keras` back with its loading held back."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)  # once, and not for the search just below
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _HeldBackLoader(spec.loader)
+        return spec
+
+
+class _HeldBackLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # resources and the like: the real loader's
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        global backend_startup
+        with _held_back_stderr() as held:
+            try:
+                self.loader.exec_module(module)
+            except BaseException:
+                held.replay = True
+                raise
+        backend_startup = held.text
+        _log_backend_startup()
 
 
 def _log_backend_startup():
@@ -111,11 +157,15 @@ def log_to_stderr(verbosity=0):
         A function that undoes these settings.
     """
     quieted = [] if verbosity >= 2 else [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    if verbosity >= 2:
+        quiet_others(logging.NOTSET)
     saved = [(logger, logger.level, logger.propagate)] + [
         (other, other.level, other.propagate) for other in quieted
     ]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("scquery: %(message)s"))
+    if verbosity < 2:  # the backend's start-up lines, logged when Keras is first imported
+        handler.addFilter(lambda record: not record.getMessage().startswith("backend: "))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
     logger.propagate = False

@@ -169,7 +169,7 @@ def check_bundle_destination(path, *, overwrite=False):
     if (path / BUNDLE_MARKER).is_file():
         if not overwrite:
             raise ScqueryError(
-                f"{path} already holds a model bundle; give --overwrite (overwrite=True) to replace it, "
+                f"{path} already holds a model bundle; give overwrite=True to replace it, "
                 "or choose a new folder."
             )
         return

@@ -2,7 +2,9 @@
 
 Every plot that colours cells by type takes its colours from one palette (`palette`): a type keeps
 its colour across panels and plots, Unknown is grey, and cells a panel does not colour (NaN) are
-light grey. Like scanpy's, the functions show the figure, or return it with `show=False`.
+light grey. `query` stores the prediction's colours as scanpy does (`uns['scquery_prediction_colors']`,
+aligned with the categories), so `sc.pl` plots use them too, and every plot here starts from them
+(`colors`). Like scanpy's, the functions show the figure, or return it with `show=False`.
 """
 
 import anndata as ad
@@ -14,34 +16,35 @@ from matplotlib.ticker import MaxNLocator
 
 from . import evaluate
 from .evaluate import PREDICTION, type_order
+from .palettes import UNKNOWN_COLOR, palette
 from .query import UNKNOWN, summarize
 
-__all__ = ["confusion", "embedding", "history", "palette", "summary", "umap"]
+__all__ = ["colors", "confusion", "embedding", "history", "palette", "summary", "umap"]
 
-UNKNOWN_COLOR, BACKGROUND_COLOR = "#8c8c8c", "#e4e4e4"
+BACKGROUND_COLOR = "#e4e4e4"
 
 
-def palette(types) -> dict:
-    """A colour for each of `types`, in their order (scanpy's default palettes), and grey for Unknown.
-
-    Give every plot the same `types` (e.g. a model's `bundle.classes`, then the query's own types) and
-    each type has the same colour in all of them.
-    """
-    names = [name for name in dict.fromkeys(map(str, types)) if name != UNKNOWN]
-    colors = sc.pl.palettes.default_20 if len(names) <= 20 else sc.pl.palettes.default_102
-    mapping = {name: colors[i % len(colors)] for i, name in enumerate(names)}
-    mapping[UNKNOWN] = UNKNOWN_COLOR
-    return mapping
+def colors(adata, *keys, prediction=PREDICTION) -> dict:
+    """The colours every plot of `adata` gives its types: those stored with the prediction
+    (`uns[prediction + '_colors']`, written by `query`), then `palette` colours not yet used for the
+    other types of the obs columns `keys`, in `evaluate.type_order`."""
+    stored = {}
+    column, values = adata.obs.get(prediction), adata.uns.get(f"{prediction}_colors")
+    if column is not None and isinstance(column.dtype, pd.CategoricalDtype) and values is not None:
+        if len(values) == len(column.cat.categories):
+            stored = dict(zip(map(str, column.cat.categories), map(str, values), strict=True))
+    return _colors(type_order(adata, *keys, used_only=False), stored)
 
 
 def embedding(adata, *, basis="umap", color=PREDICTION, palette=None, title=None, show=None, **kwargs):
     """Cells on a 2-D embedding (`obsm['X_' + basis]`), one panel per key of `color` (scanpy style).
 
     The categorical keys share one palette: `palette` (a dict, or the types to give colours in
-    order; default: the types of all keys, `evaluate.type_order`), so the same type has the same
-    colour in every panel. Unknown is grey; cells without a value (NaN) are light grey, drawn
-    underneath and left out of the legend; each legend lists only the types its panel shows. Other
-    keyword arguments go to `scanpy.pl.embedding` (e.g. `ncols`, `legend_loc`, `size`).
+    order; default: `colors`, the prediction's stored colours, then the other types of all keys), so
+    the same type has the same colour in every panel and plot. Unknown is grey; cells without a
+    value (NaN) are light grey, drawn underneath and left out of the legend; each legend lists only
+    the types its panel shows. Other keyword arguments go to `scanpy.pl.embedding` (e.g. `ncols`,
+    `legend_loc`, `size`).
 
     Returns:
         None, or the figure with `show=False`.
@@ -52,12 +55,13 @@ def embedding(adata, *, basis="umap", color=PREDICTION, palette=None, title=None
         obs=adata.obs[[k for k in keys if k in adata.obs]].copy(), obsm={basis: adata.obsm[basis]}
     )
     categorical = [k for k in view.obs if not pd.api.types.is_numeric_dtype(view.obs[k])]
-    colors = _colors(type_order(view, *categorical, used_only=False), palette)
+    types = type_order(view, *categorical, used_only=False)
+    shown = _colors(types, palette if palette is not None else colors(adata))
     for key in categorical:
         values = view.obs[key]
         column = pd.Categorical(np.where(values.notna(), values.astype(str), None))
-        view.obs[key] = column.reorder_categories(sorted(column.categories, key=list(colors).index))
-        view.uns[f"{key}_colors"] = [colors[name] for name in view.obs[key].cat.categories]
+        view.obs[key] = column.reorder_categories(sorted(column.categories, key=list(shown).index))
+        view.uns[f"{key}_colors"] = [shown[name] for name in view.obs[key].cat.categories]
     longest = max((len(name) for key in categorical for name in view.obs[key].cat.categories), default=0)
     options = {
         "na_color": BACKGROUND_COLOR,
@@ -77,10 +81,16 @@ def umap(adata, **kwargs):
 
 
 def _colors(types, given=None):
-    """The palette of `types`: `given` (a dict, or types to colour first) completed with the others."""
-    if isinstance(given, dict):
-        return {**palette([*given, *types]), **given}
-    return palette([*(given or []), *types])
+    """The palette of `types`: `given` (a dict, or types to colour first) completed with the others,
+    each in a colour `given` does not use."""
+    if not isinstance(given, dict):
+        return palette([*(given or []), *types])
+    names = [name for name in dict.fromkeys(map(str, [*given, *types])) if name != UNKNOWN]
+    free = [c for c in palette(names).values() if c not in given.values() and c != UNKNOWN_COLOR]
+    free = iter(free * (len(names) // max(len(free), 1) + 1) or [UNKNOWN_COLOR])
+    mapping = {name: given[name] if name in given else next(free) for name in names}
+    mapping[UNKNOWN] = given.get(UNKNOWN, UNKNOWN_COLOR)
+    return mapping
 
 
 def confusion(adata, truth, *, prediction=PREDICTION, ax=None, show=None):
@@ -124,19 +134,19 @@ def summary(data, *, groupby=None, palette=None, ax=None, show=None):
 
     Args:
         data: a `summarize` table, or an AnnData after `query` (summarized here).
-        palette: as in `embedding` (default: the types of the prediction's categories, in order).
+        palette: as in `embedding` (default: `colors` of the data, or of the types in the table).
     """
     if isinstance(data, pd.DataFrame):
-        table, known = data, []
+        table, stored = data, {}
     else:
-        table, known = summarize(data, groupby=groupby), type_order(data, PREDICTION, used_only=False)
+        table, stored = summarize(data, groupby=groupby), colors(data, PREDICTION)
     groups = list(table.columns[: table.columns.get_loc("n_cells")])
     groups = [g for g in groups if table[g].nunique() > 1] or groups  # name what differs
     fractions = table[[c for c in table.columns if c.startswith("fraction ")]]
     fractions.columns = [c.removeprefix("fraction ") for c in fractions.columns]
     types = [t for t in fractions.columns if t != UNKNOWN]
-    colors = _colors([*known, *sorted(types)], palette)
-    order = sorted(types, key=list(colors).index) + ([UNKNOWN] if UNKNOWN in fractions else [])
+    shown = _colors(sorted(types), palette if palette is not None else stored)
+    order = sorted(types, key=list(shown).index) + ([UNKNOWN] if UNKNOWN in fractions else [])
     labels = [
         " · ".join(str(row[g]) for g in groups) + f" ({int(row['n_cells']):,} cells)"
         for _, row in table.iterrows()
@@ -150,7 +160,7 @@ def summary(data, *, groupby=None, palette=None, ax=None, show=None):
             range(len(table)),
             share,
             left=left,
-            color=colors[name],
+            color=shown[name],
             label=name,
             edgecolor="white",
             linewidth=0.5,

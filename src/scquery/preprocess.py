@@ -100,7 +100,7 @@ def _units(X, data):
     unit = np.zeros(X.shape[0])
     unit[nonempty] = np.minimum.reduceat(data, X.indptr[:-1][nonempty])
     rows = np.repeat(np.arange(X.shape[0]), lengths)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a ratio too large is unchecked
         ratios = data / unit[rows]
         checked = ratios <= _RATIO_MAX
         off = checked & (np.abs(ratios - np.round(ratios)) > 1e-2 + 2e-3 * ratios)

@@ -45,12 +45,14 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
+from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .bundle import Bundle, save_bundle
 from .embed import compute_embedding, record_run
 from .errors import ScqueryError, check_number
 from .io import UNKNOWN, check_labels
 from .neighbors import NeighborIndex
+from .palettes import palette
 from .profiles import (
     PROFILES_KEY,
     group_means,
@@ -146,7 +148,16 @@ def cluster_query(values, *, resolution=1.0, n_neighbors=15, n_pcs=50, seed=0):
     reference's types apart and may place a type it never saw inside a known one.
     """
     n = values.shape[0]
-    if n < 3:
+    filled = np.asarray(abs(values).sum(axis=1)).ravel() > 0
+    if not filled.all():  # cells expressing none of the genes: one cluster of their own, apart
+        codes = np.zeros(n, dtype=np.int64)
+        if filled.any():
+            codes[filled] = cluster_query(
+                values[filled], resolution=resolution, n_neighbors=n_neighbors, n_pcs=n_pcs, seed=seed
+            )
+            codes[~filled] = codes[filled].max() + 1
+        return codes
+    if n < 3 or not _varies(values):  # nothing to tell apart (the PCA would fail)
         return np.zeros(n, dtype=np.int64)
     holder = ad.AnnData(
         X=values if sp.issparse(values) else np.asarray(values, dtype=np.float32),
@@ -175,6 +186,13 @@ def cluster_query(values, *, resolution=1.0, n_neighbors=15, n_pcs=50, seed=0):
         random_state=seed,
     )
     return holder.obs["leiden"].astype(int).to_numpy()
+
+
+def _varies(values):
+    """Whether the rows of `values` differ at all (some gene's variance is above zero)."""
+    if sp.issparse(values):
+        return bool(np.any(mean_variance_axis(sp.csr_matrix(values, dtype=np.float64), axis=0)[1] > 0))
+    return bool(np.any(np.var(values, axis=0) > 0))
 
 
 def transfer(
@@ -357,7 +375,7 @@ def query(
     check_number("k", k, low=1, integer=True)
     if k > reference.n_obs:
         raise ScqueryError(
-            f"k={k} is more than the {reference.n_obs} cells of the model's reference; choose k of "
+            f"k={k} is more than the {reference.n_obs:,} cells of the model's reference; choose k of "
             f"at most {reference.n_obs}."
         )
     check_number("min_confidence", min_confidence, low=0, high=1)
@@ -421,6 +439,8 @@ def write_query(
     known = [name for name in result.labels if name != UNKNOWN]
     obs = adata.obs
     obs[f"{key_added}_prediction"] = pd.Categorical(result.prediction, categories=[*known, UNKNOWN])
+    # scanpy's way: one colour per category, the same for every query of this model (scquery.pl)
+    adata.uns[f"{key_added}_prediction_colors"] = list(palette([*known, UNKNOWN]).values())
     obs[f"{key_added}_confidence"] = result.confidence
     obs[f"{key_added}_unknown_reason"] = pd.Categorical(
         np.asarray(REASONS, dtype=object)[result.reason], categories=REASONS

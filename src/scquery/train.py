@@ -97,13 +97,14 @@ def train(
             "The option pretrain is false, yet a pretrained encoder or unlabelled data (used only for "
             "pretraining) were given; set pretrain to true or leave them out."
         )
+    _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
     processed, record = _preprocess(adata, config, values, species=species)
+    cells, classes, y = _labelled(processed, label_key, config)  # before any training
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
         encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
-    cells, classes, y = _labelled(processed, label_key, config)
     reference = processed.obs.iloc[cells]
     model = build_classifier(
         processed.n_vars,
@@ -207,7 +208,8 @@ def _labelled(processed, label_key, config):
 
 
 def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
-    """Greedy pretraining on the processed reference's cells and the `unlabeled` data."""
+    """Greedy pretraining on the processed reference's cells and the `unlabeled` data (each one
+    processed, and so checked, before any training)."""
     X = processed.X
     extra = [
         _unlabeled_matrix(select_values(data, **values), record, config) for data in _datasets(unlabeled)

@@ -87,17 +87,19 @@ rule report_query:
 
 rule report_overview:
     """The headline table of the report's first page: the model, and per query its cells, types,
-    share Unknown and, when its cell types are known, accuracy and macro-F1."""
+    share Unknown and, when its cell types are known, accuracy and macro-F1; the same per query as
+    one line of results/report/scores.txt (`make run` ends by printing it)."""
     input:
         bundle=rules.finetune.output[0],
         scores=expand("results/report/{query}_scores.json", query=QUERIES),
     output:
-        report(
+        table=report(
             "results/report/overview.html",
             caption="../report/overview.rst",
             category="Overview",
             labels={"figure": "headline numbers"},
         ),
+        headline="results/report/scores.txt",
     log:
         "logs/report/overview.log",
     benchmark:

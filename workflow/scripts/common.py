@@ -6,22 +6,26 @@ import sys
 
 
 def log_to(path):
-    """Redirect stdout, stderr (also of TensorFlow's C++ code) and Python logging to `path`."""
+    """Redirect stdout, stderr (also of TensorFlow's C++ code) and Python logging to `path`: scquery's
+    own lines from INFO, other libraries' (faiss's loader, anndata, …) from WARNING."""
     handle = open(path, "w", buffering=1)  # stays open for the whole job
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
         os.dup2(handle.fileno(), stream.fileno())
     sys.stdout = sys.stderr = handle
     logging.basicConfig(
-        stream=handle, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+        stream=handle, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", force=True
     )
+    logging.getLogger("scquery").setLevel(logging.INFO)
     logging.captureWarnings(True)
 
 
-#: Style of the report's tables (scoped to them: the overview is also inlined into the landing page).
+#: Style of the report's tables (scoped to them: the overview is also inlined into the landing page);
+#: a caption wraps within the window, not the width of a wide table.
 TABLE_STYLE = """<style>
 table.scquery { border-collapse: collapse; font: 13px/1.4 system-ui, sans-serif; margin: 0.5em 0; }
-table.scquery caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.4em; }
+table.scquery caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.4em;
+  max-width: 95vw; }
 table.scquery th, table.scquery td { padding: 3px 10px; border-bottom: 1px solid #e5e5e5; }
 table.scquery th { text-align: right; background: #f6f6f6; }
 table.scquery td { text-align: right; font-variant-numeric: tabular-nums; }

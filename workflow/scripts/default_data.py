@@ -10,4 +10,4 @@ from scquery.io import write_h5ad  # noqa: E402
 reference, query = pbmc68k_split(query_fraction=snakemake.params.query_fraction, seed=snakemake.params.seed)
 write_h5ad(reference, snakemake.output.reference)
 write_h5ad(query, snakemake.output.query)
-print(f"reference: {reference.n_obs} cells; held-out query: {query.n_obs} cells")
+print(f"reference: {reference.n_obs:,} cells; held-out query: {query.n_obs:,} cells")

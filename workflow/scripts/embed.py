@@ -19,4 +19,4 @@ embed(
     **snakemake.params.genes,
 )
 write_h5ad(adata, snakemake.output[0])
-print(f"embedded {adata.n_obs} cells; gene overlap: {adata.uns['scquery']['overlap']}")
+print(f"embedded {adata.n_obs:,} cells; gene overlap: {adata.uns['scquery']['overlap']}")

@@ -24,6 +24,6 @@ bundle = train(
 # The bundle holds the reference's neighbour index, built once here for all query jobs to read.
 save_bundle(bundle, snakemake.output[0])
 print(
-    f"model {bundle.model_id}: {bundle.reference.n_obs} cells, {len(bundle.genes)} genes, "
+    f"model {bundle.model_id}: {bundle.reference.n_obs:,} cells, {len(bundle.genes):,} genes, "
     f"{len(bundle.classes)} cell types"
 )

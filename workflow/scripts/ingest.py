@@ -17,4 +17,4 @@ if snakemake.params.label_key:
     check_labels(adata, snakemake.params.label_key, source=", ".join(snakemake.input), allow_missing=True)
 write_h5ad(adata, snakemake.output[0])
 values = select_values(adata, layer=snakemake.params.layer, use_raw=snakemake.params.use_raw).X
-print(f"{adata.n_obs} cells x {adata.n_vars} genes ({describe_values(detect_values(values))})")
+print(f"{adata.n_obs:,} cells × {adata.n_vars:,} genes ({describe_values(detect_values(values))})")

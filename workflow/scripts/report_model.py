@@ -28,6 +28,8 @@ reference.obs["annotated type"] = reference.obs["label"].astype("category")
 sc.pp.neighbors(reference, use_rep="X_scquery", random_state=seed)
 sc.tl.umap(reference, random_state=seed)
 colors = ["annotated type"] + (["dataset"] if reference.obs["dataset"].nunique() > 1 else [])
-palette = scq.pl.palette(reference.obs["annotated type"].cat.categories)
+# The model's types in the order every query's prediction lists them (scquery.query), so each keeps
+# the colour the queries store with their prediction (uns['scquery_prediction_colors']).
+palette = scq.pl.palette([*bundle.classes, *reference.obs["annotated type"].cat.categories])
 fig = scq.pl.umap(reference, color=colors, palette=palette, show=False)
 save_figure(fig, snakemake.output.umap)

@@ -1,4 +1,5 @@
-"""The report's headline table: the model, then each query's cells, types, scores and share Unknown."""
+"""The report's headline table: the model, then each query's cells, types, scores and share Unknown;
+and the same as one line per query (`make run` prints them at its end)."""
 
 from common import html_table, log_to
 
@@ -9,6 +10,8 @@ import json  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import scquery as scq  # noqa: E402
+from scquery.evaluate import Scores  # noqa: E402
+from scquery.logs import logger  # noqa: E402
 
 bundle = scq.load(snakemake.input.bundle)
 rows = []
@@ -26,7 +29,12 @@ caption = (
 )
 html_table(
     table,
-    snakemake.output[0],
+    snakemake.output.table,
     caption=caption,
     formats={"Unknown": "{:.1%}", "accuracy": "{:.1%}", "macro-F1": "{:.3f}"},
 )
+lines = [f"{row['query']}: {Scores({k: v for k, v in row.items() if k != 'query'})}" for row in rows]
+for line in lines:
+    logger.info(line)
+with open(snakemake.output.headline, "w") as handle:
+    handle.write("".join(f"scquery: {line}\n" for line in lines))

@@ -33,11 +33,9 @@ scores = {"query": name, **evaluate.score(query, truth)}
 with open(snakemake.output.scores, "w") as handle:
     json.dump(scores, handle, indent=1)
 
-# One palette for every figure of the report: the reference's types, then the query's own names.
-types = list(reference.obs["label"].astype("category").cat.categories)
-if truth:
-    types += [t for t in evaluate.type_order(query, truth, used_only=False) if t not in types]
-palette = scq.pl.palette(types)
+# One palette for every figure of the report: the colours the query stored with its prediction (the
+# model's types, as in the reference's UMAP), then the query's own names.
+palette = scq.pl.colors(query, *([truth] if truth else []))
 
 # The joint UMAP of (at most `max_cells` of) the reference and the query cells: each panel colours
 # one side, the other is light grey underneath.
@@ -70,7 +68,7 @@ save_figure(scq.pl.summary(summary, palette=palette, show=False), snakemake.outp
 shown = summary.rename(columns=lambda c: c.removeprefix("fraction ")).rename(
     columns={
         "n_cells": "cells",
-        "mean_distance": "mean distance",
+        "mean_distance": "mean distance to the neighbours",
         "nearest_dataset": "nearest reference dataset",
         "nearest_dataset_share": "its share of the neighbours",
         "nearest_label": "nearest reference type",
@@ -83,12 +81,14 @@ html_table(
     snakemake.output.summary_table,
     caption=f"{name}: the share of each predicted type per dataset"
     + (f" and known type ({truth})" if truth else "")
-    + ", and the reference dataset and type most often among the cells' neighbours",
+    + ", the reference dataset and type most often among the cells' neighbours, and the cells' mean "
+    "distance to their nearest reference cells in the embedding (lower: closer to the reference; "
+    "compare queries of one model)",
     formats={
         **{c: lambda v: f"{v:.0%}" if v else "" for c in predicted},
         "its share of the neighbours": "{:.0%}",
         "share of the neighbours": "{:.0%}",
-        "mean distance": "{:.3f}",
+        "mean distance to the neighbours": "{:.3f}",
     },
 )
 
