@@ -150,8 +150,9 @@ def check_matrix(X, source, *, counts=False):
         )
 
 
-def _source(adata):
-    return adata.uns.get("scquery", {}).get("source", "the data")
+def source_of(adata, default="the data"):
+    """What to call `adata` in a message: the file it was read from (`read` records it), else `default`."""
+    return adata.uns.get("scquery", {}).get("source", default)
 
 
 def select_values(adata, *, layer=None, use_raw=False):
@@ -165,7 +166,7 @@ def select_values(adata, *, layer=None, use_raw=False):
 
     Raises `ScqueryError` when the layer or `.raw` does not exist, or `.X` is missing.
     """
-    source = _source(adata)
+    source = source_of(adata)
     if layer is not None and use_raw:
         raise ScqueryError(f"Choose either the layer {layer!r} or .raw of {source}, not both.")
     var = adata.var

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .errors import ScqueryError
-from .io import check_matrix, to_csr32
+from .io import check_matrix, source_of, to_csr32
 from .orthologs import (
     SPECIES,
     builtin_map,
@@ -52,10 +52,6 @@ __all__ = [
 RECORD_VERSION = 1
 
 
-def _source(adata):
-    return adata.uns.get("scquery", {}).get("source", "the data")
-
-
 def _matrix(adata):
     """`adata.X` as a checked CSR float32 matrix (backed data is loaded into memory)."""
     X = adata.X
@@ -64,10 +60,10 @@ def _matrix(adata):
     X = to_csr32(X)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ScqueryError(
-            f"{_source(adata)} holds {X.shape[0]} cells and {X.shape[1]} genes; give data with "
+            f"{source_of(adata)} holds {X.shape[0]} cells and {X.shape[1]} genes; give data with "
             "at least one cell and one gene."
         )
-    check_matrix(X, _source(adata))
+    check_matrix(X, source_of(adata))
     return X
 
 
@@ -260,7 +256,7 @@ def _detect_per_dataset(adata, X):
 def _to_log_normalized(adata, X, target_sum):
     """`X` (the data's values) normalized like the reference: each dataset of a merged AnnData on
     its own scale. Returns the matrix and what was found (one dict, or one per dataset)."""
-    source = _source(adata)
+    source = source_of(adata)
     parts = _detect_per_dataset(adata, X)
     if list(parts) == [None]:
         values = parts[None][1]
@@ -286,7 +282,7 @@ def _obs_result(adata, cells, X, var, uns_values):
     out = ad.AnnData(X=X, obs=adata.obs.iloc[cells].copy(), var=var)
     for key, value in adata.obsm.items():
         out.obsm[key] = value.iloc[cells] if isinstance(value, pd.DataFrame) else value[cells]
-    out.uns["scquery"] = {"source": _source(adata), "values": uns_values, "preprocessed": True}
+    out.uns["scquery"] = {"source": source_of(adata), "values": uns_values, "preprocessed": True}
     return out
 
 
@@ -296,7 +292,7 @@ def _qc_cells(adata, X, min_genes, max_pct_mito):
     if max_pct_mito is not None:
         mito = np.asarray(adata.var_names.str.startswith(("MT-", "mt-")))
         if not mito.any():
-            warnings.warn(f"{_source(adata)} has no mitochondrial genes (MT-/mt-).", stacklevel=3)
+            warnings.warn(f"{source_of(adata)} has no mitochondrial genes (MT-/mt-).", stacklevel=3)
         qc, _ = sc.pp.calculate_qc_metrics(
             ad.AnnData(X, var=pd.DataFrame({"mt": mito}, index=adata.var_names.astype(str))),
             qc_vars=["mt"],
@@ -308,7 +304,7 @@ def _qc_cells(adata, X, min_genes, max_pct_mito):
     cells = np.flatnonzero(keep_cells)
     if cells.size == 0:
         raise ScqueryError(
-            f"No cells of {_source(adata)} pass quality control (min_genes={min_genes}, "
+            f"No cells of {source_of(adata)} pass quality control (min_genes={min_genes}, "
             f"max_pct_mito={max_pct_mito}); lower min_genes or raise max_pct_mito."
         )
     return cells
@@ -352,7 +348,7 @@ def fit_preprocess(
         holds every original column for the kept cells; `record` is a JSON-serializable dict
         (`record['values']`: what `detect_values` found).
     """
-    source = _source(adata)
+    source = source_of(adata)
     if species is not None and species not in SPECIES:
         raise ScqueryError(
             f"species={species!r} is not known; choose one of {', '.join(SPECIES)} or leave it out."
@@ -436,7 +432,7 @@ def _gene_names(adata, gene_key):
     if gene_key not in adata.var:
         columns = ", ".join(map(str, adata.var.columns)) or "none"
         raise ScqueryError(
-            f"The gene column {gene_key!r} is not in the var of {_source(adata)} (columns: {columns}); "
+            f"The gene column {gene_key!r} is not in the var of {source_of(adata)} (columns: {columns}); "
             "choose one of them or leave out gene_key."
         )
     return adata.var[gene_key]
@@ -454,7 +450,7 @@ def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
         `overlap = {'n_reference_genes', 'n_shared', 'fraction'}`. Warns below 80 % overlap and
         raises `ScqueryError` below `min_overlap` or when no gene is shared.
     """
-    source = _source(adata)
+    source = source_of(adata)
     genes = [str(g) for g in genes]
     find = gene_lookup(_gene_names(adata, gene_key))
     sources = [find(key) for key in match_keys(genes)]
@@ -547,7 +543,7 @@ def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=
         when genes were mapped, `gene_map` (`map_genes`'s record with `overlap_before`: the overlap
         of the query's own gene names).
     """
-    source = _source(adata)
+    source = source_of(adata)
     X, values = _to_log_normalized(adata, _matrix(adata), record["target_sum"])
     names = _gene_names(adata, gene_key)
     reference = reference_species(record)

@@ -19,7 +19,7 @@ from .bundle import Bundle, model_digest
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels, labelled_cells, select_values
+from .io import check_labels, labelled_cells, select_values, source_of
 from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
@@ -86,7 +86,7 @@ def train(
     """
     config = _config(config)
     _check_seed(seed)
-    check_labels(adata, label_key, source=_source(adata), allow_missing=True)
+    check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     if encoder is not None and unlabeled is not None:
         raise ScqueryError(
             "Unlabelled data serve pretraining only, and a pretrained encoder was given; give the "
@@ -272,10 +272,6 @@ def _check_encoder(encoder, record, config):
 def _check_seed(seed):
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ScqueryError(f"The seed must be a non-negative integer, got {seed!r}.")
-
-
-def _source(adata):
-    return adata.uns.get("scquery", {}).get("source", "the reference")
 
 
 def _config(config):
