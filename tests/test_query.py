@@ -427,3 +427,21 @@ def test_a_query_of_one_type_is_not_rejected_for_lack_of_others(bundle, split):
     reasons = adata.obs["scquery_unknown_reason"].astype(str)
     assert (reasons == "markers differ").mean() == 0
     assert (adata.obs["scquery_prediction"] == UNKNOWN).mean() < 0.1
+
+
+def test_genes_the_query_lacks_are_not_counted_as_missing_markers():
+    """A query without some of the model's genes (zero-filled: another platform, another species'
+    orthologues) is judged on the genes it holds: its known types keep their markers."""
+    rng = np.random.default_rng(4)
+    means, labels = _blood_like(rng)
+    profiles = type_profiles(means, labels)
+    X, cells = _cells(rng, means, shift=rng.normal(0, 0.3, means.shape[1]))
+    measured = np.ones(means.shape[1], dtype=bool)
+    measured[[0, 1, 2, 3, 4, 5, 10, 11, 12, 20, 21, 22, 40, 41, 42, 55, 56, 57]] = False  # a third of each
+    X = sp.csr_matrix(X.toarray() * measured)
+    types = dict(enumerate(labels))
+    blind = marker_agreement(X, cells, types, profiles)
+    assert blind.min() < 0.9  # counted as missing, the zero-filled genes drag the shares down
+    for score in (marker_agreement, unique_markers):
+        shares = score(X, cells, types, profiles, measured=measured)
+        assert (shares.dropna() >= 0.9).all() and shares.notna().sum() >= 4  # too few genes left: not judged

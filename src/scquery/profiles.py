@@ -68,33 +68,37 @@ def merge_profiles(first, second):
     }
 
 
-def marker_agreement(X, clusters, types, profiles):
+def marker_agreement(X, clusters, types, profiles, *, measured=None):
     """Per query cluster: the share of its type's lineage genes it expresses (module docstring).
 
     `X` holds the query's processed values (cells × the model's genes), `clusters` each cell's cluster,
     `types` each cluster's predicted type (a mapping from cluster to label). A type's lineage genes are
     the `DEFINING_GENES` that its profile raises most, by a quarter or more, against the mean of the
     profiles of the clusters' types; a cluster is judged on them when there are `MIN_DEFINING_GENES`.
+    `measured` (a boolean per gene; default: all) marks the genes the query holds: a gene it lacks
+    (zero-filled, e.g. without an orthologue) says nothing about its cells and is never counted.
 
     Returns:
         A `pandas.Series` indexed by cluster, in [0, 1]; NaN where a cluster's type has no profile or
         too few such genes, and for every cluster when they all share one type (nothing tells them
         apart in the reference).
     """
-    return _shares(X, clusters, types, profiles, lambda profile, mix, _: profile - mix.mean(axis=0))
+    return _shares(X, clusters, types, profiles, measured, lambda profile, mix, _: profile - mix.mean(axis=0))
 
 
-def unique_markers(X, clusters, types, profiles):
+def unique_markers(X, clusters, types, profiles, *, measured=None):
     """Per query cluster: the share of its type's own genes it expresses (module docstring).
 
     As `marker_agreement`, but a type's genes are those it raises above every other reference type
     (the `DEFINING_GENES` with the largest margin over the highest other profile, by a quarter or
     more).
     """
-    return _shares(X, clusters, types, profiles, lambda profile, _, others: profile - others.max(axis=0))
+    return _shares(
+        X, clusters, types, profiles, measured, lambda profile, _, others: profile - others.max(axis=0)
+    )
 
 
-def _shares(X, clusters, types, profiles, contrast):
+def _shares(X, clusters, types, profiles, measured, contrast):
     """The share of each cluster's type's genes (the highest of `contrast(profile, mix, others)`, by a
     quarter or more) that the cluster expresses above the query's average cluster."""
     names, means, _ = group_means(X, clusters)
@@ -109,6 +113,8 @@ def _shares(X, clusters, types, profiles, contrast):
     for name, cluster in zip(names[known], query_markers, strict=True):
         row = labels.index(types[name])
         raised = contrast(reference[row], mix, np.delete(reference, row, axis=0))
+        if measured is not None:
+            raised = np.where(measured, raised, -np.inf)
         genes = np.argsort(-raised, kind="stable")[:DEFINING_GENES]
         genes = genes[raised[genes] > np.log(1.25)]
         if genes.size >= MIN_DEFINING_GENES:
