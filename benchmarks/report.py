@@ -601,7 +601,8 @@ def write_report(out_dir, *, command, results, order, commit=None):
         "# scquery benchmarks",
         "",
         "Written by `make bench` (`python -m benchmarks`); each section names the command, date, git "
-        "commit and machine of the run that produced it (`python -m benchmarks --only PART` reruns one part).",
+        "commit and machine of the run that produced it (`python -m benchmarks --only PART` reruns one "
+        "part).",
         "",
     ]
     for name in [*order, *sorted(set(stored) - set(order))]:
@@ -611,8 +612,8 @@ def write_report(out_dir, *, command, results, order, commit=None):
         info = entry["machine"]
         parts += SECTIONS[name](entry["result"])
         parts += [
-            f"<sub>Command: `{entry['command']}`; {info['date']}; commit {info.get('commit', 'not recorded')}; "
-            f"{info['platform']}, {info['cpu']}, "
+            f"<sub>Command: `{entry['command']}`; {info['date']}; "
+            f"commit {info.get('commit', 'not recorded')}; {info['platform']}, {info['cpu']}, "
             f"{info['cores']} cores, Python {info['python']}; GPU: {info['gpu']}; "
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
             + "</sub>",
