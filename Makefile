@@ -75,11 +75,16 @@ test-all: lint
 
 # Mutation testing ([tool.mutmut] in pyproject.toml: the modules and the fast tests that check them), in
 # a copy of the checkout (mutants/); `$(VENV)/bin/mutmut results` lists the survivors, `mutmut show NAME`
-# shows one. MUTMUT_ARGS adds options, e.g. a mutant name pattern: MUTMUT_ARGS='scquery.outputs*'.
-MUTMUT_ARGS ?=
+# shows one. MUTANTS: the functions mutated (docs/MUTATION.md: why these); MUTANTS= mutates every
+# function of the modules named in pyproject.toml.
+MUTANTS ?= 'scquery.outputs*' 'scquery.query.x_vote*' 'scquery.query.x_combine_evidence*' \
+	'scquery.query.x_unknown_reasons*' 'scquery.preprocess.x_detect_values*' 'scquery.preprocess.x__units*' \
+	'scquery.preprocess.x__linear_values*' 'scquery.preprocess.x_to_linear*' \
+	'scquery.preprocess.x__assumed_total*' 'scquery.preprocess.x__detect_per_dataset*' \
+	'scquery.preprocess.x__normalized*' 'scquery.preprocess.x_describe_values*'
 mutation: venv
 	$(PY) -m pip install --quiet 'mutmut>=3.8,<4'
-	$(VENV)/bin/mutmut run --max-children $(CORES) $(MUTMUT_ARGS)
+	$(VENV)/bin/mutmut run --max-children $(CORES) $(MUTANTS)
 
 # CellTypist 1.7.1, a peer in the benchmarks, needs scikit-learn < 1.8: it gets its own environment.
 CELLTYPIST_VENV ?= .venv-celltypist

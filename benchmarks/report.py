@@ -784,8 +784,7 @@ def write_report(out_dir, *, command, results, order, commit=None):
         parts += SECTIONS[name](entry["result"])
         parts += [
             f"<sub>Command: `{entry['command']}`; {info['date']}; "
-            f"commit {info.get('commit', 'not recorded')}; "
-            f"{info['platform']}, {info['cpu']}, "
+            f"commit {info.get('commit', 'not recorded')}; {info['platform']}, {info['cpu']}, "
             f"{info['cores']} cores, Python {info['python']}; GPU: {info['gpu']}; "
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
             + "</sub>",

@@ -180,3 +180,14 @@ def test_values_normalized_over_more_genes_keep_their_scale():
     assert processed.uns["scquery"]["values"]["assumed_target_sum"] == 1e4
     with pytest.warns(UserWarning, match="total is unknown; it is taken as 1e\\+06"):
         apply_preprocess(_adata(_scaled(counts, 1e6)[:, :150], genes), record)
+
+
+def test_describe_values_in_a_few_words():
+    assert describe_values({"values": "counts", "log_base": None}) == "counts"
+    assert describe_values({"values": "normalized", "target_sum": 10_000.0, "log_base": "e"}) == (
+        "log(1 + normalized values (total 1e+04 per cell))"
+    )
+    assert describe_values({"values": "normalized", "target_sum": 1e6, "log_base": "2"}) == (
+        "log2(1 + normalized values (total 1e+06 per cell))"
+    )
+    assert describe_values({"values": "scaled"}) == "scaled"
