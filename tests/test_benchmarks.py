@@ -54,17 +54,22 @@ def test_retrieval_map_is_one_for_separated_types_and_lower_when_mixed():
     assert retrieval_map(ref[:3], np.array(["z"] * 3), ref, labels, k=20) == 0.0
 
 
-@pytest.mark.slow
-def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
+def quick_run(parts, out, *, timeout=900):
+    """`python -m benchmarks --quick --only PARTS --out OUT` run to its end: the stored figures."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "quality,speed", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", parts, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    raw = json.loads((tmp_path / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
+    raw = quick_run("quality,speed", tmp_path, timeout=1200)
     quality, speed = raw["quality"]["result"], raw["speed"]["result"]
     methods = {row["method"] for row in quality["rows"]}
     assert {"scquery kNN", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
@@ -99,15 +104,7 @@ def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
 
 @pytest.mark.slow
 def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "scale", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads((tmp_path / "results.json").read_text())["scale"]["result"]["rows"]
+    rows = quick_run("scale", tmp_path)["scale"]["result"]["rows"]
     ours = next(r for r in rows if r["method"] == "scquery")
     assert "IVF-Flat" in ours["setting"] and ours["recall"] >= 0.9
     assert ours["build_s"] > 0 and ours["leave_self_out_s"] > 0 and ours["query_s"] > 0
@@ -119,15 +116,7 @@ def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
 def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     for name in CROSSSTUDY_FILES:  # skipped, and counted, by the real-data guard where they are absent
         shared_file(name)
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "crossstudy", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((tmp_path / "results.json").read_text())["crossstudy"]["result"]
+    result = quick_run("crossstudy", tmp_path)["crossstudy"]["result"]
     assert result["tasks"], "the shared data is there, but no cross-study task ran"
     methods = {row["method"] for row in result["tasks"]}
     assert {"scquery prediction", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
@@ -192,15 +181,7 @@ def test_simulated_mouse_genes_split_paralogues_whole_and_sum_shared_orthologues
 
 @pytest.mark.slow
 def test_quick_species_run_maps_a_simulated_mouse_query(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "species", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads((tmp_path / "results.json").read_text())["species"]["result"]["rows"]
+    rows = quick_run("species", tmp_path)["species"]["result"]["rows"]
     if not rows:
         pytest.skip("the shared data is absent: no human query to rename")
     ways = {(row["simulation"], row["way"]): row for row in rows}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from faults import KILLED, Injector, die_at_step, fail_step
 
 import scquery.outputs as outputs
 from scquery.errors import ScqueryError
@@ -232,42 +233,6 @@ def test_replace_folder_puts_the_new_folder_in_place_and_removes_the_old(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-#: The file-system functions of a replacement; the Nth call among them fails or ends the process.
-STEPS = [
-    (os, "rename"),
-    (os, "replace"),
-    (os, "unlink"),
-    (shutil, "rmtree"),
-    (outputs, "_exchange"),
-    (outputs, "fsync_folder"),
-]
-KILLED = 17
-
-
-class Injector:
-    def __init__(self, patch, at, fail):
-        self.at, self.fail, self.count = at, fail, 0
-        for module, name in STEPS:
-            patch.setattr(module, name, self._wrap(getattr(module, name), name))
-
-    def _wrap(self, real, name):
-        def step(*args, **kwargs):
-            self.count += 1
-            if self.count == self.at:
-                self.fail(name)
-            return real(*args, **kwargs)
-
-        return step
-
-
-def _raise(name):
-    raise OSError(5, f"injected failure in {name}")
-
-
-def _die(name):
-    os._exit(KILLED)
-
-
 def _whole(path):
     """'old' or 'new': the whole folder at `path` (fails when it is neither)."""
     return bundle_content(path)
@@ -282,7 +247,7 @@ def test_a_replacement_failing_at_any_step_leaves_the_old_or_the_new_folder(tmp_
         with monkeypatch.context() as patch:
             if swap == "two renames":
                 patch.setattr(outputs, "_exchange", lambda first, second: False)
-            injector = Injector(patch, at, _raise)
+            injector = Injector(patch, at, fail_step)
             try:
                 replace_folder(staging, path)
                 failed = False
@@ -314,7 +279,7 @@ def test_a_replacement_killed_at_any_step_leaves_the_old_or_the_new_folder(tmp_p
                     if swap == "two renames":
                         patch.setattr(outputs, "_exchange", lambda first, second: False)
                     staging = make_bundle(make_staging(path), "new")
-                    Injector(patch, at, _die)
+                    Injector(patch, at, die_at_step)
                     replace_folder(staging, path)
                 status = 0
             finally:

@@ -13,53 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from faults import KILLED, Injector, die_at_step, fail_step
 
 import scquery.outputs
 from scquery.bundle import load_bundle, save_bundle
 from scquery.outputs import make_staging, replace_folder
 from scquery.train import train
-
-#: The file-system functions of a replacement, by module and name.
-STEPS = [
-    (os, "rename"),
-    (os, "replace"),
-    (os, "unlink"),
-    (shutil, "rmtree"),
-    (scquery.outputs, "_exchange"),
-    (scquery.outputs, "fsync_folder"),
-]
-KILLED = 17  # the exit status of a child that died at its step
-
-
-class Fault(Exception):
-    """The injected failure (an OSError, as the file system raises)."""
-
-
-class Injector:
-    """Counts the calls to `STEPS`; the `at`-th one runs `fail` instead of the real function."""
-
-    def __init__(self, monkeypatch, at, fail):
-        self.at, self.fail, self.count, self.fired = at, fail, 0, None
-        for module, name in STEPS:
-            monkeypatch.setattr(module, name, self._wrap(getattr(module, name), name))
-
-    def _wrap(self, real, name):
-        def step(*args, **kwargs):
-            self.count += 1
-            if self.count == self.at:
-                self.fired = name
-                self.fail(name)
-            return real(*args, **kwargs)
-
-        return step
-
-
-def _raise(name):
-    raise OSError(5, f"injected failure in {name}")
-
-
-def _die(name):
-    os._exit(KILLED)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +52,7 @@ def test_a_save_failing_at_any_step_leaves_a_whole_bundle(bundle, new_bundle, tm
         with monkeypatch.context() as patch:
             if swap == "two renames":
                 patch.setattr(scquery.outputs, "_exchange", lambda first, second: False)
-            injector = Injector(patch, at, _raise)
+            injector = Injector(patch, at, fail_step)
             try:
                 save_bundle(new_bundle, path, overwrite=True)
             except Exception:  # the injected failure, as it reaches the caller
@@ -122,7 +81,7 @@ def test_a_replacement_killed_at_any_step_leaves_a_whole_bundle(bundle, new_bund
                         patch.setattr(scquery.outputs, "_exchange", lambda first, second: False)
                     staging = make_staging(path)
                     shutil.copytree(saved, staging, dirs_exist_ok=True)
-                    Injector(patch, at, _die)
+                    Injector(patch, at, die_at_step)
                     replace_folder(staging, path)
                 status = 0
             finally:
@@ -145,6 +104,6 @@ def test_the_injector_reaches_every_step_of_a_replacement(tmp_path, monkeypatch)
     path.mkdir()
     staging = make_staging(path)
     (staging / "file").write_text("new")
-    injector = Injector(monkeypatch, 0, _raise)
+    injector = Injector(monkeypatch, 0, fail_step)
     replace_folder(staging, path)
     assert (Path(path) / "file").read_text() == "new" and injector.count >= 3

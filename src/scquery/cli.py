@@ -67,6 +67,18 @@ def _values(args):
     return {"layer": args.layer, "use_raw": args.use_raw}
 
 
+def _query_input(args):
+    """The options of reading a query against a model (`embed` and `query`): where its values are,
+    how its genes are named and matched, and mapped from another species."""
+    return {
+        "gene_key": args.gene_key,
+        "min_overlap": args.min_overlap,
+        "gene_map": args.gene_map,
+        "species": args.species,
+        **_values(args),
+    }
+
+
 def _check_outputs(args, outputs, inputs, *, folders=()):
     """Refuse, before any work or heavy import, inputs that do not exist and outputs that are
     inputs, repeat, or may not be written (see `scquery.outputs.check_outputs`)."""
@@ -208,15 +220,7 @@ def _embed(args):
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
-    embed(
-        adata,
-        bundle,
-        gene_key=args.gene_key,
-        min_overlap=args.min_overlap,
-        gene_map=args.gene_map,
-        species=args.species,
-        **_values(args),
-    )
+    embed(adata, bundle, **_query_input(args))
     write_h5ad(adata, args.out)
     log.info("Wrote %s: %s cells embedded.", args.out, f"{adata.n_obs:,}")
 
@@ -308,11 +312,7 @@ def _query(args):
         min_unique_markers=args.min_unique_markers,
         resolution=args.resolution,
         majority_voting=args.majority_voting,
-        gene_key=args.gene_key,
-        min_overlap=args.min_overlap,
-        gene_map=args.gene_map,
-        species=args.species,
-        **_values(args),
+        **_query_input(args),
     )
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     scores = score(adata, args.truth_key)

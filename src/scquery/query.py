@@ -241,7 +241,7 @@ def transfer(
     else:
         types = dict(zip(ids, labels.to_numpy()[cluster_type], strict=True))
         X, var = neighbors.processed.X, neighbors.processed.var
-        measured = var["scquery_shared"].to_numpy() if "scquery_shared" in var else None
+        measured = var["scquery_shared"].to_numpy()  # the genes the query holds (`align_genes`)
         agreement = marker_agreement(X, cluster, types, profiles, measured=measured)[ids].to_numpy(np.float32)
         unique = unique_markers(X, cluster, types, profiles, measured=measured)[ids].to_numpy(np.float32)
     cluster_agreement, cluster_unique = agreement[cluster_rows], unique[cluster_rows]
