@@ -41,7 +41,7 @@ def test_pretraining_lowers_each_layers_reconstruction_loss():
     programs = rng.gamma(1.0, 1.0, size=(6, 200))
     usage = rng.dirichlet(np.ones(6) * 0.3, size=600)
     X = sp.csr_matrix(np.log1p(rng.poisson(usage @ programs * 3)).astype("float32"))
-    weights, history = pretrain_greedy(X, [32, 8], epochs=8, batch_size=64, learning_rate=3e-3)
+    weights, history, _ = pretrain_greedy(X, [32, 8], epochs=8, batch_size=64, learning_rate=3e-3)
     assert [w[0].shape for w in weights] == [(200, 32), (32, 8)]
     assert [h["stage"] for h in history] == ["layer_0", "layer_1"]
     for stage in history:
