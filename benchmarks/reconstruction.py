@@ -58,9 +58,10 @@ def measure(encoder, bundle, reference, query_data, held):
     predicted = np.asarray(found.prediction, dtype=object)
     measured = neighbors.processed.var["scquery_shared"].to_numpy()
     query_side = shortfall(encoder, bundle, neighbors.processed.X, predicted, measured=measured)
-    ref_neighbors = search(reference[reference.obs_names.isin(bundle.reference.obs_names)], bundle, EVERY_TYPE)
-    ref_labels = bundle.reference.obs["label"].astype(str).reindex(ref_neighbors.processed.obs_names).to_numpy()
-    typical = pd.Series(shortfall(encoder, bundle, ref_neighbors.processed.X, ref_labels)).groupby(ref_labels).median()
+    labelled = reference[reference.obs_names.isin(bundle.reference.obs_names)]
+    processed = search(labelled, bundle, EVERY_TYPE).processed
+    labels = bundle.reference.obs["label"].astype(str).reindex(processed.obs_names).to_numpy()
+    typical = pd.Series(shortfall(encoder, bundle, processed.X, labels)).groupby(labels).median()
     floor = 1e-6
     scores = {
         "query": np.log(query_side + floor),

@@ -24,8 +24,8 @@ from scquery.train import pretrain, train
 
 from .crossstudy_tasks import Task, tasks, without
 from .methods import scquery_config
-from .reconstruction import measure
 from .metrics import label_scores
+from .reconstruction import measure
 
 #: Types with fewer query cells are not held out (too few cells to measure a share).
 MIN_QUERY_CELLS = 30
