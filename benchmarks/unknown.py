@@ -11,6 +11,7 @@ known types.
   again. The affected cells must keep their labels: their 'Unknown' share and their accuracy next to
   the same cells' in the unperturbed query.
 - Per-type F1 of the prediction on each whole pair.
+- Reconstruction error as a signal (`reconstruction`), on every held-out task: measured, not used.
 """
 
 import numpy as np
@@ -19,11 +20,12 @@ import scipy.sparse as sp
 from sklearn.metrics import f1_score
 
 from scquery.query import UNKNOWN, query
-from scquery.train import train
+from scquery.train import pretrain, train
 
 from .crossstudy_tasks import Task, tasks, without
 from .methods import scquery_config
 from .metrics import label_scores
+from .reconstruction import measure
 
 #: Types with fewer query cells are not held out (too few cells to measure a share).
 MIN_QUERY_CELLS = 30
@@ -159,7 +161,9 @@ def run_unknown(*, quick, seed=0, log=print):
             if cell_type not in known_types:
                 continue
             reduced = without(task, [cell_type])
-            model = train(reduced.reference, label_key="label", config=config, seed=seed)
+            # the same model as train() alone, with the pretraining's autoencoder at hand
+            encoder = pretrain(reduced.reference, config=config, seed=seed)
+            model = train(reduced.reference, label_key="label", config=config, encoder=encoder, seed=seed)
             predicted, reasons = _annotate(model, task.query)
             held = truth == cell_type
             row = {
@@ -171,6 +175,7 @@ def run_unknown(*, quick, seed=0, log=print):
                 "macro_f1": label_scores(truth[~held], predicted[~held])["macro_f1"],
                 "called": pd.Series(predicted[held]).value_counts().head(3).to_dict(),
                 "known_reasons": _reasons(reasons[~held]),
+                "reconstruction": measure(encoder, model, reduced.reference, task.query, held),
             }
             held_out.append(row)
             log(

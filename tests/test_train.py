@@ -41,7 +41,7 @@ def test_pretraining_lowers_each_layers_reconstruction_loss():
     programs = rng.gamma(1.0, 1.0, size=(6, 200))
     usage = rng.dirichlet(np.ones(6) * 0.3, size=600)
     X = sp.csr_matrix(np.log1p(rng.poisson(usage @ programs * 3)).astype("float32"))
-    weights, history = pretrain_greedy(X, [32, 8], epochs=8, batch_size=64, learning_rate=3e-3)
+    weights, history, _ = pretrain_greedy(X, [32, 8], epochs=8, batch_size=64, learning_rate=3e-3)
     assert [w[0].shape for w in weights] == [(200, 32), (32, 8)]
     assert [h["stage"] for h in history] == ["layer_0", "layer_1"]
     for stage in history:
@@ -83,8 +83,15 @@ def test_same_seed_same_model_whatever_the_global_random_state(split, small_conf
     assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])
     keras.utils.set_random_seed(2)  # another global state changes nothing
     # The two-stage path (the workflow's rules) gives the same model as the one call.
-    save_encoder(tmp_path / "encoder.npz", pretrain(split[0], config=config, seed=3))
+    pretrained = pretrain(split[0], config=config, seed=3)
+    save_encoder(tmp_path / "encoder.npz", pretrained)
     encoder = load_encoder(tmp_path / "encoder.npz")
+    # the first stage's autoencoder travels with the encoder: its kernel is the first layer's as trained
+    kernel, encoder_bias, decoder_bias = encoder.autoencoder
+    np.testing.assert_array_equal(kernel, encoder.weights[0][0])
+    assert decoder_bias.shape == (kernel.shape[0],) and encoder_bias.shape == (kernel.shape[1],)
+    for a, b in zip(pretrained.autoencoder, encoder.autoencoder, strict=True):
+        np.testing.assert_array_equal(a, b)
     second = train(split[0], label_key="bulk_labels", config=config, encoder=encoder, seed=3)
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

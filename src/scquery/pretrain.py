@@ -29,6 +29,8 @@ _INITIAL_LOSS_BATCHES = 20
 FIT_OPTIONS = {"steps_per_execution": 32}
 #: Keys of the random streams of `pretrain_greedy`, per stage: initial weights, noise, batch order.
 _INIT, _NOISE, _ORDER = 0, 1, 2
+#: The arrays of `PretrainedEncoder.autoencoder` in a `save_encoder` file.
+_AUTOENCODER_ARRAYS = ("autoencoder_kernel", "autoencoder_encoder_bias", "autoencoder_decoder_bias")
 
 
 def seed_for(seed, *keys):
@@ -46,12 +48,15 @@ class PretrainedEncoder:
         genes: the genes of the encoder's input, in order.
         activation: the hidden layers' activation.
         history: one dict per pretraining stage (see `pretrain_greedy`).
+        autoencoder: the first stage's tied autoencoder as it was trained, `[kernel, encoder bias,
+            decoder bias]` (`scquery.reconstruction`); None for an encoder saved without it.
     """
 
     weights: list
     genes: list[str]
     activation: str
     history: list = field(default_factory=list)
+    autoencoder: list | None = None
 
     @property
     def hidden_sizes(self):
@@ -85,9 +90,10 @@ def pretrain_greedy(
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
     Returns:
-        `weights`, a list of `[kernel, bias]` per layer (the encoder), and `history`, one dict per
+        `weights`, a list of `[kernel, bias]` per layer (the encoder); `history`, one dict per
         stage with its number of `cells`, the loss before training (`initial_loss`), after each
-        epoch (`loss`) and each epoch's duration (`seconds`).
+        epoch (`loss`) and each epoch's duration (`seconds`); and `autoencoder`, the first stage's
+        autoencoder as it was trained (`[kernel, encoder bias, decoder bias]`).
     """
     verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
@@ -131,7 +137,7 @@ def pretrain_greedy(
             [keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(b)]
             for k, b in zip(stacked.kernels, stacked.encoder_biases, strict=True)
         ]
-    return weights, history
+    return weights, history, [*weights[0], decoder_biases[0]]
 
 
 def _autoencoder(widths, activation, noise, noise_level, seed, *, stage):
@@ -212,6 +218,8 @@ def save_encoder(path, encoder: PretrainedEncoder):
     }
     for i, (kernel, bias) in enumerate(encoder.weights):
         arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
+    if encoder.autoencoder is not None:
+        arrays.update(zip(_AUTOENCODER_ARRAYS, encoder.autoencoder, strict=True))
     np.savez(path, **arrays)
 
 
@@ -224,4 +232,7 @@ def load_encoder(path) -> PretrainedEncoder:
             genes=arrays["genes"].tolist(),
             activation=str(arrays["activation"]),
             history=json.loads(str(arrays["history"])),
+            autoencoder=[arrays[name] for name in _AUTOENCODER_ARRAYS]
+            if _AUTOENCODER_ARRAYS[0] in arrays.files
+            else None,
         )

@@ -112,11 +112,26 @@ def _shares(X, clusters, types, profiles, measured, contrast):
     mix = reference[[labels.index(types[name]) for name in names[known]]]
     for name, cluster in zip(names[known], query_markers, strict=True):
         row = labels.index(types[name])
-        raised = contrast(reference[row], mix, np.delete(reference, row, axis=0))
-        if measured is not None:
-            raised = np.where(measured, raised, -np.inf)
-        genes = np.argsort(-raised, kind="stable")[:DEFINING_GENES]
-        genes = genes[raised[genes] > np.log(1.25)]
+        genes = _raised(contrast(reference[row], mix, np.delete(reference, row, axis=0)), measured)
         if genes.size >= MIN_DEFINING_GENES:
             result[name] = float((cluster[genes] > 0).mean())
     return result
+
+
+def own_genes(profiles, label, *, measured=None):
+    """The columns of `label`'s own genes (those it raises above every other type's profile, as in
+    `unique_markers`), among the `measured` ones; empty for a label without a profile."""
+    labels = list(profiles["labels"])
+    if label not in labels or len(labels) < 2:
+        return np.array([], dtype=np.int64)
+    reference = np.asarray(profiles["means"], dtype=np.float64)
+    row = labels.index(label)
+    return _raised(reference[row] - np.delete(reference, row, axis=0).max(axis=0), measured)
+
+
+def _raised(raised, measured):
+    """The `DEFINING_GENES` columns of highest `raised` (by a quarter or more), among the `measured`."""
+    if measured is not None:
+        raised = np.where(measured, raised, -np.inf)
+    genes = np.argsort(-raised, kind="stable")[:DEFINING_GENES]
+    return genes[raised[genes] > np.log(1.25)]

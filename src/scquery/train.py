@@ -216,7 +216,7 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
     ]
     if extra:
         X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
-    weights, history = pretrain_greedy(
+    weights, history, autoencoder = pretrain_greedy(
         X,
         config.hidden_sizes,
         activation=config.activation,
@@ -230,7 +230,7 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
         seed=seed_for(seed, _PRETRAIN),
         verbose=verbose,
     )
-    return PretrainedEncoder(weights, list(record["genes"]), config.activation, history)
+    return PretrainedEncoder(weights, list(record["genes"]), config.activation, history, autoencoder)
 
 
 def _datasets(unlabeled):
