@@ -20,8 +20,8 @@ from scquery.io import (
     read,
     read_many,
     select_values,
-    write_h5ad,
 )
+from scquery.outputs import write_h5ad
 
 N_CELLS, N_GENES = 30, 12
 
@@ -300,7 +300,7 @@ def test_write_h5ad_is_atomic(counts, tmp_path):
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from scquery.io import write_h5ad
+    from scquery.outputs import write_h5ad
 
     old = os.umask(0o022)
     try:

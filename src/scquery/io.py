@@ -1,4 +1,4 @@
-"""Reading expression files into AnnData, merging them, checking labels and writing safely.
+"""Reading expression files into AnnData, merging them and checking labels.
 
 Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv` / `.txt`
 (optionally `.gz`, cells × genes, first column the cell names, first row the gene names); and
@@ -13,7 +13,6 @@ log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), 
 """
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import ScqueryError
-from .outputs import check_file_destination, clean_leftovers, current_umask, staging_prefix
 
 SUPPORTED = ".h5ad, .h5 (10x), .loom, .csv, .tsv, .txt (optionally .gz) or a 10x matrix folder"
 _TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -359,46 +357,3 @@ def check_labels(adata, key, source="the data", *, min_classes=2, allow_missing=
             "remove those cells."
         )
     return labelled
-
-
-def write_atomically(path, write):
-    """Call `write(tmp)` on a temporary file beside `path` (named as ours, see `scquery.outputs`),
-    then rename it to `path`.
-
-    A failed write leaves no partial file behind; leftovers of killed runs are removed first.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path, "tmp"))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_result(path, write):
-    """`write_atomically` for a user's result: refused inside a bundle or onto a folder, and a
-    failure of the file system (read-only, full) is one sentence."""
-    check_file_destination(path)
-    try:
-        write_atomically(path, write)
-    except OSError as error:
-        raise ScqueryError(
-            f"{path} could not be written ({error.strerror or error}); check the space and the "
-            "permissions there (nothing was written)."
-        ) from None
-
-
-def write_h5ad(adata, path):
-    """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
-    _write_result(path, adata.write_h5ad)
-
-
-def write_table(table, path):
-    """Write a pandas table to `path` as TSV, atomically."""
-    _write_result(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
