@@ -19,9 +19,9 @@ from scquery.io import (
     dataset_name,
     read,
     read_many,
-    select_values,
 )
 from scquery.outputs import write_h5ad
+from scquery.values import select_values
 
 N_CELLS, N_GENES = 30, 12
 
