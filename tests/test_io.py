@@ -15,11 +15,11 @@ import scipy.sparse as sp
 
 from scquery.errors import ScqueryError
 from scquery.io import (
-    check_labels,
     dataset_name,
     read,
     read_many,
 )
+from scquery.labels import check_labels
 from scquery.outputs import write_h5ad
 from scquery.values import select_values
 

@@ -9,7 +9,7 @@ import pandas as pd
 from .bundle import Bundle, save_bundle
 from .embed import compute_embedding
 from .errors import ScqueryError
-from .io import check_labels
+from .labels import check_labels
 from .options import InputOptions, check, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
 

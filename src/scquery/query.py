@@ -50,7 +50,7 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 from .bundle import Bundle
 from .embed import compute_embedding, record_run
 from .errors import ScqueryError
-from .io import UNKNOWN
+from .labels import UNKNOWN
 from .neighbors import NeighborIndex
 from .options import InputOptions, check, recorded, take
 from .palettes import palette

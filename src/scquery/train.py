@@ -19,7 +19,7 @@ from .bundle import Bundle, model_digest
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels, labelled_cells
+from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
