@@ -12,6 +12,7 @@ them and records the file in `uns['scquery']['source']`; what the values are (co
 log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), not here.
 """
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -48,7 +49,7 @@ def dataset_name(path):
         return name
     for _ in range(2):
         stem, ext = os.path.splitext(name)
-        if ext.lower() in {".gz", ".h5ad", ".h5", ".loom", *_TEXT}:
+        if ext.lower() in {".gz", *READERS}:
             name = stem
     return name
 
@@ -71,7 +72,7 @@ def _read_10x_folder(path):
     return sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True)
 
 
-def _read_text(path, sep, genes_by_cells):
+def _read_text(path, genes_by_cells, *, sep):
     header = pd.read_csv(path, sep=sep, header=None, nrows=1, index_col=0, dtype=str)
     table = pd.read_csv(path, sep=sep, index_col=0)
     table.columns = header.columns if header.empty else header.iloc[0].to_numpy()
@@ -103,19 +104,24 @@ def _read_loom(path):
     return ad.io.read_loom(path, sparse=True, obs_names=obs_names, var_names=var_names)
 
 
+#: The reader of each format, by file suffix (a trailing `.gz` aside): `reader(path, genes_by_cells)`.
+READERS = {
+    ".h5ad": lambda path, genes_by_cells: ad.read_h5ad(path),
+    ".h5": lambda path, genes_by_cells: sc.read_10x_h5(path),
+    ".loom": lambda path, genes_by_cells: _read_loom(path),
+    **{suffix: functools.partial(_read_text, sep=sep) for suffix, sep in _TEXT.items()},
+}
+
+
 def _read_any(path, genes_by_cells):
     """The file's AnnData: an h5ad as it is; any other format with `.X` as CSR float32."""
     suffix = _suffix(path)
-    if suffix == ".h5ad" and not path.is_dir():
-        return ad.read_h5ad(path)
     if path.is_dir():
         adata = _read_10x_folder(path)
-    elif suffix == ".h5":
-        adata = sc.read_10x_h5(path)
-    elif suffix == ".loom":
-        adata = _read_loom(path)
-    elif suffix in _TEXT:
-        adata = _read_text(path, _TEXT[suffix], genes_by_cells)
+    elif suffix in READERS:
+        adata = READERS[suffix](path, genes_by_cells)
+        if suffix == ".h5ad":
+            return adata
     else:
         raise ScqueryError(
             f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
