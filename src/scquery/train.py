@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .bundle import Bundle, model_digest
+from .bundle import Bundle, model_digest, with_index
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
@@ -143,7 +143,7 @@ def train(
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
-    return Bundle(
+    bundle = Bundle(
         model=model,
         classes=classes,
         preprocess=record,
@@ -158,6 +158,7 @@ def train(
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
+    return with_index(bundle)
 
 
 def _preprocess(adata, config, values, *, species=None):
