@@ -45,10 +45,11 @@ def source_of(adata, default="the data"):
     return adata.uns.get("scquery", {}).get("source", default)
 
 
-def select_values(adata, *, layer=None, use_raw=False):
+def select_values(adata, *, layer, use_raw):
     """The values of `adata` to use: a new AnnData that leaves `adata` as it is.
 
-    Its `.X` holds `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or `adata.X` as CSR float32
+    Its `.X` holds `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or (`layer` None, `use_raw`
+    false: `scquery.options.InputOptions`' defaults) `adata.X` as CSR float32
     (backed data is loaded); its `var` is `adata.raw.var` or `adata.var` with repeated gene names
     made unique (the second `TP53` becomes `TP53-1`); its `obs` is a copy of `adata.obs`, and
     `uns['scquery']['source']` names the data in messages. Its arrays may share memory with
