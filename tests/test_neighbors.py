@@ -1,6 +1,7 @@
 """The neighbour index: recall against exact search, determinism with a seed, save and load."""
 
 import dataclasses
+import json
 
 import faiss
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from scquery.bundle import load_bundle, reference_index, save_bundle
 from scquery.errors import ScqueryError
 from scquery.extend import extend
-from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, NeighborIndex
+from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, IVFFlatSearch, NeighborIndex
 from scquery.query import query
 
 
@@ -105,6 +106,15 @@ def test_save_and_load_give_the_same_search(reference, tmp_path, exact_max_cells
     changed[0, 0] += 1
     assert NeighborIndex.load(tmp_path, changed) is None  # built over other embeddings
     assert NeighborIndex.load(tmp_path / "missing", reference) is None  # a bundle without an index
+
+
+def test_an_index_saved_before_the_backends_is_read(reference, approximate, tmp_path):
+    approximate.save(tmp_path)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    del meta["backend"]
+    (tmp_path / "index.json").write_text(json.dumps({**meta, "format": 2, "exact": False}))
+    loaded = NeighborIndex.load(tmp_path, reference)
+    assert isinstance(loaded.backend, IVFFlatSearch) and loaded.backend.nprobe == approximate.backend.nprobe
 
 
 def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):

@@ -293,15 +293,16 @@ class NeighborIndex:
             raise ScqueryError(f"{folder / META_FILE} is damaged ({error}); save the bundle again.") from None
         index = cls.__new__(cls)
         index.embeddings, index.groups = _embeddings(embeddings), None
-        if meta.get("format") != FORMAT or meta.get("n_cells") != index.n_cells:
+        # format 2 (scquery before the backends) said `exact` instead of naming the backend
+        name = meta.get("backend") or ("exact" if meta.get("exact") else IVFFlatSearch.name)
+        if meta.get("format") not in (2, FORMAT) or meta.get("n_cells") != index.n_cells:
             return None
-        if meta.get("digest") != _digest(index.embeddings) or meta.get("backend") not in BACKENDS:
+        if meta.get("digest") != _digest(index.embeddings) or name not in BACKENDS:
             return None
         index.seed, index.n_threads = meta["seed"], n_threads or os.cpu_count() or 1
         try:
             index._nearest = np.load(folder / DISTANCES_FILE, allow_pickle=False)
-            backend = BACKENDS[meta["backend"]]
-            index.backend = backend.load(folder, index.embeddings, meta, n_threads=index.n_threads)
+            index.backend = BACKENDS[name].load(folder, index.embeddings, meta, n_threads=index.n_threads)
         except (OSError, ValueError, RuntimeError) as error:
             raise ScqueryError(
                 f"The neighbour index in {folder} is damaged ({error}); save the bundle again."
