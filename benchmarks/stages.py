@@ -1,7 +1,6 @@
 """Speed stages, each run in its own process (`python -m benchmarks.stages NAME JSON`) so that its
 peak memory is its own; the last stdout line is a JSON object of the stage's figures."""
 
-import functools
 import json
 import os
 import resource
@@ -88,15 +87,14 @@ def query_stage(*, data, bundle):
     the search alone."""
     import anndata as ad
 
-    from scquery.bundle import load_bundle
-    from scquery.neighbors import NeighborIndex
+    from scquery.bundle import load_bundle, reference_index
     from scquery.query import query
 
     model, adata = load_bundle(bundle), ad.read_h5ad(data)
     start = time.perf_counter()
     query(adata, model, k=15)
     seconds = time.perf_counter() - start
-    index = NeighborIndex.for_bundle(model)
+    index = reference_index(model)
     start = time.perf_counter()
     index.kneighbors(adata.obsm["X_scquery"], 15)
     search_s = time.perf_counter() - start
@@ -114,10 +112,11 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
     """Build one neighbour index over simulated embeddings and search `n_query` cells of another
     (shifted) draw; recall@k against exact search on the first `RECALL_QUERIES` of them.
 
-    `method`: 'scquery' (`NeighborIndex`, faiss IVF-Flat; its leave-self-out distances, of
-    `SELF_PER_GROUP` cells per simulated type, are timed apart), 'hnswlib', 'faiss-hnsw' or
-    'pynndescent' (peers at settings reaching the recall target where their grid allows: the least
-    search width whose recall on the same queries does).
+    `method`: 'scquery' (`NeighborIndex` with its own backend, faiss IVF-Flat at these sizes; its
+    leave-self-out distances, of `SELF_PER_GROUP` cells per simulated type, are timed apart), or a
+    peer of `PEERS` ('hnswlib', 'faiss-hnsw', 'pynndescent'), each built as a backend of the same
+    interface (`scquery.neighbors.ExactSearch`'s `build`, `search`, `describe`) at the least search
+    width of its grid whose recall on the same queries reaches the target, where the grid allows.
     """
     import numpy as np
     from sklearn.neighbors import NearestNeighbors
@@ -143,61 +142,93 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
         start = time.perf_counter()
         index.nearest_distances  # noqa: B018 (computed on first use, saved with the bundle)
         result["leave_self_out_s"] = time.perf_counter() - start
-        result["setting"] = index.description(k)
-
-        def search(x):
-            return index.kneighbors(x, k)[1]
-
-        settings = [None]
-    elif method == "hnswlib":
-        import hnswlib
-
-        index = hnswlib.Index(space="l2", dim=reference.shape[1])
-        index.init_index(max_elements=n_reference, M=16, ef_construction=100, random_seed=seed)
-        index.set_num_threads(os.cpu_count())
-        index.add_items(reference)
+        backend = index.backend
+    elif method in PEERS:
+        backend = PEERS[method].build(reference, seed=seed, n_threads=os.cpu_count())
         result["build_s"] = time.perf_counter() - start
-        settings = [16, 24, 32, 48, 64, 96, 128]
-
-        def search(x, ef=None):
-            index.set_ef(ef)
-            return index.knn_query(x, k)[0]
-    elif method == "faiss-hnsw":
-        import faiss
-
-        index = faiss.IndexHNSWFlat(reference.shape[1], 16)
-        index.hnsw.efConstruction = 100
-        index.add(reference)
-        result["build_s"] = time.perf_counter() - start
-        settings = [16, 24, 32, 48, 64, 96, 128]
-
-        def search(x, ef=None):
-            index.hnsw.efSearch = ef
-            return index.search(x, k)[1]
-    elif method == "pynndescent":
-        import pynndescent
-
-        index = pynndescent.NNDescent(reference, n_neighbors=30, random_state=seed, n_jobs=os.cpu_count())
-        index.prepare()
-        result["build_s"] = time.perf_counter() - start
-        settings = [0.0, 0.05, 0.1, 0.2, 0.3]
-
-        def search(x, epsilon=None):
-            return index.query(x, k, epsilon=epsilon)[0]
+        for width in backend.WIDTHS:  # the least width reaching the target (else the widest)
+            backend.width = width
+            if recall(backend.search(sample, k)[1]) >= TARGET_RECALL:
+                break
     else:
         raise ValueError(f"unknown method {method!r}")
-    for setting in settings:
-        probe = search if setting is None else functools.partial(search, **_setting_name(method, setting))
-        if recall(probe(sample)) >= TARGET_RECALL:
-            break
-    if setting is not None:
-        result["setting"] = f"{_setting_name(method, setting)}"
+    result["setting"] = backend.describe(k)
     start = time.perf_counter()
-    probe(queries)
+    backend.search(queries, k)
     result["query_s"] = time.perf_counter() - start
-    result["recall"] = recall(probe(sample))
+    result["recall"] = recall(backend.search(sample, k)[1])
     result["memory_gb"] = _status_gb("VmRSS") - baseline
     return result
+
+
+class HnswlibSearch:
+    """hnswlib's HNSW (M=16, ef_construction=100) as a backend; `width`: its `ef`."""
+
+    WIDTHS = (16, 24, 32, 48, 64, 96, 128)
+
+    def __init__(self, index):
+        self.index, self.width = index, self.WIDTHS[0]
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        import hnswlib
+
+        index = hnswlib.Index(space="l2", dim=embeddings.shape[1])
+        index.init_index(max_elements=len(embeddings), M=16, ef_construction=100, random_seed=seed)
+        index.set_num_threads(n_threads)
+        index.add_items(embeddings)
+        return cls(index)
+
+    def search(self, queries, k):
+        self.index.set_ef(self.width)
+        indices, squared = self.index.knn_query(queries, k)
+        return squared**0.5, indices
+
+    def describe(self, k):
+        return str({"ef": self.width})
+
+
+class FaissHNSWSearch(HnswlibSearch):
+    """faiss's HNSW (M=16, efConstruction=100) as a backend; `width`: its `efSearch`."""
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        import faiss
+
+        index = faiss.IndexHNSWFlat(embeddings.shape[1], 16)
+        index.hnsw.efConstruction = 100
+        index.add(embeddings)
+        return cls(index)
+
+    def search(self, queries, k):
+        self.index.hnsw.efSearch = self.width
+        squared, indices = self.index.search(queries, k)
+        return squared**0.5, indices
+
+
+class PyNNDescentSearch(HnswlibSearch):
+    """pynndescent (n_neighbors=30) as a backend; `width`: its search `epsilon`."""
+
+    WIDTHS = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        import pynndescent
+
+        index = pynndescent.NNDescent(embeddings, n_neighbors=30, random_state=seed, n_jobs=n_threads)
+        index.prepare()
+        return cls(index)
+
+    def search(self, queries, k):
+        indices, distances = self.index.query(queries, k, epsilon=self.width)
+        return distances, indices
+
+    def describe(self, k):
+        return str({"epsilon": self.width})
+
+
+#: The peers of the index benchmark, by method name.
+PEERS = {"hnswlib": HnswlibSearch, "faiss-hnsw": FaissHNSWSearch, "pynndescent": PyNNDescentSearch}
 
 
 def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0):
@@ -311,10 +342,6 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     # pretraining layer 0 alone: 10 w FLOPs per cell (see `training_flops`)
     result["pretrain_layer0_flops_per_cell"] = 10 * n_genes * hidden_sizes[0]
     return result
-
-
-def _setting_name(method, value):
-    return {"hnswlib": {"ef": value}, "faiss-hnsw": {"ef": value}, "pynndescent": {"epsilon": value}}[method]
 
 
 #: Queries whose exact neighbours give the recall of an index.

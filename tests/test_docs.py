@@ -1,6 +1,6 @@
 """The documentation checked against the code and the benchmark results: README's output keys against what
-`query` writes, the functions docs/ARCHITECTURE.md names, the Unknown reasons in `scquery query --help`,
-and README's result figures against benchmarks/RESULTS.md."""
+`query` writes, the functions docs/ARCHITECTURE.md names (and that it names every public one), the Unknown
+reasons in `scquery query --help`, and README's result figures against benchmarks/RESULTS.md."""
 
 import ast
 import logging
@@ -12,7 +12,7 @@ import pytest
 
 from scquery.cli import main
 from scquery.query import query
-from scquery.rules import REASONS
+from scquery.rules import REASONS, SIGNALS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -114,6 +114,24 @@ def test_architecture_table_names_each_modules_own_functions():
         module, holds = row.groups()
         for name in re.findall(r"`([A-Za-z_]\w*)\(", holds):
             assert name in defined[module], f"{module} has no {name} (docs/ARCHITECTURE.md)"
+
+
+def test_architecture_table_names_every_public_function_and_class():
+    """A module's row names each of its public functions and classes, so a new one cannot go unmentioned
+    (and, with the tests above, a removed or renamed one cannot stay)."""
+    rows = {}
+    for line in ARCHITECTURE.splitlines():
+        row = re.match(r"^\| `(\w+)`[^|]* \| (.*) \| [^|]* \|$", line)
+        if row:
+            rows[row.group(1)] = set(re.findall(r"`(?:\w+\.)?([A-Za-z_]\w*)", row.group(2)))
+    missing, scorers = [], {f"rules.{signal.score.__name__}" for signal in SIGNALS}  # named by SIGNALS
+    for file in sorted((ROOT / "src" / "scquery").glob("*.py")):
+        for node in ast.parse(file.read_text()).body:
+            public = isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")
+            if public and node.name not in rows.get(file.stem, set()) and file.stem != "__init__":
+                missing.append(f"{file.stem}.{node.name}")
+    missing = sorted(set(missing) - scorers)
+    assert not missing, f"docs/ARCHITECTURE.md's module table does not name {missing}"
 
 
 # The command line names every Unknown reason.

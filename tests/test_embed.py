@@ -86,7 +86,7 @@ def test_no_shared_genes_fails_clearly(bundle, query):
 
 
 def test_embedding_feeds_scanpy_and_h5ad(bundle, query, tmp_path):
-    from scquery.io import write_h5ad
+    from scquery.outputs import write_h5ad
 
     embed(query, bundle)
     sc.pp.neighbors(query, use_rep="X_scquery", random_state=0)

@@ -15,13 +15,13 @@ import scipy.sparse as sp
 
 from scquery.errors import ScqueryError
 from scquery.io import (
-    check_labels,
     dataset_name,
     read,
     read_many,
-    select_values,
-    write_h5ad,
 )
+from scquery.labels import check_labels
+from scquery.outputs import write_h5ad
+from scquery.values import select_values
 
 N_CELLS, N_GENES = 30, 12
 
@@ -144,7 +144,7 @@ def test_layer_and_raw(counts, tmp_path):
     logged.raw = counts
     logged.write_h5ad(tmp_path / "x.h5ad")
     assert read(tmp_path / "x.h5ad").uns["scquery"]["source"] == str(tmp_path / "x.h5ad")
-    for options in ({"layer": "counts"}, {"use_raw": True}):
+    for options in ({"layer": "counts", "use_raw": False}, {"layer": None, "use_raw": True}):
         result = read(tmp_path / "x.h5ad", **options)
         np.testing.assert_array_equal(_dense(result), _dense(logged))  # not moved into .X
         assert list(result.layers) == ["counts"] and result.raw is not None
@@ -164,7 +164,7 @@ def test_repeated_names_are_kept_and_genes_made_unique_for_use(counts, tmp_path)
     result = read(tmp_path / "dups.csv")
     assert list(result.var_names[:2]) == ["TP53", "TP53"]
     assert list(result.obs_names[:2]) == ["c", "c"]
-    values = select_values(result)
+    values = select_values(result, layer=None, use_raw=False)
     assert list(values.var_names[:2]) == ["TP53", "TP53-1"] and values.var_names.is_unique
     assert list(values.obs_names) == list(result.obs_names)
 
@@ -300,7 +300,7 @@ def test_write_h5ad_is_atomic(counts, tmp_path):
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from scquery.io import write_h5ad
+    from scquery.outputs import write_h5ad
 
     old = os.umask(0o022)
     try:

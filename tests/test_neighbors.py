@@ -1,15 +1,16 @@
 """The neighbour index: recall against exact search, determinism with a seed, save and load."""
 
 import dataclasses
+import json
 
 import faiss
 import numpy as np
 import pytest
 
-from scquery.bundle import load_bundle, save_bundle
+from scquery.bundle import load_bundle, reference_index, save_bundle
 from scquery.errors import ScqueryError
 from scquery.extend import extend
-from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, NeighborIndex
+from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, IVFFlatSearch, NeighborIndex
 from scquery.query import query
 
 
@@ -76,13 +77,15 @@ def test_a_reference_cell_is_its_own_nearest_neighbour(reference, approximate):
 
 def test_the_same_seed_builds_the_same_index(reference, approximate):
     again = NeighborIndex(reference, exact_max_cells=1000, seed=0)
-    again._search.nprobe = approximate._search.nprobe  # the search width last used is saved too
-    assert np.array_equal(faiss.serialize_index(again._search), faiss.serialize_index(approximate._search))
-    assert again.nprobe.items() <= approximate.nprobe.items()
+    again.backend.index.nprobe = approximate.backend.index.nprobe  # the search width last used is saved too
+    assert np.array_equal(
+        faiss.serialize_index(again.backend.index), faiss.serialize_index(approximate.backend.index)
+    )
+    assert again.backend.nprobe.items() <= approximate.backend.nprobe.items()
     np.testing.assert_array_equal(again.nearest_distances, approximate.nearest_distances)
     other = NeighborIndex(reference, exact_max_cells=1000, seed=1)
     assert not np.array_equal(
-        other._search.quantizer.reconstruct_n(0, 10), again._search.quantizer.reconstruct_n(0, 10)
+        other.backend.index.quantizer.reconstruct_n(0, 10), again.backend.index.quantizer.reconstruct_n(0, 10)
     )
 
 
@@ -93,7 +96,8 @@ def test_save_and_load_give_the_same_search(reference, tmp_path, exact_max_cells
     expected = {"index.json", "index.npy"} | ({"index.faiss"} if not index.exact else set())
     assert {p.name for p in tmp_path.iterdir()} == expected and expected <= set(INDEX_FILES)
     loaded = NeighborIndex.load(tmp_path, reference.copy())
-    assert loaded.exact == index.exact and loaded.nprobe == index.nprobe
+    assert type(loaded.backend) is type(index.backend)
+    assert getattr(loaded.backend, "nprobe", None) == getattr(index.backend, "nprobe", None)
     np.testing.assert_array_equal(loaded.nearest_distances, index.nearest_distances)
     queries = clustered(300, seed=4)
     for a, b in zip(loaded.kneighbors(queries, 15), index.kneighbors(queries, 15), strict=True):
@@ -104,6 +108,15 @@ def test_save_and_load_give_the_same_search(reference, tmp_path, exact_max_cells
     assert NeighborIndex.load(tmp_path / "missing", reference) is None  # a bundle without an index
 
 
+def test_an_index_saved_before_the_backends_is_read(reference, approximate, tmp_path):
+    approximate.save(tmp_path)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    del meta["backend"]
+    (tmp_path / "index.json").write_text(json.dumps({**meta, "format": 2, "exact": False}))
+    loaded = NeighborIndex.load(tmp_path, reference)
+    assert isinstance(loaded.backend, IVFFlatSearch) and loaded.backend.nprobe == approximate.backend.nprobe
+
+
 def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):
     approximate.save(tmp_path)
     (tmp_path / "index.faiss").write_bytes(b"not an index")
@@ -112,15 +125,22 @@ def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):
 
 
 def test_the_bundle_carries_its_index(bundle, split, tmp_path):
-    saved = dataclasses.replace(bundle, index=None)
-    path = save_bundle(saved, tmp_path / "model")
-    assert saved.index is not None and {"index.json", "index.npy"} <= {p.name for p in path.iterdir()}
+    assert bundle.index is not None and bundle.index.indexes(bundle.reference.obsm["X_scquery"])  # train's
+    path = save_bundle(bundle, tmp_path / "model")
+    assert {"index.json", "index.npy"} <= {p.name for p in path.iterdir()}
     loaded = load_bundle(path)
-    assert loaded.index is not None
-    np.testing.assert_array_equal(loaded.index.nearest_distances, saved.index.nearest_distances)
+    np.testing.assert_array_equal(loaded.index.nearest_distances, bundle.index.nearest_distances)
     built = loaded.index
-    query(split[1][:30].copy(), loaded)
-    assert NeighborIndex.for_bundle(loaded) is built  # the query used the saved index
+    adata = split[1][:30].copy()
+    query(adata, loaded)
+    assert loaded.index is built and reference_index(loaded) is built  # the saved index, unchanged
+    assert adata.uns["scquery"]["query_params"]["search"] == built.description(15)
     extended = extend(loaded, split[1][:20].copy(), label_key="bulk_labels")
-    assert NeighborIndex.for_bundle(extended) is not built
-    assert len(extended.index.nearest_distances) == extended.reference.n_obs
+    assert loaded.index is built and extended.index is not built
+    assert extended.index.indexes(extended.reference.obsm["X_scquery"])
+    # a bundle saved without an index (an older scquery): each use builds one, the bundle is left as it is
+    older = dataclasses.replace(loaded, index=None)
+    query(split[1][:30].copy(), older)
+    assert older.index is None
+    save_bundle(older, tmp_path / "older")
+    assert load_bundle(tmp_path / "older").index is not None

@@ -18,9 +18,11 @@ from scquery.cli import build_parser
 from scquery.embed import embed
 from scquery.errors import ScqueryError
 from scquery.extend import extend
+from scquery.io import read, read_many
 from scquery.options import InputOptions, check, schema
 from scquery.query import query
 from scquery.rules import REASONS, SIGNALS, QueryOptions, unknown_reasons
+from scquery.train import pretrain, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_README = (ROOT / "config" / "README.md").read_text()
@@ -54,6 +56,14 @@ def test_the_public_functions_spell_out_the_options_with_their_defaults():
     taken = set(spelled) & set(declared)
     assert taken == {"layer", "use_raw", "gene_key", "min_overlap"}
     assert {name: spelled[name] for name in taken} == {name: declared[name].default for name in taken}
+    # reading and training take the values from where the query does, by default
+    for function in (read, read_many, train, pretrain):
+        spelled = keywords(function)
+        assert {name: spelled[name] for name in READING} == {name: declared[name].default for name in READING}
+
+
+#: The input options of reading files and of training.
+READING = ("layer", "use_raw")
 
 
 def test_the_options_are_checked_against_their_limits():

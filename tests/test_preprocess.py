@@ -13,7 +13,7 @@ from conftest import shared_file
 
 from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
-from scquery.io import read, select_values
+from scquery.io import read
 from scquery.options import InputOptions
 from scquery.preprocess import (
     align_genes,
@@ -21,6 +21,7 @@ from scquery.preprocess import (
     detect_values,
     fit_preprocess,
 )
+from scquery.values import select_values
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def pbmc68k():
 
 @pytest.fixture(scope="module")
 def pbmc3k():
-    return select_values(read(shared_file("pbmc3k.h5ad")), layer="counts")
+    return select_values(read(shared_file("pbmc3k.h5ad")), layer="counts", use_raw=False)
 
 
 def _log1p_cp10k(counts):

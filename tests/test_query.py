@@ -274,7 +274,7 @@ def test_bad_parameters_fail_clearly(bundle, split):
 
 
 def test_query_table_round_trips(queried, bundle, tmp_path):
-    from scquery.io import write_table
+    from scquery.outputs import write_table
 
     adata, matches = queried
     write_table(matches, tmp_path / "matches.tsv")

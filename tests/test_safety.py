@@ -23,8 +23,9 @@ from scquery.cli import main
 from scquery.embed import compute_embedding, embed
 from scquery.errors import ScqueryError
 from scquery.extend import extend
-from scquery.io import read, read_many, write_h5ad
+from scquery.io import read, read_many
 from scquery.options import InputOptions
+from scquery.outputs import write_h5ad
 from scquery.query import query
 from scquery.train import train
 

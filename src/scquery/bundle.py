@@ -7,6 +7,7 @@ file in the folder, written last when the bundle is saved and checked when it is
 its destination and swapped into place whole (`scquery.outputs.replace_folder`).
 """
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -73,8 +74,8 @@ class Bundle:
         history: per-stage training curves (`{'pretrain': [...], 'classifier': {...}}`).
         model_id: a digest of the weights and genes, naming this model in outputs.
         versions: versions of the software that trained it.
-        index: the reference's neighbour index (`NeighborIndex`), saved with the bundle; None until
-            `NeighborIndex.for_bundle` builds it (`save_bundle` does).
+        index: the reference's neighbour index (`NeighborIndex`), built with the bundle
+            (`with_index`) and saved with it; None for a bundle saved without one.
     """
 
     model: keras.Model
@@ -121,6 +122,20 @@ class Bundle:
         )
 
 
+def with_index(bundle: Bundle) -> Bundle:
+    """`bundle` with a neighbour index built over its reference (`train` and `extend` make bundles so)."""
+    return dataclasses.replace(bundle, index=NeighborIndex.for_reference(bundle.reference, seed=bundle.seed))
+
+
+def reference_index(bundle: Bundle) -> NeighborIndex:
+    """The neighbour index of `bundle.reference`: the one the bundle holds, else (a bundle saved
+    without one, or whose reference was changed by hand) one built now and not kept: using a bundle
+    never changes it."""
+    if bundle.index is not None and bundle.index.indexes(bundle.reference.obsm["X_scquery"]):
+        return bundle.index
+    return NeighborIndex.for_reference(bundle.reference, seed=bundle.seed)
+
+
 def model_digest(model, genes) -> str:
     """The model's id: a digest of its genes and weights (12 hexadecimal digits)."""
     digest = hashlib.sha1("\n".join(genes).encode())
@@ -153,7 +168,7 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
     try:
         bundle.model.save(staging / MODEL_FILE)
         bundle.reference.write_h5ad(staging / REFERENCE_FILE)
-        NeighborIndex.for_bundle(bundle).save(staging)
+        reference_index(bundle).save(staging)
         meta = {
             "format_version": FORMAT_VERSION,
             "model_id": bundle.model_id,

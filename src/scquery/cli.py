@@ -219,7 +219,7 @@ def _embed(args):
     _check_outputs(args, {"--out": args.out}, [args.model, *args.input, *filter(None, [args.gene_map])])
     from .bundle import load_bundle
     from .embed import embed
-    from .io import write_h5ad
+    from .outputs import write_h5ad
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
@@ -272,7 +272,7 @@ def _query(args):
     _check_outputs(args, outputs, [args.model, *args.query, *filter(None, [args.gene_map])])
     from .bundle import load_bundle
     from .evaluate import score, summarize
-    from .io import write_h5ad, write_table
+    from .outputs import write_h5ad, write_table
     from .query import query
 
     bundle = load_bundle(args.model)
@@ -357,7 +357,7 @@ def _score(args):
     import anndata as ad
 
     from .evaluate import score
-    from .io import write_atomically
+    from .outputs import write_atomically
 
     scores = score(ad.read_h5ad(args.annotated), args.truth_key, prediction=args.prediction)
     print(f"{args.annotated}: {scores}")

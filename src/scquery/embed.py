@@ -6,15 +6,15 @@ import numpy as np
 from .batches import iter_dense_chunks
 from .bundle import Bundle, current_versions
 from .classifier import embedding_model
-from .io import select_values
 from .options import InputOptions, check, recorded, take
 from .preprocess import apply_preprocess
+from .values import select_values
 
 
 def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
-    The values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`) are processed like
+    The values (`.X`, `layers[layer]` or `.raw`: `scquery.values.select_values`) are processed like
     the reference (`apply_preprocess`: values brought to the reference's scale, genes aligned to the
     bundle's, missing ones zero-filled; a query of another species mapped through `gene_map` or the
     built-in orthologues of `species` first) and fed to the model `batch_size` rows at a time (`encode`;

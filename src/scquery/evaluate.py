@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from .errors import ScqueryError
-from .io import UNKNOWN
+from .labels import UNKNOWN
 
 PREDICTION = "scquery_prediction"
 

@@ -6,10 +6,10 @@ import warnings
 import anndata as ad
 import pandas as pd
 
-from .bundle import Bundle, save_bundle
+from .bundle import Bundle, save_bundle, with_index
 from .embed import compute_embedding
 from .errors import ScqueryError
-from .io import check_labels
+from .labels import check_labels
 from .options import InputOptions, check, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
 
@@ -31,7 +31,7 @@ def extend(
     The new cells are embedded with the bundle's model and appended with their labels
     (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
     does not know can then be found by `query`. Cells whose names the reference already holds are
-    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
+    refused (they would count twice). The new bundle has its own neighbour index. With `path`, the
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
@@ -60,7 +60,7 @@ def extend(
     if PROFILES_KEY in bundle.reference.uns:
         added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
-    extended = dataclasses.replace(bundle, reference=reference)
+    extended = with_index(dataclasses.replace(bundle, reference=reference))
     if path is not None:
         save_bundle(extended, path, overwrite=overwrite)
     return extended

@@ -1,4 +1,4 @@
-"""Reading expression files into AnnData, merging them, checking labels and writing safely.
+"""Reading expression files into AnnData and merging them.
 
 Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv` / `.txt`
 (optionally `.gz`, cells × genes, first column the cell names, first row the gene names); and
@@ -7,13 +7,13 @@ Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv
 
 Reading never changes the data: `.X`, its dtype, `.raw`, layers and the cell and gene names are as
 in the file. Where the values to use are (`.X`, a layer or `.raw`) is an option of the functions
-that use them (`layer=`, `use_raw=`), which take them with `select_values`. `read` only checks
+that use them (`layer=`, `use_raw=`), which take them with `scquery.values.select_values`. `read` only checks
 them and records the file in `uns['scquery']['source']`; what the values are (counts, normalized,
 log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), not here.
 """
 
+import functools
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import ScqueryError
-from .outputs import check_file_destination, clean_leftovers, current_umask, staging_prefix
+from .values import check_matrix, select_values, to_csr32
 
 SUPPORTED = ".h5ad, .h5 (10x), .loom, .csv, .tsv, .txt (optionally .gz) or a 10x matrix folder"
 _TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -49,7 +49,7 @@ def dataset_name(path):
         return name
     for _ in range(2):
         stem, ext = os.path.splitext(name)
-        if ext.lower() in {".gz", ".h5ad", ".h5", ".loom", *_TEXT}:
+        if ext.lower() in {".gz", *READERS}:
             name = stem
     return name
 
@@ -72,7 +72,7 @@ def _read_10x_folder(path):
     return sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True)
 
 
-def _read_text(path, sep, genes_by_cells):
+def _read_text(path, genes_by_cells, *, sep):
     header = pd.read_csv(path, sep=sep, header=None, nrows=1, index_col=0, dtype=str)
     table = pd.read_csv(path, sep=sep, index_col=0)
     table.columns = header.columns if header.empty else header.iloc[0].to_numpy()
@@ -104,103 +104,30 @@ def _read_loom(path):
     return ad.io.read_loom(path, sparse=True, obs_names=obs_names, var_names=var_names)
 
 
+#: The reader of each format, by file suffix (a trailing `.gz` aside): `reader(path, genes_by_cells)`.
+READERS = {
+    ".h5ad": lambda path, genes_by_cells: ad.read_h5ad(path),
+    ".h5": lambda path, genes_by_cells: sc.read_10x_h5(path),
+    ".loom": lambda path, genes_by_cells: _read_loom(path),
+    **{suffix: functools.partial(_read_text, sep=sep) for suffix, sep in _TEXT.items()},
+}
+
+
 def _read_any(path, genes_by_cells):
     """The file's AnnData: an h5ad as it is; any other format with `.X` as CSR float32."""
     suffix = _suffix(path)
-    if suffix == ".h5ad" and not path.is_dir():
-        return ad.read_h5ad(path)
     if path.is_dir():
         adata = _read_10x_folder(path)
-    elif suffix == ".h5":
-        adata = sc.read_10x_h5(path)
-    elif suffix == ".loom":
-        adata = _read_loom(path)
-    elif suffix in _TEXT:
-        adata = _read_text(path, _TEXT[suffix], genes_by_cells)
+    elif suffix in READERS:
+        adata = READERS[suffix](path, genes_by_cells)
+        if suffix == ".h5ad":
+            return adata
     else:
         raise ScqueryError(
             f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
         )
     adata.X = to_csr32(adata.X)
     return adata
-
-
-def to_csr32(X):
-    """`X` as a CSR float32 matrix (no copy when it already is one)."""
-    if sp.issparse(X):
-        return sp.csr_matrix(X, dtype=np.float32)
-    return sp.csr_matrix(np.asarray(X, dtype=np.float32))
-
-
-def check_matrix(X, source, *, counts=False):
-    """Raise `ScqueryError` when the CSR matrix `X` holds NaN or infinite values, or negative values
-    where counts are expected: when `counts` is true, or when every value is a whole number (counts
-    cannot be negative)."""
-    if not np.isfinite(X.data).all():
-        raise ScqueryError(
-            f"The expression values of {source} contain NaN or infinite values; remove or "
-            "replace them before use."
-        )
-    if X.nnz and X.data.min() < 0 and (counts or np.array_equal(X.data, np.round(X.data))):
-        what = "counts of" if counts else "values of"
-        raise ScqueryError(
-            f"The {what} {source} contain {int((X.data < 0).sum())} negative values"
-            f"{'' if counts else ' among whole numbers, as in counts'}, and counts cannot be negative; "
-            "give the raw counts (e.g. layer='counts') or normalized values."
-        )
-
-
-def source_of(adata, default="the data"):
-    """What to call `adata` in a message: the file it was read from (`read` records it), else `default`."""
-    return adata.uns.get("scquery", {}).get("source", default)
-
-
-def select_values(adata, *, layer=None, use_raw=False):
-    """The values of `adata` to use: a new AnnData that leaves `adata` as it is.
-
-    Its `.X` holds `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or `adata.X` as CSR float32
-    (backed data is loaded); its `var` is `adata.raw.var` or `adata.var` with repeated gene names
-    made unique (the second `TP53` becomes `TP53-1`); its `obs` is a copy of `adata.obs`, and
-    `uns['scquery']['source']` names the data in messages. Its arrays may share memory with
-    `adata`'s: read them, do not change them.
-
-    Raises `ScqueryError` when the layer or `.raw` does not exist, or `.X` is missing.
-    """
-    source = source_of(adata)
-    if layer is not None and use_raw:
-        raise ScqueryError(f"Choose either the layer {layer!r} or .raw of {source}, not both.")
-    var = adata.var
-    if use_raw:
-        if adata.raw is None:
-            raise ScqueryError(f"{source} has no .raw; leave out use_raw (--use-raw) or give a layer.")
-        X, var = adata.raw.X, adata.raw.var
-    elif layer is not None:
-        if layer not in adata.layers:
-            available = ", ".join(adata.layers.keys()) or "none"
-            raise ScqueryError(
-                f"{source} has no layer {layer!r} (layers: {available}); choose one of them or "
-                "leave out the layer."
-            )
-        X = adata.layers[layer]
-    else:
-        X = adata.X
-        if X is None:
-            places = [f"layer {name!r}" for name in adata.layers] + [".raw"] * (adata.raw is not None)
-            raise ScqueryError(
-                f"{source} has no expression values in .X; choose where they are "
-                f"({', '.join(places) or 'it has no layers or .raw either'}) with layer= or use_raw "
-                "(--layer, --use-raw)."
-            )
-    if not (sp.issparse(X) or isinstance(X, np.ndarray)):
-        X = X[:]
-    var = pd.DataFrame(var.copy())
-    if not var.index.is_unique:
-        var.index = ad.utils.make_index_unique(var.index.astype(str))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # repeated cell names are allowed
-        values = ad.AnnData(to_csr32(X), obs=adata.obs.copy(), var=var)
-    values.uns["scquery"] = {"source": source}
-    return values
 
 
 def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
@@ -305,100 +232,3 @@ def _make_genes_unique(adata):
             raw = adata.raw.to_adata()
             raw.var_names_make_unique()
             adata.raw = raw
-
-
-#: The prediction of rejected query cells; no reference label may be called so.
-UNKNOWN = "Unknown"
-
-
-def labelled_cells(labels):
-    """Boolean mask of the cells that have a label: not NaN/None and not empty (or blank) text."""
-    labels = pd.Series(labels)
-    text = labels.astype(object).where(labels.notna(), "").astype(str).str.strip()
-    return (labels.notna() & (text != "")).to_numpy()
-
-
-def check_labels(adata, key, source="the data", *, min_classes=2, allow_missing=False):
-    """Raise `ScqueryError` unless `obs[key]` exists, labels `min_classes` classes or more, and none
-    of them is `'Unknown'` (the label of rejected query cells); return the mask of labelled cells
-    (`labelled_cells`).
-
-    Cells without a label (NaN or empty) are an error, unless `allow_missing` (unlabelled cells
-    of a training reference serve pretraining only); even then some cells must be labelled.
-    `source` names the file in the message.
-    """
-    if key not in adata.obs:
-        added = adata.uns.get("scquery", {}).get("added_column")  # by read_many, not in the file
-        columns = ", ".join(str(c) for c in adata.obs.columns if c != added) or "none"
-        raise ScqueryError(
-            f"The label column {key!r} is not in {source} (columns: {columns}); choose one of them."
-        )
-    labels = adata.obs[key]
-    labelled = labelled_cells(labels)
-    if not labelled.any():
-        raise ScqueryError(
-            f"The label column {key!r} of {source} labels none of its {len(labels)} cells; label "
-            "some of them (cells without a label serve pretraining only)."
-        )
-    missing = int((~labelled).sum())
-    if missing and not allow_missing:
-        raise ScqueryError(
-            f"The label column {key!r} of {source} has {missing} cells without a label; label "
-            "them or remove them."
-        )
-    labels = labels[labelled]
-    if labels.nunique() < min_classes:
-        raise ScqueryError(
-            f"The label column {key!r} of {source} has only one class; a classifier needs two or more."
-        )
-    unknown = int((labels.astype(str) == UNKNOWN).sum())
-    if unknown:
-        raise ScqueryError(
-            f"The label column {key!r} of {source} calls {unknown} cells {UNKNOWN!r}, the prediction "
-            f"scquery gives cells unlike the reference; rename that label (e.g. 'unassigned') or "
-            "remove those cells."
-        )
-    return labelled
-
-
-def write_atomically(path, write):
-    """Call `write(tmp)` on a temporary file beside `path` (named as ours, see `scquery.outputs`),
-    then rename it to `path`.
-
-    A failed write leaves no partial file behind; leftovers of killed runs are removed first.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path, "tmp"))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_result(path, write):
-    """`write_atomically` for a user's result: refused inside a bundle or onto a folder, and a
-    failure of the file system (read-only, full) is one sentence."""
-    check_file_destination(path)
-    try:
-        write_atomically(path, write)
-    except OSError as error:
-        raise ScqueryError(
-            f"{path} could not be written ({error.strerror or error}); check the space and the "
-            "permissions there (nothing was written)."
-        ) from None
-
-
-def write_h5ad(adata, path):
-    """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
-    _write_result(path, adata.write_h5ad)
-
-
-def write_table(table, path):
-    """Write a pandas table to `path` as TSV, atomically."""
-    _write_result(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

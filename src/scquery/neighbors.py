@@ -1,9 +1,13 @@
 """Nearest-neighbour search over reference embeddings: exact where it is cheap, faiss IVF-Flat above.
 
-The index is built once (by `train`, `extend` or at the first query of an older bundle), saved in
-the model bundle beside the reference (`save` / `load`), and read back with it, so that a query
-never rebuilds it. `benchmarks/scale.py` measures the choice against hnswlib, faiss's HNSW and
-pynndescent (build time, query time, recall@15 against exact search, memory).
+The index is built once, with the bundle (by `train` and `extend`: `scquery.bundle.with_index`),
+saved in the model bundle beside the reference (`save` / `load`), and read back with it, so that a
+query never rebuilds it, and a query never changes the bundle (`scquery.bundle.reference_index`).
+Its search runs through a backend of one small interface (`build`, `search`, `search_self`,
+`save`, `load`, `describe`): `ExactSearch` and `IVFFlatSearch` (`BACKENDS`); another (a GPU or
+sharded index) is a third class beside them. `benchmarks/scale.py` measures the choice against
+hnswlib, faiss's HNSW and pynndescent, each a backend of the same interface in
+`benchmarks/stages.py` (build time, query time, recall@15 against exact search, memory).
 """
 
 import hashlib
@@ -18,7 +22,7 @@ from faiss.contrib.ivf_tools import add_preassigned
 
 from .errors import ScqueryError
 
-__all__ = ["NeighborIndex"]
+__all__ = ["BACKENDS", "ExactSearch", "IVFFlatSearch", "NeighborIndex"]
 
 EXACT_MAX_CELLS = 20_000
 """References up to this many cells are searched exactly (faiss brute force); above, faiss IVF-Flat."""
@@ -41,59 +45,186 @@ CALIBRATED_K = (1, 15)
 SELF_PER_GROUP = 2000
 """Cells per group (the reference's cell types) whose leave-self-out distance is computed: all of a
 smaller group, a seeded sample of a larger one. The query only needs each type's median."""
-FORMAT = 2
+FORMAT = 3  # 3: the backend named (`BACKENDS`)
 META_FILE, FAISS_FILE, DISTANCES_FILE = "index.json", "index.faiss", "index.npy"
 INDEX_FILES = (META_FILE, FAISS_FILE, DISTANCES_FILE)
 """Every file `save` may write into a bundle folder."""
 
 
-class NeighborIndex:
-    """Euclidean k-nearest-neighbour search over reference embeddings.
+class ExactSearch:
+    """Exact search: faiss's brute force, its distances recomputed without the round-off of BLAS's
+    |q|² + |r|² - 2 q·r, and re-sorted. A backend of `NeighborIndex` (build, search, save, load,
+    describe; `search_self` for the leave-self-out distances)."""
 
-    References of at most `exact_max_cells` cells use exact search (faiss's brute force). Larger
-    ones use a faiss IVF-Flat index: k-means (seeded, on a seeded sample)
-    splits the cells into `4 √n` lists; a query scans the `nprobe` lists nearest to it and computes
-    exact distances to their cells. For each `k`, `nprobe` is the least value of `NPROBES` whose
-    recall@k (leave-self-out, on `RECALL_SAMPLE` seeded reference cells against exact search)
-    reaches `TARGET_RECALL`. Building and searching use `n_threads` (default: all cores); the same
-    `seed` gives the same index on the same machine.
+    name = "exact"
+
+    def __init__(self, embeddings, *, n_threads):
+        self.embeddings, self.n_threads = embeddings, n_threads
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        return cls(embeddings, n_threads=n_threads)
+
+    def search(self, queries, k):
+        """The `k` nearest cells of each row of `queries`: `(distances, indices)`, nearest first."""
+        faiss.omp_set_num_threads(self.n_threads)
+        _, indices = faiss.knn(queries, self.embeddings, k)
+        distances = np.empty(indices.shape, dtype=np.float32)
+        for start in range(0, len(queries), EXACT_CHUNK):
+            rows = slice(start, start + EXACT_CHUNK)
+            found = self.embeddings[indices[rows]] - queries[rows, None, :]
+            distances[rows] = np.sqrt(np.einsum("ijk,ijk->ij", found, found))
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
+
+    def search_self(self, rows):
+        """The two nearest cells of the reference cells `rows` (one of them mostly the cell itself)."""
+        return self.search(self.embeddings[rows], 2)
+
+    def describe(self, k):
+        return "exact"
+
+    def save(self, folder):
+        """Write the backend's files into `folder`; return what `load` needs besides them."""
+        return {}
+
+    @classmethod
+    def load(cls, folder, embeddings, meta, *, n_threads):
+        return cls(embeddings, n_threads=n_threads)
+
+
+class IVFFlatSearch:
+    """Approximate search: a seeded faiss IVF-Flat index. k-means (seeded, on a seeded sample) splits
+    the cells into `4 √n` lists; a query scans the `nprobe` lists nearest to it and computes exact
+    distances to their cells. For each `k`, `nprobe` is the least value of `NPROBES` whose recall@k
+    (leave-self-out, on `RECALL_SAMPLE` seeded reference cells against `ExactSearch`) reaches
+    `TARGET_RECALL`. The same interface as `ExactSearch`."""
+
+    name = "ivf-flat"
+
+    def __init__(self, embeddings, index, nprobe, *, seed, n_threads):
+        self.embeddings, self.index, self.nprobe = embeddings, index, nprobe
+        self.seed, self.n_threads = seed, n_threads
+        self._coarse = self._truth = None
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        faiss.omp_set_num_threads(n_threads)
+        n, width = embeddings.shape
+        n_lists = max(1, min(n // POINTS_PER_LIST, round(LISTS_PER_SQRT_CELL * np.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, n_lists)
+        index.cp.seed, index.cp.niter = seed, KMEANS_ITERATIONS
+        index.cp.min_points_per_centroid = POINTS_PER_LIST // 2  # no warning about the sample
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
+        index.train(embeddings[sample])
+        built = cls(embeddings, index, {}, seed=seed, n_threads=n_threads)
+        # One pass over the centroids serves both adding the cells and their leave-self-out search.
+        built._coarse = index.quantizer.search(embeddings, min(COARSE_PROBES, n_lists))
+        add_preassigned(index, embeddings, built._coarse[1][:, 0].copy())
+        for k in CALIBRATED_K:
+            built._nprobe_for(k)
+        return built
+
+    def search(self, queries, k):
+        self.index.nprobe = self._nprobe_for(k)
+        faiss.omp_set_num_threads(self.n_threads)
+        squared, indices = self.index.search(queries, k)
+        return _distances(squared), indices.astype(np.int64)
+
+    def search_self(self, rows):
+        cells = self.embeddings[rows]
+        nprobe = self._nprobe_for(1)
+        faiss.omp_set_num_threads(self.n_threads)
+        self.index.nprobe = nprobe
+        if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
+            dq, iq = (part[rows, :nprobe] for part in self._coarse)
+            squared, indices = self.index.search_preassigned(cells, 2, iq, dq)
+        else:
+            squared, indices = self.index.search(cells, 2)
+        self._coarse = None
+        return _distances(squared), indices
+
+    def describe(self, k):
+        return f"faiss IVF-Flat ({self.index.nlist} lists, nprobe={self._nprobe_for(k)})"
+
+    def save(self, folder):
+        faiss.write_index(self.index, str(Path(folder) / FAISS_FILE))
+        return {"nprobe": {str(k): v for k, v in self.nprobe.items()}}
+
+    @classmethod
+    def load(cls, folder, embeddings, meta, *, n_threads):
+        index = faiss.read_index(str(Path(folder) / FAISS_FILE))
+        if index.ntotal != len(embeddings):
+            raise ValueError("it holds another number of cells")
+        nprobe = {int(k): v for k, v in meta["nprobe"].items()}
+        return cls(embeddings, index, nprobe, seed=meta["seed"], n_threads=n_threads)
+
+    def _nprobe_for(self, k):
+        """The least `nprobe` of `NPROBES` whose leave-self-out recall@k reaches `TARGET_RECALL`."""
+        k = min(int(k), len(self.embeddings) - 1)
+        if k not in self.nprobe:
+            rows, exact = self._sample_truth(k + 1)
+            sample, truth = self.embeddings[rows], _others(exact, rows, k)
+            faiss.omp_set_num_threads(self.n_threads)
+            for nprobe in [p for p in NPROBES if p < self.index.nlist] + [self.index.nlist]:
+                self.index.nprobe = nprobe
+                found = _others(self.index.search(sample, k + 1)[1], rows, k)
+                hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
+                if hits / truth.size >= TARGET_RECALL:
+                    break
+            self.nprobe[k] = nprobe
+        return self.nprobe[k]
+
+    def _sample_truth(self, k):
+        """The calibration sample (`RECALL_SAMPLE` seeded rows) and their exact `k` nearest cells
+        (at least as many as `CALIBRATED_K` needs, computed once)."""
+        n = len(self.embeddings)
+        if self._truth is None or self._truth[1].shape[1] < k:
+            rng = np.random.default_rng(self.seed)
+            rows = np.sort(rng.choice(n, min(RECALL_SAMPLE, n), replace=False))
+            width = min(max(k, max(CALIBRATED_K) + 1), n)
+            exact = ExactSearch(self.embeddings, n_threads=self.n_threads)
+            self._truth = rows, exact.search(self.embeddings[rows], width)[1]
+        rows, exact = self._truth
+        return rows, exact[:, :k]
+
+
+#: The backends by name (`index.json` records which one an index uses).
+BACKENDS = {backend.name: backend for backend in (ExactSearch, IVFFlatSearch)}
+
+
+class NeighborIndex:
+    """Euclidean k-nearest-neighbour search over reference embeddings, through a backend.
+
+    References of at most `exact_max_cells` cells use `ExactSearch`, larger ones `IVFFlatSearch`
+    (or the `backend=` given: any class of their interface). Building and searching use
+    `n_threads=` (default: all cores); the same `seed` gives the same index on the same machine.
 
     Attributes:
-        exact: whether the search is exact.
+        backend: the search structure (`ExactSearch`, `IVFFlatSearch`).
         nearest_distances: each reference cell's distance to its nearest other reference cell,
             for up to `SELF_PER_GROUP` cells of each of the `groups` (one label per cell; None:
             one group), NaN for the others (computed on first use, then kept and saved).
     """
 
-    def __init__(self, embeddings, *, groups=None, exact_max_cells=EXACT_MAX_CELLS, seed=0, n_threads=None):
+    def __init__(self, embeddings, *, groups=None, exact_max_cells=EXACT_MAX_CELLS, seed=0, **options):
         self.embeddings = _embeddings(embeddings)
         self.groups = None if groups is None else np.asarray(groups)
-        self.exact = len(self.embeddings) <= exact_max_cells
         self.seed = int(seed)
-        self.n_threads = n_threads or os.cpu_count() or 1
-        self.nprobe = {}
-        self._nearest = self._coarse = self._truth = None
-        if self.exact:
-            self._search = None
-            return
-        faiss.omp_set_num_threads(self.n_threads)
-        n, width = self.embeddings.shape
-        n_lists = max(1, min(n // POINTS_PER_LIST, round(LISTS_PER_SQRT_CELL * np.sqrt(n))))
-        self._search = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, n_lists)
-        self._search.cp.seed, self._search.cp.niter = self.seed, KMEANS_ITERATIONS
-        self._search.cp.min_points_per_centroid = POINTS_PER_LIST // 2  # no warning about the sample
-        rng = np.random.default_rng(self.seed)
-        sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
-        self._search.train(self.embeddings[sample])
-        # One pass over the centroids serves both adding the cells and their leave-self-out search.
-        self._coarse = self._search.quantizer.search(self.embeddings, min(COARSE_PROBES, n_lists))
-        add_preassigned(self._search, self.embeddings, self._coarse[1][:, 0].copy())
-        for k in CALIBRATED_K:
-            self._nprobe_for(k)
+        self.n_threads = options.get("n_threads") or os.cpu_count() or 1
+        exact = self.n_cells <= exact_max_cells
+        backend = options.get("backend") or (ExactSearch if exact else IVFFlatSearch)
+        self.backend = backend.build(self.embeddings, seed=self.seed, n_threads=self.n_threads)
+        self._nearest = None
 
     @property
     def n_cells(self):
         return len(self.embeddings)
+
+    @property
+    def exact(self):
+        return isinstance(self.backend, ExactSearch)
 
     @property
     def nearest_distances(self):
@@ -103,20 +234,12 @@ class NeighborIndex:
 
     def description(self, k):
         """How the search of `k` neighbours runs, in words (for `uns[...]['query_params']`)."""
-        if self.exact:
-            return "exact"
-        return f"faiss IVF-Flat ({self._search.nlist} lists, nprobe={self._nprobe_for(k)})"
+        return self.backend.describe(k)
 
     def kneighbors(self, embedding, k):
         """The `k` nearest reference cells of each row: `(distances, indices)`, nearest first."""
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
-        k = min(int(k), self.n_cells)
-        if self.exact:
-            return self._exact(embedding, k)
-        self._search.nprobe = self._nprobe_for(k)
-        faiss.omp_set_num_threads(self.n_threads)
-        squared, indices = self._search.search(embedding, k)
-        return _distances(squared), indices.astype(np.int64)
+        return self.backend.search(embedding, min(int(k), self.n_cells))
 
     def indexes(self, embeddings):
         """Whether this index was built over exactly these `embeddings`."""
@@ -136,79 +259,24 @@ class NeighborIndex:
 
     def _leave_self_out(self):
         rows = self._self_rows()
-        cells = self.embeddings[rows]
-        if self.exact:
-            distances, indices = self._exact(cells, 2)
-        else:
-            nprobe = self._nprobe_for(1)
-            faiss.omp_set_num_threads(self.n_threads)
-            self._search.nprobe = nprobe
-            if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
-                dq, iq = (part[rows, :nprobe] for part in self._coarse)
-                squared, indices = self._search.search_preassigned(cells, 2, iq, dq)
-            else:
-                squared, indices = self._search.search(cells, 2)
-            self._coarse = None
-            distances = _distances(squared)
+        distances, indices = self.backend.search_self(rows)
         nearest = np.full(self.n_cells, np.nan, dtype=np.float32)
         nearest[rows] = np.where(indices[:, 0] == rows, distances[:, 1], distances[:, 0])
         return nearest
 
-    def _exact(self, queries, k):
-        """Exact search (faiss brute force, BLAS), its distances recomputed without the round-off
-        of BLAS's |q|² + |r|² - 2 q·r, and re-sorted."""
-        faiss.omp_set_num_threads(self.n_threads)
-        _, indices = faiss.knn(queries, self.embeddings, k)
-        distances = np.empty(indices.shape, dtype=np.float32)
-        for start in range(0, len(queries), EXACT_CHUNK):
-            rows = slice(start, start + EXACT_CHUNK)
-            found = self.embeddings[indices[rows]] - queries[rows, None, :]
-            distances[rows] = np.sqrt(np.einsum("ijk,ijk->ij", found, found))
-        order = np.argsort(distances, axis=1, kind="stable")
-        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
-
-    def _nprobe_for(self, k):
-        """The least `nprobe` of `NPROBES` whose leave-self-out recall@k reaches `TARGET_RECALL`."""
-        k = min(int(k), self.n_cells - 1)
-        if k not in self.nprobe:
-            rows, exact = self._sample_truth(k + 1)
-            sample, truth = self.embeddings[rows], _others(exact, rows, k)
-            faiss.omp_set_num_threads(self.n_threads)
-            for nprobe in [p for p in NPROBES if p < self._search.nlist] + [self._search.nlist]:
-                self._search.nprobe = nprobe
-                found = _others(self._search.search(sample, k + 1)[1], rows, k)
-                hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
-                if hits / truth.size >= TARGET_RECALL:
-                    break
-            self.nprobe[k] = nprobe
-        return self.nprobe[k]
-
-    def _sample_truth(self, k):
-        """The calibration sample (`RECALL_SAMPLE` seeded rows) and their exact `k` nearest cells
-        (at least as many as `CALIBRATED_K` needs, computed once)."""
-        if self._truth is None or self._truth[1].shape[1] < k:
-            rng = np.random.default_rng(self.seed)
-            rows = np.sort(rng.choice(self.n_cells, min(RECALL_SAMPLE, self.n_cells), replace=False))
-            width = min(max(k, max(CALIBRATED_K) + 1), self.n_cells)
-            self._truth = rows, self._exact(self.embeddings[rows], width)[1]
-        rows, exact = self._truth
-        return rows, exact[:, :k]
-
     def save(self, folder):
         """Write the index into the new folder `folder` (`save_bundle`'s staging folder):
-        `index.json`, `index.npy` and, when approximate, `index.faiss`. The leave-self-out
-        distances are computed first if they were not yet."""
+        `index.json`, `index.npy` and the backend's files (`index.faiss` for IVF-Flat). The
+        leave-self-out distances are computed first if they were not yet."""
         folder = Path(folder)
         np.save(folder / DISTANCES_FILE, self.nearest_distances)
-        if not self.exact:
-            faiss.write_index(self._search, str(folder / FAISS_FILE))
         meta = {
             "format": FORMAT,
-            "exact": self.exact,
+            "backend": self.backend.name,
             "seed": self.seed,
             "n_cells": self.n_cells,
             "digest": _digest(self.embeddings),
-            "nprobe": {str(k): v for k, v in self.nprobe.items()},
+            **self.backend.save(folder),
         }
         (folder / META_FILE).write_text(json.dumps(meta))
 
@@ -224,38 +292,31 @@ class NeighborIndex:
         except (OSError, ValueError) as error:
             raise ScqueryError(f"{folder / META_FILE} is damaged ({error}); save the bundle again.") from None
         index = cls.__new__(cls)
-        index.embeddings = _embeddings(embeddings)
-        if meta.get("format") != FORMAT or meta.get("n_cells") != index.n_cells:
+        index.embeddings, index.groups = _embeddings(embeddings), None
+        # format 2 (scquery before the backends) said `exact` instead of naming the backend
+        name = meta.get("backend") or ("exact" if meta.get("exact") else IVFFlatSearch.name)
+        if meta.get("format") not in (2, FORMAT) or meta.get("n_cells") != index.n_cells:
             return None
-        if meta.get("digest") != _digest(index.embeddings):
+        if meta.get("digest") != _digest(index.embeddings) or name not in BACKENDS:
             return None
-        index.exact, index.seed = meta["exact"], meta["seed"]
-        index.n_threads = n_threads or os.cpu_count() or 1
-        index.nprobe = {int(k): v for k, v in meta["nprobe"].items()}
-        index._coarse = index._truth = None
+        index.seed, index.n_threads = meta["seed"], n_threads or os.cpu_count() or 1
         try:
             index._nearest = np.load(folder / DISTANCES_FILE, allow_pickle=False)
-            index._search = None if index.exact else faiss.read_index(str(folder / FAISS_FILE))
+            index.backend = BACKENDS[name].load(folder, index.embeddings, meta, n_threads=index.n_threads)
         except (OSError, ValueError, RuntimeError) as error:
             raise ScqueryError(
                 f"The neighbour index in {folder} is damaged ({error}); save the bundle again."
             ) from None
-        if index._nearest.shape != (index.n_cells,) or (
-            not index.exact and index._search.ntotal != index.n_cells
-        ):
+        if index._nearest.shape != (index.n_cells,):
             raise ScqueryError(
                 f"The neighbour index in {folder} does not match its reference; save the bundle again."
             )
         return index
 
     @classmethod
-    def for_bundle(cls, bundle):
-        """The index of `bundle.reference`: the one the bundle holds (saved with it), else one built
-        now and kept on the bundle, so that `save_bundle` writes it."""
-        embeddings = bundle.reference.obsm["X_scquery"]
-        if bundle.index is None or not bundle.index.indexes(embeddings):
-            bundle.index = cls(embeddings, groups=bundle.reference.obs["label"].to_numpy(), seed=bundle.seed)
-        return bundle.index
+    def for_reference(cls, reference, *, seed):
+        """A new index over a bundle's `reference` (its embeddings, its labels as the groups)."""
+        return cls(reference.obsm["X_scquery"], groups=reference.obs["label"].to_numpy(), seed=seed)
 
 
 def _embeddings(embeddings):

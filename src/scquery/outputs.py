@@ -242,3 +242,46 @@ def check_outputs(outputs, inputs=(), *, folders=(), overwrite=False):
             check_bundle_destination(path, overwrite=overwrite)
         else:
             check_file_destination(path, overwrite=overwrite)
+
+
+def write_atomically(path, write):
+    """Call `write(tmp)` on a temporary file beside `path` (named as ours, see `staging_prefix`),
+    then rename it to `path`.
+
+    A failed write leaves no partial file behind; leftovers of killed runs are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path, "tmp"))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_result(path, write):
+    """`write_atomically` for a user's result: refused inside a bundle or onto a folder, and a
+    failure of the file system (read-only, full) is one sentence."""
+    check_file_destination(path)
+    try:
+        write_atomically(path, write)
+    except OSError as error:
+        raise ScqueryError(
+            f"{path} could not be written ({error.strerror or error}); check the space and the "
+            "permissions there (nothing was written)."
+        ) from None
+
+
+def write_h5ad(adata, path):
+    """Write `adata` to `path` atomically (a temporary file in the same folder, then rename)."""
+    _write_result(path, adata.write_h5ad)
+
+
+def write_table(table, path):
+    """Write a pandas table to `path` as TSV, atomically."""
+    _write_result(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))

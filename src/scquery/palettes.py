@@ -2,7 +2,7 @@
 
 import scanpy as sc
 
-from .io import UNKNOWN
+from .labels import UNKNOWN
 
 UNKNOWN_COLOR = "#8c8c8c"
 #: Type colours, legible on white and told apart with the common colour-vision deficiencies: Okabe &

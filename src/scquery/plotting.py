@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import evaluate
 from .evaluate import PREDICTION, summarize, type_order
-from .io import UNKNOWN
+from .labels import UNKNOWN
 from .palettes import UNKNOWN_COLOR, palette
 
 __all__ = ["colors", "confusion", "embedding", "history", "palette", "summary", "umap"]

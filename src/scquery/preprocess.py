@@ -29,7 +29,6 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .errors import ScqueryError
-from .io import check_matrix, source_of, to_csr32
 from .options import InputOptions
 from .orthologs import (
     SPECIES,
@@ -41,6 +40,7 @@ from .orthologs import (
     read_gene_map,
     species_hint,
 )
+from .values import check_matrix, source_of, to_csr32
 
 __all__ = [
     "align_genes",

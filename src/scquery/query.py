@@ -47,10 +47,10 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from .bundle import Bundle
+from .bundle import Bundle, reference_index
 from .embed import compute_embedding, record_run
 from .errors import ScqueryError
-from .io import UNKNOWN
+from .labels import UNKNOWN
 from .neighbors import NeighborIndex
 from .options import InputOptions, check, recorded, take
 from .palettes import palette
@@ -99,7 +99,7 @@ def vote(distances, codes, n_labels):
 def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions()):
     """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
     embedding, probabilities, processed = compute_embedding(adata, bundle, inputs)
-    index = NeighborIndex.for_bundle(bundle)
+    index = reference_index(bundle)
     distances, indices = index.kneighbors(embedding, min(options.k, bundle.reference.n_obs))
     expressed = np.diff(processed.X.indptr) > 0
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)

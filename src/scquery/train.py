@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .bundle import Bundle, model_digest
+from .bundle import Bundle, model_digest, with_index
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
-from .io import check_labels, labelled_cells, select_values, source_of
+from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
+from .values import select_values, source_of
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
 _PRETRAIN, _CLASSIFIER = 1, 2
@@ -142,7 +143,7 @@ def train(
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
-    return Bundle(
+    bundle = Bundle(
         model=model,
         classes=classes,
         preprocess=record,
@@ -157,11 +158,12 @@ def train(
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
+    return with_index(bundle)
 
 
 def _preprocess(adata, config, values, *, species=None):
     """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
-    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`) and `species`."""
+    the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`."""
     processed, record = fit_preprocess(
         select_values(adata, **values),
         min_genes=config.min_genes,

@@ -5,7 +5,7 @@ from common import log_to
 log_to(snakemake.log[0])
 
 from scquery.datasets import pbmc68k_split  # noqa: E402
-from scquery.io import write_h5ad  # noqa: E402
+from scquery.outputs import write_h5ad  # noqa: E402
 
 reference, query = pbmc68k_split(query_fraction=snakemake.params.query_fraction, seed=snakemake.params.seed)
 write_h5ad(reference, snakemake.output.reference)

@@ -8,7 +8,7 @@ import anndata as ad  # noqa: E402
 
 from scquery.bundle import load_bundle  # noqa: E402
 from scquery.embed import embed  # noqa: E402
-from scquery.io import write_h5ad  # noqa: E402
+from scquery.outputs import write_h5ad  # noqa: E402
 
 adata = ad.read_h5ad(snakemake.input.data)
 embed(

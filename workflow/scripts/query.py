@@ -9,7 +9,7 @@ import anndata as ad  # noqa: E402
 
 from scquery.bundle import load_bundle  # noqa: E402
 from scquery.evaluate import summarize  # noqa: E402
-from scquery.io import write_h5ad  # noqa: E402
+from scquery.outputs import write_h5ad  # noqa: E402
 from scquery.query import query  # noqa: E402
 
 adata = ad.read_h5ad(snakemake.input.data)
