@@ -61,6 +61,7 @@ from .profiles import (
     type_profiles,
     unique_markers,
 )
+from .propagate import LABEL_SOURCE, USER
 
 #: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
 REASONS = ["", "no reference genes", "low confidence", "new cluster", "markers differ"]
@@ -561,10 +562,10 @@ def extend(
 ):
     """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
 
-    The new cells are embedded with the bundle's model and appended with their labels
-    (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
-    does not know can then be found by `query`. Cells whose names the reference already holds are
-    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
+    The new cells are embedded with the bundle's model and appended with their labels (`obs[label_key]`;
+    `obs['label_source']` 'user') and datasets (`obs['dataset']`, or 'extension'); cell types the
+    classifier does not know can then be found by `query`. Cells whose names the reference already holds
+    are refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
@@ -587,6 +588,8 @@ def extend(
         ),
         obsm={"X_scquery": embedding},
     )
+    if LABEL_SOURCE in bundle.reference.obs:  # the user's labels (`scquery.propagate`)
+        added.obs[LABEL_SOURCE] = USER
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
         reference = ad.concat([bundle.reference, added])
