@@ -29,10 +29,10 @@ def extend(
 ):
     """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
 
-    The new cells are embedded with the bundle's model and appended with their labels
-    (`obs[label_key]`; `obs['label_source']` 'user') and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
-    does not know can then be found by `query`. Cells whose names the reference already holds are
-    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
+    The new cells are embedded with the bundle's model and appended with their labels (`obs[label_key]`;
+    `obs['label_source']` 'user') and datasets (`obs['dataset']`, or 'extension'); cell types the
+    classifier does not know can then be found by `query`. Cells whose names the reference already holds
+    are refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
