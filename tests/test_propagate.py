@@ -71,6 +71,10 @@ def test_propagation_is_an_option_and_takes_confident_cells_only(thin):
     np.testing.assert_array_equal(codes, [0, 1])
 
 
-def test_a_fully_labelled_reference_has_user_labels_only(bundle):
+def test_a_fully_labelled_reference_takes_the_path_it_took_without_propagation(bundle, split, small_config):
     assert set(bundle.reference.obs[LABEL_SOURCE].astype(str)) == {USER}
     assert bundle.history["cells"]["propagated"] == 0
+    off = train(split[0], label_key="bulk_labels", config={**small_config, "propagate": False}, seed=0)
+    assert off.model_id == bundle.model_id
+    assert list(off.reference.obs_names) == list(bundle.reference.obs_names)
+    np.testing.assert_array_equal(off.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"])
