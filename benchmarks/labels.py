@@ -1,20 +1,21 @@
-"""Label efficiency: how well each method learns from few labels, and whether unlabelled cells help.
+"""Label efficiency: what users read (the prediction) when a reference has few labels, and whether
+its unlabelled cells and the query study's help.
 
-For each task of the quality part (fewer folds), a stratified fraction of the reference's labels is
-kept (at least 2 cells per type, seeded); the other reference cells stay, unlabelled. Compared on
-the same query:
+For each cross-study development pair (pbmc3k → pbmc68k, Baron with donor human3 out, CellBench
+CEL-seq2 → Drop-seq), a stratified fraction of the reference's labels is kept (at least 2 cells per
+type, seeded); the other reference cells stay, unlabelled. Compared on the same query:
 
-* scquery pretrained on all reference cells (labelled and unlabelled), fine-tuned on the labelled;
-* scquery pretrained on the labelled cells only (a reference of those cells alone: what a user
-  without unlabelled data gets);
-* scquery without pretraining (given all cells, so genes are chosen on all of them as above);
-* the peers, trained on the labelled cells: PCA + kNN, logistic regression, CellTypist; and PCA of
-  all reference cells + kNN on the labelled ones (the simplest use of the unlabelled cells).
+* scquery pretrained on every reference cell and the query study's cells (given as unlabelled
+  data), fine-tuned on the labelled cells; its unlabelled reference cells labelled by the model
+  (`scquery.propagate`) — the method;
+* the same model without that propagation (the reference points are the labelled cells only: what
+  scquery did before);
+* scquery without pretraining (with propagation);
+* the peers, trained on the labelled cells: PCA + kNN, logistic regression, CellTypist.
 
-The cross-study variant takes its unlabelled cells from the query's study: pbmc3k's few labelled
-cells (and nothing else of pbmc3k) plus pbmc68k_reduced's cells, unlabelled, pretrain; pbmc68k is
-queried. scquery's score is its classifier head's prediction (the kNN transfer against so few
-reference cells is recorded too, in results.json).
+scquery's score is its prediction (`query()`'s `scquery_prediction`: kNN vote + classifier +
+Unknown rules), with 'Unknown' counted as wrong; its classifier head's score and the share of
+known query cells called Unknown are recorded beside it.
 """
 
 import dataclasses
@@ -27,22 +28,18 @@ from .baselines import logistic_regression, pca_knn
 from .methods import run_scquery
 from .metrics import label_scores
 from .quality import celltypist_predictions
-from .tasks import baron_splits, data_dir, pbmc_split, synthetic_split, zeisel_splits
+from .tasks import Split, data_dir, synthetic_split
 
-FRACTIONS = (0.01, 0.05, 0.2, 1.0)
+FRACTIONS = (0.01, 0.05, 1.0)
 SEEDS = (0, 1, 2)
 QUICK_FRACTIONS, QUICK_SEEDS = (0.05, 1.0), (0,)
-#: Folds of the quality part's tasks run here (the quality part runs them all).
-BARON_DONORS, ZEISEL_FOLDS = ("human1", "human3"), ("0",)
 MIN_PER_TYPE = 2
 
-ALL, LABELLED, NONE, QUERY = (
-    "scquery, pretrained on all cells",
-    "scquery, pretrained on labelled cells",
+QUERY, NO_PROPAGATION, NONE = (
+    "scquery, pretrained on reference + query cells",
+    "scquery, same, no propagated labels",
     "scquery, no pretraining",
-    "scquery, pretrained on labelled + query cells",
 )
-PCA_ALL = "PCA of all cells + kNN"
 PEERS = ("PCA + kNN", "logistic regression", "CellTypist 1.7.1")
 
 
@@ -60,13 +57,13 @@ def keep_labels(labels, fraction, seed):
 
 
 def settings(quick):
-    """The run's fractions, seeds and folds, as the report states them."""
+    """The run's fractions, seeds and tasks, as the report states them."""
     if quick:
         return {"fractions": list(QUICK_FRACTIONS), "seeds": list(QUICK_SEEDS), "folds": "synthetic data"}
     return {
         "fractions": list(FRACTIONS),
         "seeds": list(SEEDS),
-        "folds": f"Baron donors {', '.join(BARON_DONORS)} held out; Zeisel fold(s) {', '.join(ZEISEL_FOLDS)}",
+        "folds": "the cross-study development pairs (Baron: donor human3 out)",
     }
 
 
@@ -80,20 +77,16 @@ def _unlabelled(reference, keep):
 
 
 def _tasks(quick):
-    """(task, family, split): the family names splits with the same reference cells (their
-    all-cell pretraining is shared, e.g. Zeisel's two label levels)."""
+    """The cross-study pairs as splits (both sides hold the same kind of values in every pair)."""
     folder = data_dir()
     if quick or folder is None:
-        yield "synthetic", "synthetic", synthetic_split(*((1000, 500) if quick else ()))
+        yield synthetic_split(*((1000, 500) if quick else ()))
         return
-    yield "pbmc3k→pbmc68k", "pbmc", pbmc_split(folder)
-    for split in baron_splits(folder):
-        if split.fold in BARON_DONORS:
-            yield split.task, f"baron {split.fold}", split
-    for level in ("level1class", "level2class"):
-        for split in zeisel_splits(folder, level):
-            if split.fold in ZEISEL_FOLDS:
-                yield split.task, f"zeisel {split.fold}", split
+    from .crossstudy_tasks import baron_pair, cellbench_pair, pbmc_pair
+
+    for pair in (pbmc_pair(folder), baron_pair(folder), cellbench_pair(folder)):
+        assert pair.reference_values == pair.query_values
+        yield Split(pair.pair, "-", pair.reference, pair.query, pair.reference_values)
 
 
 def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, peers=True, tasks=None):
@@ -109,27 +102,24 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
     fractions = fractions or (QUICK_FRACTIONS if quick else FRACTIONS)
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     config = scquery_config(quick=quick, **(options or {}))
-    rows, encoders = [], {}
-    for task, family, split in _tasks(quick):
-        if tasks is not None and task not in tasks:
+    rows = []
+    for split in _tasks(quick):
+        if tasks is not None and split.task not in tasks:
             continue
-        log(
-            f"{task} [{split.fold}]: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells"
-        )
+        log(f"{split.task}: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells")
         for seed in seeds:
-            if (family, seed) not in encoders:
-                start = time.perf_counter()
-                encoders[family, seed] = pretrain(split.reference, config=config, seed=seed)
-                log(f"  pretrained on all {split.reference.n_obs} cells: {time.perf_counter() - start:.1f} s")
+            start = time.perf_counter()
+            encoder = pretrain(split.reference, config=config, unlabeled=split.query, seed=seed)
+            log(
+                f"  pretrained on {split.reference.n_obs} + {split.query.n_obs} cells: "
+                f"{time.perf_counter() - start:.1f} s"
+            )
             for fraction in fractions:
-                run = _Run(task, split, fraction, seed, config, log)
-                run.all_cells(encoders[family, seed])
-                run.labelled_only()
+                run = _Run(split, fraction, seed, config, log)
+                run.pretrained(encoder)
                 run.no_pretraining()
                 if peers:
                     run.peers()
-                if task.startswith("pbmc3k"):
-                    run.with_query_cells()
                 rows.extend(run.rows)
     return rows, summarize(rows)
 
@@ -137,17 +127,18 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
 class _Run:
     """Every method on one task, label fraction and seed; the score rows in `rows`."""
 
-    def __init__(self, task, split, fraction, seed, config, log):
-        self.task, self.split, self.fraction, self.seed = task, split, fraction, seed
-        self.config, self.log = config, log
+    def __init__(self, split, fraction, seed, config, log):
+        self.split, self.fraction, self.seed, self.config, self.log = split, fraction, seed, config, log
         self.keep = keep_labels(split.reference.obs["label"], fraction, seed)
         self.labelled = split.reference[self.keep].copy()
+        self.partial = _unlabelled(split.reference, self.keep)
         self.truth = split.query.obs["label"].astype(str).to_numpy()
+        self.known = np.isin(self.truth, np.unique(split.reference.obs["label"].astype(str)))
         self.rows = []
 
-    def record(self, method, predictions, seconds, *, task=None, **extra):
+    def record(self, method, predictions, seconds, **extra):
         row = {
-            "task": task or self.task,
+            "task": self.split.task,
             "fold": self.split.fold,
             "fraction": self.fraction,
             "seed": self.seed,
@@ -158,79 +149,71 @@ class _Run:
             **extra,
         }
         self.rows.append(row)
+        extra_text = ""
+        if "classifier_macro_f1" in extra:
+            extra_text = (
+                f" (classifier {extra['classifier_macro_f1']:.3f}, Unknown {extra['unknown']:.1%}, "
+                f"{extra.get('propagated', 0)} propagated)"
+            )
         self.log(
-            f"  {row['task']} [{row['fold']}] {self.fraction:.0%} seed {self.seed} {method}: "
-            f"macro-F1 {row['macro_f1']:.3f}, accuracy {row['accuracy']:.3f}, {seconds:.1f} s"
+            f"  {row['task']} {self.fraction:.0%} seed {self.seed} {method}: "
+            f"macro-F1 {row['macro_f1']:.3f}{extra_text}, {seconds:.1f} s"
         )
 
-    def scquery(self, method, reference, *, task=None, config=None, **train_options):
+    def scquery(self, method, *, config=None, **train_options):
         start = time.perf_counter()
         result = run_scquery(
-            reference, self.split.query, config=config or self.config, seed=self.seed, **train_options
+            self.partial, self.split.query, config=config or self.config, seed=self.seed, **train_options
         )
-        knn = label_scores(self.truth, result["knn"])["macro_f1"]
-        self.record(method, result["classifier"], time.perf_counter() - start, task=task, knn_macro_f1=knn)
+        self.record(
+            method,
+            result["prediction"],
+            time.perf_counter() - start,
+            classifier_macro_f1=label_scores(self.truth, result["classifier"])["macro_f1"],
+            knn_macro_f1=label_scores(self.truth, result["knn"])["macro_f1"],
+            unknown=float((result["prediction"][self.known] == "Unknown").mean()),
+            propagated=result["propagated"],
+        )
 
-    def all_cells(self, encoder):
-        """Pretrained on every reference cell (the encoder, shared by all fractions), fine-tuned on
-        the labelled ones; the others are in the reference, unlabelled."""
-        self.scquery(ALL, _unlabelled(self.split.reference, self.keep), encoder=encoder)
-
-    def labelled_only(self):
+    def pretrained(self, encoder):
+        """Pretrained on every reference cell and the query's (the encoder, shared by all fractions),
+        fine-tuned on the labelled cells; with and without propagated labels (the same model when
+        every cell is labelled)."""
+        self.scquery(QUERY, encoder=encoder)
         if self.fraction < 1:
-            self.scquery(LABELLED, self.labelled)
-        else:  # every cell is labelled: the same model as ALL
-            self.rows.append({**self.rows[-1], "method": LABELLED})
+            config = dataclasses.replace(self.config, propagate=False)
+            self.scquery(NO_PROPAGATION, encoder=encoder, config=config)
+        else:
+            self.rows.append({**self.rows[-1], "method": NO_PROPAGATION})
 
     def no_pretraining(self):
-        config = dataclasses.replace(self.config, pretrain=False)
-        self.scquery(NONE, _unlabelled(self.split.reference, self.keep), config=config)
-
-    def with_query_cells(self):
-        """The cross-study variant: the labelled cells and the query's cells, unlabelled, pretrain.
-        It shares the labelled-only, no-pretraining and peer rows (same labelled cells, same query)."""
-        task = f"{self.task}, query cells unlabelled"
-        shared = [{**row, "task": task} for row in self.rows if row["method"] in (LABELLED, NONE, *PEERS)]
-        self.scquery(QUERY, self.labelled, task=task, unlabeled=self.split.query)
-        self.rows.extend(shared)
+        self.scquery(NONE, config=dataclasses.replace(self.config, pretrain=False))
 
     def peers(self):
         split, labelled, seed = self.split, self.labelled, self.seed
         labelled_split = dataclasses.replace(split, reference=labelled)
         for name, predict in (
-            (
-                "PCA + kNN",
-                lambda: pca_knn(labelled, split.query, values=split.values, seed=seed)["predictions"],
-            ),
-            (
-                "logistic regression",
-                lambda: logistic_regression(labelled, split.query, values=split.values, seed=seed)[
-                    "predictions"
-                ],
-            ),
-            ("CellTypist 1.7.1", lambda: celltypist_predictions(labelled_split)),
-            (
-                PCA_ALL,
-                lambda: pca_all_knn(split.reference, labelled, split.query, values=split.values, seed=seed),
-            ),
+            ("PCA + kNN", lambda: pca_knn(labelled, split.query, values=split.values, seed=seed)),
+            ("logistic regression", lambda: logistic_regression(labelled, split.query, values=split.values)),
+            ("CellTypist 1.7.1", lambda: {"predictions": celltypist_predictions(labelled_split)}),
         ):
             start = time.perf_counter()
-            predictions = predict()
+            predictions = predict()["predictions"]
             if predictions is not None:
                 self.record(name, predictions, time.perf_counter() - start)
 
 
-def pca_all_knn(reference, labelled, query, *, values, seed=0):
-    """PCA of all reference cells' HVGs (labelled or not), then the 15-NN vote of the labelled."""
-    unlabelled = reference[~reference.obs_names.isin(labelled.obs_names)]
-    return pca_knn(labelled, query, values=values, seed=seed, unlabelled=unlabelled)["predictions"]
-
-
 def summarize(rows):
-    """Mean and sd over seeds and folds of macro-F1 (and accuracy), per task, fraction and method."""
+    """Mean and sd over seeds of macro-F1 (prediction and classifier head) and the Unknown share,
+    per task, fraction and method."""
     table = pd.DataFrame(rows)
+    for column in ("classifier_macro_f1", "unknown", "propagated"):
+        if column not in table:
+            table[column] = np.nan
     grouped = table.groupby(["task", "fraction", "method"], sort=False)
-    summary = grouped[["macro_f1", "accuracy", "seconds", "n_labelled"]].mean()
-    spread = grouped[["macro_f1", "accuracy"]].std(ddof=0).add_suffix("_sd")
+    summary = grouped[
+        ["macro_f1", "accuracy", "classifier_macro_f1", "unknown", "propagated", "seconds", "n_labelled"]
+    ].mean()
+    spread = grouped[["macro_f1", "classifier_macro_f1", "unknown"]].std(ddof=0).add_suffix("_sd")
     counts = grouped.size().rename("runs")
     return pd.concat([summary, spread, counts], axis=1).reset_index()

@@ -34,13 +34,14 @@ def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, co
         **train_options,
     )
     annotated = query_data.copy()
-    query(annotated, bundle, k=15)
+    query(annotated, bundle, k=min(15, bundle.reference.n_obs))  # a reference of few labelled cells
     prediction = annotated.obs["scquery_prediction"].astype(str).to_numpy()
     return {
         "prediction": prediction,
         "knn": annotated.obs["scquery_knn"].astype(str).to_numpy(),
         "classifier": annotated.obs["scquery_classifier"].astype(str).to_numpy(),
         "unknown_fraction": float((prediction == UNKNOWN).mean()),
+        "propagated": int(bundle.history["cells"].get("propagated", 0)),
         "reference_embedding": bundle.reference.obsm["X_scquery"],
         "reference_labels": bundle.reference.obs["label"].astype(str).to_numpy(),
         "query_embedding": annotated.obsm["X_scquery"],

@@ -211,3 +211,47 @@ def test_report_records_the_commit_of_each_part(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["speed"]["machine"]["commit"] == commit
     assert f"; commit {commit};" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
+    from benchmarks.labels import NO_PROPAGATION, NONE, QUERY, keep_labels, summarize
+    from benchmarks.report import labels_section
+
+    labels = np.repeat(["a", "b", "c"], [300, 50, 1])
+    keep = keep_labels(labels, 0.01, seed=0)
+    assert [int(keep[labels == name].sum()) for name in "abc"] == [3, 2, 1]
+    assert not np.array_equal(keep, keep_labels(labels, 0.01, seed=1))
+
+    def row(method, f1, *, seed, head=np.nan, unknown=np.nan):
+        return {
+            "task": "t",
+            "fraction": 0.05,
+            "seed": seed,
+            "method": method,
+            "n_labelled": 10,
+            "macro_f1": f1 + seed / 100,
+            "accuracy": f1,
+            "classifier_macro_f1": head,
+            "unknown": unknown,
+            "propagated": 0,
+            "seconds": 1.0,
+        }
+
+    rows = []
+    for seed in (0, 1):
+        rows += [
+            row(QUERY, 0.90, seed=seed, head=0.92, unknown=0.02),
+            row(NO_PROPAGATION, 0.50, seed=seed, head=0.92, unknown=0.4),
+            row(NONE, 0.80, seed=seed, head=0.85, unknown=0.08),
+            row("logistic regression", 0.88, seed=seed),
+        ]
+    summary = summarize(rows)
+    assert summary.runs.tolist() == [2] * 4
+    text = "\n".join(
+        labels_section({"seeds": [0, 1], "folds": "a test", "summary": summary.to_dict("records")})
+    )
+    assert "0.905 ± 0.005 (head 0.920, Unknown 2.0%)" in text
+    assert "- the prediction ≥ the classifier head − 0.01: met on 0 of 1." in text
+    assert "- known cells called Unknown ≤ 5 %: met on 1 of 1 (t 5%)." in text
+    assert "- the prediction ≥ no pretraining + 0.03: met on 1 of 1 (t 5%)." in text
+    assert "- the prediction ≥ the best peer + 0.03: met on 0 of 1." in text

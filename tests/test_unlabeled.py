@@ -28,22 +28,27 @@ def with_missing_labels(reference, every=3):
     return reference, rows % every != 0
 
 
-def test_unlabelled_reference_cells_pretrain_but_are_neither_classified_nor_reference_points(
+def test_unlabelled_reference_cells_pretrain_but_are_not_classified_nor_without_propagation_points(
     split, fixed_genes
 ):
     partly, labelled = with_missing_labels(split[0])
     only_labelled = split[0][labelled].copy()
-    mixed = train(partly, label_key="bulk_labels", config=fixed_genes, seed=0)
-    alone = train(only_labelled, label_key="bulk_labels", config=fixed_genes, seed=0)
+    options = {**fixed_genes, "propagate": False}  # propagated labels: tests/test_propagate.py
+    mixed = train(partly, label_key="bulk_labels", config=options, seed=0)
+    alone = train(only_labelled, label_key="bulk_labels", config=options, seed=0)
     assert list(mixed.reference.obs_names) == list(alone.reference.obs_names)
     assert set(mixed.reference.obs_names) <= set(only_labelled.obs_names)
     assert mixed.classes == alone.classes
-    assert mixed.history["cells"] == {"labelled": alone.reference.n_obs, "reference": split[0].n_obs}
+    assert mixed.history["cells"] == {
+        "labelled": alone.reference.n_obs,
+        "propagated": 0,
+        "reference": split[0].n_obs,
+    }
     assert [stage["cells"] for stage in mixed.history["pretrain"]] == [split[0].n_obs] * 2
     # The unlabelled cells change the pretrained encoder ...
     assert not np.allclose(mixed.model.get_weights()[0], alone.model.get_weights()[0])
     # ... but not the classifier's training: without pretraining both models are the same.
-    no_pretraining = {**fixed_genes, "pretrain": False}
+    no_pretraining = {**options, "pretrain": False}
     a = train(partly, label_key="bulk_labels", config=no_pretraining, seed=0)
     b = train(only_labelled, label_key="bulk_labels", config=no_pretraining, seed=0)
     for x, y in zip(a.model.get_weights(), b.model.get_weights(), strict=True):

@@ -36,6 +36,7 @@ from .outputs import (
     make_staging,
     replace_folder,
 )
+from .propagate import LABEL_SOURCE, PROPAGATED
 
 FORMAT_VERSION = 2
 MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", BUNDLE_MARKER, "reference.h5ad"
@@ -109,12 +110,15 @@ class Bundle:
         if accuracy is not None:
             training += f", validation accuracy {accuracy:.1%}"
         software = self.versions
+        sources = self.reference.obs.get(LABEL_SOURCE)
+        n = 0 if sources is None else int((sources.astype(str) == PROPAGATED).sum())
+        propagated = f" ({n:,} labelled by the model: obs[{LABEL_SOURCE!r}])" if n else ""
         return "\n".join(
             [
                 f"scquery Bundle {self.model_id}: {arrows(widths)} → {len(self.classes)} cell types",
                 f"    cell types: {shown}",
                 f"    reference: {self.reference.n_obs:,} cells from {datasets} dataset(s), "
-                f"labels from obs[{self.label_key!r}]",
+                f"labels from obs[{self.label_key!r}]{propagated}",
                 f"    trained with seed {self.seed}: {training}",
                 f"    scquery {software.get('scquery')}, keras {software.get('keras')} "
                 f"({software.get('backend')} {software.get('backend_version')})",

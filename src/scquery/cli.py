@@ -127,7 +127,8 @@ def _add_train(subparsers):
     parser.add_argument(
         "--label-key",
         required=True,
-        help="obs column holding the cell types; cells without one (empty) serve pretraining only",
+        help="obs column holding the cell types; cells without one (empty) serve pretraining, and "
+        "those the classifier then labels confidently become reference points marked 'propagated'",
     )
     parser.add_argument(
         "--unlabeled",

@@ -43,6 +43,9 @@ class TrainConfig:
     patience: int = 5
     min_cells_per_class: int = 2
     class_weight: bool = True
+    # reference points from the unlabelled reference cells (scquery.propagate)
+    propagate: bool = True
+    propagate_min_probability: float = 0.5
 
     def to_dict(self):
         return dataclasses.asdict(self)

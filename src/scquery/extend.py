@@ -12,6 +12,7 @@ from .errors import ScqueryError
 from .labels import check_labels
 from .options import InputOptions, check, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
+from .propagate import LABEL_SOURCE, USER
 
 
 def extend(
@@ -28,10 +29,10 @@ def extend(
 ):
     """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
 
-    The new cells are embedded with the bundle's model and appended with their labels
-    (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
-    does not know can then be found by `query`. Cells whose names the reference already holds are
-    refused (they would count twice). The new bundle has its own neighbour index. With `path`, the
+    The new cells are embedded with the bundle's model and appended with their labels (`obs[label_key]`;
+    `obs['label_source']` 'user') and datasets (`obs['dataset']`, or 'extension'); cell types the
+    classifier does not know can then be found by `query`. Cells whose names the reference already holds
+    are refused (they would count twice). The new bundle has its own neighbour index. With `path`, the
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
@@ -53,6 +54,8 @@ def extend(
         ),
         obsm={"X_scquery": embedding},
     )
+    if LABEL_SOURCE in bundle.reference.obs:  # the user's labels (`scquery.propagate`)
+        added.obs[LABEL_SOURCE] = USER
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
         reference = ad.concat([bundle.reference, added])

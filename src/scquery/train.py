@@ -3,9 +3,12 @@
 One path: preprocess the reference (all its cells: quality control, normalization and the choice of
 genes see labelled and unlabelled cells alike) → pretrain the encoder on every reference cell and on
 the `unlabeled` data, processed like a query (unless a `PretrainedEncoder` is given, or
-`config.pretrain` is false) → fine-tune the classifier on the labelled cells → embed them: they are
-the query's reference points, saved with each cell type's mean expression profile
-(`scquery.profiles`). Cells without a label (NaN or empty) serve pretraining only.
+`config.pretrain` is false) → fine-tune the classifier on the labelled cells → label the
+unlabelled reference cells the classifier is confident about (`scquery.propagate`, marked
+'propagated' in the reference's `obs['label_source']`) → embed the labelled and propagated cells:
+they are the query's reference points, saved with each cell type's mean expression profile
+(`scquery.profiles`). Cells without a label (NaN or empty) are not classified on; a fully labelled
+reference has no propagated cells.
 """
 
 import warnings
@@ -24,6 +27,7 @@ from .logs import logger, without_retracing_warnings
 from .preprocess import apply_preprocess, fit_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
+from .propagate import LABEL_SOURCE, confident_labels, label_sources
 from .values import select_values, source_of
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
@@ -63,12 +67,14 @@ def train(
     Preprocesses `adata`'s values (`.X`, `layers[layer]` or `.raw` with `use_raw`), pretrains the encoder
     greedily on all its cells and the `unlabeled` data unless `config.pretrain` is false or `encoder`
     (a `PretrainedEncoder`, from `pretrain`) is given, fine-tunes the classifier on the labelled cells
-    of the cell types with at least `config.min_cells_per_class` cells, and embeds these cells (the
-    reference points of `scquery.query.query`). Nothing given is modified.
+    of the cell types with at least `config.min_cells_per_class` cells, labels the unlabelled
+    reference cells it is confident about (`config.propagate`, `scquery.propagate`), and embeds
+    both (the reference points of `scquery.query.query`; `obs['label_source']` says 'user' or
+    'propagated'). Nothing given is modified.
 
     Args:
         label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
-            only, and a column labelling no cell is an error.
+            and propagation only, and a column labelling no cell is an error.
         config: a `TrainConfig`, a dict or YAML path of options (`scquery.config.load_train_config`).
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
@@ -106,7 +112,6 @@ def train(
         _check_encoder(encoder, record, config)
     elif config.pretrain:
         encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
-    reference = processed.obs.iloc[cells]
     model = build_classifier(
         processed.n_vars,
         config.hidden_sizes,
@@ -132,12 +137,20 @@ def train(
             seed=seed,
             verbose=verbose,
         ),
-        "cells": {"labelled": len(cells), "reference": int(processed.n_obs)},
     }
+    propagated, y_propagated = _propagate(model, processed, label_key, config)
+    history["cells"] = {
+        "labelled": len(cells),
+        "propagated": len(propagated),
+        "reference": int(processed.n_obs),
+    }
+    cells, y = np.concatenate([cells, propagated]), np.concatenate([y, y_propagated])
+    reference = processed.obs.iloc[cells]
     obs = pd.DataFrame(
         {
             "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
             "dataset": reference["dataset"].astype(str).to_numpy() if "dataset" in reference else "reference",
+            LABEL_SOURCE: label_sources(len(cells) - len(propagated), len(propagated)),
         },
         index=reference.index.copy(),
     ).astype({"dataset": "category"})
@@ -207,6 +220,23 @@ def _labelled(processed, label_key, config):
     classes = sorted(labels.unique())
     y = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
     return cells, classes, y
+
+
+def _propagate(model, processed, label_key, config):
+    """The unlabelled reference cells the classifier labels confidently (`scquery.propagate`):
+    their rows in `processed` and class codes (none with `config.propagate` false)."""
+    unlabelled = np.flatnonzero(~labelled_cells(processed.obs[label_key]))
+    if not config.propagate or unlabelled.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    probabilities = predict_in_chunks(model, processed.X, cells=unlabelled)
+    rows, codes = confident_labels(probabilities, min_probability=config.propagate_min_probability)
+    logger.info(
+        "labelling the unlabelled reference cells: %s of %s propagated (probability >= %s)",
+        f"{rows.size:,}",
+        f"{unlabelled.size:,}",
+        config.propagate_min_probability,
+    )
+    return unlabelled[rows], codes
 
 
 def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
