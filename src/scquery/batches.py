@@ -11,12 +11,23 @@ try:
 except ImportError:  # anndata < 0.11
     from anndata.experimental import CSRDataset
 
-__all__ = ["SparseBatches", "iter_dense_chunks"]
+__all__ = ["RowSource", "SparseBatches", "iter_dense_chunks"]
+
+
+class RowSource:
+    """Rows made on demand (e.g. read from disk and processed: `scquery.stream.ReferenceRows`):
+    `shape`, and `source[rows]` (a sorted integer array or a slice) gives those rows as CSR."""
+
+    shape: tuple[int, int]
+
+    def __getitem__(self, rows):
+        raise NotImplementedError
 
 
 def _rows(X):
-    """Rows of `X` in a form that supports row indexing: CSR, a backed CSR dataset or an array."""
-    if isinstance(X, CSRDataset | np.ndarray) or sp.issparse(X) and X.format == "csr":
+    """Rows of `X` in a form that supports row indexing: CSR, a backed CSR dataset, a `RowSource`
+    or an array."""
+    if isinstance(X, CSRDataset | RowSource | np.ndarray) or sp.issparse(X) and X.format == "csr":
         return X
     if sp.issparse(X):
         return sp.csr_matrix(X)

@@ -21,9 +21,10 @@ from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .io import check_labels, labelled_cells, select_values, source_of
 from .logs import logger, without_retracing_warnings
-from .preprocess import apply_preprocess, fit_preprocess, qc_cells
+from .preprocess import apply_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
+from .stream import fit_streamed
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
 _PRETRAIN, _CLASSIFIER = 1, 2
@@ -160,10 +161,14 @@ def train(
 
 
 def _preprocess(adata, config, values, *, species=None):
-    """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
-    the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`) and `species`."""
-    processed, record = fit_preprocess(
-        select_values(adata, **values),
+    """`fit_preprocess`'s preprocessing of every reference cell, labelled or not, with the configured
+    options, on the chosen `values` (`layer`, `use_raw` of `scquery.io.select_values`) and `species`,
+    fitted in passes over blocks of rows (`scquery.stream.fit_streamed`): the processed rows of an
+    h5ad opened with `backed='r'` stay on disk and are read batch by batch, those of in-memory data
+    are held in memory (the same values)."""
+    processed, record = fit_streamed(
+        adata,
+        **values,
         min_genes=config.min_genes,
         min_cells=config.min_cells,
         max_pct_mito=config.max_pct_mito,
@@ -174,9 +179,12 @@ def _preprocess(adata, config, values, *, species=None):
         species=species,
     )
     logger.info(
-        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
-        *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
+        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes%s",
+        *(f"{n:,}" for n in (*adata.shape, *processed.X.shape)),
+        ", read from disk batch by batch" if processed.X.backed else "",
     )
+    if not processed.X.backed:
+        processed.X = processed.X.materialize()
     return processed, record
 
 
@@ -211,6 +219,8 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
     """Greedy pretraining on the processed reference's cells and the `unlabeled` data (each one
     processed, and so checked, before any training)."""
     X = processed.X
+    if not sp.issparse(X) and unlabeled is not None:
+        X = X.materialize()  # stacked with the unlabelled cells in memory
     extra = [
         _unlabeled_matrix(select_values(data, **values), record, config) for data in _datasets(unlabeled)
     ]
