@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .batches import CSRDataset, RowSource
+from .batches import read_rows as _read_rows
 from .errors import ScqueryError
 from .io import (
     DATASET_KEY,
@@ -57,8 +58,11 @@ HVG_BINS = 20
 
 
 def read_rows(X, rows):
-    """Rows of a CSR matrix or backed CSR dataset as CSR float32: a slice, or sorted indices."""
-    return to_csr32(X[rows])
+    """Rows of a CSR matrix or backed CSR dataset as CSR float32: a slice, or sorted indices
+    (`scquery.batches.read_rows`)."""
+    if isinstance(rows, slice):
+        rows = np.arange(*rows.indices(X.shape[0]))
+    return to_csr32(_read_rows(X, rows))
 
 
 @dataclass
