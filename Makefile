@@ -78,7 +78,7 @@ test-all: lint
 # shows one. MUTANTS: the functions mutated (docs/MUTATION.md: why these); MUTANTS= mutates every
 # function of the modules named in pyproject.toml.
 MUTANTS ?= 'scquery.outputs*' 'scquery.query.x_vote*' 'scquery.query.x_combine_evidence*' \
-	'scquery.query.x_unknown_reasons*' 'scquery.preprocess.x_detect_values*' 'scquery.preprocess.x__units*' \
+	'scquery.rules.x_unknown_reasons*' 'scquery.preprocess.x_detect_values*' 'scquery.preprocess.x__units*' \
 	'scquery.preprocess.x__linear_values*' 'scquery.preprocess.x_to_linear*' \
 	'scquery.preprocess.x__assumed_total*' 'scquery.preprocess.x__detect_per_dataset*' \
 	'scquery.preprocess.x__normalized*' 'scquery.preprocess.x_describe_values*'

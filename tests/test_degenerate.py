@@ -71,9 +71,9 @@ def test_one_gene_left_is_one_sentence_or_with_min_overlap_0_an_answer(bundle, s
 
 
 def test_clusters_of_cells_without_values_or_differences():
-    assert list(cluster_query(sp.csr_matrix((5, 4), dtype=np.float32))) == [0] * 5
-    assert list(cluster_query(np.ones((6, 3), dtype=np.float32))) == [0] * 6
+    assert list(cluster_query(sp.csr_matrix((5, 4), dtype=np.float32), resolution=1.0, seed=0)) == [0] * 5
+    assert list(cluster_query(np.ones((6, 3), dtype=np.float32), resolution=1.0, seed=0)) == [0] * 6
     values = np.zeros((5, 3), dtype=np.float32)
     values[:3, 0] = [1, 2, 3]
-    codes = cluster_query(values)
+    codes = cluster_query(values, resolution=1.0, seed=0)
     assert len(set(codes[:3]) & set(codes[3:])) == 0 and len(set(codes[3:])) == 1

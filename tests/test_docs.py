@@ -11,7 +11,8 @@ import keras
 import pytest
 
 from scquery.cli import main
-from scquery.query import REASONS, query
+from scquery.query import query
+from scquery.rules import REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

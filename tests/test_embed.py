@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from scquery.embed import compute_embedding, embed
 from scquery.errors import ScqueryError
+from scquery.options import InputOptions
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_reference_cells_embed_as_in_the_bundle(bundle, split):
 
 def test_chunks_give_the_whole_result(bundle, query):
     whole, _, _ = compute_embedding(query, bundle)
-    chunked, _, _ = compute_embedding(query, bundle, batch_size=7)
+    chunked, _, _ = compute_embedding(query, bundle, InputOptions(batch_size=7))
     np.testing.assert_allclose(whole, chunked, atol=1e-5)
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from scquery.bundle import load_bundle, save_bundle
 from scquery.errors import ScqueryError
+from scquery.extend import extend
 from scquery.neighbors import INDEX_FILES, SELF_PER_GROUP, TARGET_RECALL, NeighborIndex
-from scquery.query import extend, query
+from scquery.query import query
 
 
 def clustered(n, seed, *, shift=0.0, width=16, n_types=12):

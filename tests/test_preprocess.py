@@ -14,6 +14,7 @@ from conftest import shared_file
 from scquery.datasets import pbmc68k_split
 from scquery.errors import ScqueryError
 from scquery.io import read, select_values
+from scquery.options import InputOptions
 from scquery.preprocess import (
     align_genes,
     apply_preprocess,
@@ -155,7 +156,7 @@ def test_scaled_values_are_refused(pbmc68k):
     assert detect_values(scaled.X)["values"] == "scaled"
     _, record = fit_preprocess(pbmc68k[0], min_genes=10, n_top_genes=200)
     with pytest.raises(ScqueryError, match="centred or scaled"):
-        apply_preprocess(scaled, record, min_overlap=0.1)
+        apply_preprocess(scaled, record, InputOptions(min_overlap=0.1))
 
 
 def test_query_counts_are_normalized_on_their_own_genes():
@@ -202,10 +203,10 @@ def test_align_case_insensitive_and_ensembl_versions():
 def test_align_on_gene_key():
     adata = _genes(["CD3E", "MS4A1"])
     adata.var["gene_ids"] = ["ENSG01", "ENSG02"]
-    aligned, _ = align_genes(adata, ["ENSG02", "ENSG01"], gene_key="gene_ids")
+    aligned, _ = align_genes(adata, ["ENSG02", "ENSG01"], InputOptions(gene_key="gene_ids"))
     np.testing.assert_array_equal(aligned.X.toarray()[0], [2, 1])
     with pytest.raises(ScqueryError, match="gene column 'ids' is not in the var"):
-        align_genes(adata, ["ENSG02"], gene_key="ids")
+        align_genes(adata, ["ENSG02"], InputOptions(gene_key="ids"))
 
 
 def test_align_overlap_limits():
@@ -218,7 +219,7 @@ def test_align_overlap_limits():
     with pytest.raises(ScqueryError, match=r"only 4 of 9 reference genes \(44.4 %"):
         align_genes(adata, list("ABCDEFGHI"))
     with pytest.raises(ScqueryError, match="shares no genes with the reference"):
-        align_genes(adata, ["X", "Y"], min_overlap=0.0)
+        align_genes(adata, ["X", "Y"], InputOptions(min_overlap=0.0))
 
 
 def test_values_of_every_size_are_recognized_without_numpy_warnings():

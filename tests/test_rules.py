@@ -7,16 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scquery.query import (
-    REASONS,
-    UNKNOWN,
-    cluster_query,
-    combine_evidence,
-    search,
-    transfer,
-    unknown_reasons,
-    vote,
-)
+from scquery.query import UNKNOWN, cluster_query, combine_evidence, search, transfer, vote
+from scquery.rules import REASONS, QueryOptions, unknown_reasons
 
 NONE, NO_GENES, LOW, NEW, MARKERS = range(5)
 PERMISSIVE = {
@@ -149,8 +141,8 @@ def test_each_rule_over_and_under_its_threshold(rule, value, expected):
 @pytest.fixture(scope="module")
 def searched(bundle, split):
     """The search step of 150 query cells, and their clusters (as `transfer` finds them)."""
-    neighbors = search(split[1][:150].copy(), bundle, k=10)
-    return neighbors, cluster_query(neighbors.processed.X, seed=0)
+    neighbors = search(split[1][:150].copy(), bundle, QueryOptions(k=10))
+    return neighbors, cluster_query(neighbors.processed.X, resolution=1.0, seed=0)
 
 
 def hand_evidence(neighbors, bundle):
@@ -168,21 +160,21 @@ def hand_evidence(neighbors, bundle):
 
 def test_in_transfer_confidence_is_the_mean_of_vote_share_and_probability(searched, bundle):
     neighbors, _ = searched
-    result = transfer(neighbors, bundle, **PERMISSIVE)
+    result = transfer(neighbors, bundle, QueryOptions(**PERMISSIVE))
     labels, evidence = hand_evidence(neighbors, bundle)
     best = evidence.argmax(axis=1)
-    np.testing.assert_allclose(result.confidence, evidence[np.arange(len(best)), best], rtol=1e-5)
+    np.testing.assert_allclose(result.scores["confidence"], evidence[np.arange(len(best)), best], rtol=1e-5)
     assert list(result.prediction) == [labels[i] for i in best]
     assert (result.reason == NONE).all()
     # the vote alone differs: the formula is not the vote share
-    assert np.abs(result.confidence - result.knn_share).max() > 0.05
+    assert np.abs(result.scores["confidence"] - result.knn_share).max() > 0.05
 
 
 def test_in_transfer_low_confidence_over_and_under_the_threshold(searched, bundle):
     neighbors, _ = searched
-    confidence = transfer(neighbors, bundle, **PERMISSIVE).confidence
+    confidence = transfer(neighbors, bundle, QueryOptions(**PERMISSIVE)).scores["confidence"]
     threshold = float(np.median(confidence))
-    result = transfer(neighbors, bundle, **{**PERMISSIVE, "min_confidence": threshold})
+    result = transfer(neighbors, bundle, QueryOptions(**{**PERMISSIVE, "min_confidence": threshold}))
     low = confidence < threshold
     assert 0 < low.sum() < len(low)
     np.testing.assert_array_equal(result.reason, np.where(low, LOW, NONE))
@@ -191,17 +183,26 @@ def test_in_transfer_low_confidence_over_and_under_the_threshold(searched, bundl
 
 def test_in_transfer_a_far_cluster_is_a_new_cluster_at_the_default_threshold(searched, bundle):
     neighbors, clusters = searched
-    assert transfer(neighbors, bundle, **{**PERMISSIVE, "novelty_threshold": 1.0}).cluster_novelty.max() < 1.0
+    assert (
+        transfer(neighbors, bundle, QueryOptions(**{**PERMISSIVE, "novelty_threshold": 1.0}))
+        .scores["cluster_novelty"]
+        .max()
+        < 1.0
+    )
     # one cluster moved 20 times farther from the reference: log 20 = 3 over the rest of the query
     far = clusters == np.bincount(clusters).argmin()
     distances = np.where(far[:, None], neighbors.distances * 20, neighbors.distances)
     moved = dataclasses.replace(neighbors, distances=distances.astype(np.float32))
-    result = transfer(moved, bundle, **{**PERMISSIVE, "novelty_threshold": 1.0})
+    result = transfer(moved, bundle, QueryOptions(**{**PERMISSIVE, "novelty_threshold": 1.0}))
     np.testing.assert_array_equal(result.reason, np.where(far, NEW, NONE))
     assert (result.prediction[far] == UNKNOWN).all()
     assert (result.prediction[~far] != UNKNOWN).all()
     # the same cluster kept under a threshold above its novelty
-    kept = transfer(moved, bundle, **{**PERMISSIVE, "novelty_threshold": result.cluster_novelty.max() + 0.01})
+    kept = transfer(
+        moved,
+        bundle,
+        QueryOptions(**{**PERMISSIVE, "novelty_threshold": result.scores["cluster_novelty"].max() + 0.01}),
+    )
     assert (kept.reason == NONE).all()
 
 
@@ -226,14 +227,14 @@ def scrambled(searched):
     [("min_marker_agreement", "marker_agreement"), ("min_unique_markers", "unique_markers")],
 )
 def test_in_transfer_markers_differ_over_and_under_the_threshold(scrambled, bundle, rule, score):
-    shares = getattr(transfer(scrambled, bundle, **PERMISSIVE), score)
+    shares = transfer(scrambled, bundle, QueryOptions(**PERMISSIVE)).scores[score]
     lowest = float(np.nanmin(shares))
     assert lowest < DEFAULTS[rule]  # the scrambled cluster lacks its type's genes: caught at the default
-    under = transfer(scrambled, bundle, **{**PERMISSIVE, rule: lowest + 1e-4})
+    under = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, rule: lowest + 1e-4}))
     worst = shares < lowest + 1e-4
     assert 0 < worst.sum() < len(worst)
     np.testing.assert_array_equal(under.reason, np.where(worst, MARKERS, NONE))
-    over = transfer(scrambled, bundle, **{**PERMISSIVE, rule: lowest - 1e-4})
+    over = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, rule: lowest - 1e-4}))
     assert (over.reason == NONE).all()
 
 
@@ -249,10 +250,10 @@ def test_in_transfer_the_reasons_follow_their_order(searched, bundle):
         "novelty_threshold": 1e-6,
         "min_marker_agreement": 1.01,
     }
-    result = transfer(blank, bundle, **everything)
+    result = transfer(blank, bundle, QueryOptions(**everything))
     np.testing.assert_array_equal(result.reason, np.where(expressed, LOW, NO_GENES))
     # without the confidence rule: the far clusters are new, the others' markers differ
-    result = transfer(blank, bundle, **{**everything, "min_confidence": 0.0})
-    far = result.cluster_novelty > 1e-6
+    result = transfer(blank, bundle, QueryOptions(**{**everything, "min_confidence": 0.0}))
+    far = result.scores["cluster_novelty"] > 1e-6
     assert 0 < far[3:].sum() < len(far) - 3
     np.testing.assert_array_equal(result.reason, np.where(~expressed, NO_GENES, np.where(far, NEW, MARKERS)))

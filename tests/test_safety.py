@@ -22,8 +22,10 @@ from scquery.bundle import MANIFEST_FILE, load_bundle, save_bundle, write_manife
 from scquery.cli import main
 from scquery.embed import compute_embedding, embed
 from scquery.errors import ScqueryError
+from scquery.extend import extend
 from scquery.io import read, read_many, write_h5ad
-from scquery.query import extend, query
+from scquery.options import InputOptions
+from scquery.query import query
 from scquery.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ def test_query_output_is_the_users_data_plus_documented_keys(model, user_data, t
     plain = ad.AnnData(user_data.layers["lognorm"].astype(np.float32), var=user_data.var.copy())
     expected, _, _ = compute_embedding(plain, load_bundle(model))
     np.testing.assert_allclose(result.obsm["X_scquery"], expected, atol=1e-5)
-    from_raw, _, _ = compute_embedding(user_data, load_bundle(model), use_raw=True)
+    from_raw, _, _ = compute_embedding(user_data, load_bundle(model), InputOptions(use_raw=True))
     np.testing.assert_allclose(from_raw, expected, atol=1e-5)
 
 

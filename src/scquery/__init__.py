@@ -35,13 +35,13 @@ __version__ = _version("scquery")
 _LAZY = {
     "Bundle": ("bundle", "Bundle"),
     "embed": ("embed", "embed"),
-    "extend": ("query", "extend"),
+    "extend": ("extend", "extend"),
     "load": ("bundle", "load_bundle"),
     "pl": ("plotting", None),
     "query": ("query", "query"),
     "read": ("io", "read_many"),
     "score": ("evaluate", "score"),
-    "summarize": ("query", "summarize"),
+    "summarize": ("evaluate", "summarize"),
     "train": ("train", "train"),
 }
 

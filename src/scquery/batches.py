@@ -194,7 +194,7 @@ class SparseBatches(keras.utils.PyDataset):
                 size = self.buffer_batches * self.batch_size
                 held = np.sort(self._order[stretch * size : (stretch + 1) * size])
                 self._buffers = {
-                    key: value for key, value in self._buffers.items() if stretch - 1 <= key <= stretch + 4
+                    key: value for key, value in self._buffers.items() if stretch - 1 <= key <= stretch + 1
                 }
                 self._buffers[stretch] = (held, read_rows(self.X, self._rows_of(held)))
             held, block = self._buffers[stretch]

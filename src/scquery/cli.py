@@ -6,6 +6,7 @@ outputs have been checked.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from . import __version__
 from .errors import ScqueryError
 from .logs import log_to_stderr
+from .options import InputOptions
+from .rules import SIGNALS, QueryOptions
 
 log = logging.getLogger("scquery")
 
@@ -41,13 +44,44 @@ COMMON = argparse.ArgumentParser(add_help=False)
 _verbosity_options(COMMON, defaults=False)  # where given, they take the place of those before it
 
 
+def _add_options(parser, kind, names=None):
+    """The flags of the options `kind` (`scquery.options.InputOptions`, `scquery.rules.QueryOptions`)
+    the command line takes (those of `names`; None: all), from their fields: name, default, help."""
+    groups = {}
+    for item in dataclasses.fields(kind):
+        meta = item.metadata
+        if not meta.get("cli", True) or (names is not None and item.name not in names):
+            continue
+        place = parser
+        if meta.get("exclusive"):
+            if meta["exclusive"] not in groups:
+                groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
+            place = groups[meta["exclusive"]]
+        flag, help = "--" + item.name.replace("_", "-"), meta["help"]
+        if isinstance(item.default, bool):
+            place.add_argument(flag, action="store_true", help=help)
+            continue
+        if item.default is not None:
+            help += f" (default: {item.default})"
+        limits = meta["limits"] or {}
+        number = (int if limits.get("integer") else float) if limits else None
+        place.add_argument(
+            flag,
+            type=number,
+            default=item.default,
+            choices=meta["choices"],
+            metavar=meta.get("metavar"),
+            help=help,
+        )
+
+
+def _options(args, kind, names=None):
+    """The options of `kind` (of `names`; None: all) among the parsed `args`, by name."""
+    return {name: getattr(args, name) for name in names or _fields(kind) if hasattr(args, name)}
+
+
 def _add_input_options(parser):
-    parser.add_argument(
-        "--layer", help="take the values from this layer (e.g. counts); .X is written back unchanged"
-    )
-    parser.add_argument(
-        "--use-raw", action="store_true", help="take the values from .raw; .X is written back unchanged"
-    )
+    _add_options(parser, InputOptions, names=("layer", "use_raw"))
     parser.add_argument("--genes-by-cells", action="store_true", help="csv/tsv files hold genes as rows")
     parser.add_argument(
         "--overwrite",
@@ -60,23 +94,6 @@ def _read(args, paths):
     from .io import read_many
 
     return read_many(paths, layer=args.layer, use_raw=args.use_raw, genes_by_cells=args.genes_by_cells)
-
-
-def _values(args):
-    """The options saying where the values are, for the package's functions."""
-    return {"layer": args.layer, "use_raw": args.use_raw}
-
-
-def _query_input(args):
-    """The options of reading a query against a model (`embed` and `query`): where its values are,
-    how its genes are named and matched, and mapped from another species."""
-    return {
-        "gene_key": args.gene_key,
-        "min_overlap": args.min_overlap,
-        "gene_map": args.gene_map,
-        "species": args.species,
-        **_values(args),
-    }
 
 
 def _check_outputs(args, outputs, inputs, *, folders=()):
@@ -167,7 +184,7 @@ def _train(args):
         seed=args.seed,
         species=args.species,
         verbose=_verbosity(args),
-        **_values(args),
+        **_options(args, InputOptions, _READING),
     )
     save_bundle(bundle, args.out, overwrite=args.overwrite)
     accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
@@ -181,31 +198,18 @@ def _train(args):
     )
 
 
-def _add_query_options(parser):
-    parser.add_argument("--gene-key", help="var column holding the gene names (default: var_names)")
-    parser.add_argument(
-        "--min-overlap",
-        type=float,
-        default=0.5,
-        help="least fraction of the model's genes the data must have (default: 0.5)",
-    )
+def _add_query_options(parser, names=None):
+    """The options of reading a query against a model (`InputOptions`), and --genes-by-cells, --overwrite."""
+    _add_options(parser, InputOptions, names=[n for n in names or _fields(InputOptions) if n not in _READING])
     _add_input_options(parser)
 
 
-def _add_species_options(parser):
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--species",
-        choices=["human", "mouse"],
-        help="the query's species where the model's reference is the other: genes are mapped through "
-        "the built-in human-mouse orthologues",
-    )
-    group.add_argument(
-        "--gene-map",
-        metavar="FILE",
-        help="CSV/TSV file mapping the query's genes to the model's (header; columns query_gene and "
-        "reference_gene, else the first two), e.g. orthologues of another species",
-    )
+#: Input options that reading the files takes too (`_add_input_options`).
+_READING = ("layer", "use_raw")
+
+
+def _fields(kind):
+    return [item.name for item in dataclasses.fields(kind)]
 
 
 def _add_embed(subparsers):
@@ -220,7 +224,6 @@ def _add_embed(subparsers):
     parser.add_argument("input", nargs="+", help="file(s) or 10x folder(s) to embed")
     parser.add_argument("--out", required=True, help="h5ad file to write")
     _add_query_options(parser)
-    _add_species_options(parser)
     parser.set_defaults(run=_embed)
 
 
@@ -232,7 +235,7 @@ def _embed(args):
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
-    embed(adata, bundle, **_query_input(args))
+    embed(adata, bundle, **_options(args, InputOptions))
     write_h5ad(adata, args.out)
     log.info("Wrote %s: %s cells embedded.", args.out, f"{adata.n_obs:,}")
 
@@ -244,88 +247,49 @@ def _add_query(subparsers):
         help="predict cell types from the nearest reference cells",
         description="Embed the query cells, find their nearest reference cells, and predict each "
         "cell's type from their distance-weighted vote and the classifier. A cell is 'Unknown', and "
-        "obs['scquery_unknown_reason'] says why, when it expresses none of the model's genes ('no "
-        "reference genes'), when its confidence is low ('low confidence', --min-confidence), when its "
-        "query cluster sits far from every reference type ('new cluster', --novelty-threshold), or when "
-        "the cluster's markers differ from its type's ('markers differ', --min-marker-agreement).",
+        f"obs['scquery_unknown_reason'] says why, {_unknown_rules()}.",
     )
     parser.add_argument("model", help="model bundle folder (from `scquery train`)")
     parser.add_argument("query", nargs="+", help="query file(s) or 10x folder(s)")
     parser.add_argument("--out", required=True, help="h5ad file to write (predictions in obs)")
-    parser.add_argument("--k", type=int, default=15, help="neighbours per cell (default: 15)")
     parser.add_argument("--matches", help="TSV file of each cell's k nearest reference cells")
     parser.add_argument("--summary", help="TSV file of predicted types per dataset (and group)")
     parser.add_argument("--groupby", help="obs column of clusters to summarize by")
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        default=0.5,
-        help="least confidence (mean of the neighbours' vote share and the classifier's "
-        "probability) of a prediction, else Unknown (default: 0.5)",
-    )
-    parser.add_argument(
-        "--novelty-threshold",
-        type=float,
-        default=1.0,
-        help="largest novelty of a query cluster (log of how much farther it lies from its types "
-        "than the query's median cell), else its cells are Unknown (default: 1.0)",
-    )
-    parser.add_argument(
-        "--min-marker-agreement",
-        type=float,
-        default=0.6,
-        help="least share of its type's lineage genes (those the type raises most against the types of "
-        "the query's other clusters, in the reference) a query cluster must express above the query's "
-        "average cluster, else its cells are Unknown (default: 0.6; 0 turns the check off)",
-    )
-    parser.add_argument(
-        "--min-unique-markers",
-        type=float,
-        default=0.7,
-        help="the same for its type's own genes (those the type raises above every other reference type) "
-        "(default: 0.7; 0 turns the check off)",
-    )
-    parser.add_argument(
-        "--resolution", type=float, default=1.0, help="Leiden resolution of the query clusters (default: 1.0)"
-    )
-    parser.add_argument(
-        "--majority-voting",
-        action="store_true",
-        help="give every cell of a query cluster the cluster's most probable type",
-    )
     parser.add_argument(
         "--truth-key",
         metavar="COL",
         help="obs column of the query's known cell types: print accuracy, macro-F1 and the share "
         "Unknown, and keep them in uns['scquery']['scores'] of --out",
     )
+    _add_options(parser, QueryOptions)
     _add_query_options(parser)
-    _add_species_options(parser)
     parser.set_defaults(run=_query)
+
+
+def _unknown_rules():
+    """The Unknown signals in words (`scquery.rules.SIGNALS`): when, the reason, the flags."""
+    rules = {}
+    for signal in SIGNALS:
+        whens, flags = rules.setdefault(signal.reason, ([], []))
+        whens.append(signal.when)
+        flags += [f"--{signal.option.replace('_', '-')}"] if signal.option else []
+    return ", or ".join(
+        f"when {' or '.join(whens)} ('{reason}'{''.join(', ' + flag for flag in flags)})"
+        for reason, (whens, flags) in rules.items()
+    )
 
 
 def _query(args):
     outputs = {"--out": args.out, "--matches": args.matches, "--summary": args.summary}
     _check_outputs(args, outputs, [args.model, *args.query, *filter(None, [args.gene_map])])
     from .bundle import load_bundle
-    from .evaluate import score
+    from .evaluate import score, summarize
     from .io import write_h5ad, write_table
-    from .query import query, summarize
+    from .query import query
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.query)
-    matches = query(
-        adata,
-        bundle,
-        k=args.k,
-        min_confidence=args.min_confidence,
-        novelty_threshold=args.novelty_threshold,
-        min_marker_agreement=args.min_marker_agreement,
-        min_unique_markers=args.min_unique_markers,
-        resolution=args.resolution,
-        majority_voting=args.majority_voting,
-        **_query_input(args),
-    )
+    matches = query(adata, bundle, **_options(args, QueryOptions), **_options(args, InputOptions))
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     scores = score(adata, args.truth_key)
     if args.truth_key is not None:
@@ -350,8 +314,12 @@ def _add_extend(subparsers):
     parser.add_argument("reference", nargs="+", help="annotated file(s) or 10x folder(s) to add")
     parser.add_argument("--label-key", required=True, help="obs column holding the cell types")
     parser.add_argument("--out", help="bundle folder to write (default: MODEL itself, with --overwrite)")
-    _add_query_options(parser)
+    _add_query_options(parser, names=_EXTEND)
     parser.set_defaults(run=_extend)
+
+
+#: The input options `extend` takes.
+_EXTEND = ("layer", "use_raw", "gene_key", "min_overlap")
 
 
 def _extend(args):
@@ -365,20 +333,12 @@ def _extend(args):
         args, {"--out": out}, [*args.reference, *([] if replacing else [args.model])], folders={"--out"}
     )
     from .bundle import load_bundle
-    from .query import extend
+    from .extend import extend
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.reference)
-    extended = extend(
-        bundle,
-        adata,
-        label_key=args.label_key,
-        path=out,
-        overwrite=args.overwrite,
-        gene_key=args.gene_key,
-        min_overlap=args.min_overlap,
-        **_values(args),
-    )
+    options = _options(args, InputOptions)
+    extended = extend(bundle, adata, label_key=args.label_key, path=out, overwrite=args.overwrite, **options)
     log.info("Wrote %s: %s reference cells.", out, f"{extended.reference.n_obs:,}")
 
 

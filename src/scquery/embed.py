@@ -6,29 +6,19 @@ import numpy as np
 from .batches import iter_dense_chunks
 from .bundle import Bundle, current_versions
 from .classifier import embedding_model
-from .errors import check_number
 from .io import select_values
+from .options import InputOptions, check, recorded, take
 from .preprocess import apply_preprocess
 
 
-def compute_embedding(
-    adata,
-    bundle: Bundle,
-    *,
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-    gene_map=None,
-    species=None,
-    batch_size=8192,
-):
+def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
     The values (`.X`, `layers[layer]` or `.raw`: `scquery.io.select_values`) are processed like
     the reference (`apply_preprocess`: values brought to the reference's scale, genes aligned to the
     bundle's, missing ones zero-filled; a query of another species mapped through `gene_map` or the
-    built-in orthologues of `species` first) and fed to the model `batch_size` rows at a time (`encode`),
+    built-in orthologues of `species` first) and fed to the model `batch_size` rows at a time (`encode`;
+    `inputs`: `scquery.options.InputOptions`),
     so the expression matrix is never dense as a whole.
 
     Returns:
@@ -36,22 +26,13 @@ def compute_embedding(
         classes in the order of `bundle.classes`; the processed AnnData of `apply_preprocess`, whose
         `uns['scquery']` holds the gene `overlap` and the detected input `values`.
     """
-    check_number("min_overlap", min_overlap, low=0, high=1)
-    check_number("batch_size", batch_size, low=1, integer=True)
-    values = select_values(adata, layer=layer, use_raw=use_raw)
-    aligned, overlap = apply_preprocess(
-        values,
-        bundle.preprocess,
-        gene_key=gene_key,
-        min_overlap=min_overlap,
-        gene_map=gene_map,
-        species=species,
-    )
+    values = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw)
+    aligned, overlap = apply_preprocess(values, bundle.preprocess, inputs)
     aligned.uns["scquery"]["overlap"] = overlap
-    return (*encode(aligned.X, bundle, batch_size=batch_size), aligned)
+    return (*encode(aligned.X, bundle, inputs.batch_size), aligned)
 
 
-def encode(X, bundle: Bundle, *, batch_size=8192):
+def encode(X, bundle: Bundle, batch_size):
     """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
@@ -104,28 +85,11 @@ def embed(
     Returns:
         None, or the embedded copy when `copy=True`.
     """
+    inputs = check(take(InputOptions, locals()))
     adata = adata.copy() if copy else adata
-    embedding, _, processed = compute_embedding(
-        adata,
-        bundle,
-        layer=layer,
-        use_raw=use_raw,
-        gene_key=gene_key,
-        min_overlap=min_overlap,
-        gene_map=gene_map,
-        species=species,
-        batch_size=batch_size,
-    )
+    embedding, _, processed = compute_embedding(adata, bundle, inputs)
     adata.obsm[f"X_{key_added}"] = embedding
-    params = {
-        "key_added": key_added,
-        "layer": layer,
-        "use_raw": use_raw,
-        "gene_key": gene_key,
-        "min_overlap": min_overlap,
-        "species": species,
-    }
-    record_run(adata, bundle, processed, params, uns_key=key_added)
+    record_run(adata, bundle, processed, {"key_added": key_added, **recorded(inputs)}, uns_key=key_added)
     return adata if copy else None
 
 

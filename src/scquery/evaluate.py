@@ -127,3 +127,64 @@ def confusion(adata, truth, *, prediction=PREDICTION, normalize=True) -> pd.Data
         return counts
     totals = counts.sum(axis=1)
     return counts.div(totals.where(totals > 0), axis=0)
+
+
+def summarize(adata, *, groupby=None, matches=None, key="scquery"):
+    """Per query dataset (`obs['dataset']`, when present) and `groupby` group: what the cells are.
+
+    One row per group: `n_cells`, `mean_distance`, the share of each predicted type
+    (`fraction <type>`), and the reference dataset and label nearest the group's cells most often
+    with their shares (`nearest_dataset`, `nearest_dataset_share`, `nearest_label`,
+    `nearest_label_share`), counted over `matches` (all `k` neighbours, as `query` returns them)
+    or, without them, over each cell's nearest reference cell.
+    """
+    obs = adata.obs
+    prediction = f"{key}_prediction"
+    if prediction not in obs:
+        raise ScqueryError(f"The data has no obs['{prediction}']; run the query first.")
+    if groupby is not None and groupby not in obs:
+        raise ScqueryError(f"The data has no obs column {groupby!r} to group by; choose another.")
+    keys = [c for c in ("dataset", groupby) if c is not None and c in obs]
+    groups = obs[keys].astype(str) if keys else pd.DataFrame({"group": "all"}, index=obs.index)
+    keys = list(groups.columns)
+    if matches is None:
+        matches = pd.DataFrame(
+            {
+                "query_cell": obs.index,
+                "reference_label": obs[f"{key}_nearest_label"].to_numpy(),
+                "reference_dataset": obs[f"{key}_nearest_dataset"].to_numpy(),
+            }
+        )
+    cells = groups.assign(prediction=obs[prediction].astype(str), distance=obs[f"{key}_distance"])
+    grouped = cells.groupby(keys)
+    summary = pd.DataFrame({"n_cells": grouped.size(), "mean_distance": grouped["distance"].mean()})
+    shares = pd.crosstab([cells[c] for c in keys], cells["prediction"], normalize="index")
+    summary = summary.join(shares.add_prefix("fraction "))
+    located = groups.iloc[_query_rows(obs.index, matches["query_cell"])].reset_index(drop=True)
+    nearest = {"reference_dataset": "nearest_dataset", "reference_label": "nearest_label"}
+    for column, name in nearest.items():
+        counts = pd.crosstab(
+            [located[c] for c in keys], matches[column].astype(str).to_numpy(), normalize="index"
+        )
+        summary[name] = counts.idxmax(axis=1)
+        summary[f"{name}_share"] = counts.max(axis=1)
+    return summary.reset_index()
+
+
+def _query_rows(names, query_cells):
+    """The row of each match's query cell: by name, or by position where names repeat (the
+    matches of `query` list each cell's neighbours in the data's order)."""
+    if names.is_unique:
+        rows = names.get_indexer(query_cells)
+        if (rows < 0).any():
+            raise ScqueryError(
+                "The matches name query cells the data does not hold; give the matches of this data."
+            )
+        return rows
+    n, k = len(names), len(query_cells) // max(len(names), 1)
+    if n * k != len(query_cells) or not np.array_equal(np.repeat(names.to_numpy(), k), query_cells):
+        raise ScqueryError(
+            "The query's cell names repeat and the matches are not in its order; give the matches "
+            "`query` returned for this data, or make the names unique (obs_names_make_unique)."
+        )
+    return np.repeat(np.arange(n), k)

@@ -15,9 +15,9 @@ import scanpy as sc
 from matplotlib.ticker import MaxNLocator
 
 from . import evaluate
-from .evaluate import PREDICTION, type_order
+from .evaluate import PREDICTION, summarize, type_order
+from .io import UNKNOWN
 from .palettes import UNKNOWN_COLOR, palette
-from .query import UNKNOWN, summarize
 
 __all__ = ["colors", "confusion", "embedding", "history", "palette", "summary", "umap"]
 

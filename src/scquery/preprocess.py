@@ -18,6 +18,7 @@ the model's first layer (`keras.layers.Normalization`, see `scquery.classifier`)
 mini-batch, so the saved model scales a query exactly like the reference.
 """
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -29,6 +30,7 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .errors import ScqueryError
 from .io import check_matrix, source_of, to_csr32
+from .options import InputOptions
 from .orthologs import (
     SPECIES,
     builtin_map,
@@ -493,21 +495,21 @@ def _gene_names(adata, gene_key):
     return adata.var[gene_key]
 
 
-def align_genes(adata, genes, *, gene_key=None, min_overlap=0.5):
+def align_genes(adata, genes, inputs=InputOptions()):
     """Reorder the genes of `adata` to `genes`, zero-filling the missing ones (sparse).
 
     Genes match exactly first, then case-insensitively; Ensembl version suffixes are ignored on
-    both sides. `gene_key` names a `var` column to match on instead of `var_names`. A data gene
-    matching several reference genes fills each of them.
+    both sides. `inputs.gene_key` names a `var` column to match on instead of `var_names`. A data
+    gene matching several reference genes fills each of them.
 
     Returns:
         `(aligned, overlap)`: a new AnnData with all cells and obs columns, `var_names == genes`;
         `overlap = {'n_reference_genes', 'n_shared', 'fraction'}`. Warns below 80 % overlap and
-        raises `ScqueryError` below `min_overlap` or when no gene is shared.
+        raises `ScqueryError` below `inputs.min_overlap` or when no gene is shared.
     """
-    source = source_of(adata)
+    source, min_overlap = source_of(adata), inputs.min_overlap
     genes = [str(g) for g in genes]
-    sources, overlap = gene_sources(_gene_names(adata, gene_key), genes, source, min_overlap)
+    sources, overlap = gene_sources(_gene_names(adata, inputs.gene_key), genes, source, min_overlap)
     X = _matrix(adata)
     aligned = to_csr32(X @ selection_matrix(sources, X.shape[1]))
     aligned.sort_indices()
@@ -589,17 +591,18 @@ def _gene_map(gene_map, species, reference, names, source):
     return None if species == reference else builtin_map(species, reference)
 
 
-def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=None, species=None):
+def apply_preprocess(adata, record, inputs=InputOptions()):
     """Process a query like the reference of `record` (from `fit_preprocess`).
 
     The query's scale is recognized (`detect_values`; each dataset of a merged query on its own)
     and undone (`to_linear`); its cells are then normalized to the reference's `target_sum` on the
     query's own genes and log1p-transformed, so counts and every normalized or logged form of them
     give the same matrix. Centred or scaled values are refused (`ScqueryError`). A query of another
-    species is mapped onto the reference's genes (`scquery.orthologs.map_genes`) through `gene_map`
-    (a CSV/TSV path, DataFrame, dict or `GeneMap`: `scquery.orthologs.read_gene_map`) or, with
-    `species` (the query's: 'human' or 'mouse'), the built-in orthologues; given neither, a query
-    whose gene names look like another species than the reference's is refused with a hint. Then
+    species is mapped onto the reference's genes (`scquery.orthologs.map_genes`) through
+    `inputs.gene_map` (a CSV/TSV path, DataFrame, dict or `GeneMap`: `scquery.orthologs.read_gene_map`)
+    or, with `inputs.species` (the query's: 'human' or 'mouse'), the built-in orthologues; given
+    neither, a query whose gene names look like another species than the reference's is refused
+    with a hint (`inputs`: `scquery.options.InputOptions`). Then
     the genes are aligned to `record['genes']` (see `align_genes`). All cells and obs columns are
     kept; scaling, when recorded, is the model's first layer.
 
@@ -609,11 +612,11 @@ def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=
         when genes were mapped, `gene_map` (`map_genes`'s record with `overlap_before`: the overlap
         of the query's own gene names).
     """
-    source = source_of(adata)
+    source, species = source_of(adata), inputs.species
     X, values = _to_log_normalized(adata, _matrix(adata), record["target_sum"])
-    names = _gene_names(adata, gene_key)
+    names = _gene_names(adata, inputs.gene_key)
     reference = reference_species(record)
-    found = _gene_map(gene_map, species, reference, names, source)
+    found = _gene_map(inputs.gene_map, species, reference, names, source)
     query = ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm.items()))
     mapping = None
     if found is not None:
@@ -632,9 +635,9 @@ def apply_preprocess(adata, record, *, gene_key=None, min_overlap=0.5, gene_map=
             "fraction": float(before / len(record["genes"])),
         }
         query = ad.AnnData(mapped, obs=query.obs, var=pd.DataFrame(index=pd.Index(genes)), obsm=query.obsm)
-        gene_key = None
+        inputs = dataclasses.replace(inputs, gene_key=None)
     query.uns["scquery"] = {"source": source, "values": values}
-    aligned, overlap = align_genes(query, record["genes"], gene_key=gene_key, min_overlap=min_overlap)
+    aligned, overlap = align_genes(query, record["genes"], inputs)
     aligned.uns["scquery"]["species"] = {"query": species or detect_species(names), "reference": reference}
     if mapping is not None:
         aligned.uns["scquery"]["gene_map"] = mapping

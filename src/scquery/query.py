@@ -47,23 +47,15 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from .bundle import Bundle, save_bundle
+from .bundle import Bundle
 from .embed import compute_embedding, record_run
-from .errors import ScqueryError, check_number
-from .io import UNKNOWN, check_labels
+from .errors import ScqueryError
+from .io import UNKNOWN
 from .neighbors import NeighborIndex
+from .options import InputOptions, check, recorded, take
 from .palettes import palette
-from .profiles import (
-    PROFILES_KEY,
-    group_means,
-    marker_agreement,
-    merge_profiles,
-    type_profiles,
-    unique_markers,
-)
-
-#: Why a cell is 'Unknown' (obs '<key>_unknown_reason'); '' for predicted cells.
-REASONS = ["", "no reference genes", "low confidence", "new cluster", "markers differ"]
+from .profiles import PROFILES_KEY, group_means
+from .rules import REASONS, SIGNALS, Findings, QueryOptions, thresholds, unknown_reasons
 
 
 @dataclasses.dataclass
@@ -81,18 +73,16 @@ class Neighbors:
 
 @dataclasses.dataclass
 class Transfer:
-    """Step 2's result, one entry per query cell (see the module docstring)."""
+    """Step 2's result, one entry per query cell (see the module docstring); `scores`: each signal's
+    score by its obs column (`scquery.rules.SIGNALS`)."""
 
     prediction: np.ndarray
     reason: np.ndarray
-    confidence: np.ndarray
     knn: np.ndarray
     knn_share: np.ndarray
     novelty: np.ndarray
     cluster: np.ndarray
-    cluster_novelty: np.ndarray
-    marker_agreement: np.ndarray
-    unique_markers: np.ndarray
+    scores: dict
     labels: pd.Index
 
 
@@ -106,38 +96,16 @@ def vote(distances, codes, n_labels):
     return np.clip(tally / weights.sum(axis=1, keepdims=True), 0.0, 1.0).astype(np.float32)
 
 
-def search(
-    adata,
-    bundle: Bundle,
-    *,
-    k=15,
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-    gene_map=None,
-    species=None,
-    batch_size=8192,
-):
-    """Step 1: embed `adata` like the reference and find each cell's `k` nearest reference cells."""
-    embedding, probabilities, processed = compute_embedding(
-        adata,
-        bundle,
-        layer=layer,
-        use_raw=use_raw,
-        gene_key=gene_key,
-        min_overlap=min_overlap,
-        gene_map=gene_map,
-        species=species,
-        batch_size=batch_size,
-    )
+def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions()):
+    """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
+    embedding, probabilities, processed = compute_embedding(adata, bundle, inputs)
     index = NeighborIndex.for_bundle(bundle)
-    distances, indices = index.kneighbors(embedding, min(k, bundle.reference.n_obs))
+    distances, indices = index.kneighbors(embedding, min(options.k, bundle.reference.n_obs))
     expressed = np.diff(processed.X.indptr) > 0
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
 
 
-def cluster_query(values, *, resolution=1.0, n_neighbors=15, n_pcs=50, seed=0):
+def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50):
     """Leiden clusters of the query cells (integer codes), found in the query's own expression.
 
     `values` (cells × genes, CSR or dense: the processed query, on the model's genes) are reduced to
@@ -195,18 +163,7 @@ def _varies(values):
     return bool(np.any(np.var(values, axis=0) > 0))
 
 
-def transfer(
-    neighbors: Neighbors,
-    bundle: Bundle,
-    *,
-    min_confidence=0.5,
-    novelty_threshold=1.0,
-    min_marker_agreement=0.6,
-    min_unique_markers=0.7,
-    resolution=1.0,
-    majority_voting=False,
-    seed=0,
-):
+def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     """Step 2: the prediction, its confidence and the Unknown calls (see the module docstring)."""
     reference = bundle.reference
     # The model's types first, in its order, then those only `extend` added: one order for every query.
@@ -217,59 +174,51 @@ def transfer(
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
-    cluster = cluster_query(neighbors.processed.X, resolution=resolution, seed=seed)
+    cluster = cluster_query(neighbors.processed.X, resolution=options.resolution, seed=options.seed)
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
     cluster_type = group_means(evidence, cluster_rows)[1].argmax(axis=1)
-    if majority_voting:
+    if options.majority_voting:
         predicted = cluster_type[cluster_rows]
     confidence = evidence[np.arange(len(predicted)), predicted]
 
     scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
     novelty = (ratio - np.median(ratio)).astype(np.float32)
-    cluster_novelty = pd.Series(novelty).groupby(cluster).transform("median").to_numpy(np.float32)
-    agreement = unique = np.full(len(ids), np.nan, dtype=np.float32)
+    found = Findings(
+        expressed=neighbors.expressed,
+        confidence=confidence,
+        novelty=novelty,
+        cluster=cluster,
+        types=dict(zip(ids, labels.to_numpy()[cluster_type], strict=True)),
+        processed=neighbors.processed,
+        profiles=_profiles(bundle),
+    )
+    scores = [signal.score(found) for signal in SIGNALS]
+    reason = unknown_reasons(*scores, **thresholds(options))
+    return Transfer(
+        prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
+        reason=reason,
+        knn=labels.to_numpy()[shares.argmax(axis=1)],
+        knn_share=shares.max(axis=1),
+        novelty=novelty,
+        cluster=cluster,
+        scores={signal.column: score for signal, score in zip(SIGNALS, scores, strict=True) if signal.column},
+        labels=labels,
+    )
+
+
+def _profiles(bundle):
+    """The reference's type profiles, or None (with a warning) for a bundle saved without them."""
     profiles = bundle.reference.uns.get(PROFILES_KEY)
     if profiles is None:
         warnings.warn(
             "The model bundle holds no expression profiles of its cell types (it was saved by an older "
             "scquery), so query clusters are not checked for their types' markers; train it again to "
             "add them.",
-            stacklevel=3,
+            stacklevel=4,
         )
-    else:
-        types = dict(zip(ids, labels.to_numpy()[cluster_type], strict=True))
-        X, var = neighbors.processed.X, neighbors.processed.var
-        measured = var["scquery_shared"].to_numpy()  # the genes the query holds (`align_genes`)
-        agreement = marker_agreement(X, cluster, types, profiles, measured=measured)[ids].to_numpy(np.float32)
-        unique = unique_markers(X, cluster, types, profiles, measured=measured)[ids].to_numpy(np.float32)
-    cluster_agreement, cluster_unique = agreement[cluster_rows], unique[cluster_rows]
-
-    reason = unknown_reasons(
-        neighbors.expressed,
-        confidence,
-        cluster_novelty,
-        cluster_agreement,
-        cluster_unique,
-        min_confidence=min_confidence,
-        novelty_threshold=novelty_threshold,
-        min_marker_agreement=min_marker_agreement,
-        min_unique_markers=min_unique_markers,
-    )
-    return Transfer(
-        prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
-        reason=reason,
-        confidence=confidence.astype(np.float32),
-        knn=labels.to_numpy()[shares.argmax(axis=1)],
-        knn_share=shares.max(axis=1),
-        novelty=novelty,
-        cluster=cluster,
-        cluster_novelty=cluster_novelty,
-        marker_agreement=cluster_agreement,
-        unique_markers=cluster_unique,
-        labels=labels,
-    )
+    return profiles
 
 
 def combine_evidence(shares, probabilities, trained):
@@ -283,28 +232,6 @@ def combine_evidence(shares, probabilities, trained):
     from_vote = np.isin(shares.argmax(axis=1), added)
     evidence[from_vote] = shares[from_vote]
     return evidence
-
-
-def unknown_reasons(
-    expressed,
-    confidence,
-    cluster_novelty,
-    cluster_agreement,
-    cluster_unique,
-    *,
-    min_confidence,
-    novelty_threshold,
-    min_marker_agreement,
-    min_unique_markers,
-):
-    """Per cell, the code of why it is 'Unknown' (an index into `REASONS`; 0: predicted): the first
-    of `REASONS` that holds (see the module docstring)."""
-    reason = np.zeros(len(confidence), dtype=np.int64)
-    reason[(cluster_agreement < min_marker_agreement) | (cluster_unique < min_unique_markers)] = 4
-    reason[cluster_novelty > novelty_threshold] = 3
-    reason[confidence < min_confidence] = 2
-    reason[~np.asarray(expressed, dtype=bool)] = 1
-    return reason
 
 
 def _type_scales(nearest_distances, codes, n_labels):
@@ -353,85 +280,32 @@ def query(
     the nearest reference cell).
 
     Args:
-        k: reference neighbours per query cell.
-        min_confidence: the least confidence of a prediction.
-        novelty_threshold: the largest cluster novelty (log distance ratio, see the module
-            docstring) of predicted cells; 1.0 = e times farther than the query's median.
-        min_marker_agreement: the least share of its type's lineage genes a cluster must express
-            for its cells' predictions (see the module docstring); 0 turns the check off.
-        min_unique_markers: the same for its type's own genes (those it raises above every other
-            reference type); 0 turns the check off.
-        resolution: Leiden resolution of the query clusters (higher: more, smaller clusters).
-        majority_voting: give each query cluster its most probable type.
+        k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers, resolution,
+            majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
+            thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
-        layer, use_raw, gene_key, min_overlap, gene_map, species: as in `scquery.embed.embed`
-            (a query of another species: its genes mapped onto the reference's).
-        seed: seed of the query's clustering.
+        layer, use_raw, gene_key, min_overlap, gene_map, species, batch_size: as in
+            `scquery.embed.embed` (`scquery.options.InputOptions`).
 
     Returns:
         The matches: one row per query cell and rank (1 = nearest) with `query_cell`, `rank`,
         `reference_cell`, `distance`, `reference_label`, `reference_dataset`.
     """
+    options, inputs = check(take(QueryOptions, locals())), check(take(InputOptions, locals()))
     reference = bundle.reference
-    check_number("k", k, low=1, integer=True)
-    if k > reference.n_obs:
+    if options.k > reference.n_obs:
         raise ScqueryError(
             f"k={k} is more than the {reference.n_obs:,} cells of the model's reference; choose k of "
             f"at most {reference.n_obs}."
         )
-    check_number("min_confidence", min_confidence, low=0, high=1)
-    check_number("novelty_threshold", novelty_threshold, low=0, low_open=True)
-    check_number("min_marker_agreement", min_marker_agreement, low=0, high=1)
-    check_number("min_unique_markers", min_unique_markers, low=0, high=1)
-    check_number("resolution", resolution, low=0, low_open=True)
-    neighbors = search(
-        adata,
-        bundle,
-        k=k,
-        layer=layer,
-        use_raw=use_raw,
-        gene_key=gene_key,
-        min_overlap=min_overlap,
-        gene_map=gene_map,
-        species=species,
-        batch_size=batch_size,
-    )
-    result = transfer(
-        neighbors,
-        bundle,
-        min_confidence=min_confidence,
-        novelty_threshold=novelty_threshold,
-        min_marker_agreement=min_marker_agreement,
-        min_unique_markers=min_unique_markers,
-        resolution=resolution,
-        majority_voting=majority_voting,
-        seed=seed,
-    )
-    params = {
-        "k": int(neighbors.indices.shape[1]),
-        "min_confidence": float(min_confidence),
-        "novelty_threshold": float(novelty_threshold),
-        "min_marker_agreement": float(min_marker_agreement),
-        "min_unique_markers": float(min_unique_markers),
-        "resolution": float(resolution),
-        "majority_voting": bool(majority_voting),
-        "seed": int(seed),
-    }
-    run = {
-        "layer": layer,
-        "use_raw": use_raw,
-        "gene_key": gene_key,
-        "min_overlap": min_overlap,
-        "species": species,
-    }
-    return write_query(adata, bundle, neighbors, result, params, run, key_added=key_added)
+    neighbors = search(adata, bundle, options, inputs)
+    result = transfer(neighbors, bundle, options)
+    return write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)
 
 
-def write_query(
-    adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, params, run, *, key_added="scquery"
-):
-    """Step 3: write the results into `adata` (see `query`) and return the matches table; `params`
-    are the query's options, `run` the options of reading the values (as `embed` records them)."""
+def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, options, inputs, *, key_added):
+    """Step 3: write the results into `adata` (see `query`) and return the matches table; `options`:
+    the query's (`QueryOptions`), `inputs`: those of reading the values (`InputOptions`)."""
     reference = bundle.reference
     labels = reference.obs["label"].astype(str).to_numpy()
     datasets = reference.obs["dataset"].astype(str).to_numpy()
@@ -442,14 +316,12 @@ def write_query(
     obs[f"{key_added}_prediction"] = pd.Categorical(result.prediction, categories=[*known, UNKNOWN])
     # scanpy's way: one colour per category, the same for every query of this model (scquery.pl)
     adata.uns[f"{key_added}_prediction_colors"] = list(palette([*known, UNKNOWN]).values())
-    obs[f"{key_added}_confidence"] = result.confidence
+    for column, score in result.scores.items():
+        obs[f"{key_added}_{column}"] = score
     obs[f"{key_added}_unknown_reason"] = pd.Categorical(
         np.asarray(REASONS, dtype=object)[result.reason], categories=REASONS
     )
     obs[f"{key_added}_novelty"] = result.novelty
-    obs[f"{key_added}_cluster_novelty"] = result.cluster_novelty
-    obs[f"{key_added}_marker_agreement"] = result.marker_agreement
-    obs[f"{key_added}_unique_markers"] = result.unique_markers
     obs[f"{key_added}_cluster"] = pd.Categorical(result.cluster.astype(str))
     obs[f"{key_added}_knn"] = pd.Categorical(result.knn, categories=known)
     obs[f"{key_added}_knn_share"] = result.knn_share
@@ -461,10 +333,16 @@ def write_query(
     obs[f"{key_added}_nearest_label"] = labels[nearest]
     obs[f"{key_added}_nearest_dataset"] = datasets[nearest]
     adata.obsm[f"X_{key_added}"] = neighbors.embedding
-    record_run(adata, bundle, neighbors.processed, {"key_added": key_added, **run}, uns_key=key_added)
-    k = params["k"]
+    record_run(
+        adata, bundle, neighbors.processed, {"key_added": key_added, **recorded(inputs)}, uns_key=key_added
+    )
+    k = int(neighbors.indices.shape[1])
+    params = {
+        item.name: type(item.default)(getattr(options, item.name)) for item in dataclasses.fields(options)
+    }
     adata.uns[key_added]["query_params"] = {
         **params,
+        "k": k,
         "search": neighbors.index.description(k),
         "n_reference": int(reference.n_obs),
         "n_clusters": int(len(np.unique(result.cluster))),
@@ -484,117 +362,3 @@ def write_query(
             "reference_dataset": datasets[flat],
         }
     )
-
-
-def summarize(adata, *, groupby=None, matches=None, key="scquery"):
-    """Per query dataset (`obs['dataset']`, when present) and `groupby` group: what the cells are.
-
-    One row per group: `n_cells`, `mean_distance`, the share of each predicted type
-    (`fraction <type>`), and the reference dataset and label nearest the group's cells most often
-    with their shares (`nearest_dataset`, `nearest_dataset_share`, `nearest_label`,
-    `nearest_label_share`), counted over `matches` (all `k` neighbours, as `query` returns them)
-    or, without them, over each cell's nearest reference cell.
-    """
-    obs = adata.obs
-    prediction = f"{key}_prediction"
-    if prediction not in obs:
-        raise ScqueryError(f"The data has no obs['{prediction}']; run the query first.")
-    if groupby is not None and groupby not in obs:
-        raise ScqueryError(f"The data has no obs column {groupby!r} to group by; choose another.")
-    keys = [c for c in ("dataset", groupby) if c is not None and c in obs]
-    groups = obs[keys].astype(str) if keys else pd.DataFrame({"group": "all"}, index=obs.index)
-    keys = list(groups.columns)
-    if matches is None:
-        matches = pd.DataFrame(
-            {
-                "query_cell": obs.index,
-                "reference_label": obs[f"{key}_nearest_label"].to_numpy(),
-                "reference_dataset": obs[f"{key}_nearest_dataset"].to_numpy(),
-            }
-        )
-    cells = groups.assign(prediction=obs[prediction].astype(str), distance=obs[f"{key}_distance"])
-    grouped = cells.groupby(keys)
-    summary = pd.DataFrame({"n_cells": grouped.size(), "mean_distance": grouped["distance"].mean()})
-    shares = pd.crosstab([cells[c] for c in keys], cells["prediction"], normalize="index")
-    summary = summary.join(shares.add_prefix("fraction "))
-    located = groups.iloc[_query_rows(obs.index, matches["query_cell"])].reset_index(drop=True)
-    nearest = {"reference_dataset": "nearest_dataset", "reference_label": "nearest_label"}
-    for column, name in nearest.items():
-        counts = pd.crosstab(
-            [located[c] for c in keys], matches[column].astype(str).to_numpy(), normalize="index"
-        )
-        summary[name] = counts.idxmax(axis=1)
-        summary[f"{name}_share"] = counts.max(axis=1)
-    return summary.reset_index()
-
-
-def _query_rows(names, query_cells):
-    """The row of each match's query cell: by name, or by position where names repeat (the
-    matches of `query` list each cell's neighbours in the data's order)."""
-    if names.is_unique:
-        rows = names.get_indexer(query_cells)
-        if (rows < 0).any():
-            raise ScqueryError(
-                "The matches name query cells the data does not hold; give the matches of this data."
-            )
-        return rows
-    n, k = len(names), len(query_cells) // max(len(names), 1)
-    if n * k != len(query_cells) or not np.array_equal(np.repeat(names.to_numpy(), k), query_cells):
-        raise ScqueryError(
-            "The query's cell names repeat and the matches are not in its order; give the matches "
-            "`query` returned for this data, or make the names unique (obs_names_make_unique)."
-        )
-    return np.repeat(np.arange(n), k)
-
-
-def extend(
-    bundle: Bundle,
-    adata,
-    *,
-    label_key,
-    path=None,
-    overwrite=False,
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-):
-    """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
-
-    The new cells are embedded with the bundle's model and appended with their labels
-    (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
-    does not know can then be found by `query`. Cells whose names the reference already holds are
-    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
-    new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
-    `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
-    """
-    source = adata.uns.get("scquery", {}).get("source", "the new reference")
-    check_labels(adata, label_key, source, min_classes=1)
-    held = adata.obs_names.isin(bundle.reference.obs_names)
-    if held.any():
-        raise ScqueryError(
-            f"{int(held.sum())} cells of {source} (e.g. {adata.obs_names[held][0]!r}) are already in "
-            "the model's reference; extend it with new cells only (or give the cells distinct names)."
-        )
-    embedding, _, processed = compute_embedding(
-        adata, bundle, layer=layer, use_raw=use_raw, gene_key=gene_key, min_overlap=min_overlap
-    )
-    dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
-    added = ad.AnnData(
-        obs=pd.DataFrame(
-            {"label": adata.obs[label_key].astype(str).to_numpy(), "dataset": dataset},
-            index=adata.obs_names.copy(),
-        ),
-        obsm={"X_scquery": embedding},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
-        reference = ad.concat([bundle.reference, added])
-    reference.obs = reference.obs.astype(str).astype("category")
-    if PROFILES_KEY in bundle.reference.uns:
-        added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
-        reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
-    extended = dataclasses.replace(bundle, reference=reference)
-    if path is not None:
-        save_bundle(extended, path, overwrite=overwrite)
-    return extended

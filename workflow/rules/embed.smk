@@ -16,7 +16,11 @@ rule embed:
         "../../envs/scquery.yaml"
     threads: 1
     params:
-        min_overlap=config["query"].get("min_overlap", 0.5),
+        inputs={
+            key: value
+            for key, value in config["query"].items()
+            if key == "min_overlap"
+        },
         values=lambda wildcards: QUERY_VALUES if QUERIES[wildcards.query] else {},
         genes=query_genes,
     script:

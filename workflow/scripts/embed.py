@@ -14,7 +14,7 @@ adata = ad.read_h5ad(snakemake.input.data)
 embed(
     adata,
     load_bundle(snakemake.input.bundle),
-    min_overlap=snakemake.params.min_overlap,
+    **snakemake.params.inputs,
     **snakemake.params.values,
     **snakemake.params.genes,
 )

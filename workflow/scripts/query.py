@@ -1,5 +1,5 @@
 """Predict one query's cell types from its nearest reference cells (scquery.query.query) and
-summarize them (scquery.query.summarize)."""
+summarize them (scquery.evaluate.summarize)."""
 
 from common import log_to
 
@@ -8,8 +8,9 @@ log_to(snakemake.log[0])
 import anndata as ad  # noqa: E402
 
 from scquery.bundle import load_bundle  # noqa: E402
+from scquery.evaluate import summarize  # noqa: E402
 from scquery.io import write_h5ad  # noqa: E402
-from scquery.query import query, summarize  # noqa: E402
+from scquery.query import query  # noqa: E402
 
 adata = ad.read_h5ad(snakemake.input.data)
 matches = query(

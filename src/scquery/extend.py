@@ -1,0 +1,66 @@
+"""Extending a bundle's reference with new annotated cells, without retraining (`extend`)."""
+
+import dataclasses
+import warnings
+
+import anndata as ad
+import pandas as pd
+
+from .bundle import Bundle, save_bundle
+from .embed import compute_embedding
+from .errors import ScqueryError
+from .io import check_labels
+from .options import InputOptions, check, take
+from .profiles import PROFILES_KEY, merge_profiles, type_profiles
+
+
+def extend(
+    bundle: Bundle,
+    adata,
+    *,
+    label_key,
+    path=None,
+    overwrite=False,
+    layer=None,
+    use_raw=False,
+    gene_key=None,
+    min_overlap=0.5,
+):
+    """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
+
+    The new cells are embedded with the bundle's model and appended with their labels
+    (`obs[label_key]`) and datasets (`obs['dataset']`, or 'extension'); cell types the classifier
+    does not know can then be found by `query`. Cells whose names the reference already holds are
+    refused (they would count twice). The neighbour index is rebuilt on next use. With `path`, the
+    new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
+    `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
+    """
+    source = adata.uns.get("scquery", {}).get("source", "the new reference")
+    check_labels(adata, label_key, source, min_classes=1)
+    held = adata.obs_names.isin(bundle.reference.obs_names)
+    if held.any():
+        raise ScqueryError(
+            f"{int(held.sum())} cells of {source} (e.g. {adata.obs_names[held][0]!r}) are already in "
+            "the model's reference; extend it with new cells only (or give the cells distinct names)."
+        )
+    inputs = check(take(InputOptions, locals()))
+    embedding, _, processed = compute_embedding(adata, bundle, inputs)
+    dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
+    added = ad.AnnData(
+        obs=pd.DataFrame(
+            {"label": adata.obs[label_key].astype(str).to_numpy(), "dataset": dataset},
+            index=adata.obs_names.copy(),
+        ),
+        obsm={"X_scquery": embedding},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
+        reference = ad.concat([bundle.reference, added])
+    reference.obs = reference.obs.astype(str).astype("category")
+    if PROFILES_KEY in bundle.reference.uns:
+        added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
+        reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
+    extended = dataclasses.replace(bundle, reference=reference)
+    if path is not None:
+        save_bundle(extended, path, overwrite=overwrite)
+    return extended
