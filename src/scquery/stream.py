@@ -52,7 +52,7 @@ from .preprocess import (
 __all__ = ["ReferenceRows", "StreamedReference", "fit_streamed", "read_backed", "read_rows"]
 
 #: A block of a pass holds at most this many rows, and this many stored values.
-BLOCK_ROWS, BLOCK_VALUES = 16_384, 1 << 21
+BLOCK_ROWS, BLOCK_VALUES = 16_384, 1 << 20
 #: Bins of the mean expression of scanpy's 'seurat' flavor of highly variable genes.
 HVG_BINS = 20
 
