@@ -66,6 +66,11 @@ def train(
     of the cell types with at least `config.min_cells_per_class` cells, and embeds these cells (the
     reference points of `scquery.query.query`). Nothing given is modified.
 
+    An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
+    whole (`scquery.stream`): memory does not grow with its matrix, and the model is the one its data
+    in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
+    is split over the devices (docs/SCALING.md).
+
     Args:
         label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
             only, and a column labelling no cell is an error.
