@@ -12,8 +12,9 @@ from .speed import run_stage
 
 FULL_SIZES, QUICK_SIZES = [100_000, 1_000_000], [5_000, 20_000]
 FULL_QUERY, QUICK_QUERY = 100_000, 2_000
-#: One epoch per stage: this part measures memory and the query; `speed` measures throughput.
-OPTIONS = {"pretrain_epochs": 1, "epochs": 1, "patience": 1}
+#: One epoch per stage and a narrower first layer (the embedding keeps its 100 dimensions): this part
+#: measures memory and the query; `speed` measures throughput at the default network.
+OPTIONS = {"pretrain_epochs": 1, "epochs": 1, "patience": 1, "hidden_sizes": [128, 100]}
 PARALLEL_CELLS, QUICK_PARALLEL_CELLS = 20_000, 2_000
 #: The targets of issue 21 measured here.
 TARGETS = {"train_peak_rss_1m_gb": 3.0, "peak_growth_100k_to_1m_gb": 1.0, "cli_query_100k_vs_1m_s": 20.0}
@@ -37,7 +38,6 @@ def run_atlas(*, quick, log=print):
             run["train"] = run_stage("train", log, data=data, bundle=bundle, backed=True, options=OPTIONS)
             Path(data).unlink(missing_ok=True)
             if "error" not in run["train"]:
-                run["query"] = run_stage("query", log, data=query_data, bundle=bundle)
                 run["cli_query"] = run_stage(
                     "cli_query", log, data=query_data, bundle=bundle, out=str(folder / "answer.h5ad")
                 )

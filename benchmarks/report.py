@@ -479,9 +479,9 @@ def atlas_section(result):
     for run in result["runs"]:
         train = run["train"]
         if "error" in train:
-            rows.append([f"{run['n_cells']:,}", train["error"], *[""] * 8])
+            rows.append([f"{run['n_cells']:,}", train["error"], *[""] * 6])
             continue
-        query, cli = run.get("query", {}), run.get("cli_query", {})
+        cli = run.get("cli_query", {})
         rows.append(
             [f"{run['n_cells']:,}"]
             + [
@@ -493,8 +493,6 @@ def atlas_section(result):
                     train["pretrain_cells_per_s"],
                     train["finetune_cells_per_s"],
                     train["train_api_s"],
-                    query.get("search_s"),
-                    query.get("query_s"),
                     cli.get("cli_query_s"),
                 )
             ]
@@ -503,10 +501,10 @@ def atlas_section(result):
     lines = [
         "## Atlas scale: training from disk, big queries, data-parallel training (synthetic counts)",
         "",
-        "`train()` reads an h5ad opened with `backed='r'` (one epoch per stage: "
+        "`train()` reads an h5ad opened with `backed='r'` (options "
         f"{result['options']}; throughput from that first epoch, tracing included); then {n_query:,} query "
-        "cells (another draw) against its bundle: the search alone, `query()` whole, and `scquery query` "
-        "in a new process (start-up, reading and writing included). Each stage in its own process.",
+        "cells (another draw) against its bundle through `scquery query` in a new process (start-up, "
+        "reading and writing included). Each stage in its own process.",
         "",
         _table(
             [
@@ -517,8 +515,6 @@ def atlas_section(result):
                 "pretraining cells/s",
                 "fine-tuning cells/s",
                 "train s",
-                "search s",
-                "query() s",
                 "CLI query s",
             ],
             rows,

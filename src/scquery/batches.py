@@ -47,11 +47,12 @@ def read_rows(X, rows):
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts, stops = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
     group = X.group
+    all_pointers, all_data, all_indices = group["indptr"], group["data"], group["indices"]
     data, indices, lengths = [], [], []
     for start, stop in zip(starts, stops, strict=True):
-        pointers = group["indptr"][int(start) : int(stop) + 1]
-        data.append(group["data"][pointers[0] : pointers[-1]])
-        indices.append(group["indices"][pointers[0] : pointers[-1]])
+        pointers = all_pointers[int(start) : int(stop) + 1]
+        data.append(all_data[pointers[0] : pointers[-1]])
+        indices.append(all_indices[pointers[0] : pointers[-1]])
         lengths.append(np.diff(pointers))
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
     return sp.csr_matrix(
@@ -122,6 +123,7 @@ class SparseBatches(keras.utils.PyDataset):
         seed: seed of the shuffling.
         transform: callable on each dense batch, or None.
         sample_weight: weights, one per row, or None.
+        block_rows, buffer_batches: the shuffling's blocks of consecutive rows and its stretches.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
     """
 

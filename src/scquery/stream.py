@@ -89,7 +89,9 @@ class ReferenceRows(RowSource):
     def __init__(self, X, cells, datasets, parts, target_sum, sources, source):
         self.X, self.cells, self.datasets, self.parts = X, np.asarray(cells), datasets, parts
         self.target_sum, self.source = target_sum, source
-        self.selection = selection_matrix(np.asarray(sources), X.shape[1])
+        sources = np.asarray(sources)
+        every_gene = len(sources) == X.shape[1] and np.array_equal(sources, np.arange(X.shape[1]))
+        self.selection = None if every_gene else selection_matrix(sources, X.shape[1])
         self.shape = (len(self.cells), len(sources))
 
     @property
@@ -104,7 +106,7 @@ class ReferenceRows(RowSource):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once, when the reference was fitted
             block = self._normalized(raw[order])
-        processed = to_csr32(block @ self.selection)
+        processed = block if self.selection is None else to_csr32(block @ self.selection)
         processed.sort_indices()
         return processed[np.argsort(order)] if np.any(np.diff(order) < 0) else processed
 
