@@ -67,7 +67,10 @@ def _in_memory(X):
 def shuffled_order(rng, n, block_rows, buffer_rows):
     """An epoch's order of `n` rows: blocks of `block_rows` consecutive rows in a random order,
     their rows then shuffled within each stretch of `buffer_rows` (rows far apart in the data meet
-    in a batch, yet a stretch reads as few runs of consecutive rows)."""
+    in a batch, yet a stretch reads as few runs of consecutive rows). Rows that fit in one stretch
+    are simply permuted."""
+    if n <= buffer_rows:
+        return rng.permutation(n)
     n_blocks = math.ceil(n / block_rows)
     order = (rng.permutation(n_blocks)[:, None] * block_rows + np.arange(block_rows)).ravel()
     order = order[order < n]
