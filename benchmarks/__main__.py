@@ -58,6 +58,12 @@ def _scale(quick, log):
     return run_scale(quick=quick, log=log)
 
 
+def _atlas(quick, log):
+    from .atlas import run_atlas
+
+    return run_atlas(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
 PARTS = {
     "quality": _quality,
@@ -67,6 +73,7 @@ PARTS = {
     "species": _species,
     "speed": _speed,
     "scale": _scale,
+    "atlas": _atlas,
 }
 
 

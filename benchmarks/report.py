@@ -487,6 +487,104 @@ def scale_section(scale):
     return parts
 
 
+def atlas_section(result):
+    """Issue 21's targets: training from disk (peak memory at 100k and 1M cells), the big query
+    inside `query()` and through the CLI, data-parallel training on two virtual devices."""
+    from .atlas import TARGETS as ATLAS
+
+    n_query, rows = result["query_cells"], []
+    for run in result["runs"]:
+        train = run["train"]
+        if "error" in train:
+            rows.append([f"{run['n_cells']:,}", train["error"], *[""] * 6])
+            continue
+        cli = run.get("cli_query", {})
+        rows.append(
+            [f"{run['n_cells']:,}"]
+            + [
+                _cell(v, 2)
+                for v in (
+                    train["input_csr_gb"],
+                    train["train_peak_rss_gb"],
+                    train["rss_before_train_gb"],
+                    train["pretrain_cells_per_s"],
+                    train["finetune_cells_per_s"],
+                    train["train_api_s"],
+                    cli.get("cli_query_s"),
+                )
+            ]
+        )
+    done = {r["n_cells"]: r for r in result["runs"] if "error" not in r["train"]}
+    lines = [
+        "## Atlas scale: training from disk, big queries, data-parallel training (synthetic counts)",
+        "",
+        "`train()` reads an h5ad opened with `backed='r'` (options "
+        f"{result['options']}; throughput from that first epoch, tracing included); then {n_query:,} query "
+        "cells (another draw) against its bundle through `scquery query` in a new process (start-up, "
+        "reading and writing included). Each stage in its own process.",
+        "",
+        _table(
+            [
+                "reference cells",
+                "input CSR GB",
+                "train() peak RSS GB",
+                "RSS before train() GB",
+                "pretraining cells/s",
+                "fine-tuning cells/s",
+                "train s",
+                "CLI query s",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if 1_000_000 in done and 100_000 in done:
+        big, small = done[1_000_000]["train"], done[100_000]["train"]
+        peak, growth = big["train_peak_rss_gb"], big["train_peak_rss_gb"] - small["train_peak_rss_gb"]
+        cli = done[1_000_000].get("cli_query", {}).get("cli_query_s")
+        lines += [
+            f"Targets: `train()` from disk at 1M cells peaks at {peak:.2f} GB "
+            f"(≤ {ATLAS['train_peak_rss_1m_gb']:.0f} GB: {_met(peak <= ATLAS['train_peak_rss_1m_gb'])}), "
+            f"{growth:+.2f} GB over 100k cells (≤ {ATLAS['peak_growth_100k_to_1m_gb']:.0f} GB: "
+            f"{_met(growth <= ATLAS['peak_growth_100k_to_1m_gb'])}); "
+            + (
+                f"{n_query:,} queries against 1M through the CLI in {cli:.1f} s (≤ "
+                f"{ATLAS['cli_query_100k_vs_1m_s']:.0f} s: {_met(cli <= ATLAS['cli_query_100k_vs_1m_s'])})."
+                if cli
+                else "the CLI query did not run."
+            ),
+            "",
+        ]
+    else:
+        lines += ["Targets at 1M cells: not measured in this run (a smaller run).", ""]
+    parallel = [p for p in result.get("parallel", []) if "error" not in p]
+    if len(parallel) == 2:
+        one, two = parallel
+        lines += [
+            f"Data-parallel training (JAX, `keras.distribution.DataParallel`), {one['n_cells']:,} cells, "
+            "seconds per epoch (the 2nd) on one device and split over two virtual CPU devices of this "
+            "machine's cores:",
+            "",
+            _table(
+                ["devices", "pretraining epoch s (all layers)", "fine-tuning epoch s"],
+                [
+                    [p["devices"], _cell(p["pretrain_epoch_s"], 2), _cell(p["finetune_epoch_s"], 2)]
+                    for p in parallel
+                ],
+            ),
+            "",
+            "Speed-up with two devices: pretraining "
+            f"{one['pretrain_epoch_s'] / two['pretrain_epoch_s']:.2f}×, fine-tuning "
+            f"{one['finetune_epoch_s'] / two['finetune_epoch_s']:.2f}×.",
+            "",
+        ]
+    return lines
+
+
+def _met(condition):
+    return "met" if condition else "not met"
+
+
 def _quality_section(result):
     return quality_section(pd.DataFrame(result["summary"]))
 
@@ -767,6 +865,7 @@ SECTIONS = {
     "species": species_section,
     "speed": speed_section,
     "scale": scale_section,
+    "atlas": atlas_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
 FIGURES = {"labels": (labels_figure, "labels.png")}

@@ -27,17 +27,22 @@ def generate(*, n_cells, seed, path):
     return {"nnz": int(adata.X.nnz)}
 
 
-def train_stage(*, data, bundle):
-    """Time `train()` and read each stage's steady-state epoch (the last) from its history."""
+def train_stage(*, data, bundle, backed=False, options=None):
+    """Time `train()` and read each stage's steady-state epoch (the last) from its history; with
+    `backed`, `train()` reads the h5ad from disk (`backed='r'`). `options` replace `SPEED_OPTIONS`'s."""
     import anndata as ad
 
     from scquery.bundle import save_bundle
+    from scquery.config import load_train_config
     from scquery.neighbors import NeighborIndex
     from scquery.train import train
 
-    config = _config()
-    adata = ad.read_h5ad(data)
-    csr_gb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 1024**3
+    config = load_train_config({**SPEED_OPTIONS, **(options or {})})
+    adata = ad.read_h5ad(data, backed="r" if backed else None)
+    arrays = [adata.X.group[name] for name in ("data", "indices", "indptr")] if backed else None
+    arrays = arrays or [adata.X.data, adata.X.indices, adata.X.indptr]
+    csr_gb = sum(a.size * a.dtype.itemsize for a in arrays) / 1024**3
+    before_gb = _status_gb("VmRSS")
     start = time.perf_counter()
     result = train(adata, label_key=LABEL_KEY, config=config, seed=0)
     total = time.perf_counter() - start
@@ -57,6 +62,8 @@ def train_stage(*, data, bundle):
         "batch_size": config.batch_size,
         "train_api_s": total,
         "train_peak_rss_gb": train_peak,
+        "rss_before_train_gb": before_gb,
+        "backed": bool(backed),
         "input_csr_gb": csr_gb,
         "model_gb": sum(w.nbytes for w in result.model.get_weights()) / 1024**3,
         "index_s": index_s,
@@ -105,6 +112,48 @@ def query_stage(*, data, bundle):
         "query_s": seconds,
         "query_cells_per_s": adata.n_obs / seconds,
         "search": adata.uns["scquery"]["query_params"]["search"],
+    }
+
+
+def cli_query_stage(*, data, bundle, out):
+    """Wall seconds of `scquery query BUNDLE DATA --out OUT` in a new process, start-up included."""
+    import shutil
+    import subprocess
+
+    command = [sys.executable, "-m", "scquery.cli", "query", bundle, data, "--out", out, "-q"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True) if os.path.isdir(out) else os.remove(out)
+    return {"cli_query_s": seconds}
+
+
+def parallel_stage(*, n_cells, devices, seed=0):
+    """Seconds per epoch of `train()` on `n_cells` synthetic cells on the JAX backend, its batches
+    split over `devices` virtual CPU devices (`keras.distribution.DataParallel`) or on one."""
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(devices, 1)}"
+    import jax
+    import keras
+
+    from scquery.config import load_train_config
+    from scquery.train import train
+
+    adata = synthetic_counts(n_cells, seed=seed)
+    config = load_train_config(SPEED_OPTIONS)
+    if devices > 1:
+        with keras.distribution.DataParallel(devices=jax.devices()[:devices]).scope():
+            bundle = train(adata, label_key=LABEL_KEY, config=config, seed=seed, verbose=0)
+    else:
+        bundle = train(adata, label_key=LABEL_KEY, config=config, seed=seed, verbose=0)
+    history = bundle.history
+    return {
+        "devices": devices,
+        "n_cells": n_cells,
+        "pretrain_epoch_s": sum(stage["seconds"][-1] for stage in history["pretrain"]),
+        "finetune_epoch_s": history["classifier"]["seconds"][-1],
     }
 
 
@@ -353,6 +402,8 @@ STAGES = {
     "train": train_stage,
     "embed": embed_stage,
     "query": query_stage,
+    "cli_query": cli_query_stage,
+    "parallel": parallel_stage,
     "index": index_stage,
     "throughput": throughput_stage,
 }

@@ -122,6 +122,26 @@ def test_query_clusters_on_more_than_8192_cells():
     assert clusters.shape == (10_500,) and 4 <= len(np.unique(clusters)) <= 12
 
 
+def test_a_big_query_is_clustered_on_a_sketch_like_the_whole():
+    """Above `sketch_cells`, the PCA, graph and Leiden run on a seeded sample and the other cells join
+    their nearest sampled cells' cluster: the same partition as clustering every cell, here."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scquery.query import _principal_components
+
+    rng = np.random.default_rng(1)
+    types = rng.integers(0, 5, 6_000)
+    means = rng.lognormal(0.0, 1.0, size=(5, 60)) * (rng.random((5, 60)) < 0.3)
+    values = sp.csr_matrix(np.log1p(rng.poisson(means[types] + 0.05)).astype(np.float32))
+    whole = cluster_query(values, resolution=0.5, seed=0)
+    sketched = cluster_query(values, resolution=0.5, seed=0, sketch_cells=1_500)
+    assert adjusted_rand_score(whole, sketched) > 0.95
+    assert adjusted_rand_score(types, sketched) > 0.95
+    assert np.array_equal(sketched, cluster_query(values, resolution=0.5, seed=0, sketch_cells=1_500))
+    points, project = _principal_components(values[:1_500], 20, seed=0)
+    np.testing.assert_allclose(project(values[:1_500]), points, atol=1e-4)
+
+
 def test_a_reference_cell_finds_itself_first(bundle, split):
     copies = split[0][:25].copy()
     matches = query(copies, bundle, k=5)

@@ -1,6 +1,7 @@
 """Dense mini-batches streamed from sparse expression matrices, never densifying the whole."""
 
 import math
+import threading
 
 import keras
 import numpy as np
@@ -11,12 +12,23 @@ try:
 except ImportError:  # anndata < 0.11
     from anndata.experimental import CSRDataset
 
-__all__ = ["SparseBatches", "iter_dense_chunks"]
+__all__ = ["RowSource", "SparseBatches", "iter_dense_chunks", "read_rows", "shuffled_order"]
+
+
+class RowSource:
+    """Rows made on demand (e.g. read from disk and processed: `scquery.stream.ReferenceRows`):
+    `shape`, and `source[rows]` (a sorted integer array or a slice) gives those rows as CSR."""
+
+    shape: tuple[int, int]
+
+    def __getitem__(self, rows):
+        raise NotImplementedError
 
 
 def _rows(X):
-    """Rows of `X` in a form that supports row indexing: CSR, a backed CSR dataset or an array."""
-    if isinstance(X, CSRDataset | np.ndarray) or sp.issparse(X) and X.format == "csr":
+    """Rows of `X` in a form that supports row indexing: CSR, a backed CSR dataset, a `RowSource`
+    or an array."""
+    if isinstance(X, CSRDataset | RowSource | np.ndarray) or sp.issparse(X) and X.format == "csr":
         return X
     if sp.issparse(X):
         return sp.csr_matrix(X)
@@ -24,6 +36,56 @@ def _rows(X):
         "X must be a scipy sparse matrix, a numpy array or the .X of an h5ad opened with "
         f"backed='r' (a CSR dataset), got {type(X).__name__}."
     )
+
+
+def read_rows(X, rows):
+    """The rows `rows` (sorted) of `X` as `_rows` accepts it: a backed CSR dataset is read run by
+    run from its arrays (three reads per stretch of consecutive rows), not row by row."""
+    if not isinstance(X, CSRDataset) or len(rows) == 0:
+        return X[rows]
+    rows = np.asarray(rows)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, stops = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+    group = X.group
+    all_pointers, all_data, all_indices = group["indptr"], group["data"], group["indices"]
+    data, indices, lengths = [], [], []
+    for start, stop in zip(starts, stops, strict=True):
+        pointers = all_pointers[int(start) : int(stop) + 1]
+        data.append(all_data[pointers[0] : pointers[-1]])
+        indices.append(all_indices[pointers[0] : pointers[-1]])
+        lengths.append(np.diff(pointers))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
+    return sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices), indptr), shape=(len(rows), X.shape[1])
+    )
+
+
+def _in_memory(X):
+    return isinstance(X, np.ndarray) or sp.issparse(X)
+
+
+def shuffled_order(rng, n, block_rows, buffer_rows):
+    """An epoch's order of `n` rows: blocks of `block_rows` consecutive rows in a random order,
+    their rows then shuffled within each stretch of `buffer_rows` (rows far apart in the data meet
+    in a batch, yet a stretch reads as few runs of consecutive rows). Rows that fit in one stretch
+    are simply permuted."""
+    if n <= buffer_rows:
+        return rng.permutation(n)
+    n_blocks = math.ceil(n / block_rows)
+    order = (rng.permutation(n_blocks)[:, None] * block_rows + np.arange(block_rows)).ravel()
+    order = order[order < n]
+    for start in range(0, n, buffer_rows):
+        order[start : start + buffer_rows] = rng.permutation(order[start : start + buffer_rows])
+    return order
+
+
+def data_parallel_devices():
+    """The devices a batch is split over: those of the active `keras.distribution.DataParallel`
+    (`with keras.distribution.DataParallel(...).scope():`, JAX backend), else 1."""
+    distribution = keras.distribution.distribution()
+    if isinstance(distribution, keras.distribution.DataParallel):
+        return int(np.prod(distribution.device_mesh.shape))
+    return 1
 
 
 def _dense(block):
@@ -46,6 +108,15 @@ class SparseBatches(keras.utils.PyDataset):
     With `cells`, only those rows of `X` are used (no copy of them is made): `y` and
     `sample_weight` then hold one value per used row, in the order of `cells`.
 
+    Shuffling permutes blocks of `block_rows` consecutive used rows, then the rows within each
+    stretch of `buffer_batches` batches (`shuffled_order`): the same order whether `X` is in memory
+    or on disk, where a stretch is read at once, as few runs of consecutive rows, and cut into its
+    batches (rows read from disk or made on demand, e.g. a `RowSource`).
+
+    Under a data-parallel distribution over d devices (`data_parallel_devices`), each batch splits
+    evenly over them: the last batch of an epoch is cut to a multiple of d rows (the rows left out,
+    fewer than d, change with each epoch's order).
+
     Args:
         X: CSR matrix, dense array, or the `.X` of an h5ad opened with `backed='r'`.
         y: targets, one per row (labels or one-hot rows), or None.
@@ -55,6 +126,7 @@ class SparseBatches(keras.utils.PyDataset):
         seed: seed of the shuffling.
         transform: callable on each dense batch, or None.
         sample_weight: weights, one per row, or None.
+        block_rows, buffer_batches: the shuffling's blocks of consecutive rows and its stretches.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
     """
 
@@ -69,6 +141,8 @@ class SparseBatches(keras.utils.PyDataset):
         transform=None,
         sample_weight=None,
         cells=None,
+        block_rows=64,
+        buffer_batches=32,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -88,11 +162,18 @@ class SparseBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.transform = transform
+        self.block_rows, self.buffer_batches = int(block_rows), int(buffer_batches)
+        remainder = self.n % self.batch_size
+        self._used = self.n - remainder % data_parallel_devices()
         self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(self.n) if shuffle else np.arange(self.n)
+        self._buffers, self._lock = {}, threading.Lock()
+        self._order = self._draw() if shuffle else np.arange(self.n)
+
+    def _draw(self):
+        return shuffled_order(self._rng, self.n, self.block_rows, self.buffer_batches * self.batch_size)
 
     def __len__(self):
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(self._used / self.batch_size)
 
     def rows(self, index):
         """The rows of `X` in batch `index`, in increasing order."""
@@ -102,14 +183,31 @@ class SparseBatches(keras.utils.PyDataset):
         """Batch `index`'s positions among the used rows (sorted)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range ({len(self)} batches).")
-        return np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        return np.sort(self._order[index * self.batch_size : min((index + 1) * self.batch_size, self._used)])
 
     def _rows_of(self, positions):
         return positions if self.cells is None else self.cells[positions]
 
+    def _read(self, index, positions):
+        """The rows at `positions` (sorted, of batch `index`): from memory directly, else from
+        their stretch's block, read once (kept while its batches are asked for)."""
+        if _in_memory(self.X):
+            return self.X[self._rows_of(positions)]
+        stretch = index // self.buffer_batches
+        with self._lock:
+            if stretch not in self._buffers:
+                size = self.buffer_batches * self.batch_size
+                held = np.sort(self._order[stretch * size : (stretch + 1) * size])
+                self._buffers = {
+                    key: value for key, value in self._buffers.items() if stretch - 1 <= key <= stretch + 1
+                }
+                self._buffers[stretch] = (held, read_rows(self.X, self._rows_of(held)))
+            held, block = self._buffers[stretch]
+        return block[np.searchsorted(held, positions)]
+
     def __getitem__(self, index):
         positions = self._positions(index)
-        x = _dense(self.X[self._rows_of(positions)])
+        x = _dense(self._read(index, positions))
         if self.transform is not None:
             x = self.transform(x)
         if self.y is None:
@@ -120,7 +218,9 @@ class SparseBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         if self.shuffle:
-            self._order = self._rng.permutation(self.n)
+            self._order = self._draw()
+            with self._lock:
+                self._buffers = {}
 
 
 def iter_dense_chunks(X, chunk_size, *, cells=None):
@@ -130,4 +230,4 @@ def iter_dense_chunks(X, chunk_size, *, cells=None):
     n = X.shape[0] if cells is None else len(cells)
     for start in range(0, n, int(chunk_size)):
         chunk = slice(start, start + int(chunk_size))
-        yield _dense(X[chunk] if cells is None else X[np.asarray(cells)[chunk]])
+        yield _dense(X[chunk] if cells is None else read_rows(X, np.asarray(cells)[chunk]))

@@ -153,6 +153,18 @@ def _add_train(subparsers):
     parser.set_defaults(run=_train)
 
 
+def _read_reference(args):
+    """The training reference: one h5ad file's `.X` stays on disk (read in blocks while training,
+    `scquery.stream`), other inputs are read into memory."""
+    if len(args.reference) == 1 and args.layer is None and not args.use_raw:
+        from .stream import read_backed
+
+        reference = read_backed(args.reference[0])
+        if reference is not None:
+            return reference
+    return _read(args, args.reference)
+
+
 def _train(args):
     inputs = [*args.reference, *args.unlabeled, *filter(None, [args.config])]
     _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
@@ -163,7 +175,7 @@ def _train(args):
     from .bundle import save_bundle
     from .train import train
 
-    reference = _read(args, args.reference)
+    reference = _read_reference(args)
     unlabeled = [_read(args, [path]) for path in args.unlabeled]
     bundle = train(
         reference,

@@ -134,9 +134,21 @@ def detect_values(X, *, seed=0):
         return {**found, "values": "scaled"}
     if np.array_equal(data, np.round(data)):
         return found
-    filled = np.flatnonzero(np.diff(X.indptr) > 0)
+    return scale_of(X[sample_rows(np.diff(X.indptr), seed=seed)])
+
+
+def sample_rows(row_nnz, *, seed=0):
+    """The rows (sorted) that `detect_values` recognizes a scale on: up to 500 of the rows holding a
+    value (`row_nnz > 0`), drawn with `seed`."""
+    filled = np.flatnonzero(np.asarray(row_nnz) > 0)
     rng = np.random.default_rng(seed)
-    sample = X[np.sort(rng.choice(filled, min(_SAMPLE, filled.size), replace=False))]
+    return np.sort(rng.choice(filled, min(_SAMPLE, filled.size), replace=False))
+
+
+def scale_of(sample):
+    """What the sampled rows `sample` (CSR, non-negative values not all whole numbers) hold: the
+    scale part of `detect_values`."""
+    found = {"values": "counts", "log_base": None, "target_sum": None}
     scores, totals = {}, {}
     for base in LOG_BASES:
         linear = _linear_values(sample.data, base)
@@ -223,7 +235,8 @@ def _normalized(X, values, target_sum, source):
     linear = to_csr32(
         sp.csr_matrix((_linear_values(X.data, values["log_base"]), X.indices, X.indptr), X.shape)
     )
-    assumed = _assumed_total(linear)
+    # the whole data's total where it is known (data read in blocks: `scquery.stream`)
+    assumed = values.get("assumed_target_sum") or _assumed_total(linear)
     values["assumed_target_sum"] = assumed
     if assumed != target_sum:
         warnings.warn(
@@ -258,8 +271,13 @@ def _detect_per_dataset(adata, X):
 def _to_log_normalized(adata, X, target_sum):
     """`X` (the data's values) normalized like the reference: each dataset of a merged AnnData on
     its own scale. Returns the matrix and what was found (one dict, or one per dataset)."""
-    source = source_of(adata)
-    parts = _detect_per_dataset(adata, X)
+    return normalize_parts(X, _detect_per_dataset(adata, X), target_sum, source_of(adata))
+
+
+def normalize_parts(X, parts, target_sum, source):
+    """`X` log-normalized to `target_sum` part by part: `parts` maps a dataset's name (None: the
+    whole) to its rows of `X` and what `detect_values` found in it. Returns the matrix and the
+    values found (one dict, or one per dataset)."""
     if list(parts) == [None]:
         values = parts[None][1]
         return _normalized(X, values, target_sum, source), values
@@ -290,23 +308,44 @@ def _obs_result(adata, cells, X, var, uns_values):
 
 def _qc_cells(adata, X, min_genes, max_pct_mito):
     """Indices of the cells of `adata` (values `X`) passing quality control (see `qc_cells`)."""
+    source = source_of(adata)
+    mito = mito_genes(adata.var_names, source, max_pct_mito)
+    return passing_cells(qc_mask(X, mito, min_genes, max_pct_mito), source, min_genes, max_pct_mito)
+
+
+def mito_genes(names, source, max_pct_mito):
+    """The mask of mitochondrial genes (`MT-`/`mt-`) among `names` where `max_pct_mito` asks for
+    them (a warning when there are none), else None."""
+    if max_pct_mito is None:
+        return None
+    mito = np.asarray(pd.Index(names).astype(str).str.startswith(("MT-", "mt-")))
+    if not mito.any():
+        warnings.warn(f"{source} has no mitochondrial genes (MT-/mt-).", stacklevel=4)
+    return mito
+
+
+def qc_mask(X, mito, min_genes, max_pct_mito):
+    """Which rows of `X` (linear values) pass quality control (`mito`: `mito_genes`), row by row:
+    blocks of rows give the same answers as the whole."""
     keep_cells, _ = sc.pp.filter_cells(X, min_genes=min_genes, inplace=False)
     if max_pct_mito is not None:
-        mito = np.asarray(adata.var_names.str.startswith(("MT-", "mt-")))
-        if not mito.any():
-            warnings.warn(f"{source_of(adata)} has no mitochondrial genes (MT-/mt-).", stacklevel=3)
         qc, _ = sc.pp.calculate_qc_metrics(
-            ad.AnnData(X, var=pd.DataFrame({"mt": mito}, index=adata.var_names.astype(str))),
+            ad.AnnData(X, var=pd.DataFrame({"mt": mito}, index=np.arange(X.shape[1]).astype(str))),
             qc_vars=["mt"],
             percent_top=None,
             log1p=False,
             inplace=False,
         )
         keep_cells &= qc["pct_counts_mt"].to_numpy() <= max_pct_mito
+    return keep_cells
+
+
+def passing_cells(keep_cells, source, min_genes, max_pct_mito):
+    """The indices of the cells kept (`keep_cells`, a mask); none is an error."""
     cells = np.flatnonzero(keep_cells)
     if cells.size == 0:
         raise ScqueryError(
-            f"No cells of {source_of(adata)} pass quality control (min_genes={min_genes}, "
+            f"No cells of {source} pass quality control (min_genes={min_genes}, "
             f"max_pct_mito={max_pct_mito}); lower min_genes or raise max_pct_mito."
         )
     return cells
@@ -374,9 +413,7 @@ def fit_preprocess(
     var = adata.var.copy()
     var.index = var.index.astype(str)
     if genes is not None:
-        genes = [str(g) for g in genes]
-        if len(set(genes)) != len(genes) or not genes:
-            raise ScqueryError("The given gene list is empty or names a gene twice; give each gene once.")
+        genes = given_genes(genes)
         aligned, _ = align_genes(ad.AnnData(X, var=var, uns={"scquery": {"source": source}}), genes)
         X, var, selection = aligned.X, aligned.var, "given"
     else:
@@ -403,12 +440,32 @@ def fit_preprocess(
     scale_record = None
     if scale:
         mean, variance = mean_variance_axis(sp.csr_matrix(X, dtype=np.float64), axis=0)
-        n = X.shape[0]
-        std = np.sqrt(variance * n / max(n - 1, 1))
-        std[std == 0] = 1.0
-        scale_record = {"mean": mean.tolist(), "std": std.tolist()}
+        scale_record = scale_of_genes(mean, variance, X.shape[0])
+    record = make_record(values, target_sum, selection, n_top_genes, genes, species, scale_record, qc_record)
+    record["species"] = species or detect_species(adata.var_names)
+    result = _obs_result(adata, cells, to_csr32(X), var, values)
+    return result, record
 
-    record = {
+
+def given_genes(genes):
+    """The `genes` option as a list of names, each given once."""
+    genes = [str(g) for g in genes]
+    if len(set(genes)) != len(genes) or not genes:
+        raise ScqueryError("The given gene list is empty or names a gene twice; give each gene once.")
+    return genes
+
+
+def scale_of_genes(mean, variance, n):
+    """The `scale` record of genes of these means and (population) variances over `n` cells: the
+    sample standard deviation, 1 where it is 0."""
+    std = np.sqrt(np.asarray(variance) * n / max(n - 1, 1))
+    std[std == 0] = 1.0
+    return {"mean": np.asarray(mean).tolist(), "std": std.tolist()}
+
+
+def make_record(values, target_sum, selection, n_top_genes, genes, species, scale_record, qc_record):
+    """The preprocessing record (see `fit_preprocess`); `species` as given (None: to be detected)."""
+    return {
         "version": RECORD_VERSION,
         "values": values,
         "normalized": True,
@@ -418,13 +475,11 @@ def fit_preprocess(
         "n_top_genes": int(n_top_genes),
         "hvg_flavor": "seurat",
         "genes": genes,
-        "species": species or detect_species(adata.var_names),
+        "species": species,
         "scale": scale_record,
         "qc": qc_record,
-        "n_cells": int(cells.size),
+        "n_cells": int(qc_record["n_cells_after"]),
     }
-    result = _obs_result(adata, cells, to_csr32(X), var, values)
-    return result, record
 
 
 def _gene_names(adata, gene_key):
@@ -454,9 +509,21 @@ def align_genes(adata, genes, inputs=InputOptions()):
     """
     source, min_overlap = source_of(adata), inputs.min_overlap
     genes = [str(g) for g in genes]
-    find = gene_lookup(_gene_names(adata, inputs.gene_key))
-    sources = [find(key) for key in match_keys(genes)]
-    sources = np.asarray(sources, dtype=np.int64)
+    sources, overlap = gene_sources(_gene_names(adata, inputs.gene_key), genes, source, min_overlap)
+    X = _matrix(adata)
+    aligned = to_csr32(X @ selection_matrix(sources, X.shape[1]))
+    aligned.sort_indices()
+    var = pd.DataFrame({"scquery_shared": sources >= 0}, index=pd.Index(genes))
+    values = adata.uns.get("scquery", {}).get("values")
+    result = _obs_result(adata, np.arange(adata.n_obs), aligned, var, values)
+    return result, overlap
+
+
+def gene_sources(names, genes, source, min_overlap=0.5):
+    """`(sources, overlap)`: for each of `genes`, the index of its match among the data's gene
+    `names` (-1: none), and the overlap (see `align_genes`, which warns and raises as this does)."""
+    find = gene_lookup(names)
+    sources = np.asarray([find(key) for key in match_keys(genes)], dtype=np.int64)
     found = np.flatnonzero(sources >= 0)
     overlap = {
         "n_reference_genes": len(genes),
@@ -479,19 +546,18 @@ def align_genes(adata, genes, inputs=InputOptions()):
         warnings.warn(
             f"{source} shares {overlap['n_shared']} of {len(genes)} reference genes ({percent}); "
             "the missing genes are set to zero.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    X = _matrix(adata)
-    selection = sp.csr_matrix(
-        (np.ones(found.size, dtype=np.float32), (sources[found], found)),
-        shape=(X.shape[1], len(genes)),
+    return sources, overlap
+
+
+def selection_matrix(sources, n_genes):
+    """The sparse genes × chosen genes matrix that `X @` it picks the `sources` columns of `X` with
+    (zeros where a source is -1)."""
+    found = np.flatnonzero(sources >= 0)
+    return sp.csr_matrix(
+        (np.ones(found.size, dtype=np.float32), (sources[found], found)), shape=(n_genes, len(sources))
     )
-    aligned = to_csr32(X @ selection)
-    aligned.sort_indices()
-    var = pd.DataFrame({"scquery_shared": sources >= 0}, index=pd.Index(genes))
-    values = adata.uns.get("scquery", {}).get("values")
-    result = _obs_result(adata, np.arange(adata.n_obs), aligned, var, values)
-    return result, overlap
 
 
 def reference_species(record):

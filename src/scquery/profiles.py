@@ -31,17 +31,31 @@ DEFINING_GENES = 50
 MIN_DEFINING_GENES = 5
 
 
+#: Rows read at a time from data made on demand (`scquery.batches.RowSource`, e.g. from disk).
+CHUNK_ROWS = 8192
+
+
 def group_means(X, groups, *, rows=None):
     """`(names, means, counts)`: the sorted distinct `groups` of the rows `rows` of `X` (default: all),
     the mean row per group (a dense groups × genes float32 array; `X`, CSR or dense, is never densified
-    or copied) and the rows per group."""
+    or copied; rows made on demand are read `CHUNK_ROWS` at a time) and the rows per group."""
     rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     codes, names = pd.factorize(pd.Series(np.asarray(groups)), sort=True)
     n_groups = len(names)
     counts = np.bincount(codes, minlength=n_groups)
-    indicator = sp.csr_matrix((1.0 / counts[codes], (codes, rows)), shape=(n_groups, X.shape[0]))
-    means = indicator @ X
-    means = means.toarray() if sp.issparse(means) else np.asarray(means)
+    if sp.issparse(X) or isinstance(X, np.ndarray):
+        parts = [(rows, codes, X)]
+    else:
+        parts = (
+            (np.arange(len(chunk)), codes[start : start + CHUNK_ROWS], X[chunk])
+            for start in range(0, len(rows), CHUNK_ROWS)
+            for chunk in [rows[start : start + CHUNK_ROWS]]
+        )
+    means = np.zeros((n_groups, X.shape[1]))
+    for positions, part, values in parts:
+        indicator = sp.csr_matrix((1.0 / counts[part], (part, positions)), shape=(n_groups, values.shape[0]))
+        product = indicator @ values
+        means += product.toarray() if sp.issparse(product) else np.asarray(product)
     return names.to_numpy(), means.astype(np.float32), counts
 
 

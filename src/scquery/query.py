@@ -105,7 +105,11 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions())
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
 
 
-def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50):
+#: Queries of more cells are clustered on a seeded sample of this many (see `cluster_query`).
+SKETCH_CELLS = 20_000
+
+
+def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50, sketch_cells=SKETCH_CELLS):
     """Leiden clusters of the query cells (integer codes), found in the query's own expression.
 
     `values` (cells × genes, CSR or dense: the processed query, on the model's genes) are reduced to
@@ -114,6 +118,12 @@ def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50):
     faiss IVF-Flat above), so it does not depend on pynndescent, and clustered by scanpy's Leiden
     (igraph implementation). Gene space, not the embedding: the embedding is trained to tell the
     reference's types apart and may place a type it never saw inside a known one.
+
+    A query of more than `sketch_cells` cells is clustered on a seeded sample of that many (a
+    sketch): the PCA is fitted, the graph built and Leiden run there, every other cell is projected
+    onto the same components and joins the cluster most of its `n_neighbors` nearest sampled cells
+    are in (exact search). The cost then stops growing with the query but for the projection and
+    that search; smaller queries are clustered whole, as before.
     """
     n = values.shape[0]
     filled = np.asarray(abs(values).sum(axis=1)).ravel() > 0
@@ -121,22 +131,52 @@ def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50):
         codes = np.zeros(n, dtype=np.int64)
         if filled.any():
             codes[filled] = cluster_query(
-                values[filled], resolution=resolution, n_neighbors=n_neighbors, n_pcs=n_pcs, seed=seed
+                values[filled],
+                resolution=resolution,
+                n_neighbors=n_neighbors,
+                n_pcs=n_pcs,
+                seed=seed,
+                sketch_cells=sketch_cells,
             )
             codes[~filled] = codes[filled].max() + 1
         return codes
     if n < 3 or not _varies(values):  # nothing to tell apart (the PCA would fail)
         return np.zeros(n, dtype=np.int64)
+    if n <= sketch_cells:
+        return _leiden(_principal_components(values, n_pcs, seed)[0], n_neighbors, resolution, seed)
+    sample = np.sort(np.random.default_rng(seed).choice(n, sketch_cells, replace=False))
+    points, project = _principal_components(values[sample], n_pcs, seed)
+    codes = np.empty(n, dtype=np.int64)
+    codes[sample] = _leiden(points, n_neighbors, resolution, seed)
+    rest = np.setdiff1d(np.arange(n), sample)
+    k = min(n_neighbors, sketch_cells)
+    _, nearest = NeighborIndex(points, seed=seed).kneighbors(project(values[rest]), k)
+    votes = np.zeros((rest.size, codes[sample].max() + 1))
+    np.add.at(votes, (np.repeat(np.arange(rest.size), k), codes[sample][nearest].ravel()), 1)
+    codes[rest] = votes.argmax(axis=1)
+    return codes
+
+
+def _principal_components(values, n_pcs, seed):
+    """The cells' coordinates on the `n_pcs` principal components of `values` (scanpy's PCA; the
+    values themselves where fewer than 2 components fit), and the projection of other cells."""
+    n_pcs = min(n_pcs, values.shape[0] - 1, values.shape[1] - 1)
+    if n_pcs < 2:
+        dense = values.toarray() if sp.issparse(values) else np.asarray(values, dtype=np.float32)
+        return dense, lambda other: other.toarray() if sp.issparse(other) else np.asarray(other, np.float32)
     holder = ad.AnnData(
         X=values if sp.issparse(values) else np.asarray(values, dtype=np.float32),
-        obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)),
+        obs=pd.DataFrame(index=pd.RangeIndex(values.shape[0]).astype(str)),
     )
-    n_pcs = min(n_pcs, n - 1, values.shape[1] - 1)
-    if n_pcs >= 2:
-        sc.pp.pca(holder, n_comps=n_pcs, random_state=seed)
-        points = holder.obsm["X_pca"]
-    else:
-        points = holder.X.toarray() if sp.issparse(holder.X) else holder.X
+    sc.pp.pca(holder, n_comps=n_pcs, random_state=seed)
+    components = holder.varm["PCs"].astype(np.float32)
+    offset = np.asarray(values.mean(axis=0), dtype=np.float32).ravel() @ components
+    return holder.obsm["X_pca"], lambda other: np.asarray(other @ components, dtype=np.float32) - offset
+
+
+def _leiden(points, n_neighbors, resolution, seed):
+    """Leiden clusters (igraph) of the symmetric kNN graph of `points`."""
+    n = points.shape[0]
     k = min(n_neighbors, n - 1)
     _, indices = NeighborIndex(points, seed=seed).kneighbors(points, k + 1)
     rows = np.repeat(np.arange(n), k + 1)
@@ -144,6 +184,7 @@ def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50):
     graph.setdiag(0)
     graph.eliminate_zeros()
     graph = graph.maximum(graph.T).tocsr()
+    holder = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
     sc.tl.leiden(
         holder,
         resolution=resolution,

@@ -24,10 +24,11 @@ from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
-from .preprocess import apply_preprocess, fit_preprocess, qc_cells
+from .preprocess import apply_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
 from .propagate import LABEL_SOURCE, confident_labels, label_sources
+from .stream import fit_streamed
 from .values import select_values, source_of
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
@@ -71,6 +72,11 @@ def train(
     reference cells it is confident about (`config.propagate`, `scquery.propagate`), and embeds
     both (the reference points of `scquery.query.query`; `obs['label_source']` says 'user' or
     'propagated'). Nothing given is modified.
+
+    An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
+    whole (`scquery.stream`): memory does not grow with its matrix, and the model is the one its data
+    in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
+    is split over the devices (docs/SCALING.md).
 
     Args:
         label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
@@ -175,10 +181,14 @@ def train(
 
 
 def _preprocess(adata, config, values, *, species=None):
-    """`fit_preprocess` of every reference cell, labelled or not, with the configured options, on
-    the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`."""
-    processed, record = fit_preprocess(
-        select_values(adata, **values),
+    """`fit_preprocess`'s preprocessing of every reference cell, labelled or not, with the configured
+    options, on the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`,
+    fitted in passes over blocks of rows (`scquery.stream.fit_streamed`): the processed rows of an
+    h5ad opened with `backed='r'` stay on disk and are read batch by batch, those of in-memory data
+    are held in memory (the same values)."""
+    processed, record = fit_streamed(
+        adata,
+        **values,
         min_genes=config.min_genes,
         min_cells=config.min_cells,
         max_pct_mito=config.max_pct_mito,
@@ -189,9 +199,12 @@ def _preprocess(adata, config, values, *, species=None):
         species=species,
     )
     logger.info(
-        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes",
-        *(f"{n:,}" for n in (*adata.shape, *processed.shape)),
+        "preprocessing the reference: %s cells × %s genes → %s cells × %s genes%s",
+        *(f"{n:,}" for n in (*adata.shape, *processed.X.shape)),
+        ", read from disk batch by batch" if processed.X.backed else "",
     )
+    if not processed.X.backed:
+        processed.X = processed.X.materialize()
     return processed, record
 
 
@@ -243,6 +256,8 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
     """Greedy pretraining on the processed reference's cells and the `unlabeled` data (each one
     processed, and so checked, before any training)."""
     X = processed.X
+    if not sp.issparse(X) and unlabeled is not None:
+        X = X.materialize()  # stacked with the unlabelled cells in memory
     extra = [
         _unlabeled_matrix(select_values(data, **values), record, config) for data in _datasets(unlabeled)
     ]

@@ -1,0 +1,154 @@
+"""Training from disk in blocks (scquery.stream): the same preprocessing and the same model as in memory,
+and memory that does not grow with the cells."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scquery.preprocess import fit_preprocess
+from scquery.stream import fit_streamed, read_backed
+
+
+def counts(n_cells, n_genes=300, seed=0, n_types=3):
+    """Negative-binomial-like counts of `n_types` types, with mitochondrial genes, as AnnData (CSR)."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(n_types, size=n_cells)
+    profiles = rng.lognormal(-1.0, 1.5, size=(n_types, n_genes))
+    X = rng.poisson(profiles[types] * rng.lognormal(0, 0.4, size=(n_cells, 1))).astype(np.float32)
+    genes = [f"MT-{i}" if i < 5 else f"G{i}" for i in range(n_genes)]
+    obs = pd.DataFrame({"cell_type": [f"T{t}" for t in types]}, index=[f"c{i}" for i in range(n_cells)])
+    return ad.AnnData(sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
+
+
+def merged():
+    """Two datasets on different scales (counts; log1p of CP10k), as one AnnData."""
+    first, second = counts(400, seed=1), counts(300, seed=2)
+    linear = second.X.multiply(1e4 / second.X.sum(axis=1)).tocsr()
+    second.X = linear.log1p().astype(np.float32)
+    both = ad.concat([first, second], label="dataset", keys=["a", "b"], index_unique="-")
+    both.X = sp.csr_matrix(both.X)
+    return both
+
+
+CASES = {
+    "counts, highly variable genes": (lambda: counts(600), {"n_top_genes": 100, "min_genes": 20}),
+    "mito filter, scaling": (
+        lambda: counts(500),
+        {"n_top_genes": 80, "max_pct_mito": 3.0, "min_genes": 20, "scale": True},
+    ),
+    "given genes": (lambda: counts(300), {"genes": ["G10", "G7", "MT-1", "absent"], "min_genes": 0}),
+    "merged scales": (merged, {"n_top_genes": 120, "min_genes": 20}),
+}
+
+
+def backed_copy(adata, path):
+    adata.write_h5ad(path)
+    return ad.read_h5ad(path, backed="r")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_streamed_preprocessing_matches_the_in_memory_one(case, tmp_path):
+    make, options = CASES[case]
+    adata = make()
+    expected, record = fit_preprocess(adata, **options)
+    for data in (adata, backed_copy(adata, tmp_path / "data.h5ad")):
+        reference, streamed = fit_streamed(data, **options)
+        if options.get("scale"):
+            for key in ("mean", "std"):
+                np.testing.assert_allclose(streamed["scale"][key], record["scale"][key], rtol=1e-9)
+            streamed["scale"] = record["scale"]
+        assert streamed == record
+        assert list(reference.obs.index) == list(expected.obs_names)
+        assert (reference.X.materialize() != expected.X).nnz == 0
+        rows = np.array([5, 0, 17, 3])  # any order: rows come back as asked
+        assert (reference.X[rows] != expected.X[rows]).nnz == 0
+
+
+def test_training_from_a_backed_file_gives_the_in_memory_model(split, tmp_path):
+    from scquery.train import train
+
+    reference = split[0].copy()
+    reference.X = sp.csr_matrix(reference.X)
+    config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 3, "batch_size": 64}
+    in_memory = train(reference, label_key="bulk_labels", config=config, seed=4, verbose=0)
+    backed = backed_copy(reference, tmp_path / "reference.h5ad")
+    from_disk = train(backed, label_key="bulk_labels", config=config, seed=4, verbose=0)
+    assert isinstance(backed.X, ad.abc.CSRDataset)  # it stayed on disk
+    for a, b in zip(in_memory.model.get_weights(), from_disk.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        in_memory.reference.obsm["X_scquery"], from_disk.reference.obsm["X_scquery"], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        in_memory.reference.uns["profiles"]["means"], from_disk.reference.uns["profiles"]["means"], atol=1e-5
+    )
+    assert in_memory.preprocess == from_disk.preprocess
+
+
+def test_the_cli_reads_one_h5ad_backed_and_others_in_memory(tmp_path):
+    path = tmp_path / "reference.h5ad"
+    counts(50).write_h5ad(path)
+    opened = read_backed(path)
+    assert isinstance(opened.X, ad.abc.CSRDataset)
+    assert opened.uns["scquery"]["source"] == str(path)
+    assert set(opened.obs["dataset"]) == {"reference"}
+    dense = counts(50)
+    dense.X = dense.X.toarray()
+    dense.write_h5ad(tmp_path / "dense.h5ad")
+    assert read_backed(tmp_path / "dense.h5ad") is None  # read into memory instead
+    assert read_backed(tmp_path / "missing.h5ad") is None
+
+
+#: In a fresh process: trains twice on a small backed file (the first time: start-up, Keras, the traced
+#: steps), then on the given one; prints how far the last training raised the peak memory above the
+#: peak of the second.
+_MEASURE = textwrap.dedent(
+    """
+    import json, sys
+    import anndata as ad
+    from scquery.train import train
+
+    def peak():
+        with open("/proc/self/status") as lines:
+            return next(int(l.split()[1]) for l in lines if l.startswith("VmHWM:")) / 1024
+
+    config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 1, "epochs": 1,
+              "batch_size": 256, "n_top_genes": 500}
+    for _ in range(2):
+        train(ad.read_h5ad(sys.argv[1], backed="r"), label_key="cell_type", config=config, verbose=0)
+    before = peak()
+    bundle = train(ad.read_h5ad(sys.argv[2], backed="r"), label_key="cell_type", config=config, verbose=0)
+    print(json.dumps({"growth_mb": peak() - before, "cells": bundle.reference.n_obs}))
+    """
+)
+
+
+def write_counts(path, n_cells, n_genes, chunk=10_000):
+    """`counts` of `n_cells` cells written to an h5ad (drawn `chunk` cells at a time); the CSR's MB."""
+    parts = [counts(min(chunk, n_cells - start), n_genes, seed=start) for start in range(0, n_cells, chunk)]
+    adata = ad.concat(parts, index_unique="-")
+    adata.write_h5ad(path)
+    return sum(a.nbytes for a in (adata.X.data, adata.X.indices, adata.X.indptr)) / 1024**2
+
+
+@pytest.mark.slow
+def test_a_file_larger_than_the_memory_budget_trains(tmp_path):
+    """Training on a file whose matrix exceeds a memory budget raises the peak memory of a training
+    on a file of 3,000 cells by less than that budget (holding the matrix would exceed it)."""
+    budget_mb = 250.0
+    write_counts(tmp_path / "small.h5ad", 3_000, 1_000)
+    large_mb = write_counts(tmp_path / "large.h5ad", 120_000, 1_000)
+    assert large_mb > 1.3 * budget_mb
+    script = [sys.executable, "-c", _MEASURE, str(tmp_path / "small.h5ad"), str(tmp_path / "large.h5ad")]
+    done = subprocess.run(script, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cells"] == 120_000
+    assert result["growth_mb"] < budget_mb, result
