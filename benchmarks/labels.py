@@ -108,14 +108,17 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
             continue
         log(f"{split.task}: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells")
         for seed in seeds:
-            start = time.perf_counter()
-            encoder = pretrain(split.reference, config=config, unlabeled=split.query, seed=seed)
-            log(
-                f"  pretrained on {split.reference.n_obs} + {split.query.n_obs} cells: "
-                f"{time.perf_counter() - start:.1f} s"
-            )
             for fraction in fractions:
                 run = _Run(split, fraction, seed, config, log)
+                start = time.perf_counter()
+                # the labels kept choose the defining genes among the model's inputs (marker_genes)
+                encoder = pretrain(
+                    run.partial, label_key="label", config=config, unlabeled=split.query, seed=seed
+                )
+                log(
+                    f"  pretrained on {split.reference.n_obs} + {split.query.n_obs} cells "
+                    f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
+                )
                 run.pretrained(encoder)
                 run.no_pretraining()
                 if peers:
@@ -176,7 +179,7 @@ class _Run:
         )
 
     def pretrained(self, encoder):
-        """Pretrained on every reference cell and the query's (the encoder, shared by all fractions),
+        """Pretrained on every reference cell and the query's (the encoder, of this fraction's genes),
         fine-tuned on the labelled cells; with and without propagated labels (the same model when
         every cell is labelled)."""
         self.scquery(QUERY, encoder=encoder)

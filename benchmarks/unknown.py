@@ -162,7 +162,7 @@ def run_unknown(*, quick, seed=0, log=print):
                 continue
             reduced = without(task, [cell_type])
             # the same model as train() alone, with the pretraining's autoencoder at hand
-            encoder = pretrain(reduced.reference, config=config, seed=seed)
+            encoder = pretrain(reduced.reference, label_key="label", config=config, seed=seed)
             model = train(reduced.reference, label_key="label", config=config, encoder=encoder, seed=seed)
             predicted, reasons = _annotate(model, task.query)
             held = truth == cell_type

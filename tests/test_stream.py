@@ -71,6 +71,33 @@ def test_streamed_preprocessing_matches_the_in_memory_one(case, tmp_path):
         assert (reference.X[rows] != expected.X[rows]).nnz == 0
 
 
+def test_each_types_defining_genes_join_the_highly_variable_ones(tmp_path):
+    """A type raised only in a few steady genes (low dispersion, so no highly variable gene catches
+    them) still has them among the model's inputs; the same from disk, and none with 0."""
+    adata = counts(600, n_types=1)  # one profile, two labels: only the raised genes tell them apart
+    rng = np.random.default_rng(1)
+    raised = rng.random(600) < 0.5
+    adata.obs["cell_type"] = np.where(raised, "T1", "T0")
+    X = adata.X.toarray()
+    overdispersed = rng.lognormal(1.0, 1.0, size=(1, 200)) * rng.gamma(0.1, 10.0, size=(600, 200))
+    X[:, 100:300] = rng.poisson(overdispersed)
+    X[:, 5:8] = rng.poisson(np.where(raised[:, None], 6.0, 2.0), size=(600, 3))
+    adata.X = sp.csr_matrix(X.astype(np.float32))
+    adata.obs.loc[adata.obs.index[::3], "cell_type"] = np.nan  # unlabelled cells choose nothing
+    options = {"n_top_genes": 40, "min_genes": 20}
+    _, plain = fit_streamed(adata, **options)
+    assert not {"G5", "G6", "G7"} & set(plain["genes"]) and "marker_genes" not in plain
+    for data in (adata, backed_copy(adata, tmp_path / "data.h5ad")):
+        _, record = fit_streamed(data, labels=data.obs["cell_type"], marker_genes=3, **options)
+        assert set(record["marker_genes"]["T1"]) == {"G5", "G6", "G7"}
+        assert set(record["genes"]) == set(plain["genes"]) | {
+            gene for genes in record["marker_genes"].values() for gene in genes
+        }
+        assert record["genes"] == [name for name in adata.var_names if name in set(record["genes"])]
+    _, none = fit_streamed(adata, labels=adata.obs["cell_type"], marker_genes=0, **options)
+    assert none == plain
+
+
 def test_training_from_a_backed_file_gives_the_in_memory_model(split, tmp_path):
     from scquery.train import train
 

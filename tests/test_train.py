@@ -83,7 +83,7 @@ def test_same_seed_same_model_whatever_the_global_random_state(split, small_conf
     assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])
     keras.utils.set_random_seed(2)  # another global state changes nothing
     # The two-stage path (the workflow's rules) gives the same model as the one call.
-    pretrained = pretrain(split[0], config=config, seed=3)
+    pretrained = pretrain(split[0], label_key="bulk_labels", config=config, seed=3)
     save_encoder(tmp_path / "encoder.npz", pretrained)
     encoder = load_encoder(tmp_path / "encoder.npz")
     # the first stage's autoencoder travels with the encoder: its kernel is the first layer's as trained
@@ -103,7 +103,7 @@ def test_same_seed_same_model_whatever_the_global_random_state(split, small_conf
 
 def test_a_pretrained_encoder_is_used_or_refused_never_dropped(split, small_config):
     config = {**small_config, "epochs": 1, "pretrain_epochs": 1}
-    encoder = pretrain(split[0], config=config, seed=0)
+    encoder = pretrain(split[0], label_key="bulk_labels", config=config, seed=0)
     assert encoder.hidden_sizes == [64, 16] and encoder.genes == list(split[0].var_names)
     for changes, message in (
         ({"pretrain": False}, "pretrain is false"),

@@ -24,6 +24,7 @@ class TrainConfig:
     max_pct_mito: float | None = None
     target_sum: float = 1e4
     n_top_genes: int = 2000
+    marker_genes: int = 20
     genes: list[str] | None = None
     scale: bool = False
     # network: hidden widths, the last is the embedding (scQuery: 1136, 100 on ~20k genes)

@@ -5,7 +5,8 @@ normalization, gene choice and record) from statistics gathered in passes over b
 per cell, whether its values are whole numbers or negative (so that the scale is recognized on
 the same sampled cells), its expressed genes and mitochondrial share (quality control); per gene,
 its expressing cells and its sums and sums of squares (gene filter, highly variable genes of
-scanpy's 'seurat' flavor, the scaling record). Its processed rows (`ReferenceRows`) are then made
+scanpy's 'seurat' flavor, the scaling record) and, given labels, per cell type (each type's defining
+genes, added to the highly variable ones: `defining_genes`). Its processed rows (`ReferenceRows`) are then made
 on demand: each batch of training reads its cells and normalizes them as the whole would be (every
 step is row by row), so training holds a batch, not the matrix, and an in-memory AnnData gives the
 same values, hence the same model.
@@ -24,6 +25,7 @@ from .batches import CSRDataset, RowSource
 from .batches import read_rows as _read_rows
 from .errors import ScqueryError
 from .io import DATASET_KEY, DATASET_KEY_TAKEN, dataset_name
+from .labels import labelled_cells
 from .orthologs import detect_species
 from .preprocess import (
     _assumed_total,
@@ -193,11 +195,15 @@ def fit_streamed(
     genes=None,
     scale=False,
     species=None,
+    labels=None,
+    marker_genes=0,
 ):
     """`fit_preprocess`'s preprocessing of `adata` (in memory, or backed: its `.X` is read in blocks
     and never whole) from passes over blocks of rows. Returns `(reference, record)`:
     `reference.X` is a `ReferenceRows` of the kept cells, `reference.obs` their annotations, and
-    `record` what `fit_preprocess` records."""
+    `record` what `fit_preprocess` records. Given `labels` (one per cell of `adata`, missing for an
+    unlabelled cell), the highly variable genes are joined by each type's `marker_genes` defining
+    genes (`defining_genes`), recorded under `record['marker_genes']`."""
     X, obs, names, source = _values(adata, layer, use_raw)
     n_cells, n_genes = X.shape
     if n_cells == 0 or n_genes == 0:
@@ -225,6 +231,7 @@ def fit_streamed(
     keep = np.zeros(n_cells, bool)
     expressing = np.zeros(n_genes, np.int64)
     sums = {key: np.zeros(n_genes) for key in ("linear", "linear2", "log", "log2")}
+    types = _TypeSums(labels, n_genes) if labels is not None and marker_genes else None
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         for rows in _blocks(indptr):
@@ -236,17 +243,20 @@ def fit_streamed(
             keep[rows] = qc_mask(linear, mito, min_genes, max_pct_mito)
             kept = np.flatnonzero(keep[rows])
             _add_gene_sums(sums, expressing, block[kept], linear[kept])
+            if types is not None:
+                types.add(block[kept], rows.start + kept)
     for message in dict.fromkeys(str(w.message) for w in said):
         warnings.warn(message, UserWarning, stacklevel=2)
     cells = passing_cells(keep, source, min_genes, max_pct_mito)
 
     n = cells.size
+    marker_record = None
     if genes is not None:
         genes = given_genes(genes)
         sources, _ = gene_sources(names, genes, source)
         selection = "given"
     else:
-        sources = np.flatnonzero(expressing >= min_cells)
+        expressed = sources = np.flatnonzero(expressing >= min_cells)
         if not sources.size:
             raise ScqueryError(
                 f"No genes of {source} are expressed in {min_cells} or more cells after quality "
@@ -258,6 +268,10 @@ def fit_streamed(
             sample_variance = variance[sources] * n / max(n - 1, 1)
             sources = sources[seurat_highly_variable(mean[sources], sample_variance, n_top_genes)]
             selection = "highly_variable"
+        if types is not None:
+            defining = types.defining_genes(expressed, marker_genes)
+            sources = np.unique(np.concatenate([sources, *defining.values()]))
+            marker_record = {name: list(names[rows]) for name, rows in defining.items()}
         genes = list(names[sources])
     scale_record = None
     if scale:
@@ -278,6 +292,8 @@ def fit_streamed(
     values = parts[None] if list(parts) == [None] else parts
     record = make_record(values, target_sum, selection, n_top_genes, genes, species, scale_record, qc_record)
     record["species"] = species or detect_species(names)
+    if marker_record is not None:
+        record["marker_genes"] = marker_record
     rows = ReferenceRows(X, cells, datasets, parts, target_sum, sources, source)
     return StreamedReference(rows, obs.iloc[cells]), record
 
@@ -314,6 +330,54 @@ def _add_gene_sums(sums, expressing, log_values, linear):
         data = matrix.data.astype(np.float64)
         sums[key] += np.bincount(matrix.indices, weights=data, minlength=n_genes)
         sums[key + "2"] += np.bincount(matrix.indices, weights=data * data, minlength=n_genes)
+
+
+class _TypeSums:
+    """Per cell type, the number of kept cells and the per-gene sums (and sums of squares) of
+    their log-normalized values, gathered block by block."""
+
+    def __init__(self, labels, n_genes):
+        labels = pd.Categorical(np.where(labelled_cells(labels), np.asarray(labels, dtype=str), None))
+        self.codes, self.names = labels.codes, list(labels.categories)
+        self.n = np.zeros(len(self.names))
+        self.sums = np.zeros((len(self.names), n_genes))
+        self.squares = np.zeros((len(self.names), n_genes))
+
+    def add(self, log_values, cells):
+        codes = self.codes[cells]
+        labelled = np.flatnonzero(codes >= 0)
+        member = sp.csr_matrix(
+            (np.ones(labelled.size), (codes[labelled], labelled)), shape=(len(self.names), len(cells))
+        )
+        values = sp.csr_matrix(log_values, dtype=np.float64)
+        self.n += np.bincount(codes[labelled], minlength=len(self.names))
+        self.sums += (member @ values).toarray()
+        self.squares += (member @ values.multiply(values)).toarray()
+
+    def defining_genes(self, candidates, n_genes):
+        """Per type of two or more cells, its `n_genes` defining genes among the `candidates`: the
+        genes it raises most against all other labelled cells (Welch's t of the log-normalized
+        values, as scanpy's `rank_genes_groups(method='t-test')`), raised by a quarter or more."""
+        total_n, total, total_sq = self.n.sum(), self.sums.sum(axis=0), self.squares.sum(axis=0)
+        chosen = {}
+        for row, name in enumerate(self.names):
+            n_in, n_out = self.n[row], total_n - self.n[row]
+            if n_in < 2 or n_out < 2:
+                continue
+            mean_in, var_in = _sample_mean_variance(self.sums[row], self.squares[row], n_in)
+            mean_out, var_out = _sample_mean_variance(total - self.sums[row], total_sq - self.squares[row], n_out)
+            raised = (mean_in - mean_out)[candidates]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = raised / np.sqrt(var_in[candidates] / n_in + var_out[candidates] / n_out)
+            t = np.where((raised > np.log(1.25)) & np.isfinite(t), t, -np.inf)
+            top = np.argsort(-t, kind="stable")[:n_genes]
+            chosen[name] = candidates[top[np.isfinite(t[top])]]
+        return chosen
+
+
+def _sample_mean_variance(total, squares, n):
+    mean, variance = _mean_variance(total, squares, n)
+    return mean, variance * n / (n - 1)
 
 
 def _mean_variance(total, squares, n):

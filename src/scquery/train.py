@@ -37,15 +37,27 @@ _PRETRAIN, _CLASSIFIER = 1, 2
 
 @without_retracing_warnings
 def pretrain(
-    adata, *, config=None, unlabeled=None, seed=0, layer=None, use_raw=False, verbose="auto"
+    adata,
+    *,
+    label_key=None,
+    config=None,
+    unlabeled=None,
+    seed=0,
+    layer=None,
+    use_raw=False,
+    verbose="auto",
 ) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
-    its cells (labels are not used) and the `unlabeled` data; `train(..., encoder=...)` goes on
-    from the result. `adata` and `unlabeled` are not modified."""
+    its cells and the `unlabeled` data; `train(..., encoder=...)` goes on from the result. The
+    labels (`obs[label_key]`, the same as `train`'s) serve only to choose the genes: each type's
+    defining genes join the highly variable ones (`config.marker_genes`). `adata` and `unlabeled`
+    are not modified."""
     config = _config(config)
     _check_seed(seed)
+    if label_key is not None:
+        check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
-    processed, record = _preprocess(adata, config, values)
+    processed, record = _preprocess(adata, config, values, label_key=label_key)
     return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
 
 
@@ -112,7 +124,7 @@ def train(
         )
     _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
-    processed, record = _preprocess(adata, config, values, species=species)
+    processed, record = _preprocess(adata, config, values, label_key=label_key, species=species)
     cells, classes, y = _labelled(processed, label_key, config)  # before any training
     if encoder is not None:
         _check_encoder(encoder, record, config)
@@ -180,12 +192,13 @@ def train(
     return with_index(bundle)
 
 
-def _preprocess(adata, config, values, *, species=None):
+def _preprocess(adata, config, values, *, label_key=None, species=None):
     """`fit_preprocess`'s preprocessing of every reference cell, labelled or not, with the configured
     options, on the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`,
     fitted in passes over blocks of rows (`scquery.stream.fit_streamed`): the processed rows of an
     h5ad opened with `backed='r'` stay on disk and are read batch by batch, those of in-memory data
-    are held in memory (the same values)."""
+    are held in memory (the same values). The highly variable genes are joined by the
+    `config.marker_genes` defining genes of each type of `obs[label_key]`."""
     processed, record = fit_streamed(
         adata,
         **values,
@@ -197,6 +210,8 @@ def _preprocess(adata, config, values, *, species=None):
         genes=config.genes,
         scale=config.scale,
         species=species,
+        labels=None if label_key is None else adata.obs[label_key],
+        marker_genes=config.marker_genes,
     )
     logger.info(
         "preprocessing the reference: %s cells × %s genes → %s cells × %s genes%s",

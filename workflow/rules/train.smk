@@ -29,6 +29,7 @@ rule pretrain:
         train=config["train"],
         seed=config["seed"],
         values=REFERENCE_VALUES,
+        label_key=config["reference"]["label_key"],
     script:
         "../scripts/pretrain.py"
 

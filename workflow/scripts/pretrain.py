@@ -14,6 +14,7 @@ from scquery.train import pretrain  # noqa: E402
 
 encoder = pretrain(
     ad.read_h5ad(snakemake.input.reference),
+    label_key=snakemake.params.label_key,
     config=dict(snakemake.params.train),
     unlabeled=[ad.read_h5ad(path) for path in snakemake.input.unlabeled] or None,
     seed=snakemake.params.seed,
