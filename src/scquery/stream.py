@@ -5,9 +5,9 @@ normalization, gene choice and record) from statistics gathered in passes over b
 per cell, whether its values are whole numbers or negative (so that the scale is recognized on
 the same sampled cells), its expressed genes and mitochondrial share (quality control); per gene,
 its expressing cells and its sums and sums of squares (gene filter, highly variable genes of
-scanpy's 'seurat' flavor, the scaling record) and, given labels, per cell type (each type's defining
-genes, added to the highly variable ones: `defining_genes`). Its processed rows (`ReferenceRows`) are then made
-on demand: each batch of training reads its cells and normalizes them as the whole would be (every
+scanpy's 'seurat' flavor, the scaling record) and, given labels, per cell type (each type's
+defining genes join the highly variable ones). Its processed rows (`ReferenceRows`) are then made on
+demand: each batch of training reads its cells and normalizes them as the whole would be (every
 step is row by row), so training holds a batch, not the matrix, and an in-memory AnnData gives the
 same values, hence the same model.
 """
@@ -365,7 +365,9 @@ class _TypeSums:
             if n_in < 2 or n_out < 2:
                 continue
             mean_in, var_in = _sample_mean_variance(self.sums[row], self.squares[row], n_in)
-            mean_out, var_out = _sample_mean_variance(total - self.sums[row], total_sq - self.squares[row], n_out)
+            mean_out, var_out = _sample_mean_variance(
+                total - self.sums[row], total_sq - self.squares[row], n_out
+            )
             raised = (mean_in - mean_out)[candidates]
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = raised / np.sqrt(var_in[candidates] / n_in + var_out[candidates] / n_out)
