@@ -162,14 +162,20 @@ class _Denoising(keras.Model):
         return super().compute_loss(x, clean, reconstruction, sample_weight, training=training)
 
 
-def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progress):
-    """Fit `dae` to reconstruct the codes of the frozen model `below` (None: the data themselves)."""
-    inputs = keras.Input((batches.X.shape[1],))
+def denoising_model(dae, n_genes, below=None, *, name="dae"):
+    """The model that trains the autoencoder `dae` on `n_genes` inputs to reconstruct their codes
+    through the frozen model `below` (None: the inputs themselves), fed batches without targets."""
+    inputs = keras.Input((n_genes,))
     clean = inputs
     if below is not None:
         below.trainable = False
         clean = below(inputs)
-    model = _Denoising(inputs, [clean, dae(clean)], name=f"dae_{name}")
+    return _Denoising(inputs, [clean, dae(clean)], name=name)
+
+
+def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progress):
+    """Fit `dae` to reconstruct the codes of the frozen model `below` (None: the data themselves)."""
+    model = denoising_model(dae, batches.X.shape[1], below, name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
