@@ -234,7 +234,7 @@ def _power(t0, t1, n0, n1):
     return float(np.log(t1 / t0) / np.log(n1 / n0))
 
 
-def throughput_lines(throughput, runs):
+def throughput_lines(throughput, runs, *, heading="### Training throughput against the machine's peak"):
     """The peak, the layer shapes' rates and the breakdown per batch size; the fractions of the peak."""
     if not throughput or "error" in throughput:
         return [f"Throughput breakdown: {throughput.get('error', 'not run')}.", ""]
@@ -242,7 +242,7 @@ def throughput_lines(throughput, runs):
     pre_flops, fine_flops = throughput["pretrain_flops_per_cell"], throughput["finetune_flops_per_cell"]
     layer0 = throughput["pretrain_layer0_flops_per_cell"]
     parts = [
-        "### Training throughput against the machine's peak",
+        heading,
         "",
         "Peak: one 4096 × 4096 × 4096 float32 matmul (keras.ops, best of 3, this run): "
         f"**{peak:.1f} GFLOP/s**. "
@@ -856,6 +856,26 @@ def species_section(result):
     return parts
 
 
+def throughput_section(result):
+    """The throughput part: the breakdown and `train()` on the same cells, in one process, against the
+    peak measured before them and after."""
+    heading = "## Training throughput against the machine's peak (`--only throughput`)"
+    if "error" in result:
+        return [heading, "", f"Not measured: {result['error']}.", ""]
+    runs = [{"n_cells": result["n_cells"], "train": result["train"]}] if "train" in result else []
+    lines = throughput_lines(result, runs, heading=heading)
+    if "peak_after_gflops" in result:
+        lines += [
+            f"The peak measured again after `train()`, in the same process: "
+            f"{result['peak_after_gflops']:.1f} GFLOP/s (before: {result['peak_gflops']:.1f}). The machine "
+            "(2 cores) was shared with another agent's benchmarks during this run: every rate here is "
+            "of the share of the cores this process got, and the fractions compare rates measured "
+            "minutes apart.",
+            "",
+        ]
+    return lines
+
+
 #: How each part of results.json is written into RESULTS.md (parts not listed are left out).
 SECTIONS = {
     "quality": _quality_section,
@@ -866,6 +886,7 @@ SECTIONS = {
     "speed": speed_section,
     "scale": scale_section,
     "atlas": atlas_section,
+    "throughput": throughput_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
 FIGURES = {"labels": (labels_figure, "labels.png")}

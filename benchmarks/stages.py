@@ -280,7 +280,9 @@ class PyNNDescentSearch(HnswlibSearch):
 PEERS = {"hnswlib": HnswlibSearch, "faiss-hnsw": FaissHNSWSearch, "pynndescent": PyNNDescentSearch}
 
 
-def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0):
+def throughput_stage(
+    *, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0, with_train=False
+):
     """Where training time goes, at each batch size, for the first pretraining layer and for
     fine-tuning, on `n_cells` synthetic cells (2,000 genes), all in this one process:
 
@@ -289,7 +291,10 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     - per stage, cells/s of the step's matmuls alone (`matmuls`: forward and the gradients the step
       needs, chained), of Keras's fit on dense in-memory arrays (`in_memory`: adds the optimizer,
       activations, noise, loss and dispatch), and of scquery's fit on the sparse batches
-      (`sparse`: adds the input pipeline), with scquery's compile options (`FIT_OPTIONS`).
+      (`sparse`: adds the input pipeline), with scquery's compile options (`FIT_OPTIONS`);
+    - with `with_train`, `train()` itself on the same cells (`SPEED_OPTIONS`: the 2nd epoch of each
+      stage, every pretraining layer with its scaling, class weights and validation), and the peak
+      measured again after it (`peak_after_gflops`): on a shared machine the two bracket the run.
     """
     import keras
     import numpy as np
@@ -304,6 +309,7 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     from .speed import training_flops
 
     adata = synthetic_counts(n_cells, seed=seed)
+    counts = adata.copy() if with_train else None
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     X, dense = adata.X, adata.X.toarray()
@@ -392,6 +398,22 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     result["batches"] = rows
     # pretraining layer 0 alone: 10 w FLOPs per cell (see `training_flops`)
     result["pretrain_layer0_flops_per_cell"] = 10 * n_genes * hidden_sizes[0]
+    if with_train:
+        from scquery.config import load_train_config
+        from scquery.train import train
+
+        config = load_train_config({**SPEED_OPTIONS, "hidden_sizes": list(hidden_sizes)})
+        bundle = train(counts, label_key=LABEL_KEY, config=config, seed=seed, verbose=0)
+        pretrain_epoch = sum(stage["seconds"][-1] for stage in bundle.history["pretrain"])
+        result["train"] = {
+            "n_genes": len(bundle.genes),
+            **training_flops(len(bundle.genes), list(hidden_sizes), len(bundle.classes)),
+            "pretrain_cells_per_s": n_cells / pretrain_epoch,
+            "finetune_cells_per_s": n_cells
+            * (1 - config.validation_fraction)
+            / bundle.history["classifier"]["seconds"][-1],
+        }
+        result["peak_after_gflops"] = rate((4096, 4096), (4096, 4096), 5)
     return result
 
 
