@@ -557,6 +557,25 @@ def atlas_section(result):
         ]
     else:
         lines += ["Targets at 1M cells: not measured in this run (a smaller run).", ""]
+    extend = result.get("extend")
+    if extend and "error" not in extend:
+        largest = max(done) if done else None
+        bound = ATLAS["cli_extend_1m_s"]
+        target = (
+            f" (target ≤ {bound:.0f} s for 1M cells: {_met(extend['cli_extend_s'] <= bound)})"
+            if extend["n_cells"] >= 1_000_000
+            else ""
+        )
+        lines += [
+            f"Extending the {largest:,}-cell bundle with {extend['n_cells']:,} new annotated cells (another "
+            "draw) through `scquery extend` in a new process (start-up, reading, embedding, the new "
+            f"reference's neighbour index and writing the bundle): {extend['cli_extend_s']:.1f} s{target}, "
+            f"peak RSS {extend['extend_peak_rss_gb']:.2f} GB.",
+            "",
+        ]
+    elif extend:
+        lines += [f"Extending the bundle: {extend['error']}.", ""]
+    lines += load_lines(result)
     parallel = [p for p in result.get("parallel", []) if "error" not in p]
     if len(parallel) == 2:
         one, two = parallel
@@ -867,13 +886,26 @@ def throughput_section(result):
     if "peak_after_gflops" in result:
         lines += [
             f"The peak measured again after `train()`, in the same process: "
-            f"{result['peak_after_gflops']:.1f} GFLOP/s (before: {result['peak_gflops']:.1f}). The machine "
-            "(2 cores) was shared with another agent's benchmarks during this run: every rate here is "
-            "of the share of the cores this process got, and the fractions compare rates measured "
-            "minutes apart.",
+            f"{result['peak_after_gflops']:.1f} GFLOP/s (before: {result['peak_gflops']:.1f}).",
             "",
         ]
-    return lines
+    return lines + load_lines(result)
+
+
+def load_lines(result):
+    """The machine's load average (1 minute) at the start and end of a run that recorded it, and
+    what it means for the times: above the core count, other processes shared the cores."""
+    load = result.get("load_average")
+    if not load:
+        return []
+    cores = os.cpu_count() or 1
+    shared = (
+        f"above this machine's {cores} cores: the run shared them with other processes (another agent's "
+        "benchmarks), and its times and rates are of the share it got"
+        if max(load) > cores
+        else f"within this machine's {cores} cores"
+    )
+    return [f"Load average at the start and end of the run: {load[0]:.1f}, {load[1]:.1f}; {shared}.", ""]
 
 
 #: How each part of results.json is written into RESULTS.md (parts not listed are left out).

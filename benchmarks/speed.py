@@ -2,6 +2,7 @@
 dense matmul rate (the hardware bound of the network's training)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def run_throughput(*, quick, log=print):
 
     config = TrainConfig()
     log("throughput: breakdown and train() against the peak")
-    return run_stage(
+    start_load = os.getloadavg()[0]
+    result = run_stage(
         "throughput",
         log,
         n_cells=QUICK_THROUGHPUT_CELLS if quick else THROUGHPUT_CELLS,
@@ -107,3 +109,4 @@ def run_throughput(*, quick, log=print):
         batch_sizes=[config.batch_size] if quick else THROUGHPUT_BATCHES,
         with_train=True,
     )
+    return {**result, "load_average": [start_load, os.getloadavg()[0]]}

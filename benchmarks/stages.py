@@ -130,6 +130,23 @@ def cli_query_stage(*, data, bundle, out):
     return {"cli_query_s": seconds}
 
 
+def cli_extend_stage(*, data, bundle, out):
+    """Wall seconds of `scquery extend BUNDLE DATA --label-key cell_type --out OUT` in a new process
+    (start-up, reading, embedding, the new index and writing the bundle), and its peak memory."""
+    import shutil
+    import subprocess
+
+    command = [sys.executable, "-m", "scquery.cli", "extend", bundle, data, "--label-key", LABEL_KEY]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "--out", out, "-q"], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    child_peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    return {"cli_extend_s": seconds, "extend_peak_rss_gb": child_peak_gb}
+
+
 def parallel_stage(*, n_cells, devices, seed=0):
     """Seconds per epoch of `train()` on `n_cells` synthetic cells on the JAX backend, its batches
     split over `devices` virtual CPU devices (`keras.distribution.DataParallel`) or on one."""
@@ -427,6 +444,7 @@ STAGES = {
     "embed": embed_stage,
     "query": query_stage,
     "cli_query": cli_query_stage,
+    "cli_extend": cli_extend_stage,
     "parallel": parallel_stage,
     "index": index_stage,
     "throughput": throughput_stage,
