@@ -91,13 +91,11 @@ def fit_classifier(
     else:
         batch_size = max(1, min(batch_size, len(y) // MIN_BATCHES_PER_EPOCH))
     weights = None
-    if class_weight:  # one weight per cell, as Keras's `class_weight` gives, not recomputed per batch
-        present, codes = np.unique(y[train_rows], return_inverse=True)
+    if class_weight:
+        present = np.unique(y[train_rows])
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
-        weights = balanced.astype(keras.backend.floatx())[codes]
-    batches = SparseBatches(
-        X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed, sample_weight=weights
-    )
+        weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
+    batches = SparseBatches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
     widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
     schedule = f"{epochs} epochs"
     if validation is not None:
@@ -115,6 +113,7 @@ def fit_classifier(
         batches,
         validation_data=validation,
         epochs=epochs,
+        class_weight=weights,
         callbacks=callbacks,
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
