@@ -92,8 +92,9 @@ def pretrain_greedy(
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder); `history`, one dict per
         stage with its number of `cells`, the loss before training (`initial_loss`), after each
-        epoch (`loss`) and each epoch's duration (`seconds`); and `autoencoder`, the first stage's
-        autoencoder as it was trained (`[kernel, encoder bias, decoder bias]`).
+        epoch (`loss`), each epoch's duration (`seconds`) and CPU time (`cpu_seconds`); and
+        `autoencoder`, the first stage's autoencoder as it was trained (`[kernel, encoder bias,
+        decoder bias]`).
     """
     verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
@@ -186,6 +187,7 @@ def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progre
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],
         "seconds": [float(v) for v in fitted.history["seconds"]],
+        "cpu_seconds": [float(v) for v in fitted.history["cpu_seconds"]],
     }
 
 
