@@ -100,9 +100,10 @@ bench-quick: venv
 	$(PY) -m benchmarks --quick
 
 # Scale alone (part of `make bench`): training throughput and memory to 1M cells, the neighbour index
-# against its peers at 100k and 1M reference cells (10M extrapolated).
+# against its peers at 100k and 1M reference cells (10M extrapolated), training from disk, big queries
+# and extending at atlas scale, and training's throughput against the matmul peak.
 bench-scale: venv
-	$(PY) -m benchmarks --only speed,scale
+	$(PY) -m benchmarks --only speed,scale,atlas,throughput
 
 clean:
 	rm -rf results logs .snakemake report.html mutants .test/results .test/logs .test/.snakemake

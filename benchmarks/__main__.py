@@ -58,6 +58,12 @@ def _scale(quick, log):
     return run_scale(quick=quick, log=log)
 
 
+def _throughput(quick, log):
+    from .speed import run_throughput
+
+    return run_throughput(quick=quick, log=log)
+
+
 def _atlas(quick, log):
     from .atlas import run_atlas
 
@@ -74,6 +80,7 @@ PARTS = {
     "speed": _speed,
     "scale": _scale,
     "atlas": _atlas,
+    "throughput": _throughput,
 }
 
 

@@ -2,6 +2,7 @@
 dense matmul rate (the hardware bound of the network's training)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,23 @@ def run_speed(*, quick, log=print):
             batch_sizes=[trained["batch_size"]] if quick else THROUGHPUT_BATCHES,
         )
     return {"runs": runs, "query_cells": n_query, "query_generate": generated, "throughput": throughput}
+
+
+def run_throughput(*, quick, log=print):
+    """The throughput breakdown alone (the stage of `run_speed`), at the default network, with
+    `train()` on the same cells in the same process, between two measures of the peak."""
+    from scquery.config import TrainConfig
+
+    config = TrainConfig()
+    log("throughput: breakdown and train() against the peak")
+    start_load = os.getloadavg()[0]
+    result = run_stage(
+        "throughput",
+        log,
+        n_cells=QUICK_THROUGHPUT_CELLS if quick else THROUGHPUT_CELLS,
+        hidden_sizes=config.hidden_sizes,
+        n_classes=10,
+        batch_sizes=[config.batch_size] if quick else THROUGHPUT_BATCHES,
+        with_train=True,
+    )
+    return {**result, "load_average": [start_load, os.getloadavg()[0]]}

@@ -130,6 +130,23 @@ def cli_query_stage(*, data, bundle, out):
     return {"cli_query_s": seconds}
 
 
+def cli_extend_stage(*, data, bundle, out):
+    """Wall seconds of `scquery extend BUNDLE DATA --label-key cell_type --out OUT` in a new process
+    (start-up, reading, embedding, the new index and writing the bundle), and its peak memory."""
+    import shutil
+    import subprocess
+
+    command = [sys.executable, "-m", "scquery.cli", "extend", bundle, data, "--label-key", LABEL_KEY]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "--out", out, "-q"], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    child_peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    return {"cli_extend_s": seconds, "extend_peak_rss_gb": child_peak_gb}
+
+
 def parallel_stage(*, n_cells, devices, seed=0):
     """Seconds per epoch of `train()` on `n_cells` synthetic cells on the JAX backend, its batches
     split over `devices` virtual CPU devices (`keras.distribution.DataParallel`) or on one."""
@@ -280,7 +297,9 @@ class PyNNDescentSearch(HnswlibSearch):
 PEERS = {"hnswlib": HnswlibSearch, "faiss-hnsw": FaissHNSWSearch, "pynndescent": PyNNDescentSearch}
 
 
-def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0):
+def throughput_stage(
+    *, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 512, 1024), seed=0, with_train=False
+):
     """Where training time goes, at each batch size, for the first pretraining layer and for
     fine-tuning, on `n_cells` synthetic cells (2,000 genes), all in this one process:
 
@@ -289,7 +308,10 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     - per stage, cells/s of the step's matmuls alone (`matmuls`: forward and the gradients the step
       needs, chained), of Keras's fit on dense in-memory arrays (`in_memory`: adds the optimizer,
       activations, noise, loss and dispatch), and of scquery's fit on the sparse batches
-      (`sparse`: adds the input pipeline), with scquery's compile options (`FIT_OPTIONS`).
+      (`sparse`: adds the input pipeline), with scquery's compile options (`FIT_OPTIONS`);
+    - with `with_train`, `train()` itself on the same cells (`SPEED_OPTIONS`: the 2nd epoch of each
+      stage, every pretraining layer with its scaling, class weights and validation), and the peak
+      measured again after it (`peak_after_gflops`): on a shared machine the two bracket the run.
     """
     import keras
     import numpy as np
@@ -299,11 +321,12 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     from scquery.callbacks import EpochTimer
     from scquery.classifier import build_classifier
     from scquery.layers import DenseLayerAutoencoder
-    from scquery.pretrain import FIT_OPTIONS
+    from scquery.pretrain import FIT_OPTIONS, denoising_model
 
     from .speed import training_flops
 
     adata = synthetic_counts(n_cells, seed=seed)
+    counts = adata.copy() if with_train else None
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     X, dense = adata.X, adata.X.toarray()
@@ -313,23 +336,23 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
     flops = training_flops(n_genes, hidden_sizes, n_classes)
     rng = np.random.default_rng(seed)
 
-    def rate(a_shape, b_shape, repeats):
+    def rate(a_shape, b_shape, repeats, clock=time.perf_counter):
+        """GFLOP per second of `clock` (wall seconds, or `time.process_time`: CPU seconds)."""
         a = keras.ops.convert_to_tensor(rng.standard_normal(a_shape, dtype=np.float32))
         b = keras.ops.convert_to_tensor(rng.standard_normal(b_shape, dtype=np.float32))
         keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
         best = 0.0
         for _ in range(3):
-            start = time.perf_counter()
+            start = clock()
             for _ in range(repeats):
                 out = keras.ops.matmul(a, b)
             keras.ops.convert_to_numpy(out)
-            best = max(
-                best, 2.0 * a_shape[0] * a_shape[1] * b_shape[1] * repeats / (time.perf_counter() - start)
-            )
+            best = max(best, 2.0 * a_shape[0] * a_shape[1] * b_shape[1] * repeats / (clock() - start))
         return best / 1e9
 
-    def step_matmuls(shapes, batch_size, repeats=20):
-        """Cells/s of a chain of matmuls `(m, k, n)` per batch (m: rows of the batch or weights)."""
+    def step_matmuls(shapes, batch_size, repeats=20, clock=time.perf_counter):
+        """Cells per second of `clock` of a chain of matmuls `(m, k, n)` per batch (m: rows of the
+        batch or weights)."""
         tensors = [
             (
                 keras.ops.convert_to_tensor(rng.standard_normal((m, k), dtype=np.float32)),
@@ -341,18 +364,25 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
             keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
         best = 0.0
         for _ in range(3):
-            start = time.perf_counter()
+            start = clock()
             for _ in range(repeats):
                 outs = [keras.ops.matmul(a, b) for a, b in tensors]
             keras.ops.convert_to_numpy(outs[-1])
-            best = max(best, batch_size * repeats / (time.perf_counter() - start))
+            best = max(best, batch_size * repeats / (clock() - start))
         return best
 
     def epoch_rate(model, data, **fit):
+        """Cells per wall second and per CPU second of the 2nd epoch."""
         history = model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[EpochTimer()], **fit)
-        return n_cells / history.history["seconds"][-1]
+        return n_cells / history.history["seconds"][-1], n_cells / history.history["cpu_seconds"][-1]
 
-    result = {"n_cells": n_cells, "widths": widths, "peak_gflops": rate((4096, 4096), (4096, 4096), 5)}
+    peak = (4096, 4096), (4096, 4096), 5
+    result = {
+        "n_cells": n_cells,
+        "widths": widths,
+        "peak_gflops": rate(*peak),
+        "peak_cpu_gflops": rate(*peak, clock=time.process_time),
+    }
     result.update(flops)
     rows = []
     for batch_size in batch_sizes:
@@ -372,24 +402,47 @@ def throughput_stage(*, n_cells, hidden_sizes, n_classes=10, batch_sizes=(256, 5
         row = {"batch_size": batch_size, "shape_gflops": shape}
         for stage, shapes in (("pretrain", pretrain_shapes), ("finetune", finetune_shapes)):
             row[f"{stage}_matmuls"] = step_matmuls(shapes, batch_size)
+            row[f"{stage}_matmuls_cpu"] = step_matmuls(shapes, batch_size, clock=time.process_time)
         dae = DenseLayerAutoencoder([hidden_sizes[0]], activation="tanh", dropout=0.2, seed=seed)
         inputs = keras.Input((n_genes,))
         model = keras.Model(inputs, dae(inputs))
         model.compile(keras.optimizers.Adam(1e-3), loss="mse", **FIT_OPTIONS)
-        row["pretrain_in_memory"] = epoch_rate(model, dense, y=dense, batch_size=batch_size)
+        row["pretrain_in_memory"], row["pretrain_in_memory_cpu"] = epoch_rate(
+            model, dense, y=dense, batch_size=batch_size
+        )
+        dae = DenseLayerAutoencoder([hidden_sizes[0]], activation="tanh", dropout=0.2, seed=seed)
+        model = denoising_model(dae, n_genes)  # pretraining's model: batches carry x only
         model.compile(keras.optimizers.Adam(1e-3), loss="mse", **FIT_OPTIONS)
-        row["pretrain_sparse"] = epoch_rate(model, SparseBatches(X, batch_size=batch_size, seed=seed))
+        row["pretrain_sparse"], row["pretrain_sparse_cpu"] = epoch_rate(
+            model, SparseBatches(X, batch_size=batch_size, seed=seed)
+        )
         for name, data, fit in (
             ("finetune_in_memory", dense, {"y": y, "batch_size": batch_size}),
             ("finetune_sparse", SparseBatches(X, y, batch_size=batch_size, seed=seed), {}),
         ):
             model = build_classifier(n_genes, hidden_sizes, n_classes, seed=seed)
             model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", **FIT_OPTIONS)
-            row[name] = epoch_rate(model, data, **fit)
+            row[name], row[f"{name}_cpu"] = epoch_rate(model, data, **fit)
         rows.append(row)
     result["batches"] = rows
     # pretraining layer 0 alone: 10 w FLOPs per cell (see `training_flops`)
     result["pretrain_layer0_flops_per_cell"] = 10 * n_genes * hidden_sizes[0]
+    if with_train:
+        from scquery.config import load_train_config
+        from scquery.train import train
+
+        config = load_train_config({**SPEED_OPTIONS, "hidden_sizes": list(hidden_sizes)})
+        bundle = train(counts, label_key=LABEL_KEY, config=config, seed=seed, verbose=0)
+        trained = n_cells * (1 - config.validation_fraction)
+        result["train"] = {"n_genes": len(bundle.genes)}
+        for clock, suffix in (("seconds", ""), ("cpu_seconds", "_cpu")):
+            pretrain_epoch = sum(stage[clock][-1] for stage in bundle.history["pretrain"])
+            result["train"][f"pretrain_cells_per_s{suffix}"] = n_cells / pretrain_epoch
+            result["train"][f"finetune_cells_per_s{suffix}"] = (
+                trained / bundle.history["classifier"][clock][-1]
+            )
+        result["peak_after_gflops"] = rate(*peak)
+        result["peak_after_cpu_gflops"] = rate(*peak, clock=time.process_time)
     return result
 
 
@@ -403,6 +456,7 @@ STAGES = {
     "embed": embed_stage,
     "query": query_stage,
     "cli_query": cli_query_stage,
+    "cli_extend": cli_extend_stage,
     "parallel": parallel_stage,
     "index": index_stage,
     "throughput": throughput_stage,

@@ -49,7 +49,7 @@ def assert_same_defaults(function, kinds, others):
 
 
 def test_the_public_functions_spell_out_the_options_with_their_defaults():
-    assert_same_defaults(query, [QueryOptions, InputOptions], {"key_added"})
+    assert_same_defaults(query, [QueryOptions, InputOptions], {"key_added", "matches"})
     assert_same_defaults(embed, [InputOptions], {"key_added", "copy"})
     # extend takes the options of reading and matching genes, not those of another species
     spelled, declared = keywords(extend), fields(InputOptions)

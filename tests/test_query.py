@@ -45,6 +45,14 @@ def test_predictions_agree_with_held_out_labels(queried):
     assert (adata.obs["scquery_classifier"].astype(str) == truth).mean() > 0.7
 
 
+def test_a_query_without_its_matches_table_writes_the_same(queried, bundle, split):
+    adata, _ = queried
+    again = split[1].copy()
+    assert query(again, bundle, k=15, matches=False) is None
+    pd.testing.assert_frame_equal(again.obs, adata.obs)
+    np.testing.assert_array_equal(again.obsm["X_scquery"], adata.obsm["X_scquery"])
+
+
 def test_query_writes_documented_fields(queried, bundle):
     adata, matches = queried
     obs = adata.obs

@@ -99,11 +99,12 @@ class SparseBatches(keras.utils.PyDataset):
     """Dense float32 mini-batches of the rows of a sparse matrix, for `keras.Model.fit`.
 
     Each batch reads its rows (sorted indices, so backed h5ad files read efficiently) and densifies
-    only them. With `y=None` a batch is `(x, x)` (autoencoder: the target is the clean input),
-    otherwise `(x, y)` or `(x, y, w)` with `sample_weight`. `transform` (a callable on the dense
-    batch, e.g. `scale_batch` or a frozen encoder) is applied to x, and the target of `y=None` is
-    the transformed x. With `shuffle`, the row order is a permutation drawn from
-    `numpy.random.default_rng(seed)` and re-drawn at each epoch end: one seed, one batch sequence.
+    only them. With `y=None` a batch is `(x,)`, for a model whose loss needs no target (a denoising
+    autoencoder compares its output with its own clean input: `scquery.pretrain`), otherwise
+    `(x, y)` or `(x, y, w)` with `sample_weight`. Any work on the dense batch (scaling, frozen
+    layers) belongs in the model, where it runs compiled with the training step. With `shuffle`,
+    the row order is a permutation drawn from `numpy.random.default_rng(seed)` and re-drawn at
+    each epoch end: one seed, one batch sequence.
 
     With `cells`, only those rows of `X` are used (no copy of them is made): `y` and
     `sample_weight` then hold one value per used row, in the order of `cells`.
@@ -124,7 +125,6 @@ class SparseBatches(keras.utils.PyDataset):
         batch_size: rows per batch; the last batch may be smaller.
         shuffle: shuffle the rows at start and after every epoch.
         seed: seed of the shuffling.
-        transform: callable on each dense batch, or None.
         sample_weight: weights, one per row, or None.
         block_rows, buffer_batches: the shuffling's blocks of consecutive rows and its stretches.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
@@ -138,7 +138,6 @@ class SparseBatches(keras.utils.PyDataset):
         batch_size=256,
         shuffle=True,
         seed=0,
-        transform=None,
         sample_weight=None,
         cells=None,
         block_rows=64,
@@ -161,7 +160,6 @@ class SparseBatches(keras.utils.PyDataset):
         self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
-        self.transform = transform
         self.block_rows, self.buffer_batches = int(block_rows), int(buffer_batches)
         remainder = self.n % self.batch_size
         self._used = self.n - remainder % data_parallel_devices()
@@ -208,10 +206,8 @@ class SparseBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         positions = self._positions(index)
         x = _dense(self._read(index, positions))
-        if self.transform is not None:
-            x = self.transform(x)
         if self.y is None:
-            return x, x
+            return (x,)
         if self.sample_weight is None:
             return x, self.y[positions]
         return x, self.y[positions], self.sample_weight[positions]

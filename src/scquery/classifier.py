@@ -129,6 +129,14 @@ def embedding_model(model):
 
 def predict_in_chunks(model, X, *, chunk_size=8192, cells=None):
     """`model`'s outputs for the rows of CSR `X` (or its rows `cells`), densifying `chunk_size` rows
-    at a time."""
-    parts = [model(chunk, training=False) for chunk in iter_dense_chunks(X, chunk_size, cells=cells)]
-    return np.concatenate([keras.ops.convert_to_numpy(p) for p in parts]).astype(np.float32)
+    at a time: a float32 array, or a list of them for a model of several outputs, each made once
+    and filled chunk by chunk (no list of parts, no copy of the whole)."""
+    n = X.shape[0] if cells is None else len(cells)
+    arrays = [np.empty((n, *output.shape[1:]), dtype=np.float32) for output in model.outputs]
+    start = 0
+    for chunk in iter_dense_chunks(X, chunk_size, cells=cells):
+        parts = model(chunk, training=False)
+        for array, part in zip(arrays, parts if len(arrays) > 1 else [parts], strict=True):
+            array[start : start + len(chunk)] = keras.ops.convert_to_numpy(part)
+        start += len(chunk)
+    return arrays if len(arrays) > 1 else arrays[0]

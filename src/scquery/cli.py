@@ -290,7 +290,8 @@ def _query(args):
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.query)
-    matches = query(adata, bundle, **_options(args, QueryOptions), **_options(args, InputOptions))
+    options = {**_options(args, QueryOptions), **_options(args, InputOptions)}
+    matches = query(adata, bundle, matches=bool(args.matches or args.summary), **options)
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     scores = score(adata, args.truth_key)
     if args.truth_key is not None:

@@ -3,9 +3,8 @@
 import keras
 import numpy as np
 
-from .batches import iter_dense_chunks
 from .bundle import Bundle, current_versions
-from .classifier import embedding_model
+from .classifier import embedding_model, predict_in_chunks
 from .options import InputOptions, check, recorded, take
 from .preprocess import apply_preprocess
 from .values import select_values
@@ -36,12 +35,8 @@ def encode(X, bundle: Bundle, batch_size):
     """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
-    embedding, probabilities = [], []
-    for chunk in iter_dense_chunks(X, batch_size):
-        codes, probs = model(chunk, training=False)
-        embedding.append(keras.ops.convert_to_numpy(codes))
-        probabilities.append(keras.ops.convert_to_numpy(probs))
-    return np.concatenate(embedding).astype(np.float32), np.concatenate(probabilities).astype(np.float32)
+    embedding, probabilities = predict_in_chunks(model, X, chunk_size=batch_size)
+    return embedding, probabilities
 
 
 def embed(

@@ -38,8 +38,6 @@ POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
 """k-means of the lists' centroids: on 32 sampled cells per list, 10 iterations."""
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """The `nprobe` values tried, smallest first, until the recall reaches `TARGET_RECALL`."""
-COARSE_PROBES = 16
-"""Nearest lists of every reference cell found while building (reused by its leave-self-out search)."""
 CALIBRATED_K = (1, 15)
 """Neighbour counts calibrated when the index is built (1: leave-self-out; 15: `query`'s default)."""
 SELF_PER_GROUP = 2000
@@ -105,7 +103,7 @@ class IVFFlatSearch:
     def __init__(self, embeddings, index, nprobe, *, seed, n_threads):
         self.embeddings, self.index, self.nprobe = embeddings, index, nprobe
         self.seed, self.n_threads = seed, n_threads
-        self._coarse = self._truth = None
+        self._truth = None
 
     @classmethod
     def build(cls, embeddings, *, seed, n_threads):
@@ -119,9 +117,8 @@ class IVFFlatSearch:
         sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
         index.train(embeddings[sample])
         built = cls(embeddings, index, {}, seed=seed, n_threads=n_threads)
-        # One pass over the centroids serves both adding the cells and their leave-self-out search.
-        built._coarse = index.quantizer.search(embeddings, min(COARSE_PROBES, n_lists))
-        add_preassigned(index, embeddings, built._coarse[1][:, 0].copy())
+        # Each cell's list, found once (`add` would search the centroids again in its own pass).
+        add_preassigned(index, embeddings, index.quantizer.search(embeddings, 1)[1][:, 0].copy())
         for k in CALIBRATED_K:
             built._nprobe_for(k)
         return built
@@ -133,16 +130,9 @@ class IVFFlatSearch:
         return _distances(squared), indices.astype(np.int64)
 
     def search_self(self, rows):
-        cells = self.embeddings[rows]
-        nprobe = self._nprobe_for(1)
+        self.index.nprobe = self._nprobe_for(1)
         faiss.omp_set_num_threads(self.n_threads)
-        self.index.nprobe = nprobe
-        if self._coarse is not None and nprobe <= self._coarse[1].shape[1]:
-            dq, iq = (part[rows, :nprobe] for part in self._coarse)
-            squared, indices = self.index.search_preassigned(cells, 2, iq, dq)
-        else:
-            squared, indices = self.index.search(cells, 2)
-        self._coarse = None
+        squared, indices = self.index.search(self.embeddings[rows], 2)
         return _distances(squared), indices
 
     def describe(self, k):

@@ -92,8 +92,9 @@ def pretrain_greedy(
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder); `history`, one dict per
         stage with its number of `cells`, the loss before training (`initial_loss`), after each
-        epoch (`loss`) and each epoch's duration (`seconds`); and `autoencoder`, the first stage's
-        autoencoder as it was trained (`[kernel, encoder bias, decoder bias]`).
+        epoch (`loss`), each epoch's duration (`seconds`) and CPU time (`cpu_seconds`); and
+        `autoencoder`, the first stage's autoencoder as it was trained (`[kernel, encoder bias,
+        decoder bias]`).
     """
     verbose = resolve_verbose(verbose)
     weights, decoder_biases, history = [], [], []
@@ -106,10 +107,10 @@ def pretrain_greedy(
         below = stack_encoder(
             X.shape[1], hidden_sizes[:i], activation=activation, scale=scale, weights=weights
         )
-        batches = SparseBatches(
-            X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER), transform=_frozen(below)
+        batches = SparseBatches(X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER))
+        stage = _fit_autoencoder(
+            dae, below, batches, epochs, learning_rate, name=f"layer_{i}", progress=progress
         )
-        stage = _fit_autoencoder(dae, batches, epochs, learning_rate, name=f"layer_{i}", progress=progress)
         history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
@@ -126,10 +127,10 @@ def pretrain_greedy(
         logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         progress = StageProgress(label, verbose=verbose, size=arrows(widths))
         scaling = stack_encoder(X.shape[1], [], scale=scale)
-        batches = SparseBatches(
-            X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER), transform=_frozen(scaling)
+        batches = SparseBatches(X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER))
+        stage = _fit_autoencoder(
+            stacked, scaling, batches, epochs, learning_rate, name="stacked", progress=progress
         )
-        stage = _fit_autoencoder(stacked, batches, epochs, learning_rate, name="stacked", progress=progress)
         history.append(
             {"stage": "stacked", "width": int(hidden_sizes[-1]), "cells": int(X.shape[0]), **stage}
         )
@@ -151,16 +152,31 @@ def _autoencoder(widths, activation, noise, noise_level, seed, *, stage):
     )
 
 
-def _frozen(encoder):
-    """`encoder` as a batch transform (None when it has no layer to apply)."""
-    if encoder is None:
-        return None
-    return lambda x: keras.ops.convert_to_numpy(encoder(x, training=False))
+class _Denoising(keras.Model):
+    """The training model of one denoising stage: its outputs are the clean input (the data through
+    the frozen layers before the stage) and the autoencoder's reconstruction of it, and its loss
+    compares the two, so that a batch carries the data only (`SparseBatches` with `y=None`) and the
+    frozen layers run compiled with the training step."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        clean, reconstruction = y_pred
+        return super().compute_loss(x, clean, reconstruction, sample_weight, training=training)
 
 
-def _fit_autoencoder(dae, batches, epochs, learning_rate, *, name, progress):
-    inputs = keras.Input((batches[0][0].shape[1],))
-    model = keras.Model(inputs, dae(inputs), name=f"dae_{name}")
+def denoising_model(dae, n_genes, below=None, *, name="dae"):
+    """The model that trains the autoencoder `dae` on `n_genes` inputs to reconstruct their codes
+    through the frozen model `below` (None: the inputs themselves), fed batches without targets."""
+    inputs = keras.Input((n_genes,))
+    clean = inputs
+    if below is not None:
+        below.trainable = False
+        clean = below(inputs)
+    return _Denoising(inputs, [clean, dae(clean)], name=name)
+
+
+def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progress):
+    """Fit `dae` to reconstruct the codes of the frozen model `below` (None: the data themselves)."""
+    model = denoising_model(dae, batches.X.shape[1], below, name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
@@ -171,6 +187,7 @@ def _fit_autoencoder(dae, batches, epochs, learning_rate, *, name, progress):
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],
         "seconds": [float(v) for v in fitted.history["seconds"]],
+        "cpu_seconds": [float(v) for v in fitted.history["cpu_seconds"]],
     }
 
 

@@ -150,7 +150,11 @@ def cluster_query(values, *, resolution, seed, n_neighbors=15, n_pcs=50, sketch_
     codes[sample] = _leiden(points, n_neighbors, resolution, seed)
     rest = np.setdiff1d(np.arange(n), sample)
     k = min(n_neighbors, sketch_cells)
-    _, nearest = NeighborIndex(points, seed=seed).kneighbors(project(values[rest]), k)
+    # The project's approximate search (IVF-Flat, recall@k calibrated to TARGET_RECALL), not an
+    # exact one: a vote of k neighbours barely feels a missed one, and the search costs a few
+    # lists per cell instead of every sampled cell.
+    sampled = NeighborIndex(points, seed=seed, exact_max_cells=0)
+    _, nearest = sampled.kneighbors(project(values[rest]), k)
     votes = np.zeros((rest.size, codes[sample].max() + 1))
     np.add.at(votes, (np.repeat(np.arange(rest.size), k), codes[sample][nearest].ravel()), 1)
     codes[rest] = votes.argmax(axis=1)
@@ -306,6 +310,7 @@ def query(
     species=None,
     batch_size=8192,
     seed=0,
+    matches=True,
 ):
     """Predict the cell types of `adata` from the reference and the classifier (in place).
 
@@ -325,12 +330,13 @@ def query(
             majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
             thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
+        matches: return the matches table (False: return None, for a caller that does not use it;
+            it holds k rows per query cell).
         layer, use_raw, gene_key, min_overlap, gene_map, species, batch_size: as in
             `scquery.embed.embed` (`scquery.options.InputOptions`).
 
     Returns:
-        The matches: one row per query cell and rank (1 = nearest) with `query_cell`, `rank`,
-        `reference_cell`, `distance`, `reference_label`, `reference_dataset`.
+        The matches (`matches_table`), or None with `matches=False`.
     """
     options, inputs = check(take(QueryOptions, locals())), check(take(InputOptions, locals()))
     reference = bundle.reference
@@ -341,12 +347,13 @@ def query(
         )
     neighbors = search(adata, bundle, options, inputs)
     result = transfer(neighbors, bundle, options)
-    return write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)
+    write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)
+    return matches_table(adata, bundle, neighbors) if matches else None
 
 
 def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, options, inputs, *, key_added):
-    """Step 3: write the results into `adata` (see `query`) and return the matches table; `options`:
-    the query's (`QueryOptions`), `inputs`: those of reading the values (`InputOptions`)."""
+    """Step 3: write the results into `adata` (see `query`); `options`: the query's
+    (`QueryOptions`), `inputs`: those of reading the values (`InputOptions`)."""
     reference = bundle.reference
     labels = reference.obs["label"].astype(str).to_numpy()
     datasets = reference.obs["dataset"].astype(str).to_numpy()
@@ -392,6 +399,15 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
             REASONS[code]: int((result.reason == code).sum()) for code in range(1, len(REASONS))
         },
     }
+
+
+def matches_table(adata, bundle: Bundle, neighbors: Neighbors):
+    """One row per query cell and rank (1 = nearest) with `query_cell`, `rank`, `reference_cell`,
+    `distance`, `reference_label`, `reference_dataset`."""
+    reference = bundle.reference
+    labels = reference.obs["label"].astype(str).to_numpy()
+    datasets = reference.obs["dataset"].astype(str).to_numpy()
+    k = int(neighbors.indices.shape[1])
     flat = neighbors.indices.ravel()
     return pd.DataFrame(
         {
