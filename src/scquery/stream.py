@@ -242,9 +242,10 @@ def fit_streamed(
             linear.data = np.expm1(linear.data)
             keep[rows] = qc_mask(linear, mito, min_genes, max_pct_mito)
             kept = np.flatnonzero(keep[rows])
-            _add_gene_sums(sums, expressing, block[kept], linear[kept])
+            kept_block = block[kept]
+            _add_gene_sums(sums, expressing, kept_block, linear[kept])
             if types is not None:
-                types.add(block[kept], rows.start + kept)
+                types.add(kept_block, rows.start + kept)
     for message in dict.fromkeys(str(w.message) for w in said):
         warnings.warn(message, UserWarning, stacklevel=2)
     cells = passing_cells(keep, source, min_genes, max_pct_mito)
@@ -337,8 +338,12 @@ class _TypeSums:
     their log-normalized values, gathered block by block."""
 
     def __init__(self, labels, n_genes):
-        labels = pd.Categorical(np.where(labelled_cells(labels), np.asarray(labels, dtype=str), None))
-        self.codes, self.names = labels.codes, list(labels.categories)
+        labels = pd.Categorical(labels)  # no string per cell: a categorical column keeps its codes
+        named = labelled_cells(pd.Series(labels.categories, dtype=object))  # blank names: unlabelled
+        self.names = [str(name) for name in labels.categories[named]]
+        recode = np.full(len(named) + 1, -1)
+        recode[:-1][named] = np.arange(len(self.names))
+        self.codes = recode[labels.codes]  # code -1 (missing) reads the last entry, -1
         self.n = np.zeros(len(self.names))
         self.sums = np.zeros((len(self.names), n_genes))
         self.squares = np.zeros((len(self.names), n_genes))
@@ -347,12 +352,12 @@ class _TypeSums:
         codes = self.codes[cells]
         labelled = np.flatnonzero(codes >= 0)
         member = sp.csr_matrix(
-            (np.ones(labelled.size), (codes[labelled], labelled)), shape=(len(self.names), len(cells))
+            (np.ones(labelled.size, np.float32), (codes[labelled], labelled)),
+            shape=(len(self.names), len(cells)),
         )
-        values = sp.csr_matrix(log_values, dtype=np.float64)
         self.n += np.bincount(codes[labelled], minlength=len(self.names))
-        self.sums += (member @ values).toarray()
-        self.squares += (member @ values.multiply(values)).toarray()
+        self.sums += (member @ log_values).toarray()
+        self.squares += (member @ log_values.power(2)).toarray()
 
     def defining_genes(self, candidates, n_genes):
         """Per type of two or more cells, its `n_genes` defining genes among the `candidates`: the
