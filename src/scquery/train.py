@@ -11,6 +11,7 @@ they are the query's reference points, saved with each cell type's mean expressi
 reference has no propagated cells.
 """
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -19,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .bundle import Bundle, model_digest, with_index
+from .calibration import DEFAULT
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
@@ -28,11 +30,12 @@ from .preprocess import apply_preprocess, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
 from .propagate import LABEL_SOURCE, confident_labels, label_sources
+from .selftest import calibrate
 from .stream import fit_streamed
 from .values import select_values, source_of
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
-_PRETRAIN, _CLASSIFIER = 1, 2
+_PRETRAIN, _CLASSIFIER, _CALIBRATION = 1, 2, 3
 
 
 @without_retracing_warnings
@@ -174,6 +177,11 @@ def train(
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
+    calibration = calibrate(
+        processed.X, cells, np.asarray(classes)[y], model, classes=classes, seed=seed_for(seed, _CALIBRATION)
+    )
+    if calibration is None:
+        calibration = dataclasses.replace(DEFAULT, fitted={"default": "too few types to hold one out"})
     bundle = Bundle(
         model=model,
         classes=classes,
@@ -188,6 +196,7 @@ def train(
         seed=seed,
         history=history,
         model_id=model_digest(model, record["genes"]),
+        calibration=calibration.to_dict(),
     )
     return with_index(bundle)
 
