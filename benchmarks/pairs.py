@@ -381,6 +381,27 @@ def load(name, *, cache=None):
     )
 
 
+def on_shared_genes(task):
+    """(reference, query) on the genes they share, in the same order: a cross-species query renamed
+    to the reference's genes through the built-in one-to-one orthologues (CellTypist's
+    `Model.convert` default), so peers that need one gene space get the same inputs."""
+    if task.query_species is None:
+        return task.reference, task.query
+    from scquery.orthologs import builtin_map
+
+    pairs = builtin_map(task.query_species, "human").pairs
+    pairs = pairs[
+        pairs["query_gene"].isin(task.query.var_names)
+        & pairs["reference_gene"].isin(task.reference.var_names)
+    ]
+    pairs = pairs[
+        ~pairs["query_gene"].duplicated(keep=False) & ~pairs["reference_gene"].duplicated(keep=False)
+    ]
+    query = task.query[:, pairs["query_gene"].to_numpy()].copy()
+    query.var_names = pairs["reference_gene"].to_numpy()
+    return task.reference[:, query.var_names].copy(), query
+
+
 def without(task, held_out):
     """`task` with the types `held_out` removed from its reference (the query keeps them)."""
     keep = ~task.reference.obs["label"].isin(held_out).to_numpy()

@@ -305,6 +305,8 @@ def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
             assert list(task.reference.var_names) == list(task.query.var_names)
         else:
             assert task.query_species == "mouse" and task.query.var_names.str.contains("[a-z]").mean() > 0.9
+            reference, query_on_reference = pairs.on_shared_genes(task)
+            assert list(reference.var_names) == list(query_on_reference.var_names) and reference.n_vars > 5000
         for data, values in ((task.reference, task.reference_values), (task.query, task.query_values)):
             assert values in ("counts", "log1p") and data.n_obs and data.n_vars
             if values == "counts":
