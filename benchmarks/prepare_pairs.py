@@ -228,7 +228,6 @@ def _sha256(path):
 def prepare(mirror, out, *, names=None, log=print):
     """Write the datasets `names` (all by default) into `out`; returns the manifest."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for name in names or DATASETS:
@@ -245,6 +244,7 @@ def prepare(mirror, out, *, names=None, log=print):
             "values": dataset.values,
             "species": dataset.species,
         }
+        out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
         target = out / dataset.file
         partial = target.with_name(target.name + ".partial")
         adata.write_h5ad(partial, compression="gzip")
