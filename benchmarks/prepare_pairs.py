@@ -30,11 +30,13 @@ from scquery.orthologs import builtin_map
 
 from .pairs import DATASETS, cache_dir
 
-#: Exports one object of an .rda file: its matrix (genes × cells, Matrix Market), names and cell table.
+#: Exports one object of an .rda file (or one element of a list object): its matrix (genes × cells,
+#: Matrix Market), names and cell table, or a named vector of labels.
 _EXPORT_R = r"""
 args <- commandArgs(TRUE)
 suppressMessages(library(Matrix))
 e <- new.env(); load(args[1], envir = e); x <- e[[args[2]]]; out <- args[3]
+if (is.list(x) && !is.data.frame(x)) x <- x[[args[4]]]  # one element of a plain list
 if (is.character(x) || is.factor(x)) {
   labels <- data.frame(cell = names(x), label = as.character(x))
   write.csv(labels, file.path(out, "labels.csv"), row.names = FALSE)
@@ -85,13 +87,14 @@ def extract(mirror, source, folder):
 
 
 def export_r(rda, name, folder, assay=None):
-    """Object `name` of `rda` as (matrix genes × cells, genes, cells, obs or None), or its labels."""
+    """Object `name` of `rda` as (matrix genes × cells, genes, cells, obs or None), or its labels;
+    `assay` names a SingleCellExperiment's assay or an element of a list object."""
     if shutil.which("Rscript") is None:
         raise PrepareError(
             "Rscript is not installed; it reads the R data files: apt-get install r-base-core "
             "r-bioc-singlecellexperiment"
         )
-    out = Path(folder) / f"{Path(rda).stem}-{name}"
+    out = Path(folder) / "-".join([Path(rda).stem, name] + ([assay] if assay else []))
     out.mkdir()
     script = Path(folder) / "export.R"
     script.write_text(_EXPORT_R)
@@ -207,6 +210,14 @@ def zilionis_mouse_lung(files, folder):
     return adata
 
 
+def bastidas_ponce_mouse_pancreas(files, folder):
+    rda = next(iter(files.values()))
+    # velocyto's spliced counts: the exonic reads a 10x count matrix holds (unspliced left out).
+    spliced, genes, cells, _ = export_r(rda, "pancreas", folder, "spliced")
+    labels = export_r(rda, "pancreas", folder, "clusters")
+    return _anndata(spliced, genes, cells, pd.DataFrame({"label": labels.loc[cells].to_numpy()}))
+
+
 BUILDERS = {
     "cellbench_dropseq_3cl": cellbench_dropseq_3cl,
     "cellbench_celseq2_5cl": cellbench_celseq2_5cl,
@@ -214,6 +225,7 @@ BUILDERS = {
     "puram_hnscc": puram_hnscc,
     "zilionis_mouse_lung": zilionis_mouse_lung,
     "zheng_pbmc_donor_a": zheng_pbmc_donor_a,
+    "bastidas_ponce_mouse_pancreas": bastidas_ponce_mouse_pancreas,
 }
 
 
