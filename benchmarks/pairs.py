@@ -57,10 +57,13 @@ class Dataset:
     file: str
     study: str
     source: Source
-    values: str  # "counts" or "log2(TPM/10+1)"
+    values: str  # "counts" or a key of TPM_SCALE ("log2(TPM/10+1)", "log2(TPM+1)")
     species: str = "human"
     obs: tuple = ()
 
+
+#: Full-length studies ship log2(TPM / scale + 1): the scale of each form.
+TPM_SCALE = {"log2(TPM/10+1)": 10.0, "log2(TPM+1)": 1.0}
 
 SC_MIXOLOGY = "7d00ffb0bd043467f365a9358d7312f294f13c9f"
 MUDAN = "3636ed2f9a404cbdfcfdce5500384b59a72de666"
@@ -142,6 +145,14 @@ DATASETS = {
         ),
         "counts",
         species="mouse",
+    ),
+    "finak_mait": Dataset(
+        "finak_mait.h5ad",
+        "Finak et al. 2015 (MAST): MAIT cells of one healthy donor, Fluidigm C1 full-length, half of them "
+        "stimulated for 24 h with a cytokine cocktail",
+        Source("RGLab/MAST", "1c60223ed85bad087665c11ffe7ce7db2b04e835", ("data/maits.RData",), "GPL-2+"),
+        "log2(TPM+1)",
+        obs=("condition",),
     ),
 }
 UNLABELLED = ("zheng_pbmc_donor_a",)
@@ -313,6 +324,15 @@ PAIRS = {
             ("cross-species", "one tissue", "novel types"),
             ("Beta", "Ductal"),
         ),
+        Pair(
+            "human sorted PBMC → MAIT cells, half cytokine-stimulated (C1)",
+            "zheng_sorted_pbmc",
+            "finak_mait",
+            _SORTED_COARSE,
+            {"MAIT": "T"},
+            ("stimulation", "cross-protocol"),
+            (),  # holding T out would leave no known query cell
+        ),
     )
 }
 
@@ -330,6 +350,7 @@ VALIDATION = [
     "human sorted PBMC → mouse lung immune cells",
     "human head-and-neck tumour (Smart-seq2) → mouse lung immune cells",
     "human pancreas (Baron) → mouse embryonic pancreas",
+    "human sorted PBMC → MAIT cells, half cytokine-stimulated (C1)",
 ]
 #: Types held out of each pair's reference (one task each), the shared pairs' included.
 HELD_OUT = {**SHARED_HELD_OUT, **{pair.name: list(pair.held_out) for pair in PAIRS.values()}}
@@ -385,9 +406,9 @@ def _read(name, cache):
         return data, "counts"
     if DATASETS[name].values == "counts":
         return data, "counts"
-    # log2(TPM/10 + 1) (Puram's scale) → log1p of TPM per 10k over the genes the file holds.
+    # log2(TPM/scale + 1) → log1p of TPM per 10k over the genes the file holds.
     tpm = sp.csr_matrix(data.X, dtype=np.float64)
-    tpm.data = 10.0 * (np.exp2(tpm.data) - 1.0)
+    tpm.data = TPM_SCALE[DATASETS[name].values] * (np.exp2(tpm.data) - 1.0)
     totals = np.asarray(tpm.sum(axis=1)).ravel()
     tpm = sp.diags(1e4 / np.where(totals > 0, totals, 1.0)) @ tpm
     tpm.data = np.log1p(tpm.data)

@@ -264,7 +264,7 @@ def test_the_split_names_every_pair_once_and_each_kind_has_a_validation_pair():
     assert sorted(pairs.TUNING + pairs.VALIDATION) == sorted(names)
     assert set(pairs.HELD_OUT) == names
     validated = {kind for name in pairs.VALIDATION if name in pairs.PAIRS for kind in pairs.PAIRS[name].kinds}
-    assert {"cross-species", "one tissue", "novel types", "condition"} <= validated
+    assert {"cross-species", "one tissue", "novel types", "condition", "stimulation"} <= validated
     assert all(pairs.split_of(name) == "tuning" for name in crossstudy_tasks.HELD_OUT)
 
 
