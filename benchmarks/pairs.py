@@ -57,10 +57,13 @@ class Dataset:
     file: str
     study: str
     source: Source
-    values: str  # "counts" or "log2(TPM/10+1)"
+    values: str  # "counts" or a key of TPM_SCALE ("log2(TPM/10+1)", "log2(TPM+1)")
     species: str = "human"
     obs: tuple = ()
 
+
+#: Full-length studies ship log2(TPM / scale + 1): the scale of each form.
+TPM_SCALE = {"log2(TPM/10+1)": 10.0, "log2(TPM+1)": 1.0}
 
 SC_MIXOLOGY = "7d00ffb0bd043467f365a9358d7312f294f13c9f"
 MUDAN = "3636ed2f9a404cbdfcfdce5500384b59a72de666"
@@ -130,10 +133,37 @@ DATASETS = {
         Source("JEFworks/MUDAN", MUDAN, ("data/pbmcA.rda",), "GPL-3"),
         "counts",
     ),
+    "bastidas_ponce_mouse_pancreas": Dataset(
+        "bastidas_ponce_mouse_pancreas.h5ad",
+        "Bastidas-Ponce et al. 2019: pancreatic endocrinogenesis of E15.5 mouse embryos, 10x v2 "
+        "(scVelo's example, as VeloViz ships it: 739 cells, spliced counts)",
+        Source(
+            "JEFworks-Lab/veloviz",
+            "80e12d498c54e3c3adfe3cffdc9f34af04d51041",
+            ("data/pancreas.rda",),
+            "GPL-3",
+        ),
+        "counts",
+        species="mouse",
+    ),
+    "finak_mait": Dataset(
+        "finak_mait.h5ad",
+        "Finak et al. 2015 (MAST): MAIT cells of one healthy donor, Fluidigm C1 full-length, half of them "
+        "stimulated for 24 h with a cytokine cocktail",
+        Source("RGLab/MAST", "1c60223ed85bad087665c11ffe7ce7db2b04e835", ("data/maits.RData",), "GPL-2+"),
+        "log2(TPM+1)",
+        obs=("condition",),
+    ),
 }
 UNLABELLED = ("zheng_pbmc_donor_a",)
-#: The shared pbmc3k (../shared/data, see crossstudy_tasks), as a query of a new reference.
+#: The shared pbmc3k and Baron human pancreas (../shared/data, see crossstudy_tasks), every cell,
+#: as one side of a new pair: file, label column, where the counts are.
 SHARED_PBMC3K = "shared:pbmc3k"
+SHARED_BARON = "shared:baron"
+SHARED = {
+    SHARED_PBMC3K: ("pbmc3k.h5ad", "classified", "counts"),
+    SHARED_BARON: ("baron_human_pancreas.h5ad", "cell_type1", None),
+}
 
 _CD4 = "CD4 T"
 _SORTED_COARSE = {  # Zheng's sorted populations, T subsets merged
@@ -261,6 +291,48 @@ PAIRS = {
             ("cross-species", "novel types", "condition", "few labels"),
             ("B",),
         ),
+        Pair(
+            "human pancreas (Baron) → mouse embryonic pancreas",
+            SHARED_BARON,
+            "bastidas_ponce_mouse_pancreas",
+            {
+                "alpha": "Alpha",
+                "beta": "Beta",
+                "delta": "Delta",
+                "gamma": "PP",
+                "epsilon": "Epsilon",
+                "ductal": "Ductal",
+                "acinar": "Acinar",
+                "activated_stellate": "Stellate",
+                "quiescent_stellate": "Stellate",
+                "endothelial": "Endothelial",
+                "macrophage": "Macrophage",
+                "mast": "Mast",
+                "t_cell": "T",
+                "schwann": "Schwann",
+            },
+            {
+                "Ductal": "Ductal",
+                "Alpha": "Alpha",
+                "Beta": "Beta",
+                "Delta": "Delta",
+                "Epsilon": "Epsilon",
+                "Ngn3 low EP": "Ngn3 low EP",
+                "Ngn3 high EP": "Ngn3 high EP",
+                "Pre-endocrine": "Pre-endocrine",
+            },
+            ("cross-species", "one tissue", "novel types"),
+            ("Beta", "Ductal"),
+        ),
+        Pair(
+            "human sorted PBMC → MAIT cells, half cytokine-stimulated (C1)",
+            "zheng_sorted_pbmc",
+            "finak_mait",
+            _SORTED_COARSE,
+            {"MAIT": "T"},
+            ("stimulation", "cross-protocol"),
+            (),  # holding T out would leave no known query cell
+        ),
     )
 }
 
@@ -277,6 +349,8 @@ VALIDATION = [
     "sorted PBMC → head-and-neck tumour (Smart-seq2)",
     "human sorted PBMC → mouse lung immune cells",
     "human head-and-neck tumour (Smart-seq2) → mouse lung immune cells",
+    "human pancreas (Baron) → mouse embryonic pancreas",
+    "human sorted PBMC → MAIT cells, half cytokine-stimulated (C1)",
 ]
 #: Types held out of each pair's reference (one task each), the shared pairs' included.
 HELD_OUT = {**SHARED_HELD_OUT, **{pair.name: list(pair.held_out) for pair in PAIRS.values()}}
@@ -307,8 +381,8 @@ class MissingData(FileNotFoundError):
 
 
 def _path(name, cache):
-    if name == SHARED_PBMC3K:
-        path = DATA_DIR / "pbmc3k.h5ad"
+    if name in SHARED:
+        path = DATA_DIR / SHARED[name][0]
         where = f"the shared data ({DATA_DIR}) is absent"
     else:
         path = Path(cache) / DATASETS[name].file
@@ -322,18 +396,19 @@ def _read(name, cache):
     """The study's cells (`obs['label']`: its own types) and what `.X` holds: 'counts' or 'log1p'
     (log1p of counts per 10k, converted here from the values a study ships)."""
     data = ad.read_h5ad(_path(name, cache))
-    if name == SHARED_PBMC3K:
+    if name in SHARED:
+        _, label, layer = SHARED[name]
         data = ad.AnnData(
-            data.layers["counts"],
-            obs=data.obs[["classified"]].set_axis(["label"], axis=1),
+            data.layers[layer] if layer else data.X,
+            obs=data.obs[[label]].set_axis(["label"], axis=1),
             var=pd.DataFrame(index=data.var_names),
         )
         return data, "counts"
     if DATASETS[name].values == "counts":
         return data, "counts"
-    # log2(TPM/10 + 1) (Puram's scale) → log1p of TPM per 10k over the genes the file holds.
+    # log2(TPM/scale + 1) → log1p of TPM per 10k over the genes the file holds.
     tpm = sp.csr_matrix(data.X, dtype=np.float64)
-    tpm.data = 10.0 * (np.exp2(tpm.data) - 1.0)
+    tpm.data = TPM_SCALE[DATASETS[name].values] * (np.exp2(tpm.data) - 1.0)
     totals = np.asarray(tpm.sum(axis=1)).ravel()
     tpm = sp.diags(1e4 / np.where(totals > 0, totals, 1.0)) @ tpm
     tpm.data = np.log1p(tpm.data)

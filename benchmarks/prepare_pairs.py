@@ -30,11 +30,17 @@ from scquery.orthologs import builtin_map
 
 from .pairs import DATASETS, cache_dir
 
-#: Exports one object of an .rda file: its matrix (genes × cells, Matrix Market), names and cell table.
+#: Exports one object of an .rda file (or one element of a list object): its matrix (genes × cells,
+#: Matrix Market), names and cell table, a named vector of labels, or a table.
 _EXPORT_R = r"""
 args <- commandArgs(TRUE)
 suppressMessages(library(Matrix))
 e <- new.env(); load(args[1], envir = e); x <- e[[args[2]]]; out <- args[3]
+if (is.list(x) && !is.data.frame(x)) x <- x[[args[4]]]  # one element of a plain list
+if (is.data.frame(x)) {
+  write.csv(x, file.path(out, "table.csv"))
+  quit(save = "no")
+}
 if (is.character(x) || is.factor(x)) {
   labels <- data.frame(cell = names(x), label = as.character(x))
   write.csv(labels, file.path(out, "labels.csv"), row.names = FALSE)
@@ -85,13 +91,15 @@ def extract(mirror, source, folder):
 
 
 def export_r(rda, name, folder, assay=None):
-    """Object `name` of `rda` as (matrix genes × cells, genes, cells, obs or None), or its labels."""
+    """Object `name` of `rda` as (matrix genes × cells, genes, cells, obs or None), its labels, or a
+    table; `assay` names a SingleCellExperiment's assay or an element of a list object. (A matrix is
+    genes × cells as R holds it: rows come back as `genes`, columns as `cells`.)"""
     if shutil.which("Rscript") is None:
         raise PrepareError(
             "Rscript is not installed; it reads the R data files: apt-get install r-base-core "
             "r-bioc-singlecellexperiment"
         )
-    out = Path(folder) / f"{Path(rda).stem}-{name}"
+    out = Path(folder) / "-".join([Path(rda).stem, name] + ([assay] if assay else []))
     out.mkdir()
     script = Path(folder) / "export.R"
     script.write_text(_EXPORT_R)
@@ -99,6 +107,8 @@ def export_r(rda, name, folder, assay=None):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise PrepareError(f"Rscript could not read {name} from {rda}: {result.stderr.strip()[-500:]}")
+    if (out / "table.csv").is_file():
+        return pd.read_csv(out / "table.csv", index_col=0, keep_default_na=False)
     if (out / "labels.csv").is_file():
         return pd.read_csv(out / "labels.csv", keep_default_na=False).set_index("cell")["label"]
     matrix = sp.csr_matrix(scipy.io.mmread(out / "matrix.mtx"))
@@ -207,6 +217,43 @@ def zilionis_mouse_lung(files, folder):
     return adata
 
 
+def bastidas_ponce_mouse_pancreas(files, folder):
+    rda = next(iter(files.values()))
+    # velocyto's spliced counts: the exonic reads a 10x count matrix holds (unspliced left out).
+    spliced, genes, cells, _ = export_r(rda, "pancreas", folder, "spliced")
+    labels = export_r(rda, "pancreas", folder, "clusters")
+    return _anndata(spliced, genes, cells, pd.DataFrame({"label": labels.loc[cells].to_numpy()}))
+
+
+def finak_mait(files, folder):
+    rda = next(iter(files.values()))
+    # log2(TPM + 1) from RSEM, cells × transcripts' primer ids; several ids share a gene symbol.
+    values, cells, primers, _ = export_r(rda, "maits", folder, "expressionmat")
+    genes = export_r(rda, "maits", folder, "fdat").loc[primers, "symbolid"].to_numpy()
+    table = export_r(rda, "maits", folder, "cdat").loc[cells]
+    # MAST's vignette filter of failed libraries.
+    keep = (
+        (table["pastFastqc"] == "PASS")
+        & (table["exonRate"] > 0.3)
+        & (table["PercentToHuman"] > 0.6)
+        & (table["nGeneOn"] > 4000)
+    ).to_numpy()
+    tpm = values.toarray()[keep]
+    tpm = np.exp2(tpm) - 1.0
+    symbols, column = np.unique(genes, return_inverse=True)
+    summed = np.zeros((tpm.shape[0], len(symbols)))
+    np.add.at(summed.T, column, tpm.T)  # TPM of the ids of one symbol, added
+    obs = pd.DataFrame(
+        {
+            "label": "MAIT",
+            "condition": table["condition"]
+            .map({"Unstim": "unstimulated", "Stim": "stimulated"})
+            .to_numpy()[keep],
+        }
+    )
+    return _anndata(sp.csr_matrix(np.log2(summed + 1.0)).T, symbols, np.asarray(cells)[keep], obs)
+
+
 BUILDERS = {
     "cellbench_dropseq_3cl": cellbench_dropseq_3cl,
     "cellbench_celseq2_5cl": cellbench_celseq2_5cl,
@@ -214,6 +261,8 @@ BUILDERS = {
     "puram_hnscc": puram_hnscc,
     "zilionis_mouse_lung": zilionis_mouse_lung,
     "zheng_pbmc_donor_a": zheng_pbmc_donor_a,
+    "bastidas_ponce_mouse_pancreas": bastidas_ponce_mouse_pancreas,
+    "finak_mait": finak_mait,
 }
 
 

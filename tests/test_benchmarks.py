@@ -264,7 +264,7 @@ def test_the_split_names_every_pair_once_and_each_kind_has_a_validation_pair():
     assert sorted(pairs.TUNING + pairs.VALIDATION) == sorted(names)
     assert set(pairs.HELD_OUT) == names
     validated = {kind for name in pairs.VALIDATION if name in pairs.PAIRS for kind in pairs.PAIRS[name].kinds}
-    assert {"cross-species", "novel types", "condition"} <= validated
+    assert {"cross-species", "one tissue", "novel types", "condition", "stimulation"} <= validated
     assert all(pairs.split_of(name) == "tuning" for name in crossstudy_tasks.HELD_OUT)
 
 
@@ -294,6 +294,8 @@ def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
     cache = pairs.cache_dir()
     if not all((cache / dataset.file).is_file() for dataset in pairs.DATASETS.values()):
         pytest.skip(f"the pairs' cache {cache} is absent: prepare it with {pairs.PREPARE}")
+    if not all((pairs.DATA_DIR / file).is_file() for file, _, _ in pairs.SHARED.values()):
+        pytest.skip(f"the shared data ({pairs.DATA_DIR}) is absent")
     seen = set()
     for task in pairs.tasks(log=lambda line: None):
         pair = pairs.PAIRS[task.pair]
