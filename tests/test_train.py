@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import process_like
 from sklearn.metrics import accuracy_score
 
 from scquery.bundle import FORMAT_VERSION, load_bundle, save_bundle
@@ -25,14 +26,13 @@ from scquery.classifier import (
 from scquery.cli import main
 from scquery.config import load_train_config
 from scquery.errors import ScqueryError
-from scquery.preprocess import apply_preprocess
 from scquery.pretrain import load_encoder, pretrain_greedy, save_encoder
 from scquery.train import pretrain, train
 
 
 def classify(bundle, adata):
-    X, _ = apply_preprocess(adata, bundle.preprocess)
-    probabilities = predict_in_chunks(bundle.model, X.X)
+    X, _ = process_like(adata, bundle.preprocess)
+    probabilities = predict_in_chunks(bundle.model, X)
     return np.asarray(bundle.classes)[probabilities.argmax(axis=1)]
 
 
@@ -61,8 +61,8 @@ def test_classifier_held_out_accuracy(bundle, split):
 def test_bundle_round_trip_predicts_identically(bundle, split, tmp_path):
     save_bundle(bundle, tmp_path / "model")
     loaded = load_bundle(tmp_path / "model")
-    X, _ = apply_preprocess(split[1], loaded.preprocess)
-    np.testing.assert_array_equal(predict_in_chunks(loaded.model, X.X), predict_in_chunks(bundle.model, X.X))
+    X, _ = process_like(split[1], loaded.preprocess)
+    np.testing.assert_array_equal(predict_in_chunks(loaded.model, X), predict_in_chunks(bundle.model, X))
     assert loaded.classes == bundle.classes and loaded.genes == bundle.genes
     assert loaded.model_id == bundle.model_id and loaded.versions["keras"]
     np.testing.assert_array_equal(loaded.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"])
@@ -170,7 +170,7 @@ def test_scaling_lives_in_the_saved_model(split, tmp_path, small_config):
     scaled = train(split[0], label_key="bulk_labels", config=config)
     stats = scaled.preprocess["scale"]
     layer = scaled.model.get_layer("scale")
-    X = apply_preprocess(split[1], scaled.preprocess)[0].X[:5].toarray()
+    X = process_like(split[1], scaled.preprocess)[0][:5].toarray()
     expected = (X - np.asarray(stats["mean"])) / np.asarray(stats["std"])
     np.testing.assert_allclose(layer(X), expected, rtol=1e-4, atol=1e-4)
     save_bundle(scaled, tmp_path / "scaled")

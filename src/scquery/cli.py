@@ -155,9 +155,9 @@ def _add_train(subparsers):
 
 def _read_reference(args):
     """The training reference: one h5ad file's `.X` stays on disk (read in blocks while training,
-    `scquery.stream`), other inputs are read into memory."""
+    `scquery.preprocessing.fit`), other inputs are read into memory."""
     if len(args.reference) == 1 and args.layer is None and not args.use_raw:
-        from .stream import read_backed
+        from .io import read_backed
 
         reference = read_backed(args.reference[0])
         if reference is not None:
@@ -295,7 +295,9 @@ def _query(args):
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     scores = score(adata, args.truth_key)
     if args.truth_key is not None:
-        adata.uns["scquery"]["scores"] = dict(scores)
+        from .provenance import add_to_run
+
+        add_to_run(adata, "scquery", scores=dict(scores))
     write_h5ad(adata, args.out)
     if args.matches:
         write_table(matches, args.matches)

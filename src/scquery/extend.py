@@ -13,6 +13,7 @@ from .labels import check_labels
 from .options import InputOptions, check, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
 from .propagate import LABEL_SOURCE, USER
+from .provenance import source_of
 
 
 def extend(
@@ -36,7 +37,7 @@ def extend(
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
-    source = adata.uns.get("scquery", {}).get("source", "the new reference")
+    source = source_of(adata, "the new reference")
     check_labels(adata, label_key, source, min_classes=1)
     held = adata.obs_names.isin(bundle.reference.obs_names)
     if held.any():
@@ -45,7 +46,7 @@ def extend(
             "the model's reference; extend it with new cells only (or give the cells distinct names)."
         )
     inputs = check(take(InputOptions, locals()))
-    embedding, _, processed = compute_embedding(adata, bundle, inputs)
+    embedding, _, processed, _ = compute_embedding(adata, bundle, inputs)
     dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
     added = ad.AnnData(
         obs=pd.DataFrame(
@@ -61,7 +62,7 @@ def extend(
         reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
     if PROFILES_KEY in bundle.reference.uns:
-        added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
+        added_profiles = type_profiles(processed, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
     extended = with_index(dataclasses.replace(bundle, reference=reference))
     if path is not None:

@@ -48,13 +48,15 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .bundle import Bundle, reference_index
-from .embed import compute_embedding, record_run
+from .embed import compute_embedding, run_record
 from .errors import ScqueryError
 from .labels import UNKNOWN
 from .neighbors import NeighborIndex
 from .options import InputOptions, check, recorded, take
 from .palettes import palette
+from .preprocessing.align import Alignment
 from .profiles import PROFILES_KEY, group_means
+from .provenance import write_run
 from .rules import REASONS, SIGNALS, Findings, QueryOptions, thresholds, unknown_reasons
 
 
@@ -67,7 +69,8 @@ class Neighbors:
     distances: np.ndarray
     indices: np.ndarray
     expressed: np.ndarray  # per cell: does it express any reference gene?
-    processed: ad.AnnData
+    processed: sp.csr_matrix  # the processed query, on the model's genes
+    alignment: Alignment
     index: NeighborIndex
 
 
@@ -98,11 +101,11 @@ def vote(distances, codes, n_labels):
 
 def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions()):
     """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
-    embedding, probabilities, processed = compute_embedding(adata, bundle, inputs)
+    embedding, probabilities, processed, alignment = compute_embedding(adata, bundle, inputs)
     index = reference_index(bundle)
     distances, indices = index.kneighbors(embedding, min(options.k, bundle.reference.n_obs))
-    expressed = np.diff(processed.X.indptr) > 0
-    return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
+    expressed = np.diff(processed.indptr) > 0
+    return Neighbors(embedding, probabilities, distances, indices, expressed, processed, alignment, index)
 
 
 #: Queries of more cells are clustered on a seeded sample of this many (see `cluster_query`).
@@ -219,7 +222,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
-    cluster = cluster_query(neighbors.processed.X, resolution=options.resolution, seed=options.seed)
+    cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
     cluster_type = group_means(evidence, cluster_rows)[1].argmax(axis=1)
@@ -237,6 +240,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         cluster=cluster,
         types=dict(zip(ids, labels.to_numpy()[cluster_type], strict=True)),
         processed=neighbors.processed,
+        shared=neighbors.alignment.shared,
         profiles=_profiles(bundle),
     )
     scores = [signal.score(found) for signal in SIGNALS]
@@ -381,14 +385,12 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
     obs[f"{key_added}_nearest_label"] = labels[nearest]
     obs[f"{key_added}_nearest_dataset"] = datasets[nearest]
     adata.obsm[f"X_{key_added}"] = neighbors.embedding
-    record_run(
-        adata, bundle, neighbors.processed, {"key_added": key_added, **recorded(inputs)}, uns_key=key_added
-    )
     k = int(neighbors.indices.shape[1])
     params = {
         item.name: type(item.default)(getattr(options, item.name)) for item in dataclasses.fields(options)
     }
-    adata.uns[key_added]["query_params"] = {
+    run = run_record(bundle, neighbors.alignment, {"key_added": key_added, **recorded(inputs)})
+    run["query_params"] = {
         **params,
         "k": k,
         "search": neighbors.index.description(k),
@@ -399,6 +401,7 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
             REASONS[code]: int((result.reason == code).sum()) for code in range(1, len(REASONS))
         },
     }
+    write_run(adata, key_added, run)
 
 
 def matches_table(adata, bundle: Bundle, neighbors: Neighbors):
