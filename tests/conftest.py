@@ -153,7 +153,7 @@ def process_like(adata, record, **inputs):
 
 
 def fit_values(adata, labels=None, **options):
-    """`(rows, record)`: the reference fit (`fit_reference`) of `adata`'s `.X` with these training
+    """`(X, kept, record)`: the reference fit (`fit_reference`) of `adata`'s `.X` with these training
     options (a backed `.X` stays on disk)."""
     from scquery.config import TrainConfig
     from scquery.preprocessing.fit import fit_reference

@@ -34,8 +34,8 @@ def pbmc3k():
 
 def fit(adata, **options):
     """`(X, obs, record)`: the processed reference, its kept cells' annotations and the record."""
-    rows, record = fit_values(adata, **options)
-    return rows.materialize(), adata.obs.iloc[rows.cells], record
+    X, kept, record = fit_values(adata, **options)
+    return X, adata.obs.iloc[kept], record
 
 
 def _log1p_cp10k(counts):

@@ -1,11 +1,11 @@
 """Cell embeddings from a trained bundle: `obsm['X_scquery']` on the user's own AnnData."""
 
+import anndata as ad
 import keras
-import numpy as np
 
-from .bundle import Bundle, current_versions
+from .bundle import Bundle
 from .classifier import embedding_model, predict_in_chunks
-from .options import InputOptions, check, recorded, take
+from .options import InputOptions, recorded, take
 from .preprocessing.align import apply_record
 from .provenance import write_run
 from .values import select_values
@@ -41,19 +41,19 @@ def encode(X, bundle: Bundle, batch_size):
 
 
 def embed(
-    adata,
+    adata: ad.AnnData,
     bundle: Bundle,
     *,
-    key_added="scquery",
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-    gene_map=None,
-    species=None,
-    batch_size=8192,
-    copy=False,
-):
+    key_added: str = "scquery",
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_key: str | None = None,
+    min_overlap: float = 0.5,
+    gene_map: object = None,
+    species: str | None = None,
+    batch_size: int = 8192,
+    copy: bool = False,
+) -> ad.AnnData | None:
     """Embed `adata`'s cells with `bundle`'s encoder (scanpy style).
 
     Writes `adata.obsm['X_' + key_added]` (cells × embedding width) and `adata.uns[key_added]`
@@ -81,30 +81,10 @@ def embed(
     Returns:
         None, or the embedded copy when `copy=True`.
     """
-    inputs = check(take(InputOptions, locals()))
+    inputs = take(locals(), InputOptions)
     adata = adata.copy() if copy else adata
     embedding, _, _, alignment = compute_embedding(adata, bundle, inputs)
     adata.obsm[f"X_{key_added}"] = embedding
-    write_run(adata, key_added, run_record(bundle, alignment, {"key_added": key_added, **recorded(inputs)}))
+    params = {"key_added": key_added, **recorded(inputs)}
+    write_run(adata, key_added, model_id=bundle.model_id, params=params, found=alignment)
     return adata if copy else None
-
-
-def run_record(bundle: Bundle, alignment, params):
-    """What a run writes to `uns[key_added]` (`scquery.provenance.write_run`): the model, the
-    parameters (None left out), the gene overlap, the input values `detect_values` found, the
-    species and the gene map's record (`alignment.entries()`), the versions."""
-    return {
-        "model_id": bundle.model_id,
-        "params": {key: value for key, value in params.items() if value is not None},
-        **{key: _storable(value) for key, value in alignment.entries().items()},
-        "versions": current_versions(),
-    }
-
-
-def _storable(value):
-    """`value` with None entries dropped and numpy scalars made plain, so h5ad can hold it."""
-    if isinstance(value, dict):
-        return {str(k): _storable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

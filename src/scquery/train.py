@@ -25,7 +25,7 @@ from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
-from .options import InputOptions
+from .options import InputOptions, check
 from .preprocessing.align import apply_record
 from .preprocessing.fit import fit_reference, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
@@ -40,43 +40,42 @@ _PRETRAIN, _CLASSIFIER = 1, 2
 
 @without_retracing_warnings
 def pretrain(
-    adata,
+    adata: ad.AnnData,
     *,
-    label_key=None,
-    config=None,
-    unlabeled=None,
-    seed=0,
-    layer=None,
-    use_raw=False,
-    verbose="auto",
+    label_key: str | None = None,
+    config: TrainConfig | dict | str | None = None,
+    unlabeled: ad.AnnData | list[ad.AnnData] | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    use_raw: bool = False,
+    verbose: int | str = "auto",
 ) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
     its cells and the `unlabeled` data; `train(..., encoder=...)` goes on from the result. The
     labels (`obs[label_key]`, the same as `train`'s) serve only to choose the genes: each type's
     defining genes join the highly variable ones (`config.marker_genes`). `adata` and `unlabeled`
     are not modified."""
-    config = _config(config)
-    _check_seed(seed)
+    config = _config(config, seed)
     if label_key is not None:
         check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
     X, _, record = _preprocess(adata, config, values, label_key=label_key)
-    return _pretrain(X, record, unlabeled, config, values, seed, verbose)
+    return _pretrain(X, record, unlabeled, config, values, verbose)
 
 
 @without_retracing_warnings
 def train(
-    adata,
+    adata: ad.AnnData,
     *,
-    label_key,
-    config=None,
-    unlabeled=None,
-    encoder=None,
-    seed=0,
-    layer=None,
-    use_raw=False,
-    species=None,
-    verbose="auto",
+    label_key: str,
+    config: TrainConfig | dict | str | None = None,
+    unlabeled: ad.AnnData | list[ad.AnnData] | None = None,
+    encoder: PretrainedEncoder | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    use_raw: bool = False,
+    species: str | None = None,
+    verbose: int | str = "auto",
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
 
@@ -112,8 +111,7 @@ def train(
             each; 'auto' a bar on a terminal or in a notebook, else lines. Each stage is announced
             on the `scquery` logger with its size either way.
     """
-    config = _config(config)
-    _check_seed(seed)
+    config = _config(config, seed)
     check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     if encoder is not None and unlabeled is not None:
         raise ScqueryError(
@@ -132,32 +130,18 @@ def train(
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
-        encoder = _pretrain(X, record, unlabeled, config, values, seed, verbose)
+        encoder = _pretrain(X, record, unlabeled, config, values, verbose)
     model = build_classifier(
         X.shape[1],
-        config.hidden_sizes,
         len(classes),
-        activation=config.activation,
+        config,
         encoder_weights=None if encoder is None else encoder.weights,
         scale=record["scale"],
-        seed=seed_for(seed, _CLASSIFIER),
+        seed=seed_for(config.seed, _CLASSIFIER),
     )
     history = {
         "pretrain": [] if encoder is None else encoder.history,
-        "classifier": fit_classifier(
-            model,
-            X,
-            y,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            validation_fraction=config.validation_fraction,
-            patience=config.patience,
-            class_weight=config.class_weight,
-            cells=cells,
-            seed=seed,
-            verbose=verbose,
-        ),
+        "classifier": fit_classifier(model, X, y, config, cells=cells, seed=config.seed, verbose=verbose),
     }
     propagated, y_propagated = _propagate(model, X, obs, label_key, config)
     history["cells"] = {
@@ -188,7 +172,7 @@ def train(
         ),
         label_key=label_key,
         config=config.to_dict(),
-        seed=seed,
+        seed=config.seed,
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
@@ -205,13 +189,13 @@ def _preprocess(adata, config, values, *, label_key=None, species=None):
     rows, the kept cells' annotations and the record."""
     cells = select_values(adata, **values, on_disk=True)
     labels = None if label_key is None else cells.obs[label_key]
-    rows, record = fit_reference(cells, config, species=species, labels=labels)
+    X, kept, record = fit_reference(cells, config, species=species, labels=labels)
     logger.info(
         "preprocessing the reference: %s cells × %s genes → %s cells × %s genes%s",
-        *(f"{n:,}" for n in (*adata.shape, *rows.shape)),
-        ", read from disk batch by batch" if rows.backed else "",
+        *(f"{n:,}" for n in (*adata.shape, *X.shape)),
+        "" if sp.issparse(X) else ", read from disk batch by batch",
     )
-    return (rows if rows.backed else rows.materialize()), cells.obs.iloc[rows.cells], record
+    return X, cells.obs.iloc[kept], record
 
 
 def _labelled(obs, label_key, config):
@@ -259,7 +243,7 @@ def _propagate(model, X, obs, label_key, config):
     return unlabelled[rows], codes
 
 
-def _pretrain(X, record, unlabeled, config, values, seed, verbose):
+def _pretrain(X, record, unlabeled, config, values, verbose):
     """Greedy pretraining on the processed reference's cells `X` and the `unlabeled` data (each one
     processed, and so checked, before any training)."""
     if not sp.issparse(X) and unlabeled is not None:
@@ -270,18 +254,7 @@ def _pretrain(X, record, unlabeled, config, values, seed, verbose):
     if extra:
         X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
     weights, history, autoencoder = pretrain_greedy(
-        X,
-        config.hidden_sizes,
-        activation=config.activation,
-        noise=config.noise,
-        noise_level=config.noise_level,
-        epochs=config.pretrain_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        finetune_autoencoder=config.finetune_autoencoder,
-        scale=record["scale"],
-        seed=seed_for(seed, _PRETRAIN),
-        verbose=verbose,
+        X, config, scale=record["scale"], seed=seed_for(config.seed, _PRETRAIN), verbose=verbose
     )
     return PretrainedEncoder(weights, list(record["genes"]), config.activation, history, autoencoder)
 
@@ -322,10 +295,8 @@ def _check_encoder(encoder, record, config):
         )
 
 
-def _check_seed(seed):
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ScqueryError(f"The seed must be a non-negative integer, got {seed!r}.")
-
-
-def _config(config):
-    return config if isinstance(config, TrainConfig) else load_train_config(config)
+def _config(config, seed):
+    """The `TrainConfig` of `config` (one, a dict or a YAML path: `load_train_config`) and `seed`,
+    checked."""
+    config = config if isinstance(config, TrainConfig) else load_train_config(config)
+    return check(dataclasses.replace(config, seed=seed))

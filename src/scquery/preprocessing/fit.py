@@ -39,7 +39,7 @@ HVG_BINS = 20
 def fit_reference(cells, config, *, species=None, labels=None):
     """Filter, normalize and choose the genes of the reference `cells` (`scquery.values.Cells`; a
     backed `.X` is read in blocks and never whole) with the options of `config` (a
-    `scquery.config.TrainConfig`); return its processed rows and the record.
+    `scquery.config.TrainConfig`); return its processed rows, the kept cells and the record.
 
     Keeps cells with at least `min_genes` expressed genes and (when `max_pct_mito` is set) at most
     that percentage of their values in mitochondrial genes (names starting `MT-`/`mt-`); brings the
@@ -55,8 +55,10 @@ def fit_reference(cells, config, *, species=None, labels=None):
     `scquery.orthologs.detect_species`) is recorded for queries of another species.
 
     Returns:
-        `(rows, record)`: a `ReferenceRows` of the kept cells (`rows.cells`: their positions in
-        `cells`), and a JSON-serializable dict (`record['values']`: what `detect_values` found).
+        `(X, kept, record)`: the processed values of the kept cells (CSR float32 where `cells` are in
+        memory; a `ReferenceRows`, whose rows are made on demand, where they are on disk), the kept
+        cells' positions in `cells`, and a JSON-serializable dict (`record['values']`: what
+        `detect_values` found).
     """
     if species is not None and species not in SPECIES:
         raise ScqueryError(
@@ -91,7 +93,7 @@ def fit_reference(cells, config, *, species=None, labels=None):
         "n_top_genes": int(config.n_top_genes),
         "hvg_flavor": "seurat",
         "genes": genes,
-        "species": species or detect_species(names),
+        "species": species,
         "scale": scale_record,
         "qc": {
             "min_genes": int(config.min_genes),
@@ -106,7 +108,10 @@ def fit_reference(cells, config, *, species=None, labels=None):
     }
     if marker_record is not None:
         record["marker_genes"] = marker_record
-    return ReferenceRows(X, kept, datasets, parts, config.target_sum, sources, source), record
+    rows = ReferenceRows(X, kept, datasets, parts, config.target_sum, sources, source)
+    processed = rows if isinstance(X, CSRDataset) else rows.materialize()
+    record["species"] = species or detect_species(names)
+    return processed, kept, record
 
 
 def _groups(datasets):

@@ -32,10 +32,6 @@ class ReferenceRows(RowSource):
         self.selection = None if every_gene else selection_matrix(sources, X.shape[1])
         self.shape = (len(self.cells), len(sources))
 
-    @property
-    def backed(self):
-        return isinstance(self.X, CSRDataset)
-
     def __getitem__(self, rows):
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(self.shape[0]))
