@@ -20,7 +20,6 @@ from scquery.config import TrainConfig
 from scquery.io import read_backed
 from scquery.options import InputOptions
 from scquery.preprocessing.align import align_genes
-from scquery.preprocessing.fit import scale_of_genes
 from scquery.preprocessing.rows import ReferenceRows
 from scquery.preprocessing.scales import cell_datasets, normalize_parts, recognize
 from scquery.values import select_values
@@ -60,7 +59,8 @@ def scanpy_fit(adata, **options):
     statistics = None
     if config.scale:
         mean, variance = mean_variance_axis(sp.csr_matrix(X, dtype=np.float64), axis=0)
-        statistics = scale_of_genes(mean, variance, X.shape[0])
+        std = np.sqrt(variance * X.shape[0] / (X.shape[0] - 1))  # the sample standard deviation
+        statistics = {"mean": mean, "std": np.where(std == 0, 1.0, std)}
     return X, cells, list(genes), statistics, found
 
 

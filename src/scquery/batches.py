@@ -13,7 +13,7 @@ __all__ = ["RowSource", "SparseBatches", "iter_dense_chunks", "read_rows", "shuf
 
 
 class RowSource:
-    """Rows made on demand (e.g. read from disk and processed: `scquery.stream.ReferenceRows`):
+    """Rows made on demand (e.g. read from disk and processed: `scquery.preprocessing.rows.ReferenceRows`):
     `shape`, and `source[rows]` (a sorted integer array or a slice) gives those rows as CSR."""
 
     shape: tuple[int, int]

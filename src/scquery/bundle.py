@@ -53,7 +53,8 @@ class Bundle:
         model: the Keras classifier; layers `encoder_0 …` (the last one's output is the embedding)
             and `classifier` (softmax over `classes`).
         classes: cell-type names, in the order of the classifier's outputs.
-        preprocess: the preprocessing record of `scquery.preprocess.fit_preprocess` (genes included).
+        preprocess: the preprocessing record of `scquery.preprocessing.fit.fit_reference` (genes
+            included).
         reference: one row per reference cell: `obs['label']`, `obs['dataset']`, `obsm['X_scquery']`.
         label_key: the reference's label column.
         config: the training options (`TrainConfig.to_dict()`).

@@ -88,7 +88,7 @@ def train(
     'propagated'). Nothing given is modified.
 
     An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
-    whole (`scquery.stream`): memory does not grow with its matrix, and the model is the one its data
+    whole (`scquery.preprocessing`): memory does not grow with its matrix, and the model is the one its data
     in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
     is split over the devices (docs/SCALING.md).
 
@@ -99,7 +99,7 @@ def train(
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
             (the reference's quality control), normalized and aligned to the reference's genes
-            like a query (`apply_preprocess`).
+            like a query (`scquery.preprocessing.align.apply_record`).
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
         species: the reference's species, 'human' or 'mouse' (default: detected from the gene

@@ -1,7 +1,7 @@
 """Processing a query exactly like the reference of a preprocessing record: its scale recognized and
 undone, normalized on its own genes, another species' genes mapped (`scquery.orthologs`), then its
 genes aligned to the record's. The result is a matrix and a small report (`Alignment`); what of it the
-user sees is written by `scquery.embed.record_run`, not here.
+user sees is written by `scquery.provenance.write_run`, not here.
 """
 
 import warnings

@@ -74,13 +74,13 @@ def fit_reference(cells, config, *, species=None, labels=None):
     _assume_totals(X, indptr, datasets, parts)
 
     keep, sums, types = _pass(X, indptr, datasets, parts, names, config, labels, source)
-    kept = passing_cells(keep, source, config.min_genes, config.max_pct_mito)
+    kept = _passing_cells(keep, source, config.min_genes, config.max_pct_mito)
     sources, genes, selection, marker_record = _choose_genes(sums, types, kept.size, names, config, source)
     scale_record = None
     if config.scale:
         mean, variance = _mean_variance(sums["log"], sums["log2"], kept.size)
         found = sources >= 0
-        scale_record = scale_of_genes(
+        scale_record = _scale_of_genes(
             np.where(found, mean[sources], 0.0), np.where(found, variance[sources], 0.0), kept.size
         )
     record = {
@@ -148,7 +148,7 @@ def _recognize(X, indptr, nnz, groups, source):
 def _pass(X, indptr, datasets, parts, names, config, labels, source):
     """One pass over the normalized blocks: which cells pass quality control, the per-gene sums of
     the kept cells (`_add_gene_sums`) and, given labels, the per-type sums (`_TypeSums`)."""
-    mito = mito_genes(names, source, config.max_pct_mito)
+    mito = _mito_genes(names, source, config.max_pct_mito)
     n_genes = len(names)
     keep = np.zeros(X.shape[0], bool)
     sums = {key: np.zeros(n_genes) for key in ("linear", "linear2", "log", "log2")}
@@ -160,7 +160,7 @@ def _pass(X, indptr, datasets, parts, names, config, labels, source):
             block = normalized_block(X, rows, datasets, parts, config.target_sum, source)
             linear = block.copy()
             linear.data = np.expm1(linear.data)
-            keep[rows] = qc_mask(linear, mito, config.min_genes, config.max_pct_mito)
+            keep[rows] = _qc_mask(linear, mito, config.min_genes, config.max_pct_mito)
             kept = np.flatnonzero(keep[rows])
             kept_block = block[kept]
             _add_gene_sums(sums, kept_block, linear[kept])
@@ -176,7 +176,7 @@ def _choose_genes(sums, types, n, names, config, source):
     data lacks) and names, how they were chosen, and each type's defining genes (None without
     labels)."""
     if config.genes is not None:
-        genes = given_genes(config.genes)
+        genes = _given_genes(config.genes)
         sources, _ = gene_sources(names, genes, source, InputOptions().min_overlap)
         return sources, genes, "given", None
     expressed = sources = np.flatnonzero(sums["expressing"] >= config.min_cells)
@@ -226,12 +226,12 @@ def qc_cells(cells, config):
     `config.min_genes` expressed genes and (when `config.max_pct_mito` is set) at most that
     percentage of their values in mitochondrial genes (names starting `MT-`/`mt-`), on the values as
     they are. No cell passing is an error."""
-    mito = mito_genes(cells.genes, cells.source, config.max_pct_mito)
-    keep = qc_mask(cells.X, mito, config.min_genes, config.max_pct_mito)
-    return passing_cells(keep, cells.source, config.min_genes, config.max_pct_mito)
+    mito = _mito_genes(cells.genes, cells.source, config.max_pct_mito)
+    keep = _qc_mask(cells.X, mito, config.min_genes, config.max_pct_mito)
+    return _passing_cells(keep, cells.source, config.min_genes, config.max_pct_mito)
 
 
-def mito_genes(names, source, max_pct_mito):
+def _mito_genes(names, source, max_pct_mito):
     """The mask of mitochondrial genes (`MT-`/`mt-`) among `names` where `max_pct_mito` asks for
     them (a warning when there are none), else None."""
     if max_pct_mito is None:
@@ -242,8 +242,8 @@ def mito_genes(names, source, max_pct_mito):
     return mito
 
 
-def qc_mask(X, mito, min_genes, max_pct_mito):
-    """Which rows of `X` (linear values) pass quality control (`mito`: `mito_genes`), row by row:
+def _qc_mask(X, mito, min_genes, max_pct_mito):
+    """Which rows of `X` (linear values) pass quality control (`mito`: `_mito_genes`), row by row:
     blocks of rows give the same answers as the whole."""
     keep_cells, _ = sc.pp.filter_cells(X, min_genes=min_genes, inplace=False)
     if max_pct_mito is not None:
@@ -258,7 +258,7 @@ def qc_mask(X, mito, min_genes, max_pct_mito):
     return keep_cells
 
 
-def passing_cells(keep_cells, source, min_genes, max_pct_mito):
+def _passing_cells(keep_cells, source, min_genes, max_pct_mito):
     """The indices of the cells kept (`keep_cells`, a mask); none is an error."""
     cells = np.flatnonzero(keep_cells)
     if cells.size == 0:
@@ -269,7 +269,7 @@ def passing_cells(keep_cells, source, min_genes, max_pct_mito):
     return cells
 
 
-def given_genes(genes):
+def _given_genes(genes):
     """The `genes` option as a list of names, each given once."""
     genes = [str(g) for g in genes]
     if len(set(genes)) != len(genes) or not genes:
@@ -277,7 +277,7 @@ def given_genes(genes):
     return genes
 
 
-def scale_of_genes(mean, variance, n):
+def _scale_of_genes(mean, variance, n):
     """The `scale` record of genes of these means and (population) variances over `n` cells: the
     sample standard deviation, 1 where it is 0."""
     std = np.sqrt(np.asarray(variance) * n / max(n - 1, 1))

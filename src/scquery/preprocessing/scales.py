@@ -110,10 +110,10 @@ def decide(nnz, negative, fraction, read):
         return {**found, "values": "scaled"}
     if not fraction.any():
         return found
-    return scale_of(read(sample_rows(nnz)))
+    return _scale_of(read(_sample_rows(nnz)))
 
 
-def sample_rows(row_nnz):
+def _sample_rows(row_nnz):
     """The rows (sorted) that `detect_values` recognizes a scale on: up to 500 of the rows holding a
     value (`row_nnz > 0`), drawn with a fixed seed."""
     filled = np.flatnonzero(np.asarray(row_nnz) > 0)
@@ -121,7 +121,7 @@ def sample_rows(row_nnz):
     return np.sort(rng.choice(filled, min(_SAMPLE, filled.size), replace=False))
 
 
-def scale_of(sample):
+def _scale_of(sample):
     """What the sampled rows `sample` (CSR, non-negative values not all whole numbers) hold: the
     scale part of `detect_values`."""
     found = {"values": "counts", "log_base": None, "target_sum": None}
@@ -205,7 +205,7 @@ def recognize(X, datasets):
     return parts
 
 
-def found_values(parts):
+def _found_values(parts):
     """What was found (`recognize`'s parts, or values by dataset): one dict, or one per dataset."""
     return parts[None][1] if list(parts) == [None] else {name: part[1] for name, part in parts.items()}
 
@@ -215,13 +215,13 @@ def normalize_parts(X, parts, target_sum, source):
     whole) to its rows of `X` and what `detect_values` found in it. Returns the matrix and the
     values found (one dict, or one per dataset)."""
     if list(parts) == [None]:
-        return _normalized(X, parts[None][1], target_sum, source), found_values(parts)
+        return _normalized(X, parts[None][1], target_sum, source), _found_values(parts)
     blocks = []
     for name, (rows, values) in parts.items():
         blocks.append((rows, _normalized(X[rows], values, target_sum, f"{source} (dataset {name})")))
     order = np.argsort(np.concatenate([rows for rows, _ in blocks]))
     stacked = sp.vstack([block for _, block in blocks], format="csr")[order]
-    return sp.csr_matrix(stacked, dtype=np.float32), found_values(parts)
+    return sp.csr_matrix(stacked, dtype=np.float32), _found_values(parts)
 
 
 def _log_normalize(X, target_sum):
