@@ -114,7 +114,7 @@ def test_a_pretrained_encoder_is_used_or_refused_never_dropped(split, small_conf
     ):
         with pytest.raises(ScqueryError, match=message):
             train(split[0], label_key="bulk_labels", config={**config, **changes}, encoder=encoder)
-    with pytest.raises(ScqueryError, match="non-negative"):
+    with pytest.raises(ScqueryError, match="seed must be a whole number of at least 0"):
         train(split[0], label_key="bulk_labels", config=config, seed=-1)
 
 
