@@ -16,6 +16,7 @@ import yaml
 
 from scquery.cli import build_parser
 from scquery.config import SCHEMA, TrainConfig
+from scquery.datasets import pbmc68k_split
 from scquery.embed import embed
 from scquery.errors import ScqueryError
 from scquery.extend import extend
@@ -69,6 +70,8 @@ def test_the_public_functions_spell_out_the_options_with_their_defaults():
     }
     for function in (train, pretrain):
         assert {name: keywords(function)[name] for name in own} == own, function.__name__
+    # the built-in data's split takes the workflow's one seed too
+    assert keywords(pbmc68k_split)["seed"] == own["seed"]
 
 
 #: The input options of reading files and of training.
