@@ -164,3 +164,10 @@ QueryOptions.__doc__ = "Every option of `scquery.query.query` but those of readi
 def thresholds(options):
     """The signals' thresholds in `options`, by option name."""
     return {signal.option: getattr(options, signal.option) for signal in SIGNALS if signal.option}
+
+
+def judge(found, options):
+    """`(scores, reason)`: each signal's score of the `Findings` `found`, in the order of `SIGNALS`,
+    and each cell's Unknown reason (`unknown_reasons`) under the thresholds of `options`."""
+    scores = [signal.score(found) for signal in SIGNALS]
+    return scores, unknown_reasons(*scores, **thresholds(options))
