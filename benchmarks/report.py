@@ -814,6 +814,107 @@ def unknown_section(result):
     return parts
 
 
+def unknown_pairs_section(result):
+    """Tuning and validation pairs: per task scquery's prediction, classifier head and best peer, new
+    cells caught and known cells Unknown, each method's rejection AUROC; the targets per set."""
+    rows = pd.DataFrame(result["rows"])
+    parts = [
+        "## Unknown calls on the tuning and validation pairs (`--only unknown_pairs`)",
+        "",
+        "Every pair whole and with each type of `pairs.HELD_OUT` removed from its reference (one model "
+        "each; benchmarks/PAIRS.md). New cells: of a type the reference lacks (held out, or never in it). "
+        "'caught': new cells called Unknown; 'known Unknown': known cells called Unknown; macro-F1 over the "
+        "known cells, Unknown counted as wrong; AUROC of each method's rejection score, new against known "
+        "cells (scquery: the calibrated `scquery_unknown_score`, the earlier rules at their defaults; "
+        "CellTypist: 1 - its highest probability; scmap-cosine: 1 - the cosine similarity to the nearest "
+        "reference centroid), with the share caught / known Unknown at each method's default (scquery 0.5, "
+        "CellTypist `p_thres` 0.5, scmap 0.7). Choices were made on the tuning set; the validation set "
+        "counts.",
+        "",
+    ]
+    if not len(rows):
+        return parts
+    for split in ("tuning", "validation"):
+        part = rows[rows["split"] == split]
+        if not len(part):
+            continue
+        table = []
+        for r in part.itertuples():
+            best = max(r.peer_f1, key=r.peer_f1.get) if r.peer_f1 else None
+            rejection = []
+            for name, curve in r.rejection.items():
+                if curve["auroc"] is None:
+                    continue
+                at = curve["default"]
+                caught = "-" if at["caught"] is None else f"{at['caught']:.0%}"
+                rejection.append(f"{name} {curve['auroc']:.3f} ({caught} / {at['known_unknown']:.0%})")
+            table.append(
+                [
+                    r.pair,
+                    " + ".join(r.held_out) or "-",
+                    ", ".join(r.novel) or "-",
+                    r.prediction_f1,
+                    r.classifier_f1,
+                    f"{r.peer_f1[best]:.3f} ({best})" if best else "-",
+                    "-" if r.caught is None or pd.isna(r.caught) else f"{r.caught:.1%}",
+                    f"{r.known_unknown:.1%}",
+                    "; ".join(rejection) or "-",
+                ]
+            )
+        parts += [
+            f"### {split.capitalize()} set",
+            "",
+            _table(
+                [
+                    "pair",
+                    "held out",
+                    "new to the reference",
+                    "prediction",
+                    "head",
+                    "best peer",
+                    "caught",
+                    "known Unknown",
+                    "AUROC (caught / known Unknown at the default)",
+                ],
+                table,
+            ),
+            "",
+        ]
+        parts += _unknown_targets(part)
+        conditions = [
+            f"{r.pair}: " + ", ".join(f"{level} {share:.1%}" for level, share in r.conditions.items())
+            for r in part.itertuples()
+            if isinstance(getattr(r, "conditions", None), dict) and not r.held_out
+        ]
+        if conditions:
+            parts += ["Known cells called Unknown in each condition of the query:", ""]
+            parts += [f"- {line}" for line in conditions] + [""]
+    return parts
+
+
+def _unknown_targets(part):
+    """The issue's targets on one set of tasks, each met or not."""
+    whole = part[part["held_out"].map(len) == 0]
+    best = whole["peer_f1"].map(lambda f1: max(f1.values()) if f1 else np.nan)
+    head_ok = (whole["prediction_f1"] >= whole["classifier_f1"] - 0.01).sum()
+    peer_ok = (whole["prediction_f1"] >= best).sum()
+    new = part[part["new_cells"] > 0]
+    caught_ok = (new["caught"] >= 0.8).sum()
+    known_ok = (part["known_unknown"] <= 0.05).sum()
+    aurocs = part["rejection"].map(lambda r: r["scquery"]["auroc"]).dropna()
+    median = float(aurocs.median()) if len(aurocs) else float("nan")
+    return [
+        f"- Prediction ≥ head - 0.01 on {head_ok} of {len(whole)} whole pairs; ≥ the best peer on "
+        f"{peer_ok} of {len(whole)}.",
+        f"- New cells ≥ 80 % caught on {caught_ok} of {len(new)} tasks with new cells (median "
+        f"{new['caught'].median():.1%}); known cells ≤ 5 % Unknown on {known_ok} of {len(part)} tasks "
+        f"(largest {part['known_unknown'].max():.1%}).",
+        f"- Median AUROC of scquery's score {median:.3f} over {len(aurocs)} tasks (target ≥ 0.95: "
+        f"{'met' if median >= 0.95 else 'not met'}).",
+        "",
+    ]
+
+
 def species_section(result):
     """Per simulation and way of mapping: the overlaps, the agreement with the same-species query and
     macro-F1; then CellTypist's `Model.convert` on the same simulation."""
@@ -924,6 +1025,7 @@ SECTIONS = {
     "quality": _quality_section,
     "crossstudy": crossstudy_section,
     "unknown": unknown_section,
+    "unknown_pairs": unknown_pairs_section,
     "labels": labels_section,
     "species": species_section,
     "speed": speed_section,
