@@ -881,6 +881,9 @@ def unknown_pairs_section(result):
             "",
         ]
         parts += _unknown_targets(part)
+        refused = {r["pair"]: r.get("refused_at_defaults") for r in result["rows"] if r["split"] == split}
+        parts += [f"- {pair}: refused at the defaults: {why}" for pair, why in refused.items() if why]
+        parts += [""]
         conditions = [
             f"{r.pair}: " + ", ".join(f"{level} {share:.1%}" for level, share in r.conditions.items())
             for r in part.itertuples()
@@ -911,7 +914,6 @@ def _unknown_targets(part):
         f"(largest {part['known_unknown'].max():.1%}).",
         f"- Median AUROC of scquery's score {median:.3f} over {len(aurocs)} tasks (target ≥ 0.95: "
         f"{'met' if median >= 0.95 else 'not met'}).",
-        "",
     ]
 
 

@@ -18,13 +18,15 @@ it held at their defaults (a cell they reject counts as rejected at every thresh
 point is `max_unknown_score=0.5`. The peers' rejection: CellTypist's highest probability (its
 `p_thres`, default 0.5), and scmap-cluster's cosine similarity to the nearest type centroid of the
 reference's highly variable genes (default 0.7). Peers get both sides on one gene space
-(`pairs.on_shared_genes`).
+(`pairs.on_shared_genes`). A query scquery refuses for too few of the model's genes is run again with
+`min_overlap=LOW_OVERLAP`, and the refusal recorded.
 """
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from scquery.errors import ScqueryError
 from scquery.query import UNKNOWN, query
 from scquery.train import train
 
@@ -36,6 +38,8 @@ from .quality import celltypist_predictions
 
 #: Each method's rejection threshold at its default, on its score (higher: more likely new).
 DEFAULTS = {"scquery": 0.5, "CellTypist": 1 - 0.5, "scmap-cosine": 1 - 0.7}
+#: The least gene overlap a query refused at the default (0.5) is run again with.
+LOW_OVERLAP = 0.2
 #: The thresholds a curve is drawn at (on each method's score).
 CURVE = np.round(np.linspace(0, 1, 21), 2)
 
@@ -77,7 +81,12 @@ class _Split:
 def _scquery(task, seed):
     bundle = train(task.reference, label_key="label", config=scquery_config(quick=False), seed=seed)
     adata = task.query.copy()
-    query(adata, bundle, species=getattr(task, "query_species", None), matches=False)
+    species, refused = getattr(task, "query_species", None), None
+    try:
+        query(adata, bundle, species=species, matches=False)
+    except ScqueryError as error:  # a query of too few of the model's genes: what a user would do
+        refused = f"{error} (run again with min_overlap={LOW_OVERLAP})"
+        query(adata, bundle, species=species, matches=False, min_overlap=LOW_OVERLAP)
     obs = adata.obs
     reason = obs["scquery_unknown_reason"].astype(str).to_numpy()
     score = obs["scquery_unknown_score"].to_numpy(np.float64)
@@ -90,6 +99,7 @@ def _scquery(task, seed):
         "score": score,
         "reason": reason,
         "calibration": bundle.calibration.get("fitted", {}),
+        "refused": refused,
     }
 
 
@@ -163,6 +173,7 @@ def measure(task, seed=0, log=print):
         "known_reasons": pd.Series(ours["reason"][~new & (ours["reason"] != "")]).value_counts().to_dict(),
         "new_called": pd.Series(ours["prediction"][new]).value_counts().head(3).to_dict(),
         "calibration": ours["calibration"],
+        "refused_at_defaults": ours["refused"],
         "rejection": {"scquery": _curve(ours["score"], new, DEFAULTS["scquery"])},
     }
     for name, score in peer_scores.items():
