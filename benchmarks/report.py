@@ -829,7 +829,9 @@ def unknown_pairs_section(result):
         "CellTypist: 1 - its highest probability; scmap-cosine: 1 - the cosine similarity to the nearest "
         "reference centroid), with the share caught / known Unknown at each method's default (scquery 0.5, "
         "CellTypist `p_thres` 0.5, scmap 0.7). Choices were made on the tuning set; the validation set "
-        "counts.",
+        "counts. The curves, each default's point marked: [unknown_pairs.png](unknown_pairs.png).",
+        "",
+        "![new cells caught against known cells called Unknown, per task and method](unknown_pairs.png)",
         "",
     ]
     if not len(rows):
@@ -893,6 +895,43 @@ def unknown_pairs_section(result):
             parts += ["Known cells called Unknown in each condition of the query:", ""]
             parts += [f"- {line}" for line in conditions] + [""]
     return parts
+
+
+def unknown_pairs_figure(result, path):
+    """Per task with new and known cells: each method's share of new cells caught against its share
+    of known cells called Unknown as its threshold moves, the default's point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["new_cells"] and r["rejection"]["scquery"]["auroc"] is not None]
+    if not rows:
+        return
+    methods = list(dict.fromkeys(name for r in rows for name in r["rejection"]))
+    colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
+    columns = 5
+    grid = -(-len(rows) // columns)
+    fig, axes = plt.subplots(grid, columns, figsize=(3.2 * columns, 3.2 * grid), squeeze=False)
+    legend = {}
+    for ax, r in zip(axes.flat, rows, strict=False):
+        for name, curve in r["rejection"].items():
+            points = curve["curve"]  # in the order of the threshold
+            known, caught = [p["known_unknown"] for p in points], [p["caught"] for p in points]
+            legend[name] = ax.plot(known, caught, color=colors[name], lw=1.2)[0]
+            ax.plot(curve["default"]["known_unknown"], curve["default"]["caught"], "o", color=colors[name])
+        held = " + ".join(r["held_out"]) or "whole"
+        ax.set_title(f"{r['split']}: {r['pair'][:34]}\n{held}", fontsize=7)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("known cells Unknown", fontsize=7)
+        ax.set_ylabel("new cells caught", fontsize=7)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.set_axis_off()
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _unknown_targets(part):
@@ -1036,7 +1075,10 @@ SECTIONS = {
     "throughput": throughput_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
-FIGURES = {"labels": (labels_figure, "labels.png")}
+FIGURES = {
+    "labels": (labels_figure, "labels.png"),
+    "unknown_pairs": (unknown_pairs_figure, "unknown_pairs.png"),
+}
 
 
 def write_report(out_dir, *, command, results, order, commit=None):
