@@ -38,8 +38,12 @@ def test_a_bundle_without_a_calibration_uses_the_default_with_a_warning(bundle, 
         query(adata, older, matches=False)
     features = adata.obs[[f"scquery_{name}" for name in MARKER_FEATURES]].set_axis(MARKER_FEATURES, axis=1)
     np.testing.assert_allclose(adata.obs["scquery_unknown_score"], DEFAULT.probability(features), rtol=1e-5)
-    # a calibration of another version is not read
-    assert Calibration.from_dict({**DEFAULT.to_dict(), "version": 0}) is None
+    # a calibration of another version, or a damaged one, is not read
+    saved = DEFAULT.to_dict()
+    assert Calibration.from_dict({**saved, "version": 0}) is None
+    assert Calibration.from_dict({k: v for k, v in saved.items() if k != "intercept"}) is None
+    assert Calibration.from_dict({**saved, "coefficients": [1.0, "x", None]}) is None
+    assert Calibration.from_dict({**saved, "coefficients": [1.0]}) is None
 
 
 def test_the_fit_weighs_new_and_known_cells_alike():

@@ -64,17 +64,20 @@ class Calibration:
     @classmethod
     def from_dict(cls, saved):
         """The calibration of a saved form; None (the caller falls back to `DEFAULT`) for a form of
-        another version or other features."""
+        another version or other features, or a damaged one."""
         if not isinstance(saved, dict) or saved.get("version") != VERSION:
             return None
         if tuple(saved.get("features", ())) != MARKER_FEATURES:
             return None
-        return cls(
-            coefficients=tuple(float(c) for c in saved["coefficients"]),
-            intercept=float(saved["intercept"]),
-            features=MARKER_FEATURES,
-            fitted=dict(saved.get("fitted", {})),
-        )
+        try:
+            coefficients = tuple(float(c) for c in saved["coefficients"])
+            intercept = float(saved["intercept"])
+            fitted = dict(saved.get("fitted") or {})
+        except (KeyError, TypeError, ValueError):
+            return None  # damaged: the caller falls back to `DEFAULT`, with its warning
+        if len(coefficients) != len(MARKER_FEATURES) or not np.isfinite([*coefficients, intercept]).all():
+            return None
+        return cls(coefficients=coefficients, intercept=intercept, features=MARKER_FEATURES, fitted=fitted)
 
 
 def fit_calibration(table, *, fitted=None):
