@@ -191,7 +191,12 @@ def test_outputs_that_are_inputs_or_each_other_are_refused(model, split, tmp_pat
     cases = [
         (["query", model, given, "--out", given], "is the input"),
         (["query", model, given, "--out", given, "--overwrite"], "is the input"),
-        (["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", tmp_path / "o.h5ad"], "both"),
+        (["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", given], "is the input"),
+        (
+            ["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", tmp_path / "m.tsv"]
+            + ["--summary", tmp_path / "m.tsv"],
+            "both",
+        ),
         (
             ["embed", model, given, "--out", model / "reference.h5ad", "--overwrite"],
             "inside the model bundle",
@@ -302,9 +307,9 @@ def test_bad_options_are_one_sentence(model, split, tmp_path, capsys):
         out,
         "--k",
         n_reference + 1,
-        match=f"k={n_reference + 1} is more than",
+        match=f"--k {n_reference + 1} is more than",
     )
-    refused(capsys, "query", model, given, "--out", out, "--k", 0, match="k must be a whole number")
+    refused(capsys, "query", model, given, "--out", out, "--k", 0, match="--k must be a whole number")
     refused(
         capsys,
         "query",
@@ -314,11 +319,11 @@ def test_bad_options_are_one_sentence(model, split, tmp_path, capsys):
         out,
         "--min-overlap",
         "nan",
-        match="min_overlap must be a finite",
+        match="--min-overlap must be a finite",
     )
-    refused(capsys, "query", model, given, "--out", out, "--min-confidence", "inf", match="min_confidence")
+    refused(capsys, "query", model, given, "--out", out, "--min-confidence", "inf", match="--min-confidence")
     refused(
-        capsys, "query", model, given, "--out", out, "--novelty-threshold", "0", match="novelty_threshold"
+        capsys, "query", model, given, "--out", out, "--novelty-threshold", "0", match="--novelty-threshold"
     )
     refused(capsys, "embed", model, given, "--out", out, "--layer", "counts", match="has no layer 'counts'")
     config = tmp_path / "nan.yaml"

@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 
-from .bundle import Bundle, current_versions
+from .bundle import Bundle, as_bundle, current_versions
 from .classifier import embedding_model, predict_in_chunks
+from .logs import stage
 from .options import InputOptions, check, recorded, take
 from .preprocess import apply_preprocess
 from .values import select_values
@@ -28,7 +29,23 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     values = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw)
     aligned, overlap = apply_preprocess(values, bundle.preprocess, inputs)
     aligned.uns["scquery"]["overlap"] = overlap
+    stage("embedding", "embedding %s cells: %s", f"{aligned.n_obs:,}", genes_found(overlap))
     return (*encode(aligned.X, bundle, inputs.batch_size), aligned)
+
+
+def embedded(adata, key_added="scquery"):
+    """What `embed` did, in words, for the line that ends a run: `210 cells embedded; 765 of the
+    model's 765 genes found (100%)`."""
+    return f"{adata.n_obs:,} cells embedded; {genes_found(adata.uns[key_added]['overlap'])}"
+
+
+def genes_found(overlap):
+    """The gene overlap (`uns['scquery']['overlap']`) in words: `765 of the model's 765 genes found
+    (100%)`."""
+    return (
+        f"{overlap['n_shared']:,} of the model's {overlap['n_reference_genes']:,} genes found "
+        f"({overlap['fraction']:.0%})"
+    )
 
 
 def encode(X, bundle: Bundle, batch_size):
@@ -62,6 +79,7 @@ def embed(
     `key_added` means the same in `scquery.query.query`.
 
     Args:
+        bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
         key_added: name of the results (default 'scquery': `obsm['X_scquery']`, `uns['scquery']`).
         layer: take the values from `layers[layer]` instead of `.X` (e.g. `'counts'`).
         use_raw: take the values (and genes) from `.raw`.
@@ -81,6 +99,7 @@ def embed(
         None, or the embedded copy when `copy=True`.
     """
     inputs = check(take(InputOptions, locals()))
+    bundle = as_bundle(bundle, adata, call="scq.embed(adata, bundle)")
     adata = adata.copy() if copy else adata
     embedding, _, processed = compute_embedding(adata, bundle, inputs)
     adata.obsm[f"X_{key_added}"] = embedding

@@ -24,14 +24,16 @@ def option(default, help, *, low=None, high=None, low_open=False, integer=False,
     return field(default=default, metadata=metadata)
 
 
-def check(options):
-    """Raise `ScqueryError` unless each of `options`' values is within its limits and choices."""
+def check(options, *, flags=False):
+    """Raise `ScqueryError` unless each of `options`' values is within its limits and choices; the
+    sentence names the option as a keyword, or with `flags` as the command line's flag (`--k`)."""
     for item in dataclasses.fields(options):
         value, meta = getattr(options, item.name), item.metadata
+        name = "--" + item.name.replace("_", "-") if flags else item.name
         if meta["limits"] is not None:
-            check_number(item.name, value, **meta["limits"])
+            check_number(name, value, **meta["limits"])
         if meta["choices"] is not None and value is not None and value not in meta["choices"]:
-            raise ScqueryError(f"{item.name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
+            raise ScqueryError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
     return options
 
 

@@ -47,13 +47,14 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from .bundle import Bundle, reference_index
+from .bundle import Bundle, as_bundle, reference_index
 from .embed import compute_embedding, record_run
-from .errors import ScqueryError
 from .labels import UNKNOWN
+from .logs import stage
 from .neighbors import NeighborIndex
 from .options import InputOptions, check, recorded, take
 from .palettes import palette
+from .preflight import check_k
 from .profiles import PROFILES_KEY, group_means
 from .rules import REASONS, SIGNALS, Findings, QueryOptions, thresholds, unknown_reasons
 
@@ -100,7 +101,15 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions())
     """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
     embedding, probabilities, processed = compute_embedding(adata, bundle, inputs)
     index = reference_index(bundle)
-    distances, indices = index.kneighbors(embedding, min(options.k, bundle.reference.n_obs))
+    k = min(options.k, bundle.reference.n_obs)
+    stage(
+        "neighbours",
+        "finding each cell's %d nearest of %s reference cells (%s search)",
+        k,
+        f"{bundle.reference.n_obs:,}",
+        index.description(k),
+    )
+    distances, indices = index.kneighbors(embedding, k)
     expressed = np.diff(processed.X.indptr) > 0
     return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
 
@@ -219,6 +228,9 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
+    stage(
+        "clusters", "clustering the query on its own expression (Leiden, resolution %s)", options.resolution
+    )
     cluster = cluster_query(neighbors.processed.X, resolution=options.resolution, seed=options.seed)
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
@@ -326,6 +338,7 @@ def query(
     the nearest reference cell).
 
     Args:
+        bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
         k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers, resolution,
             majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
             thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
@@ -339,12 +352,8 @@ def query(
         The matches (`matches_table`), or None with `matches=False`.
     """
     options, inputs = check(take(QueryOptions, locals())), check(take(InputOptions, locals()))
-    reference = bundle.reference
-    if options.k > reference.n_obs:
-        raise ScqueryError(
-            f"k={k} is more than the {reference.n_obs:,} cells of the model's reference; choose k of "
-            f"at most {reference.n_obs}."
-        )
+    bundle = as_bundle(bundle, adata)
+    check_k(options.k, bundle.reference.n_obs)
     neighbors = search(adata, bundle, options, inputs)
     result = transfer(neighbors, bundle, options)
     write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)

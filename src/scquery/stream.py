@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from .batches import CSRDataset, RowSource
 from .batches import read_rows as _read_rows
 from .errors import ScqueryError
-from .io import DATASET_KEY, DATASET_KEY_TAKEN, dataset_name
+from .io import DATASET_KEY, DATASET_KEY_TAKEN, dataset_name, read_h5ad
 from .labels import labelled_cells
 from .orthologs import detect_species
 from .preprocess import (
@@ -425,7 +425,7 @@ def read_backed(path):
     if path.suffix != ".h5ad" or not path.is_file():
         return None
     try:
-        adata = ad.read_h5ad(path, backed="r")
+        adata = read_h5ad(path, backed="r")
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not isinstance(adata.X, CSRDataset):

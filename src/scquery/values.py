@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import ScqueryError
+from .preflight import check_values_place
 
 
 def to_csr32(X):
@@ -58,20 +59,13 @@ def select_values(adata, *, layer, use_raw):
     Raises `ScqueryError` when the layer or `.raw` does not exist, or `.X` is missing.
     """
     source = source_of(adata)
-    if layer is not None and use_raw:
-        raise ScqueryError(f"Choose either the layer {layer!r} or .raw of {source}, not both.")
+    check_values_place(
+        source, layer=layer, use_raw=use_raw, layers=list(adata.layers.keys()), has_raw=adata.raw is not None
+    )
     var = adata.var
     if use_raw:
-        if adata.raw is None:
-            raise ScqueryError(f"{source} has no .raw; leave out use_raw (--use-raw) or give a layer.")
         X, var = adata.raw.X, adata.raw.var
     elif layer is not None:
-        if layer not in adata.layers:
-            available = ", ".join(adata.layers.keys()) or "none"
-            raise ScqueryError(
-                f"{source} has no layer {layer!r} (layers: {available}); choose one of them or "
-                "leave out the layer."
-            )
         X = adata.layers[layer]
     else:
         X = adata.X
