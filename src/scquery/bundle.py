@@ -96,6 +96,11 @@ class Bundle:
         return self.preprocess["genes"]
 
     @property
+    def kept_epoch(self) -> int | None:
+        """The classifier's epoch (from 1) whose weights this bundle holds (`kept_epoch`)."""
+        return kept_epoch(self.history.get("classifier", {}))
+
+    @property
     def validation_accuracy(self) -> float | None:
         """The classifier's accuracy on its validation cells at the epoch whose weights early
         stopping kept (the model this bundle holds; not the best epoch's accuracy); None where no
@@ -115,9 +120,7 @@ class Bundle:
         epochs = len(classifier.get("loss", []))
         training = f"{len(self.history.get('pretrain', []))} pretraining stages, {epochs} classifier epochs"
         if self.validation_accuracy is not None:
-            training += (
-                f", validation accuracy {self.validation_accuracy:.1%} (epoch {kept_epoch(classifier)} kept)"
-            )
+            training += f", validation accuracy {self.validation_accuracy:.1%} (epoch {self.kept_epoch} kept)"
         software = self.versions
         sources = self.reference.obs.get(LABEL_SOURCE)
         n = 0 if sources is None else int((sources.astype(str) == PROPAGATED).sum())
@@ -133,6 +136,16 @@ class Bundle:
                 f"({software.get('backend')} {software.get('backend_version')})",
             ]
         )
+
+
+def trained(bundle: Bundle) -> str:
+    """A trained bundle in words, for the line that ends a training run: `486 cells, 765 genes, 10
+    cell types, validation accuracy 79.6% (the model kept)`."""
+    accuracy = bundle.validation_accuracy
+    return (
+        f"{bundle.reference.n_obs:,} cells, {len(bundle.genes):,} genes, {len(bundle.classes)} cell types"
+        + ("" if accuracy is None else f", validation accuracy {accuracy:.1%} (the model kept)")
+    )
 
 
 def kept_epoch(classifier):

@@ -230,7 +230,7 @@ def _train(args):
 
     config = load_train_config(args.config)
 
-    from .bundle import save_bundle
+    from .bundle import save_bundle, trained
     from .train import train
 
     reference = _read_reference(args)
@@ -246,15 +246,7 @@ def _train(args):
         **_options(args, InputOptions, _READING),
     )
     save_bundle(bundle, args.out, overwrite=args.overwrite)
-    accuracy = bundle.validation_accuracy
-    log.info(
-        "Wrote %s: %s cells, %s genes, %d cell types%s.",
-        args.out,
-        f"{bundle.reference.n_obs:,}",
-        f"{len(bundle.genes):,}",
-        len(bundle.classes),
-        "" if accuracy is None else f", validation accuracy {accuracy:.1%} (the model kept)",
-    )
+    log.info("Wrote %s: %s.", args.out, trained(bundle))
 
 
 def _add_query_options(parser, names=None):

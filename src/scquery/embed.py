@@ -34,9 +34,9 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
 
 
 def embedded(adata, key_added="scquery"):
-    """What `embed` did, in words, for the line that ends a run: `210 cells embedded; 765 of the
-    model's 765 genes found (100%)`."""
-    return f"{adata.n_obs:,} cells embedded; {genes_found(adata.uns[key_added]['overlap'])}"
+    """What `embed` did, in words, for the line that ends a run: `210 cells embedded in
+    obsm['X_scquery']`."""
+    return f"{adata.n_obs:,} cells embedded in obsm['X_{key_added}']"
 
 
 def genes_found(overlap):

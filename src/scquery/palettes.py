@@ -6,14 +6,14 @@ import scanpy as sc
 from .labels import UNKNOWN
 
 UNKNOWN_COLOR = "#8c8c8c"
-#: Type colours, legible on white (CIELAB lightness 28-78, away from Unknown's grey): twelve of Okabe
-#: & Ito's, Paul Tol's and Kenneth Kelly's colours, chosen so that every pair stays apart in normal
-#: vision (CIEDE2000 ≥ 15) and with simulated deuteranopia and protanopia (≥ 10; Machado et al. 2009),
-#: and ordered so that the first few are the farthest apart (tests/test_plotting.py measures it). More
-#: types than these take scanpy's 102 colours.
+#: Type colours, legible on white (contrast ≥ 2.2, CIELAB lightness 28-78, away from Unknown's grey):
+#: twelve of Okabe & Ito's, Paul Tol's, Kenneth Kelly's and matplotlib's colours, chosen so that every
+#: pair stays apart in normal vision (CIEDE2000 ≥ 15) and with simulated deuteranopia and protanopia
+#: (≥ 10; Machado et al. 2009), and ordered so that the first few are the farthest apart
+#: (tests/test_plotting.py measures it). More types than these take scanpy's 102 colours.
 COLORS = [
     "#e69f00", "#aa3377", "#56b4e9", "#225522", "#e68fac", "#0072b2",
-    "#d55e00", "#c2b280", "#225555", "#8c564b", "#ee3377", "#009988",
+    "#d55e00", "#f99379", "#225555", "#8c564b", "#ee3377", "#009988",
 ]  # fmt: skip
 
 

@@ -178,7 +178,8 @@ def summary(data, *, groupby=None, palette=None, ax=None, show=None):
 
 def history(bundle, *, show=None):
     """A model's training curves: each pretrained layer's reconstruction error (before training and
-    after each epoch), and the classifier's loss and accuracy on training and validation cells."""
+    after each epoch), and the classifier's loss and accuracy on training and validation cells, with
+    the epoch whose weights were kept (early stopping) marked."""
     pretrain, classifier = bundle.history["pretrain"], bundle.history["classifier"]
     panels = (["pretrain"] if pretrain else []) + ["loss", "accuracy"]
     fig, axes = plt.subplots(
@@ -203,6 +204,10 @@ def history(bundle, *, show=None):
                 values = classifier[key]
                 axes[metric].plot(range(1, len(values) + 1), values, style, marker=".", label=name)
         axes[metric].set(title=f"Classifier {metric}", xlabel="epoch", ylabel=metric)
+        axes[metric].legend(fontsize="small", frameon=False)
+    kept = bundle.kept_epoch if "val_loss" in classifier else None
+    for metric in ("loss", "accuracy") if kept else ():
+        axes[metric].axvline(kept, color="grey", linestyle=":", linewidth=1, label=f"kept (epoch {kept})")
         axes[metric].legend(fontsize="small", frameon=False)
     for ax in axes.values():
         ax.spines[["top", "right"]].set_visible(False)

@@ -63,8 +63,16 @@ joint = ad.AnnData(
 sc.pp.neighbors(joint, use_rep="X_scquery", random_state=seed)
 sc.tl.umap(joint, random_state=seed)
 # The panels in one row share one palette, so one legend beneath them names every type they show.
+titles = [column.replace(": ", ":\n") for column in columns]  # two lines: the panels are narrow
 fig = scq.pl.umap(
-    joint, color=list(columns), palette=palette, ncols=len(columns), legend_loc=None, wspace=0.05, show=False
+    joint,
+    color=list(columns),
+    title=titles,
+    palette=palette,
+    ncols=len(columns),
+    legend_loc=None,
+    wspace=0.08,
+    show=False,
 )
 shown = [name for name in palette if any((joint.obs[column] == name).any() for column in columns)]
 handles = [Line2D([], [], ls="", marker="o", markersize=7, color=palette[name], label=name) for name in shown]
