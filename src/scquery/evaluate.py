@@ -124,11 +124,12 @@ def _warn_if_few_shared(known, vocabulary, truth):
     covered = float(np.isin(known, shared).mean()) if len(known) else 1.0
     if covered >= 0.5:
         return
+    others = [name for name in names if name not in shared]
     warnings.warn(
-        f"The known types in obs[{truth!r}] and the predicted types share {len(shared)} of "
-        f"{len(names)} names ({covered:.0%} of the cells), and the scores compare names: known "
-        f"{listed(names)}; the model's {listed(vocabulary)}. Give a label map from your names to the "
-        "model's (--label-map FILE, label_map= of scq.score).",
+        f"The known types in obs[{truth!r}] share {len(shared)} of their {len(names)} names with the "
+        f"predicted types ({covered:.0%} of the cells), and the scores compare names: the known "
+        f"{listed(others)} are none of the model's types ({listed(vocabulary)}). Give a label map from "
+        "your names to the model's (--label-map FILE, label_map= of scq.score).",
         stacklevel=3,
     )
 
