@@ -672,5 +672,31 @@ def test_make_run_resumes_after_a_kill(tmp_path):
     assert list((work / ".snakemake" / "locks").iterdir()), "the killed run left its lock"
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("Using workflow specific profile") <= 1, again.stderr[:3000]  # not twice
     bundle = load_bundle(work / "results" / "model")
     assert bundle.reference.obsm["X_scquery"].shape[1] == 8
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(
+    not (VENV / "bin" / "snakemake").is_file() or VENV == Path(sys.base_prefix),
+    reason="the tests do not run in a virtual environment holding snakemake (make's VENV)",
+)
+def test_make_run_shows_what_is_wrong_with_the_configuration(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "seed": -3}))
+    arguments = (
+        f"--snakefile {REPO / 'Snakefile'} --directory {tmp_path} --configfile {tmp_path / 'bad.yaml'}"
+    )
+    command = ["make", "-C", str(REPO), "-o", f"{VENV}/.installed-run", "run", f"VENV={VENV}"]
+    result = subprocess.run(
+        [*command, f"SNAKEMAKE_ARGS={arguments}"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("make", "Using workflow"))]
+    assert lines == [
+        "scquery: error: The configuration is invalid at seed: -3 is less than the minimum of 0; "
+        "config/README.md describes the valid keys and values."
+    ], result.stderr
