@@ -354,7 +354,7 @@ def _add_label_map(parser):
 
 
 #: The stages of `scquery query`, each announced as it starts (`scquery.logs.stage`).
-QUERY_STAGES = ("reading", "embedding", "neighbours", "clusters", "writing")
+QUERY_STAGES = ("model", "reading", "embedding", "neighbours", "clusters", "writing")
 
 
 def _query(args):
@@ -377,6 +377,13 @@ def _query(args):
     check_k(args.k, reference.n_obs, name="--k")
     label_map = _label_map(args, [*meta["classes"], *reference.categories["label"]])
     with stages("query", QUERY_STAGES, verbose=_verbosity(args)):
+        stage(
+            "model",
+            "loading the model %s (%s cells, %d cell types)",
+            args.model,
+            f"{reference.n_obs:,}",
+            len(meta["classes"]),
+        )
         from .bundle import load_bundle
         from .evaluate import score, summarize
         from .outputs import write_h5ad, write_table
