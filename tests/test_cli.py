@@ -226,7 +226,7 @@ def test_query_names_its_stages_and_writes_tables_as_named(queried, capsys):
     assert main([str(a) for a in [*args, "--summary", summary, "--groupby", "louvain"]]) == 0
     lines = capsys.readouterr().err.splitlines()
     stages = [
-        f"loading the model {queried / 'model'} (490 cells, 10 cell types)",
+        f"loading the model {queried / 'model'} (490 reference cells, 10 cell types)",
         "reading",
         "embedding 210 cells: 765 of the model's 765 genes found (100%)",
         "finding each cell's 15",

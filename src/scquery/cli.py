@@ -374,14 +374,15 @@ def _query(args):
     if args.groupby is not None and args.summary is None:
         raise ScqueryError("--groupby shapes the --summary table only; give --summary FILE too.")
     reference = _reference_header(args.model)
-    check_k(args.k, reference.n_obs, name="--k")
-    label_map = _label_map(args, [*meta["classes"], *reference.categories["label"]])
+    if reference.n_obs is not None:
+        check_k(args.k, reference.n_obs, name="--k")
+    label_map = _label_map(args, [*meta["classes"], *reference.categories.get("label", [])])
     with stages("query", QUERY_STAGES, verbose=_verbosity(args)):
         stage(
             "model",
-            "loading the model %s (%s cells, %d cell types)",
+            "loading the model %s (%s reference cells, %d cell types)",
             args.model,
-            f"{reference.n_obs:,}",
+            f"{reference.n_obs or 0:,}",
             len(meta["classes"]),
         )
         from .bundle import load_bundle
@@ -407,8 +408,12 @@ def _query(args):
 
 
 def _reference_header(model):
-    """The `Header` of the bundle's reference (its cells, and the names of their types)."""
-    return Header(Path(model) / REFERENCE_FILE, categories=["label"])
+    """The `Header` of the bundle's reference (its cells, and the names of their types); an empty
+    one where the file cannot be read (loading the bundle then says what is wrong with it)."""
+    try:
+        return Header(Path(model) / REFERENCE_FILE, categories=["label"])
+    except ScqueryError:
+        return Header.empty()
 
 
 def _label_map(args, types):

@@ -167,6 +167,19 @@ class Header:
                 f"The file {path} could not be read as .h5ad ({error}); check that it is a valid h5ad file."
             ) from None
 
+    @classmethod
+    def empty(cls):
+        """A header of nothing known: no columns, layers or `.raw`, cells unknown (None)."""
+        header = cls.__new__(cls)
+        header.columns, header.layers, header.has_raw, header.n_obs, header.categories = (
+            [],
+            [],
+            False,
+            None,
+            {},
+        )
+        return header
+
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
