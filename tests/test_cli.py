@@ -163,6 +163,7 @@ def test_mistakes_are_refused_in_one_sentence_before_keras(mistakes):
             f"{data} is a data file, not a model bundle; did you swap them?",
         ),
         (["query", model / "model.keras", data, "--out", out], "is a file inside the model bundle"),
+        (["query", model / "reference.h5ad", data, "--out", out], "is a file inside the model bundle"),
         (["query", model, model, "--out", out], f"{model} is a model bundle, not data; did you swap them?"),
         ([*query, "--min-confidence", "2"], "--min-confidence must be a finite number in [0, 1], got 2.0."),
         ([*query, "--layer", "counts", "--use-raw"], "Choose either the layer 'counts' or .raw"),

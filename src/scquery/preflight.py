@@ -58,6 +58,11 @@ def bundle_meta(path):
     path = Path(path)
     if not path.exists():
         raise ScqueryError(f"The model bundle {path} does not exist; give the folder `scquery train` wrote.")
+    outer = None if path.is_dir() else enclosing_bundle(path)
+    if outer is not None:
+        raise ScqueryError(
+            f"{path} is a file inside the model bundle {outer}; give the folder {outer} itself."
+        )
     if _is_data(path):
         what = "a 10x data folder" if path.is_dir() else "a data file"
         raise ScqueryError(
@@ -65,11 +70,6 @@ def bundle_meta(path):
             "folder `scquery train` wrote) first, then the data."
         )
     if not path.is_dir():
-        outer = enclosing_bundle(path)
-        if outer is not None:
-            raise ScqueryError(
-                f"{path} is a file inside the model bundle {outer}; give the folder {outer} itself."
-            )
         raise ScqueryError(f"{path} is a file, not a model bundle; give the folder `scquery train` wrote.")
     meta_file = path / BUNDLE_MARKER
     if not meta_file.is_file():
