@@ -7,16 +7,13 @@ import keras
 import numpy as np
 import scipy.sparse as sp
 
-try:
-    from anndata.abc import CSRDataset
-except ImportError:  # anndata < 0.11
-    from anndata.experimental import CSRDataset
+from .values import CSRDataset
 
 __all__ = ["RowSource", "SparseBatches", "iter_dense_chunks", "read_rows", "shuffled_order"]
 
 
 class RowSource:
-    """Rows made on demand (e.g. read from disk and processed: `scquery.stream.ReferenceRows`):
+    """Rows made on demand (e.g. read from disk and processed: `scquery.preprocessing.rows.ReferenceRows`):
     `shape`, and `source[rows]` (a sorted integer array or a slice) gives those rows as CSR."""
 
     shape: tuple[int, int]
@@ -135,9 +132,9 @@ class SparseBatches(keras.utils.PyDataset):
         X,
         y=None,
         *,
-        batch_size=256,
+        batch_size,
         shuffle=True,
-        seed=0,
+        seed,
         sample_weight=None,
         cells=None,
         block_rows=64,

@@ -9,15 +9,12 @@ its destination and swapped into place whole (`scquery.outputs.replace_folder`).
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
-import platform
 import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import anndata as ad
@@ -25,6 +22,7 @@ import keras
 import numpy as np
 
 from .classifier import embedding_model
+from .config import TrainConfig
 from .errors import ScqueryError
 from .logs import arrows
 from .neighbors import INDEX_FILES, NeighborIndex
@@ -38,24 +36,11 @@ from .outputs import (
 )
 from .preflight import FORMAT_VERSION, REFERENCE_FILE, bundle_meta
 from .propagate import LABEL_SOURCE, PROPAGATED
+from .provenance import current_versions
 
 MODEL_FILE, META_FILE = "model.keras", BUNDLE_MARKER
 MANIFEST_FILE = "manifest.sha256"
 _CHUNK = 1 << 20
-
-
-def current_versions() -> dict:
-    """Versions of the software that writes a bundle."""
-    return {
-        "scquery": version("scquery"),
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-        # the module's own version: the distribution may be named otherwise (tensorflow-cpu)
-        "backend_version": importlib.import_module(keras.backend.backend()).__version__,
-        "anndata": version("anndata"),
-        "scanpy": version("scanpy"),
-        "python": platform.python_version(),
-    }
 
 
 @dataclass(repr=False)
@@ -67,7 +52,8 @@ class Bundle:
         model: the Keras classifier; layers `encoder_0 …` (the last one's output is the embedding)
             and `classifier` (softmax over `classes`).
         classes: cell-type names, in the order of the classifier's outputs.
-        preprocess: the preprocessing record of `scquery.preprocess.fit_preprocess` (genes included).
+        preprocess: the preprocessing record of `scquery.preprocessing.fit.fit_reference` (genes
+            included).
         reference: one row per reference cell: `obs['label']`, `obs['dataset']`, `obsm['X_scquery']`.
         label_key: the reference's label column.
         config: the training options (`TrainConfig.to_dict()`).
@@ -411,7 +397,7 @@ def load_bundle(path, *, verify=True) -> Bundle:
         reference=reference,
         label_key=meta["label_key"],
         config=meta.get("config", {}),
-        seed=meta.get("seed", 0),
+        seed=meta.get("seed", TrainConfig().seed),
         history=meta.get("history", {}),
         model_id=meta["model_id"],
         versions=meta.get("versions", {}),

@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .config import TrainConfig
 from .errors import ScqueryError
 from .labels import check_label_map, read_label_map
 from .logs import log_to_stderr, stage, stages
-from .options import InputOptions, check
+from .options import InputOptions, check, default_of, item_type
 from .outputs import TABLES, check_outputs
 from .preflight import (
     REFERENCE_FILE,
@@ -57,9 +58,11 @@ COMMON = argparse.ArgumentParser(add_help=False)
 _verbosity_options(COMMON, defaults=False)  # where given, they take the place of those before it
 
 
-def _add_options(parser, kind, names=None):
-    """The flags of the options `kind` (`scquery.options.InputOptions`, `scquery.rules.QueryOptions`)
-    the command line takes (those of `names`; None: all), from their fields: name, default, help."""
+def _add_options(parser, kind, names=None, *, over_config=False):
+    """The flags of the options `kind` (`scquery.options.InputOptions`, `scquery.rules.QueryOptions`,
+    `scquery.config.TrainConfig`) the command line takes (those of `names`; None: all), from their
+    fields: name, type, default, help. With `over_config`, the keys of a configuration file default
+    to None, so that only those given replace its values (a boolean has `--no-` too)."""
     groups = {}
     for item in dataclasses.fields(kind):
         meta = item.metadata
@@ -70,18 +73,22 @@ def _add_options(parser, kind, names=None):
             if meta["exclusive"] not in groups:
                 groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
             place = groups[meta["exclusive"]]
-        flag, help = "--" + item.name.replace("_", "-"), meta["help"]
-        if isinstance(item.default, bool):
+        flag, help, default = "--" + item.name.replace("_", "-"), meta["help"], default_of(item)
+        given_only = over_config and meta.get("workflow", True)
+        if isinstance(default, bool) and not given_only:
             place.add_argument(flag, action="store_true", help=help)
             continue
-        if item.default is not None:
-            help += f" (default: {item.default})"
-        limits = meta["limits"] or {}
-        number = (int if limits.get("integer") else float) if limits else None
+        if default is not None:
+            help += f" (default: {default}{', or --config' if given_only else ''})"
+        if isinstance(default, bool):
+            place.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+            continue
+        single, many = item_type(item)
         place.add_argument(
             flag,
-            type=number,
-            default=item.default,
+            type=single,
+            nargs="+" if many else None,
+            default=None if given_only else default,
             choices=meta["choices"],
             metavar=meta.get("metavar"),
             help=help,
@@ -137,8 +144,9 @@ def _preflight(
     meta = None if model is None else bundle_meta(model)
     for path in data:
         check_data_path(path)
-    for kind in options:
-        check(kind(**_options(args, kind)), flags=True)
+    for kind in options:  # the values given (a training flag not given leaves --config's value)
+        given = {name: value for name, value in _options(args, kind).items() if value is not None}
+        check(kind(**given), flags=True)
     layer, use_raw = getattr(args, "layer", None), getattr(args, "use_raw", False)
     for path in data:
         header = h5ad_header(path)
@@ -190,9 +198,11 @@ def _add_train(subparsers):
     )
     parser.add_argument("--out", required=True, help="model bundle folder to write")
     parser.add_argument(
-        "--config", help="YAML file of training options (keys: scquery/schemas/train.schema.yaml)"
+        "--config",
+        help="YAML file of training options (keys: the options below, with _ for -; "
+        "scquery/schemas/train.schema.yaml); the options given here replace its values",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_options(parser, TrainConfig, over_config=True)
     parser.add_argument(
         "--species",
         choices=["human", "mouse"],
@@ -205,9 +215,9 @@ def _add_train(subparsers):
 
 def _read_reference(args):
     """The training reference: one h5ad file's `.X` stays on disk (read in blocks while training,
-    `scquery.stream`), other inputs are read into memory."""
+    `scquery.preprocessing.fit`), other inputs are read into memory."""
     if len(args.reference) == 1 and args.layer is None and not args.use_raw:
-        from .stream import read_backed
+        from .io import read_backed
 
         reference = read_backed(args.reference[0])
         if reference is not None:
@@ -222,13 +232,15 @@ def _train(args):
         data=[*args.reference, *args.unlabeled],
         others=list(filter(None, [args.config])),
         folders={"--out"},
-        options=[InputOptions],
+        options=[TrainConfig],
         # files without the column add unlabelled cells (pretraining only): one needs it
         columns={"--label-key": (args.label_key, args.reference, False)},
     )
     from .config import load_train_config
 
-    config = load_train_config(args.config)
+    options = _options(args, TrainConfig)
+    seed = options.pop("seed")
+    config = load_train_config(args.config, **options)
 
     from .bundle import save_bundle, trained
     from .train import train
@@ -240,7 +252,7 @@ def _train(args):
         label_key=args.label_key,
         config=config,
         unlabeled=unlabeled or None,
-        seed=args.seed,
+        seed=seed,
         species=args.species,
         verbose=_verbosity(args),
         **_options(args, InputOptions, _READING),
@@ -397,7 +409,9 @@ def _query(args):
         summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
         scores = score(adata, args.truth_key, label_map=label_map)
         if args.truth_key is not None:
-            adata.uns["scquery"]["scores"] = dict(scores)
+            from .provenance import add_to_run
+
+            add_to_run(adata, "scquery", scores=dict(scores))
         stage("writing", "writing %s", ", ".join(filter(None, outputs.values())))
         write_h5ad(adata, args.out)
         if args.matches:

@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from .errors import ScqueryError
 from .labels import UNKNOWN, check_label_map, listed, read_label_map
 from .preflight import missing_column
-from .values import source_of
+from .provenance import source_of
 
 PREDICTION = "scquery_prediction"
 

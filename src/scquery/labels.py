@@ -4,6 +4,7 @@ import pandas as pd
 
 from .errors import ScqueryError
 from .preflight import missing_column
+from .provenance import added_column
 
 #: The prediction of rejected query cells; no reference label may be called so.
 UNKNOWN = "Unknown"
@@ -26,7 +27,7 @@ def check_labels(adata, key, source="the data", *, min_classes=2, allow_missing=
     `source` names the file in the message.
     """
     if key not in adata.obs:
-        added = adata.uns.get("scquery", {}).get("added_column")  # by read_many, not in the file
+        added = added_column(adata)  # by read_many, not in the file
         columns = [c for c in adata.obs.columns if c != added]
         raise ScqueryError(missing_column(key, columns, source, what="label column"))
     labels = adata.obs[key]
