@@ -155,7 +155,8 @@ print(json.dumps(answers))
 
 def test_mistakes_are_refused_in_one_sentence_before_keras(mistakes):
     model, data, out = mistakes / "model", mistakes / "query.h5ad", mistakes / "out.h5ad"
-    annotated = mistakes / "annotated_once.h5ad"
+    annotated, config = mistakes / "annotated_once.h5ad", mistakes / "bad.yaml"
+    config.write_text("epochs: 0\n")
     query = ["query", model, data, "--out", out]
     cases = [
         (
@@ -192,6 +193,24 @@ def test_mistakes_are_refused_in_one_sentence_before_keras(mistakes):
         (
             ["train", model, "--label-key", "bulk_labels", "--out", mistakes / "m"],
             "is a model bundle, not data",
+        ),
+        (
+            [
+                "train",
+                data,
+                "--label-key",
+                "bulk_labels",
+                "--out",
+                mistakes / "m",
+                "--hidden-sizes",
+                "64",
+                "0",
+            ],
+            "--hidden-sizes must be a whole number of at least 1, got 0.",
+        ),
+        (
+            ["train", data, "--label-key", "bulk_labels", "--out", mistakes / "m", "--config", config],
+            "Training option epochs: 0 is less than the minimum of 1.",
         ),
         (
             ["extend", model, data, "--label-key", "cell_type", "--out", mistakes / "m"],
