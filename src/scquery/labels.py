@@ -1,7 +1,5 @@
 """Cell-type labels: which cells have one, the checks of a label column, and the name of rejected cells."""
 
-import pandas as pd
-
 from .errors import ScqueryError
 from .preflight import missing_column
 from .provenance import added_column
@@ -12,6 +10,8 @@ UNKNOWN = "Unknown"
 
 def labelled_cells(labels):
     """Boolean mask of the cells that have a label: not NaN/None and not empty (or blank) text."""
+    import pandas as pd  # loaded on first use: the command line's checks import this module
+
     labels = pd.Series(labels)
     text = labels.astype(object).where(labels.notna(), "").astype(str).str.strip()
     return (labels.notna() & (text != "")).to_numpy()
@@ -83,6 +83,8 @@ def read_label_map(source):
     is an error; names not in the map are compared as they are."""
     if isinstance(source, dict):
         return {str(known): str(model) for known, model in source.items()}
+    import pandas as pd
+
     path = str(source)
     sep = "," if path.lower().removesuffix(".gz").endswith(".csv") else "\t"
     try:
