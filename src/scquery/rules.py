@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .options import option
 
@@ -41,7 +40,13 @@ def confidence(found):
     return found.confidence
 
 
+# pandas and `profiles` (scipy) load where a query scores its cells, not where the command line builds
+# its flags from `QueryOptions` and `SIGNALS`, so that its checks answer at once (tests/test_cli.py).
+
+
 def cluster_novelty(found):
+    import pandas as pd
+
     return pd.Series(found.novelty).groupby(found.cluster).transform("median").to_numpy(np.float32)
 
 
