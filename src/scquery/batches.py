@@ -7,12 +7,26 @@ import keras
 import numpy as np
 import scipy.sparse as sp
 
+from .layers import SparseRows
+from .placement import device_budget
+
 try:
     from anndata.abc import CSRDataset
 except ImportError:  # anndata < 0.11
     from anndata.experimental import CSRDataset
 
-__all__ = ["RowSource", "SparseBatches", "iter_dense_chunks", "read_rows", "shuffled_order"]
+__all__ = [
+    "RowBatches",
+    "RowSource",
+    "SparseBatches",
+    "device_rows",
+    "iter_dense_chunks",
+    "read_rows",
+    "shuffled_order",
+]
+
+#: Rows read at a time when a matrix that is not in memory is copied to the device.
+DEVICE_BLOCK_ROWS = 65_536
 
 
 class RowSource:
@@ -203,9 +217,13 @@ class SparseBatches(keras.utils.PyDataset):
             held, block = self._buffers[stretch]
         return block[np.searchsorted(held, positions)]
 
+    def _inputs(self, index, positions):
+        """The model's input for batch `index`: its rows, dense float32."""
+        return _dense(self._read(index, positions))
+
     def __getitem__(self, index):
         positions = self._positions(index)
-        x = _dense(self._read(index, positions))
+        x = self._inputs(index, positions)
         if self.y is None:
             return (x,)
         if self.sample_weight is None:
@@ -217,6 +235,63 @@ class SparseBatches(keras.utils.PyDataset):
             self._order = self._draw()
             with self._lock:
                 self._buffers = {}
+
+
+class RowBatches(SparseBatches):
+    """`SparseBatches` whose batches carry the indices of their rows in `X` (int32) in place of the
+    rows: for a model that holds `X`'s rows on the device and densifies them there (its first layer
+    the `SparseRows` of `device_rows(X)`). The same batches, order and targets otherwise."""
+
+    def _inputs(self, index, positions):
+        return self._rows_of(positions).astype(np.int32)
+
+
+def device_rows(X, *, force=False):
+    """The rows of `X` (as `SparseBatches` takes it) held on the device: a `scquery.layers.SparseRows`
+    layer, the first of a training model fed `RowBatches`; or None where batches are better densified
+    on the host (`SparseBatches`). Unless `force`, the device must be an accelerator with room for
+    them (`scquery.placement.device_budget`); in any case they must be fewer than 2**31 values.
+
+    A matrix in memory is copied whole; one on disk or made on demand is read in blocks of
+    `DEVICE_BLOCK_ROWS` rows, each copied to the device before the next is read (given up, None,
+    once the rows read so far foretell more than the budget)."""
+    budget = None if force else device_budget()
+    if budget is None and not force:
+        return None
+    X = _rows(X)
+    n_rows, n_columns = X.shape
+    if isinstance(X, np.ndarray):
+        X = sp.csr_matrix(X)
+    in_memory = sp.issparse(X)
+    if in_memory:
+        blocks = [X]
+    else:
+        blocks = (X[i : i + DEVICE_BLOCK_ROWS] for i in range(0, n_rows, DEVICE_BLOCK_ROWS))
+    data, indices, lengths, read, stored = [], [], [], 0, 0
+    for block in blocks:
+        block = sp.csr_matrix(block)
+        read, stored = read + block.shape[0], stored + block.nnz
+        foretold = (8 * stored + 4 * read) * n_rows / max(read, 1)
+        if stored >= 2**31 or (budget is not None and foretold > budget):
+            return None
+        arrays = block.data.astype(np.float32, copy=False), block.indices.astype(np.int32, copy=False)
+        if not in_memory:  # to the device now (in memory: as the layer's weights are made)
+            arrays = [keras.ops.convert_to_tensor(array) for array in arrays]
+        data.append(arrays[0])
+        indices.append(arrays[1])
+        lengths.append(np.diff(block.indptr))
+    if stored == 0:  # one zero value: masked slots read position 0
+        data, indices = [np.zeros(1, np.float32)], [np.zeros(1, np.int32)]
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return SparseRows(
+        data[0] if len(data) == 1 else keras.ops.concatenate(data),
+        indices[0] if len(indices) == 1 else keras.ops.concatenate(indices),
+        indptr,
+        n_columns=n_columns,
+        width=int(lengths.max(initial=0)),
+        name="rows",
+    )
 
 
 def iter_dense_chunks(X, chunk_size, *, cells=None):

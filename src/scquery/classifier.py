@@ -5,10 +5,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
-from .batches import SparseBatches, iter_dense_chunks
+from .batches import RowBatches, SparseBatches, device_rows, iter_dense_chunks
 from .callbacks import EpochTimer, StageProgress
 from .logs import arrows, logger, resolve_verbose
-from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, seed_for, stack_encoder
+from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, MIXED_PRECISION, seed_for, stack_encoder
 
 HEAD = "classifier"
 
@@ -55,6 +55,8 @@ def fit_classifier(
     class_weight=True,
     cells=None,
     seed=0,
+    rows="auto",
+    mixed_precision=False,
     verbose="auto",
 ):
     """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
@@ -67,8 +69,15 @@ def fit_classifier(
     `cells` (row indices), only those rows of `X` are used, without copying them, and `y` holds
     their labels. The stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
+
+    `rows`: X's rows held on the device (`scquery.batches.device_rows(X)`), None to densify the
+    batches on the host, or 'auto' (held on an accelerator with room for them). With
+    `mixed_precision`, a copy of `model` computing in bfloat16 (`MIXED_PRECISION`; its softmax
+    head in float32) trains, and `model` takes its weights: `model` itself stays as it was built.
     """
     y = np.asarray(y)
+    rows = device_rows(X) if isinstance(rows, str) and rows == "auto" else rows
+    Batches = SparseBatches if rows is None else RowBatches
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
     label = "fine-tuning the classifier"
     callbacks, validation = [EpochTimer()], None
@@ -82,7 +91,7 @@ def fit_classifier(
         )
         train_rows.sort()
         validation_rows.sort()
-        validation = SparseBatches(
+        validation = Batches(
             X, y[validation_rows], cells=cells[validation_rows], batch_size=batch_size, shuffle=False
         )
         callbacks.append(
@@ -95,7 +104,7 @@ def fit_classifier(
         present = np.unique(y[train_rows])
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
-    batches = SparseBatches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
+    batches = Batches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
     widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
     schedule = f"{epochs} epochs"
     if validation is not None:
@@ -103,13 +112,15 @@ def fit_classifier(
     size = f"{arrows(widths)} → {model.get_layer(HEAD).units} cell types"
     logger.info("%s: %s, %s cells, %s", label, size, f"{len(y):,}", schedule)
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
-    model.compile(
+    trained = _mixed_copy(model) if mixed_precision else model
+    fed = trained if rows is None else _OnRows(trained, rows)
+    fed.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         **FIT_OPTIONS,
     )
-    fitted = model.fit(
+    fitted = fed.fit(
         batches,
         validation_data=validation,
         epochs=epochs,
@@ -118,7 +129,39 @@ def fit_classifier(
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
+    if trained is not model:
+        model.set_weights(trained.get_weights())
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def _mixed_copy(model):
+    """A copy of the classifier `model`, its weights included, whose layers compute in bfloat16
+    but for the softmax head."""
+
+    def clone(layer):
+        policy = "float32" if layer.name == HEAD else MIXED_PRECISION
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class _OnRows(keras.Model):
+    """The training model of `model` on the device-held `rows` (a `scquery.layers.SparseRows`):
+    fed row indices, it densifies them and runs `model`. Its weights (what early stopping keeps
+    and restores) are `model`'s alone, not the data's."""
+
+    def __init__(self, model, rows):
+        indices = keras.Input((), dtype="int32", name="row_indices")
+        super().__init__(indices, model(rows(indices)), name=f"{model.name}_on_rows")
+        self.fed = model
+
+    def get_weights(self):
+        return self.fed.get_weights()
+
+    def set_weights(self, weights):
+        self.fed.set_weights(weights)
 
 
 def embedding_model(model):

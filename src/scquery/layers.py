@@ -158,3 +158,45 @@ class DenseLayerAutoencoder(keras.layers.Layer):
             }
         )
         return config
+
+
+class SparseRows(keras.layers.Layer):
+    """The rows of a CSR matrix held as the layer's non-trainable weights; called on row indices
+    (int32), it returns those rows dense (float32).
+
+    The matrix stays where weights live (an accelerator's memory; under a data-parallel scope, a copy
+    on each device) and each batch is densified there, within the compiled training step: the host
+    sends row indices only. Each row's entries are read as `width` (the longest row's count) slots
+    from its start, those past its end masked, and scattered into the dense batch. A training
+    model's first layer (`scquery.batches.device_rows`), never saved.
+
+    Args:
+        data, indices, indptr: the CSR matrix's arrays (tensors or arrays; `indices` and `indptr`
+            as int32: fewer than 2**31 stored values).
+        n_columns: the matrix's number of columns.
+        width: the most values any row holds.
+    """
+
+    def __init__(self, data, indices, indptr, *, n_columns, width, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.n_columns, self.width = int(n_columns), max(int(width), 1)
+        self.data = keras.Variable(data, dtype="float32", trainable=False, name="data")
+        self.indices = keras.Variable(indices, dtype="int32", trainable=False, name="indices")
+        self.indptr = keras.Variable(indptr, dtype="int32", trainable=False, name="indptr")
+
+    def call(self, rows):
+        rows = ops.cast(rows, "int32")
+        starts = ops.take(self.indptr, rows)
+        lengths = ops.take(self.indptr, rows + 1) - starts
+        slots = ops.arange(self.width, dtype="int32")
+        held = ops.expand_dims(slots, 0) < ops.expand_dims(lengths, 1)
+        positions = ops.where(held, ops.expand_dims(starts, 1) + ops.expand_dims(slots, 0), 0)
+        columns = ops.take(self.indices, positions)
+        values = ops.where(held, ops.take(self.data, positions), 0.0)
+        batch = ops.shape(rows)[0]
+        cells = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), ops.shape(columns))
+        index = ops.stack([ops.reshape(cells, [-1]), ops.reshape(columns, [-1])], axis=1)
+        return ops.scatter(index, ops.reshape(values, [-1]), (batch, self.n_columns))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.n_columns)

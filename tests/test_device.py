@@ -1,0 +1,165 @@
+"""The paths training takes on an accelerator, run on the CPU (the tests never have a GPU): the
+training matrix held on the device and densified there, mixed precision, and both on JAX and over
+two virtual devices (in a child process, as XLA's device count is fixed when JAX starts)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
+
+import anndata as ad
+import keras
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scquery import batches as batches_module
+from scquery.batches import RowBatches, SparseBatches, device_rows
+from scquery.classifier import build_classifier, fit_classifier
+from scquery.placement import data_parallel, device_budget, device_kind
+from scquery.pretrain import pretrain_greedy
+
+
+@pytest.fixture
+def X():
+    X = sp.random(203, 31, density=0.2, format="csr", dtype=np.float32, random_state=0).tolil()
+    X[7, :] = 0  # an empty row
+    X[11, :] = np.arange(1, 32)  # a full one: the longest row sets the slots read per row
+    return X.tocsr()
+
+
+def dense(rows, indices):
+    return keras.ops.convert_to_numpy(rows(np.asarray(indices, dtype=np.int32)))
+
+
+def test_rows_held_on_the_device_densify_as_the_matrix(X):
+    rows = device_rows(X, force=True)
+    assert rows.width == 31 and rows.trainable_weights == []
+    indices = [11, 0, 7, 202, 11, 5]  # any order, repeats
+    np.testing.assert_array_equal(dense(rows, indices), X[indices].toarray())
+    empty = device_rows(sp.csr_matrix((4, 6), dtype=np.float32), force=True)
+    np.testing.assert_array_equal(dense(empty, [3, 0]), np.zeros((2, 6), np.float32))
+
+
+def test_a_matrix_on_disk_is_copied_block_by_block(X, tmp_path, monkeypatch):
+    ad.AnnData(X).write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    monkeypatch.setattr(batches_module, "DEVICE_BLOCK_ROWS", 50)  # five blocks
+    rows = device_rows(backed.X, force=True)
+    np.testing.assert_array_equal(dense(rows, np.arange(203)), X.toarray())
+    backed.file.close()
+
+
+def test_on_the_cpu_the_rows_stay_on_the_host(X):
+    # the tests' machine has no accelerator: batches are densified on the host (SparseBatches)
+    assert device_kind() == "cpu" and device_budget() is None
+    assert device_rows(X) is None
+
+
+def test_row_batches_are_the_sparse_batches_as_row_indices(X):
+    y, cells = np.arange(150) % 4, np.arange(10, 160)
+    host = SparseBatches(X, y, cells=cells, batch_size=32, seed=5)
+    device = RowBatches(X, y, cells=cells, batch_size=32, seed=5)
+    for index in range(len(host)):
+        (x, labels), (rows, same) = host[index], device[index]
+        assert rows.dtype == np.int32
+        np.testing.assert_array_equal(x, X[rows].toarray())
+        np.testing.assert_array_equal(labels, same)
+
+
+def _train(X, y, **options):
+    """Pretrain and fine-tune a small network on `X` (the same seeds, `options` on top)."""
+    weights, history, _ = pretrain_greedy(X, [12, 6], epochs=2, batch_size=32, seed=1, verbose=0, **options)
+    model = build_classifier(X.shape[1], [12, 6], 3, encoder_weights=weights, seed=2)
+    fitted = fit_classifier(model, X, y, epochs=6, batch_size=32, patience=2, seed=3, verbose=0, **options)
+    return model, history, fitted
+
+
+def test_rows_on_the_device_train_the_model_the_host_batches_train(X):
+    y = np.arange(X.shape[0]) % 3
+    host = _train(X, y, rows=None)
+    device = _train(X, y, rows=device_rows(X, force=True))
+    for a, b in zip(host[0].get_weights(), device[0].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert host[1][0]["loss"] == pytest.approx(device[1][0]["loss"], rel=1e-5)
+    assert host[2]["val_loss"] == pytest.approx(device[2]["val_loss"], rel=1e-5)
+
+
+def test_mixed_precision_trains_in_bfloat16_and_keeps_a_float32_model(X):
+    y = np.arange(X.shape[0]) % 3
+    full = _train(X, y, rows=None)
+    mixed = _train(X, y, rows=None, mixed_precision=True)
+    assert {layer.dtype_policy.name for layer in mixed[0].layers} == {"float32"}
+    assert all(w.dtype == np.float32 for w in mixed[0].get_weights())
+    # bfloat16's 8-bit mantissa: another loss, by little
+    assert mixed[1][0]["loss"] != full[1][0]["loss"]
+    assert mixed[1][0]["loss"] == pytest.approx(full[1][0]["loss"], rel=0.02)
+    assert mixed[2]["loss"] == pytest.approx(full[2]["loss"], rel=0.02)
+
+
+def test_one_device_changes_nothing_and_several_need_jax():
+    with data_parallel(1):
+        assert keras.distribution.distribution() is None
+    if keras.backend.backend() != "jax":
+        from scquery.errors import ScqueryError
+
+        with pytest.raises(ScqueryError, match="needs Keras's JAX backend"):
+            data_parallel(2)
+
+
+#: On JAX with two virtual CPU devices: the rows held on the device, mixed precision, both over
+#: the two devices, against the host's batches on one device.
+_JAX_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import keras, numpy as np, scipy.sparse as sp
+    from scquery.batches import device_rows
+    from scquery.classifier import build_classifier, fit_classifier
+    from scquery.errors import ScqueryError
+    from scquery.placement import data_parallel
+    from scquery.pretrain import pretrain_greedy
+
+    X = sp.random(256, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    y = np.arange(256) % 3
+
+    def train(**options):
+        weights, _, _ = pretrain_greedy(X, [12, 6], epochs=2, batch_size=32, seed=1, verbose=0, **options)
+        model = build_classifier(40, [12, 6], 3, encoder_weights=weights, seed=2)
+        fit_classifier(model, X, y, epochs=4, batch_size=32, validation_fraction=0.25, seed=3, verbose=0,
+                       **options)
+        return model.get_weights()
+
+    def difference(a, b):
+        return max(float(np.abs(x - z).max()) for x, z in zip(a, b, strict=True))
+
+    host = train(rows=None)
+    result = {"device": difference(host, train(rows=device_rows(X, force=True)))}
+    with data_parallel(2):
+        result["devices"] = len(keras.distribution.distribution().device_mesh.devices)
+        rows = device_rows(X, force=True)
+        result["replicated"] = rows.data.value.sharding.is_fully_replicated
+        result["two"] = difference(host, train(rows=rows))
+        result["two_mixed"] = difference(host, train(rows=rows, mixed_precision=True))
+    try:
+        data_parallel(3)
+    except ScqueryError as error:
+        result["three"] = str(error)
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("jax") is None, reason="JAX is not installed")
+def test_on_jax_over_two_devices_the_device_rows_and_mixed_precision_train_the_model():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", _JAX_SCRIPT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["device"] < 1e-6  # the same batches, densified on the device
+    assert result["devices"] == 2 and result["replicated"]  # a copy of the data on each device
+    assert result["two"] < 1e-5  # the gradient summed over two devices: float rounding
+    assert 1e-5 < result["two_mixed"] < 0.05  # bfloat16: near, not equal
+    assert "3 devices was asked for, and the backend sees 2" in result["three"]
