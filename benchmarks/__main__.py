@@ -70,6 +70,12 @@ def _atlas(quick, log):
     return run_atlas(quick=quick, log=log)
 
 
+def _gpu(quick, log):
+    from .gpu import run_gpu
+
+    return run_gpu(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
 PARTS = {
     "quality": _quality,
@@ -81,6 +87,7 @@ PARTS = {
     "scale": _scale,
     "atlas": _atlas,
     "throughput": _throughput,
+    "gpu": _gpu,
 }
 
 

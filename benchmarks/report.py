@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PACKAGES = ["scquery", "tensorflow", "keras", "scanpy", "anndata", "scikit-learn", "faiss-cpu", "numpy"]
+PACKAGES = [
+    "scquery",
+    "tensorflow",
+    "jax",
+    "keras",
+    "scanpy",
+    "anndata",
+    "scikit-learn",
+    "faiss-cpu",
+    "numpy",
+]
 TARGETS = {
     "training_fraction_of_peak": 0.7,
     "index_1m_s": 60.0,
@@ -64,8 +74,28 @@ def machine():
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,
-        "gpu": "none used (CPU only; GPU figures not measured in this session)",
+        "gpu": _gpus(),
     }
+
+
+def _flops(tflops):
+    """A rate in TFLOP/s, or GFLOP/s below one TFLOP/s."""
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
+
+
+def _gpus():
+    """The machine's GPUs by name (`nvidia-smi`), or 'none'."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+    names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    return ", ".join(names) if done.returncode == 0 and names else "none"
 
 
 def _cell(value, digits=3):
@@ -903,6 +933,136 @@ def throughput_section(result):
     return lines + load_lines(result)
 
 
+def gpu_section(result):
+    """The GPU part: the device and its peak, each stage's epoch throughput per precision and batch
+    size with where a step's time goes, `train()` end to end, and the targets of issue 32."""
+    from scquery.logs import arrows
+
+    from .gpu import TARGETS as GPU
+
+    heading = "## Training on a GPU (`--only gpu`)"
+    if "error" in result:
+        return [heading, "", f"Not measured: {result['error']}.", ""]
+    probe, data = result["probe"], result["data"]
+    memory = (probe.get("memory") or {}).get("limit")
+    lines = [heading, ""]
+    if not result["gpu"]:
+        lines += [
+            f"**No GPU present**: the device was {probe['device']}, so the part ran on the CPU at the quick "
+            f"size ({result['n_cells']:,} cells). These are not GPU figures; the targets are not measured.",
+            "",
+        ]
+    lines += [
+        f"Device: **{probe['device']}** ({probe['devices']} device(s) seen by JAX {probe['jax']}"
+        + (f", {memory / 1e9:.0f} GB" if memory else "")
+        + f"; Keras {probe['keras']}, JAX backend). Peak of one {probe['matmul_n']:,}² × "
+        f"{probe['matmul_n']:,} `keras.ops.matmul` (best of 3, this run): bfloat16 "
+        f"**{_flops(probe['peak_bfloat16_tflops'])}**, float32 **{_flops(probe['peak_float32_tflops'])}** "
+        "(JAX's default precision, which lets XLA use TF32 on a GPU's tensor cores).",
+        "",
+    ]
+    if "error" in data:
+        return lines + [f"Data: {data['error']}.", ""]
+    lines += [
+        f"Data: synthetic counts made on the host, {data['n_cells']:,} cells × {data['n_genes']:,} genes, "
+        f"{data['values_per_cell']:.0f} values a cell (CSR {data['csr_gb']:.2f} GB), drawn in "
+        f"{data['generate_s']:.1f} s by {data['threads']} threads, the h5ad written in "
+        f"{data['write_h5ad_s']:.1f} s. Network {arrows([data['n_genes'], *result['hidden_sizes']])}"
+        f" (→ 10 types for fine-tuning). Per epoch (the 2nd): pretraining every greedy layer "
+        "(`pretrain_greedy`), fine-tuning (`fit_classifier`, no validation split); input 'device': the "
+        "training matrix held on the device and each batch densified there (`device_rows`), 'host': "
+        "batches densified on the host (`SparseBatches`). Share of the peak: the epoch's matmul FLOPs "
+        "against the peak of its precision. A step's time, of the first pretraining layer and of the "
+        "classifier: in the epoch (`fit`), the input pipeline alone (a batch made on the host and "
+        "copied), the compiled step dispatched once per step from Python, and steps looped on the "
+        "device in one compiled call (the step's own time).",
+        "",
+    ]
+    rows, best = [], {}
+    for fit in result["fits"]:
+        if "error" in fit:
+            rows.append(["", "", "", "", fit["error"], *[""] * 7])
+            continue
+        stage = fit["stage"]
+        flops = fit[f"{stage}_flops_per_cell"]
+        peak = probe[
+            "peak_bfloat16_tflops" if fit["precision"] == "mixed_bfloat16" else "peak_float32_tflops"
+        ]
+        peak_memory = (fit.get("memory") or {}).get("peak")
+        for run in fit["runs"]:
+            rate = run["cells_per_s"]
+            if fit["pipeline"] == "device":
+                best[stage] = max(
+                    best.get(stage, (0, None, None)), (rate, run["batch_size"], fit["precision"])
+                )
+            rows.append(
+                [
+                    "pretraining" if stage == "pretrain" else "fine-tuning",
+                    fit["precision"],
+                    fit["pipeline"],
+                    run["batch_size"],
+                    f"{rate:,.0f}",
+                    f"{rate * flops / (peak * 1e12):.1%}",
+                    _cell(None if peak_memory is None else peak_memory / 1e9, 2),
+                    f"{run.get('layer_s', [run['epoch_s']])[0] / run['steps'] * 1e6:,.0f}",
+                    f"{run['input_us']:,.0f}",
+                    f"{run['dispatch_us']:,.0f}",
+                    f"{run['device_us']:,.0f}",
+                ]
+            )
+    header = ["stage", "precision", "input", "batch", "cells/s", "share of peak", "peak memory GB"]
+    header += ["epoch µs/step", "input µs/step", "step per dispatch µs", "step on device µs"]
+    lines += [_table(header, rows), ""]
+    measured = result["gpu"]
+    for stage, name in (("pretrain", "Pretraining"), ("finetune", "Fine-tuning")):
+        target = GPU[f"{stage}_cells_per_s"]
+        if stage in best:
+            rate, batch, precision = best[stage]
+            verdict = _met(rate >= target) if measured else "not measured (no GPU)"
+            best_run = f"best {rate:,.0f} (batch {batch}, {precision})"
+            lines.append(f"- {name} ≥ {target / 1e6:.0f}M cells/s: {best_run}: {verdict}.")
+    rates = {
+        (fit["stage"], fit["precision"], fit["pipeline"], run["batch_size"]): run["cells_per_s"]
+        for fit in result["fits"]
+        if "error" not in fit
+        for run in fit["runs"]
+    }
+    for stage, name in (("pretrain", "pretraining"), ("finetune", "fine-tuning")):
+        ratios = [
+            f"{rates[stage, 'mixed_bfloat16', 'device', b] / rate:.2f}× at batch {b}"
+            for (s, precision, pipeline, b), rate in rates.items()
+            if (s, precision, pipeline) == (stage, "float32", "device")
+            and (stage, "mixed_bfloat16", "device", b) in rates
+        ]
+        host = [
+            f"{rates[stage, 'float32', 'device', b] / rate:.2f}× at batch {b}"
+            for (s, precision, pipeline, b), rate in rates.items()
+            if (s, pipeline) == (stage, "host") and (stage, "float32", "device", b) in rates
+        ]
+        lines.append(
+            f"- Mixed precision's speed-up in {name} (cells/s against float32): {', '.join(ratios) or '–'}; "
+            f"the data held on the device against batches densified on the host: {', '.join(host) or '–'}."
+        )
+    train = result.get("train", {})
+    if "error" in train or not train:
+        lines.append(f"- `train()` end to end: {train.get('error', 'not run')}.")
+    else:
+        verdict = _met(train["train_s"] <= GPU["train_s"]) if measured else "not measured (no GPU)"
+        held = "held on the device" if train["device_budget_gb"] else "densified on the host"
+        options = "the quick" if result["quick"] else "the default"
+        lines.append(
+            f"- `train()` end to end on {train['n_cells']:,} cells from the h5ad on disk (reading, "
+            f"{train['read_s']:.1f} s, included), {options} options: "
+            f"**{train['train_s']:.1f} s** (≤ {GPU['train_s']:.0f} s: {verdict}); pretraining epochs "
+            + ", ".join(f"{s:.1f}" for s in train["pretrain_epoch_s"])
+            + " s; fine-tuning epochs "
+            + ", ".join(f"{s:.1f}" for s in train["finetune_epoch_s"])
+            + f" s; the data {held}."
+        )
+    lines += ["", f"The part took {result['seconds']:.0f} s.", ""]
+    return lines + load_lines(result)
+
+
 def load_lines(result):
     """The machine's load average (1 minute) at the start and end of a run that recorded it, and
     what it means for the times: above the core count, other processes shared the cores."""
@@ -930,6 +1090,7 @@ SECTIONS = {
     "scale": scale_section,
     "atlas": atlas_section,
     "throughput": throughput_section,
+    "gpu": gpu_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
 FIGURES = {"labels": (labels_figure, "labels.png")}

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ def test_synthetic_counts_are_sparse_seeded_and_typed():
     assert set(a.obs["cell_type"].cat.categories) == {f"type_{t}" for t in range(4)}
     other = synthetic_counts(1200, n_genes=300, n_types=4, seed=4)
     assert (a.X != other.X).nnz > 0
+    threads = synthetic_counts(12_000, n_genes=300, n_types=4, seed=3, workers=3)  # chunks in threads
+    assert (threads.X != synthetic_counts(12_000, n_genes=300, n_types=4, seed=3).X).nnz == 0
 
 
 def test_label_scores_average_over_the_true_classes_only():
@@ -126,6 +129,28 @@ def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     assert "refused" in scales["z-scored log1p CP10k"]
     assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
     assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("jax") is None, reason="JAX is not installed")
+def test_quick_gpu_run_says_no_gpu_is_present_and_runs_every_path_on_the_cpu(tmp_path):
+    from benchmarks.gpu import PRECISIONS
+
+    result = quick_run("gpu", tmp_path, timeout=1800)["gpu"]["result"]
+    assert result["gpu"] is False and result["probe"]["platform"] == "cpu" and result["quick"]
+    assert min(result["probe"]["peak_float32_tflops"], result["probe"]["peak_bfloat16_tflops"]) > 0
+    assert 250 < result["data"]["values_per_cell"] < 400  # about 300 values a cell
+    stages = ("pretrain", "finetune")
+    paths = {(fit["stage"], fit["precision"], fit["pipeline"]) for fit in result["fits"]}
+    assert paths == {(s, p, "device") for s in stages for p in PRECISIONS} | {
+        (s, "float32", "host") for s in stages
+    }
+    for fit in result["fits"]:
+        for run in fit["runs"]:
+            assert min(run[key] for key in ("cells_per_s", "input_us", "dispatch_us", "device_us")) > 0
+    assert result["train"]["train_s"] > result["train"]["read_s"] > 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Training on a GPU" in report and "**No GPU present**" in report
 
 
 def test_a_condition_programme_is_raised_in_the_chosen_cells_only():

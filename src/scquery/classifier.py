@@ -112,8 +112,7 @@ def fit_classifier(
     size = f"{arrows(widths)} → {model.get_layer(HEAD).units} cell types"
     logger.info("%s: %s, %s cells, %s", label, size, f"{len(y):,}", schedule)
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
-    trained = _mixed_copy(model) if mixed_precision else model
-    fed = trained if rows is None else _OnRows(trained, rows)
+    fed = training_model(model, rows=rows, mixed_precision=mixed_precision)
     fed.compile(
         keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -129,9 +128,18 @@ def fit_classifier(
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
-    if trained is not model:
-        model.set_weights(trained.get_weights())
+    if mixed_precision:
+        model.set_weights(fed.get_weights())
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def training_model(model, *, rows=None, mixed_precision=False):
+    """The model `fit_classifier` trains for the classifier `model`: `model` itself, or with
+    `mixed_precision` a copy computing in bfloat16; fed row indices, its first layer `rows` (a
+    `scquery.layers.SparseRows`), where the data are held on the device. Its weights (`get_weights`,
+    what early stopping keeps and restores) are those of the classifier, not the data's."""
+    trained = _mixed_copy(model) if mixed_precision else model
+    return trained if rows is None else _OnRows(trained, rows)
 
 
 def _mixed_copy(model):
