@@ -1005,9 +1005,10 @@ def gpu_section(result):
                     f"{rate * flops / (peak * 1e12):.1%}",
                     _cell(None if peak_memory is None else peak_memory / 1e9, 2),
                     f"{run.get('layer_s', [run['epoch_s']])[0] / run['steps'] * 1e6:,.0f}",
-                    f"{run['input_us']:,.0f}",
-                    f"{run['dispatch_us']:,.0f}",
-                    f"{run['device_us']:,.0f}",
+                    *(
+                        f"{run[key]:,.0f}" if key in run else "–"
+                        for key in ("input_us", "dispatch_us", "device_us")
+                    ),
                 ]
             )
     header = ["stage", "precision", "input", "batch", "cells/s", "share of peak", "peak memory GB"]

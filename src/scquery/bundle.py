@@ -24,6 +24,7 @@ import anndata as ad
 import keras
 import numpy as np
 
+from . import __version__
 from .classifier import embedding_model
 from .errors import ScqueryError
 from .logs import arrows
@@ -47,7 +48,7 @@ _CHUNK = 1 << 20
 def current_versions() -> dict:
     """Versions of the software that writes a bundle."""
     return {
-        "scquery": version("scquery"),
+        "scquery": __version__,
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         # the module's own version: the distribution may be named otherwise (tensorflow-cpu)
@@ -347,7 +348,7 @@ def load_bundle(path, *, verify=True) -> Bundle:
     if found != FORMAT_VERSION:
         raise ScqueryError(
             f"{path} is a bundle of format {found}, and this scquery "
-            f"({version('scquery')}) reads format {FORMAT_VERSION}; use a matching scquery version."
+            f"({__version__}) reads format {FORMAT_VERSION}; use a matching scquery version."
         )
     if verify:
         verify_bundle(path)
