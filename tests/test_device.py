@@ -163,3 +163,70 @@ def test_on_jax_over_two_devices_the_device_rows_and_mixed_precision_train_the_m
     assert result["two"] < 1e-5  # the gradient summed over two devices: float rounding
     assert 1e-5 < result["two_mixed"] < 0.05  # bfloat16: near, not equal
     assert "3 devices was asked for, and the backend sees 2" in result["three"]
+
+
+#: train() on the built-in data, alone or as one of the processes of a data-parallel run over every
+#: device of every process (`data_parallel('all')`); the first process writes the model.
+_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from scquery.batches import SparseBatches
+    from scquery.datasets import pbmc68k_split
+    from scquery.placement import data_parallel, process_index
+    from scquery.train import train
+
+    reference, _ = pbmc68k_split(seed=0)
+    config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 3,
+              "min_cells_per_class": 5, "batch_size": 64, "validation_fraction": 0.2}
+    with data_parallel(sys.argv[2] if sys.argv[2] == "all" else int(sys.argv[2])):
+        bundle = train(reference, label_key="bulk_labels", config=config, seed=1, verbose=0)
+        (first,) = SparseBatches(np.arange(128.0)[:, None], batch_size=64, shuffle=False)[0]
+    if process_index() == 0:
+        np.savez(sys.argv[1], *bundle.model.get_weights(), embedding=bundle.reference.obsm["X_scquery"])
+    print(json.dumps({"process": process_index(), "first_batch": first[:, 0].tolist()}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("jax") is None, reason="JAX is not installed")
+def test_two_processes_train_the_model_one_process_trains(tmp_path):
+    # two processes on this machine stand for two nodes (one CPU device each), joined as srun's
+    # tasks would be, through the variables keras.distribution.initialize() reads
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env.pop("XLA_FLAGS", None)
+    command = [sys.executable, "-c", _PROCESS_SCRIPT]
+    alone = subprocess.run([*command, tmp_path / "one.npz", "1"], env=env, capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    joined = {
+        **env,
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+    }
+    runs = [
+        subprocess.Popen(
+            [*command, tmp_path / "two.npz", "all"],
+            env={**joined, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [run.communicate(timeout=900) for run in runs]
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr[-3000:]
+    results = sorted(
+        (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs), key=lambda r: r["process"]
+    )
+    # each process feeds its half of every batch: together, the batch of one process alone
+    assert results[0]["first_batch"] == list(range(32)) and results[1]["first_batch"] == list(range(32, 64))
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    largest = max(float(np.abs(one[key]).max()) for key in one.files)
+    assert max(float(np.abs(one[key] - two[key]).max()) for key in one.files) < 1e-3 * max(largest, 1.0)

@@ -102,6 +102,16 @@ def data_parallel_devices():
     return 1
 
 
+def data_shard():
+    """`(shard, shards)`: under a data-parallel distribution over several processes, each process
+    feeds its own part of every batch (`shard` of `shards`, the distribution's data shard); else
+    `(0, 1)`."""
+    distribution = keras.distribution.distribution()
+    if isinstance(distribution, keras.distribution.DataParallel) and distribution.num_processes > 1:
+        return distribution.data_shard_id, distribution.num_processes
+    return 0, 1
+
+
 def _dense(block):
     """A float32 dense copy of a block of rows."""
     if sp.issparse(block):
@@ -130,7 +140,8 @@ class SparseBatches(keras.utils.PyDataset):
 
     Under a data-parallel distribution over d devices (`data_parallel_devices`), each batch splits
     evenly over them: the last batch of an epoch is cut to a multiple of d rows (the rows left out,
-    fewer than d, change with each epoch's order).
+    fewer than d, change with each epoch's order). Over several processes (`data_shard`), each one
+    gives its consecutive part of every batch: together, the batch one process alone would give.
 
     Args:
         X: CSR matrix, dense array, or the `.X` of an h5ad opened with `backed='r'`.
@@ -177,6 +188,7 @@ class SparseBatches(keras.utils.PyDataset):
         self.block_rows, self.buffer_batches = int(block_rows), int(buffer_batches)
         remainder = self.n % self.batch_size
         self._used = self.n - remainder % data_parallel_devices()
+        self._shard, self._shards = data_shard()
         self._rng = np.random.default_rng(seed)
         self._buffers, self._lock = {}, threading.Lock()
         self._order = self._draw() if shuffle else np.arange(self.n)
@@ -195,7 +207,10 @@ class SparseBatches(keras.utils.PyDataset):
         """Batch `index`'s positions among the used rows (sorted)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range ({len(self)} batches).")
-        return np.sort(self._order[index * self.batch_size : min((index + 1) * self.batch_size, self._used)])
+        positions = np.sort(
+            self._order[index * self.batch_size : min((index + 1) * self.batch_size, self._used)]
+        )
+        return positions if self._shards == 1 else np.array_split(positions, self._shards)[self._shard]
 
     def _rows_of(self, positions):
         return positions if self.cells is None else self.cells[positions]

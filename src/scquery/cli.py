@@ -173,6 +173,7 @@ def _train(args):
     config = load_train_config(args.config)
 
     from .bundle import save_bundle
+    from .placement import process_index
     from .train import train
 
     reference = _read_reference(args)
@@ -187,6 +188,8 @@ def _train(args):
         verbose=_verbosity(args),
         **_options(args, InputOptions, _READING),
     )
+    if process_index() != 0:  # one of several processes that trained together: the first one writes
+        return
     save_bundle(bundle, args.out, overwrite=args.overwrite)
     accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
     log.info(

@@ -8,6 +8,7 @@ runs (docs/SCALING.md, "On a GPU").
 """
 
 import contextlib
+import os
 
 import keras
 
@@ -76,9 +77,10 @@ def device_budget():
 
 def data_parallel(devices):
     """A scope in which training splits each batch over `devices` devices (an int, or 'all': every
-    device Keras lists, of every process after `keras.distribution.initialize()`), through Keras's
-    `DataParallel` (JAX backend); with 1, a scope that changes nothing (a distribution the caller
-    set stays in effect)."""
+    device Keras lists, those of every process once they joined: `join_processes`), through
+    Keras's `DataParallel` (JAX backend); with 1, a scope that changes nothing (a distribution the
+    caller set stays in effect). scquery's batches shard themselves over the processes
+    (`scquery.batches.data_shard`), so Keras's own sharding of datasets is off."""
     if devices == 1:
         return contextlib.nullcontext()
     backend = keras.backend.backend()
@@ -87,6 +89,7 @@ def data_parallel(devices):
             f"Training on {devices} devices needs Keras's JAX backend, and it runs on {backend}; "
             "set KERAS_BACKEND=jax (with JAX installed: pip install 'scquery[jax]') or train on 1 device."
         )
+    join_processes()
     available = keras.distribution.list_devices()
     if devices != "all" and devices > len(available):
         raise ScqueryError(
@@ -94,4 +97,34 @@ def data_parallel(devices):
             f"({', '.join(available)}); ask for at most {len(available)}, or 'all'."
         )
     chosen = available if devices == "all" else available[:devices]
-    return keras.distribution.DataParallel(devices=chosen).scope()
+    return keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False).scope()
+
+
+def several_processes():
+    """Whether this process is one of several that train together: the tasks of a SLURM step
+    (`srun`: SLURM_STEP_NODELIST, SLURM_NTASKS), or the processes Keras's
+    KERAS_DISTRIBUTION_NUM_PROCESSES counts."""
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
+        return True
+    return "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def join_processes():
+    """Join the other processes of `several_processes` (`keras.distribution.initialize()`: JAX reads
+    the SLURM step's layout, or Keras the KERAS_DISTRIBUTION_* variables), once, before the
+    backend has computed anything."""
+    if keras.backend.backend() != "jax" or not several_processes():
+        return
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+
+
+def process_index():
+    """This process's place among the processes training together (0 alone): the one that writes."""
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
