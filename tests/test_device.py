@@ -230,3 +230,27 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     largest = max(float(np.abs(one[key]).max()) for key in one.files)
     assert max(float(np.abs(one[key] - two[key]).max()) for key in one.files) < 1e-3 * max(largest, 1.0)
+
+
+def test_train_with_its_data_on_the_device_gives_the_bundle_the_host_gives(monkeypatch, split):
+    from conftest import SMALL_CONFIG
+
+    from scquery.train import train
+
+    config = {**SMALL_CONFIG, "pretrain_epochs": 2, "epochs": 4}
+    host = train(split[0], label_key="bulk_labels", config=config, seed=3, verbose=0)
+    # the accelerator's path on this CPU: the processed reference's rows held as weights, once
+    made = []
+
+    def held(X):
+        made.append(device_rows(X, force=True))
+        return made[-1]
+
+    monkeypatch.setattr(sys.modules["scquery.train"], "device_rows", held)
+    device = train(split[0], label_key="bulk_labels", config=config, seed=3, verbose=0)
+    assert len(made) == 1 and made[0] is not None
+    for a, b in zip(host.model.get_weights(), device.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        host.reference.obsm["X_scquery"], device.reference.obsm["X_scquery"], atol=1e-5
+    )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .batches import device_rows
 from .bundle import Bundle, model_digest, with_index
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
@@ -58,7 +59,7 @@ def pretrain(
         check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
     processed, record = _preprocess(adata, config, values, label_key=label_key)
-    return _pretrain(processed, record, unlabeled, config, values, seed, verbose)
+    return _pretrain(processed, record, unlabeled, config, values, seed, verbose, rows="auto")
 
 
 @without_retracing_warnings
@@ -126,10 +127,11 @@ def train(
     values = {"layer": layer, "use_raw": use_raw}
     processed, record = _preprocess(adata, config, values, label_key=label_key, species=species)
     cells, classes, y = _labelled(processed, label_key, config)  # before any training
+    rows = _device_rows(processed.X)  # pretraining's and fine-tuning's
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
-        encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose)
+        encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose, rows=rows)
     model = build_classifier(
         processed.n_vars,
         config.hidden_sizes,
@@ -153,6 +155,7 @@ def train(
             class_weight=config.class_weight,
             cells=cells,
             seed=seed,
+            rows=rows,
             verbose=verbose,
         ),
     }
@@ -267,9 +270,20 @@ def _propagate(model, processed, label_key, config):
     return unlabelled[rows], codes
 
 
-def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
+def _device_rows(X):
+    """The processed reference's rows held on the device where it is an accelerator with room for
+    them (`scquery.batches.device_rows`), else None."""
+    rows = device_rows(X)
+    if rows is not None:
+        held = sum(4 * int(np.prod(weight.shape)) for weight in rows.weights)
+        logger.info("training data held on the device: %.2f GB", held / 1e9)
+    return rows
+
+
+def _pretrain(processed, record, unlabeled, config, values, seed, verbose, *, rows):
     """Greedy pretraining on the processed reference's cells and the `unlabeled` data (each one
-    processed, and so checked, before any training)."""
+    processed, and so checked, before any training); `rows`: the reference's rows held on the
+    device, None, or 'auto' (`pretrain_greedy`)."""
     X = processed.X
     if not sp.issparse(X) and unlabeled is not None:
         X = X.materialize()  # stacked with the unlabelled cells in memory
@@ -278,6 +292,7 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
     ]
     if extra:
         X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
+        rows = "auto"  # more rows than the reference's
     weights, history, autoencoder = pretrain_greedy(
         X,
         config.hidden_sizes,
@@ -290,6 +305,7 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose):
         finetune_autoencoder=config.finetune_autoencoder,
         scale=record["scale"],
         seed=seed_for(seed, _PRETRAIN),
+        rows=rows,
         verbose=verbose,
     )
     return PretrainedEncoder(weights, list(record["genes"]), config.activation, history, autoencoder)
