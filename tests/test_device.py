@@ -36,25 +36,33 @@ def dense(rows, indices):
 
 def test_rows_held_on_the_device_densify_as_the_matrix(X):
     rows = device_rows(X, force=True)
-    assert rows.width == 31 and rows.trainable_weights == []
+    assert rows.width == 31 and rows.trainable_weights == [] and len(rows.weights) == 3
     indices = [11, 0, 7, 202, 11, 5]  # any order, repeats
     np.testing.assert_array_equal(dense(rows, indices), X[indices].toarray())
     empty = device_rows(sp.csr_matrix((4, 6), dtype=np.float32), force=True)
     np.testing.assert_array_equal(dense(empty, [3, 0]), np.zeros((2, 6), np.float32))
 
 
-def test_a_matrix_on_disk_is_copied_block_by_block(X, tmp_path, monkeypatch):
+def test_a_matrix_on_disk_is_copied_block_by_block_into_parts(X, tmp_path, monkeypatch):
     ad.AnnData(X).write_h5ad(tmp_path / "x.h5ad")
     backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
-    monkeypatch.setattr(batches_module, "DEVICE_BLOCK_ROWS", 50)  # five blocks
+    monkeypatch.setattr(batches_module, "DEVICE_BLOCK_ROWS", 16)
+    monkeypatch.setattr(batches_module, "PART_VALUES", X.nnz // 3)  # as 2**31 values would be
     rows = device_rows(backed.X, force=True)
-    np.testing.assert_array_equal(dense(rows, np.arange(203)), X.toarray())
+    assert len(rows.counts) == 4 and sum(rows.counts) == 203 and rows.firsts[0] == 0
+    np.testing.assert_array_equal(dense(rows, np.arange(203)[::-1]), X.toarray()[::-1])
     backed.file.close()
 
 
-def test_on_the_cpu_the_rows_stay_on_the_host(X):
+def test_rows_go_to_the_device_where_it_has_room_for_them(X, monkeypatch):
     # the tests' machine has no accelerator: batches are densified on the host (SparseBatches)
     assert device_kind() == "cpu" and device_budget() is None
+    assert device_rows(X) is None
+    # an accelerator's budget: 8 bytes per value and 4 per row must fit
+    needed = 8 * X.nnz + 4 * X.shape[0]
+    monkeypatch.setattr(batches_module, "device_budget", lambda: needed)
+    assert device_rows(X) is not None
+    monkeypatch.setattr(batches_module, "device_budget", lambda: needed - 1)
     assert device_rows(X) is None
 
 
@@ -139,7 +147,7 @@ _JAX_SCRIPT = textwrap.dedent(
     with data_parallel(2):
         result["devices"] = len(keras.distribution.distribution().device_mesh.devices)
         rows = device_rows(X, force=True)
-        result["replicated"] = rows.data.value.sharding.is_fully_replicated
+        result["replicated"] = rows.weights[0].value.sharding.is_fully_replicated
         result["two"] = difference(host, train(rows=rows))
         result["two_mixed"] = difference(host, train(rows=rows, mixed_precision=True))
     try:

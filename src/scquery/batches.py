@@ -25,8 +25,10 @@ __all__ = [
     "shuffled_order",
 ]
 
-#: Rows read at a time when a matrix that is not in memory is copied to the device.
+#: Rows read at a time when a matrix is copied to the device.
 DEVICE_BLOCK_ROWS = 65_536
+#: The most values a part of a matrix held on the device holds (int32 positions).
+PART_VALUES = 2**31 - 1
 
 
 class RowSource:
@@ -265,47 +267,47 @@ def device_rows(X, *, force=False):
     """The rows of `X` (as `SparseBatches` takes it) held on the device: a `scquery.layers.SparseRows`
     layer, the first of a training model fed `RowBatches`; or None where batches are better densified
     on the host (`SparseBatches`). Unless `force`, the device must be an accelerator with room for
-    them (`scquery.placement.device_budget`); in any case they must be fewer than 2**31 values.
+    them (`scquery.placement.device_budget`).
 
-    A matrix in memory is copied whole; one on disk or made on demand is read in blocks of
-    `DEVICE_BLOCK_ROWS` rows, each copied to the device before the next is read (given up, None,
-    once the rows read so far foretell more than the budget)."""
+    `X` is read in blocks of `DEVICE_BLOCK_ROWS` rows, each copied to the device before the next is
+    read (given up, None, once the rows read so far foretell more than the budget), and held in
+    parts of at most `PART_VALUES` values."""
     budget = None if force else device_budget()
     if budget is None and not force:
         return None
     X = _rows(X)
     n_rows, n_columns = X.shape
-    if isinstance(X, np.ndarray):
-        X = sp.csr_matrix(X)
-    in_memory = sp.issparse(X)
-    if in_memory:
-        blocks = [X]
-    else:
-        blocks = (X[i : i + DEVICE_BLOCK_ROWS] for i in range(0, n_rows, DEVICE_BLOCK_ROWS))
-    data, indices, lengths, read, stored = [], [], [], 0, 0
-    for block in blocks:
-        block = sp.csr_matrix(block)
-        read, stored = read + block.shape[0], stored + block.nnz
-        foretold = (8 * stored + 4 * read) * n_rows / max(read, 1)
-        if stored >= 2**31 or (budget is not None and foretold > budget):
+    parts, part, lengths, stored = [], [], [], 0
+    for start in range(0, n_rows, DEVICE_BLOCK_ROWS):
+        block = sp.csr_matrix(X[start : start + DEVICE_BLOCK_ROWS])
+        stored += block.nnz
+        read = start + block.shape[0]
+        if budget is not None and (8 * stored + 4 * read) * n_rows / read > budget:
             return None
-        arrays = block.data.astype(np.float32, copy=False), block.indices.astype(np.int32, copy=False)
-        if not in_memory:  # to the device now (in memory: as the layer's weights are made)
-            arrays = [keras.ops.convert_to_tensor(array) for array in arrays]
-        data.append(arrays[0])
-        indices.append(arrays[1])
+        if part and sum(b.nnz for b in part) + block.nnz > PART_VALUES:
+            parts.append(_device_part(part))
+            part = []
+        part.append(block)
         lengths.append(np.diff(block.indptr))
-    if stored == 0:  # one zero value: masked slots read position 0
+    parts.append(_device_part(part))
+    width = int(np.concatenate([np.zeros(1, np.int64), *lengths]).max())
+    return SparseRows(parts, n_columns=n_columns, width=width, name="rows")
+
+
+def _device_part(blocks):
+    """One part of `SparseRows`, the CSR arrays of consecutive `blocks` on the device (a part
+    without values holds one zero: masked slots read position 0)."""
+    data = [keras.ops.convert_to_tensor(b.data.astype(np.float32, copy=False)) for b in blocks if b.nnz]
+    indices = [keras.ops.convert_to_tensor(b.indices.astype(np.int32, copy=False)) for b in blocks if b.nnz]
+    lengths = np.concatenate([np.zeros(0, np.int64), *(np.diff(b.indptr) for b in blocks)])
+    if not data:
         data, indices = [np.zeros(1, np.float32)], [np.zeros(1, np.int32)]
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return SparseRows(
-        data[0] if len(data) == 1 else keras.ops.concatenate(data),
-        indices[0] if len(indices) == 1 else keras.ops.concatenate(indices),
+    join = keras.ops.concatenate
+    return (
+        (data[0] if len(data) == 1 else join(data)),
+        (indices[0] if len(indices) == 1 else join(indices)),
         indptr,
-        n_columns=n_columns,
-        width=int(lengths.max(initial=0)),
-        name="rows",
     )
 
 

@@ -167,32 +167,46 @@ class SparseRows(keras.layers.Layer):
     The matrix stays where weights live (an accelerator's memory; under a data-parallel scope, a copy
     on each device) and each batch is densified there, within the compiled training step: the host
     sends row indices only. Each row's entries are read as `width` (the longest row's count) slots
-    from its start, those past its end masked, and scattered into the dense batch. A training
+    from its start, those past its end masked, and scattered into the dense batch. The matrix is held
+    in parts of consecutive rows, each of fewer than 2**31 values (int32 positions). A training
     model's first layer (`scquery.batches.device_rows`), never saved.
 
     Args:
-        data, indices, indptr: the CSR matrix's arrays (tensors or arrays; `indices` and `indptr`
-            as int32: fewer than 2**31 stored values).
+        parts: per part, in row order, its CSR arrays `(data, indices, indptr)` (tensors or arrays;
+            at least one value each, `indices` and `indptr` int32).
         n_columns: the matrix's number of columns.
         width: the most values any row holds.
     """
 
-    def __init__(self, data, indices, indptr, *, n_columns, width, **kwargs):
+    def __init__(self, parts, *, n_columns, width, **kwargs):
         super().__init__(trainable=False, **kwargs)
         self.n_columns, self.width = int(n_columns), max(int(width), 1)
-        self.data = keras.Variable(data, dtype="float32", trainable=False, name="data")
-        self.indices = keras.Variable(indices, dtype="int32", trainable=False, name="indices")
-        self.indptr = keras.Variable(indptr, dtype="int32", trainable=False, name="indptr")
+        self.counts = [int(indptr.shape[0]) - 1 for _, _, indptr in parts]
+        self.firsts = [sum(self.counts[:i]) for i in range(len(parts))]
+        self.held = []  # data, indices, indptr of each part in turn
+        for i, (data, indices, indptr) in enumerate(parts):
+            self.held += [
+                keras.Variable(data, dtype="float32", trainable=False, name=f"data_{i}"),
+                keras.Variable(indices, dtype="int32", trainable=False, name=f"indices_{i}"),
+                keras.Variable(indptr, dtype="int32", trainable=False, name=f"indptr_{i}"),
+            ]
 
     def call(self, rows):
         rows = ops.cast(rows, "int32")
-        starts = ops.take(self.indptr, rows)
-        lengths = ops.take(self.indptr, rows + 1) - starts
-        slots = ops.arange(self.width, dtype="int32")
-        held = ops.expand_dims(slots, 0) < ops.expand_dims(lengths, 1)
-        positions = ops.where(held, ops.expand_dims(starts, 1) + ops.expand_dims(slots, 0), 0)
-        columns = ops.take(self.indices, positions)
-        values = ops.where(held, ops.take(self.data, positions), 0.0)
+        slots = ops.expand_dims(ops.arange(self.width, dtype="int32"), 0)
+        columns, values = [], []
+        for i, (first, count) in enumerate(zip(self.firsts, self.counts, strict=True)):
+            data, indices, indptr = self.held[3 * i : 3 * i + 3]
+            local = rows - first
+            inside = ops.logical_and(local >= 0, local < count)
+            local = ops.where(inside, local, 0)
+            starts = ops.take(indptr, local)
+            lengths = ops.where(inside, ops.take(indptr, local + 1) - starts, 0)
+            held = slots < ops.expand_dims(lengths, 1)
+            positions = ops.where(held, ops.expand_dims(starts, 1) + slots, 0)
+            columns.append(ops.take(indices, positions))
+            values.append(ops.where(held, ops.take(data, positions), 0.0))
+        columns, values = ops.concatenate(columns, axis=1), ops.concatenate(values, axis=1)
         batch = ops.shape(rows)[0]
         cells = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), ops.shape(columns))
         index = ops.stack([ops.reshape(cells, [-1]), ops.reshape(columns, [-1])], axis=1)
