@@ -174,7 +174,7 @@ def test_on_jax_over_two_devices_the_device_rows_and_mixed_precision_train_the_m
 
 
 #: train() on the built-in data, alone or as one of the processes of a data-parallel run over every
-#: device of every process (`data_parallel('all')`); the first process writes the model.
+#: device of every process (`data_parallel(0)`); the first process writes the model.
 _PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -187,7 +187,7 @@ _PROCESS_SCRIPT = textwrap.dedent(
     reference, _ = pbmc68k_split(seed=0)
     config = {"min_genes": 0, "hidden_sizes": [32, 8], "pretrain_epochs": 2, "epochs": 3,
               "min_cells_per_class": 5, "batch_size": 64, "validation_fraction": 0.2}
-    with data_parallel(sys.argv[2] if sys.argv[2] == "all" else int(sys.argv[2])):
+    with data_parallel(int(sys.argv[2])):
         bundle = train(reference, label_key="bulk_labels", config=config, seed=1, verbose=0)
         (first,) = SparseBatches(np.arange(128.0)[:, None], batch_size=64, shuffle=False)[0]
     if process_index() == 0:
@@ -219,7 +219,7 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
     }
     runs = [
         subprocess.Popen(
-            [*command, tmp_path / "two.npz", "all"],
+            [*command, tmp_path / "two.npz", "0"],
             env={**joined, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

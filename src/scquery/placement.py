@@ -76,10 +76,10 @@ def device_budget():
 
 
 def data_parallel(devices):
-    """A scope in which training splits each batch over `devices` devices (an int, or 'all': every
-    device Keras lists, those of every process once they joined: `join_processes`), through
-    Keras's `DataParallel` (JAX backend); with 1, a scope that changes nothing (a distribution the
-    caller set stays in effect). scquery's batches shard themselves over the processes
+    """A scope in which training splits each batch over `devices` devices (0: every device Keras
+    lists, those of every process once they joined: `join_processes`), through Keras's
+    `DataParallel` (JAX backend); with 1, a scope that changes nothing (a distribution the caller
+    set stays in effect). scquery's batches shard themselves over the processes
     (`scquery.batches.data_shard`), so Keras's own sharding of datasets is off."""
     if devices == 1:
         return contextlib.nullcontext()
@@ -91,12 +91,12 @@ def data_parallel(devices):
         )
     join_processes()
     available = keras.distribution.list_devices()
-    if devices != "all" and devices > len(available):
+    if devices > len(available):
         raise ScqueryError(
             f"Training on {devices} devices was asked for, and the backend sees {len(available)} "
-            f"({', '.join(available)}); ask for at most {len(available)}, or 'all'."
+            f"({', '.join(available)}); ask for at most {len(available)}, or 0 for all of them."
         )
-    chosen = available if devices == "all" else available[:devices]
+    chosen = available[:devices] if devices else available
     return keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False).scope()
 
 
