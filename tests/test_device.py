@@ -245,8 +245,13 @@ def test_train_with_its_data_on_the_device_gives_the_bundle_the_host_gives(monke
 
     from scquery.train import train
 
-    config = {**SMALL_CONFIG, "pretrain_epochs": 2, "epochs": 4}
-    host = train(split[0], label_key="bulk_labels", config=config, seed=3, verbose=0)
+    config = {**SMALL_CONFIG, "pretrain_epochs": 2, "epochs": 4, "propagate_min_probability": 0.2}
+    reference = split[0].copy()
+    labels = reference.obs["bulk_labels"].astype(object)
+    labels.iloc[::5] = np.nan  # unlabelled cells: propagation predicts them, from the device's rows too
+    reference.obs["bulk_labels"] = labels
+    host = train(reference, label_key="bulk_labels", config=config, seed=3, verbose=0)
+    assert host.history["cells"]["propagated"] > 0
     # the accelerator's path on this CPU: the processed reference's rows held as weights, once
     made = []
 
@@ -255,8 +260,9 @@ def test_train_with_its_data_on_the_device_gives_the_bundle_the_host_gives(monke
         return made[-1]
 
     monkeypatch.setattr(sys.modules["scquery.train"], "device_rows", held)
-    device = train(split[0], label_key="bulk_labels", config=config, seed=3, verbose=0)
+    device = train(reference, label_key="bulk_labels", config=config, seed=3, verbose=0)
     assert len(made) == 1 and made[0] is not None
+    assert device.history["cells"] == host.history["cells"]
     for a, b in zip(host.model.get_weights(), device.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     np.testing.assert_allclose(

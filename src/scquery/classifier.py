@@ -178,14 +178,21 @@ def embedding_model(model):
     return keras.Model(model.input, encoders[-1].output, name="scquery_embedding")
 
 
-def predict_in_chunks(model, X, *, chunk_size=8192, cells=None):
+def predict_in_chunks(model, X, *, chunk_size=8192, cells=None, rows=None):
     """`model`'s outputs for the rows of CSR `X` (or its rows `cells`), densifying `chunk_size` rows
     at a time: a float32 array, or a list of them for a model of several outputs, each made once
-    and filled chunk by chunk (no list of parts, no copy of the whole)."""
+    and filled chunk by chunk (no list of parts, no copy of the whole). With `rows`, X's rows held
+    on the device (`scquery.batches.device_rows`), the chunks are densified there."""
     n = X.shape[0] if cells is None else len(cells)
     arrays = [np.empty((n, *output.shape[1:]), dtype=np.float32) for output in model.outputs]
+    if rows is None:
+        chunks = iter_dense_chunks(X, chunk_size, cells=cells)
+    else:
+        model = _OnRows(model, rows)
+        indices = np.arange(n) if cells is None else np.asarray(cells)
+        chunks = (indices[i : i + chunk_size].astype(np.int32) for i in range(0, n, chunk_size))
     start = 0
-    for chunk in iter_dense_chunks(X, chunk_size, cells=cells):
+    for chunk in chunks:
         parts = model(chunk, training=False)
         for array, part in zip(arrays, parts if len(arrays) > 1 else [parts], strict=True):
             array[start : start + len(chunk)] = keras.ops.convert_to_numpy(part)

@@ -159,7 +159,7 @@ def train(
             verbose=verbose,
         ),
     }
-    propagated, y_propagated = _propagate(model, processed, label_key, config)
+    propagated, y_propagated = _propagate(model, processed, label_key, config, rows)
     history["cells"] = {
         "labelled": len(cells),
         "propagated": len(propagated),
@@ -176,7 +176,7 @@ def train(
         index=reference.index.copy(),
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
-    embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells)
+    embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells, rows=rows)
     bundle = Bundle(
         model=model,
         classes=classes,
@@ -253,13 +253,14 @@ def _labelled(processed, label_key, config):
     return cells, classes, y
 
 
-def _propagate(model, processed, label_key, config):
+def _propagate(model, processed, label_key, config, rows):
     """The unlabelled reference cells the classifier labels confidently (`scquery.propagate`):
-    their rows in `processed` and class codes (none with `config.propagate` false)."""
+    their rows in `processed` and class codes (none with `config.propagate` false); `rows`: the
+    processed rows held on the device, or None."""
     unlabelled = np.flatnonzero(~labelled_cells(processed.obs[label_key]))
     if not config.propagate or unlabelled.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    probabilities = predict_in_chunks(model, processed.X, cells=unlabelled)
+    probabilities = predict_in_chunks(model, processed.X, cells=unlabelled, rows=rows)
     rows, codes = confident_labels(probabilities, min_probability=config.propagate_min_probability)
     logger.info(
         "labelling the unlabelled reference cells: %s of %s propagated (probability >= %s)",
