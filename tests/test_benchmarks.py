@@ -95,6 +95,13 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     assert "## Quality" in report and "## Speed and memory" in report
 
 
+def test_training_options_of_the_command_line_come_last(monkeypatch):
+    from benchmarks import methods
+
+    monkeypatch.setattr(methods, "OVERRIDES", {"epochs": 3})
+    assert methods.scquery_config(quick=True, epochs=5).epochs == 3
+
+
 def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
     from benchmarks.report import write_report
 
