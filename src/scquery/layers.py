@@ -204,7 +204,10 @@ class SparseRows(keras.layers.Layer):
             lengths = ops.where(inside, ops.take(indptr, local + 1) - starts, 0)
             held = slots < ops.expand_dims(lengths, 1)
             positions = ops.where(held, ops.expand_dims(starts, 1) + slots, 0)
-            columns.append(ops.take(indices, positions))
+            # a masked slot adds 0 to a column of its own (slot mod n_columns): no two of a row's
+            # masked slots meet at one address (an accelerator's scatter serializes those)
+            spread = ops.broadcast_to(slots % self.n_columns, ops.shape(positions))
+            columns.append(ops.where(held, ops.take(indices, positions), spread))
             values.append(ops.where(held, ops.take(data, positions), 0.0))
         columns, values = ops.concatenate(columns, axis=1), ops.concatenate(values, axis=1)
         batch = ops.shape(rows)[0]
