@@ -76,7 +76,7 @@ def fit_classifier(
     head in float32) trains, and `model` takes its weights: `model` itself stays as it was built.
     """
     y = np.asarray(y)
-    rows = device_rows(X) if isinstance(rows, str) and rows == "auto" else rows
+    rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
     Batches = SparseBatches if rows is None else RowBatches
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
     label = "fine-tuning the classifier"

@@ -107,7 +107,7 @@ def pretrain_greedy(
         decoder bias]`).
     """
     verbose = resolve_verbose(verbose)
-    rows = device_rows(X) if isinstance(rows, str) and rows == "auto" else rows
+    rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
     dtype = MIXED_PRECISION if mixed_precision else None
     weights, decoder_biases, history = [], [], []
     widths = [X.shape[1], *hidden_sizes]
