@@ -1051,6 +1051,8 @@ def gpu_section(result):
         verdict = _met(train["train_s"] <= GPU["train_s"]) if measured else "not measured (no GPU)"
         held = "held on the device" if train["device_budget_gb"] else "densified on the host"
         options = "the quick" if result["quick"] else "the default"
+        epochs = sum(train["pretrain_epoch_s"]) + sum(train["finetune_epoch_s"])
+        rest = train["train_s"] - train["read_s"] - epochs
         lines.append(
             f"- `train()` end to end on {train['n_cells']:,} cells from the h5ad on disk (reading, "
             f"{train['read_s']:.1f} s, included), {options} options: "
@@ -1058,7 +1060,8 @@ def gpu_section(result):
             + ", ".join(f"{s:.1f}" for s in train["pretrain_epoch_s"])
             + " s; fine-tuning epochs "
             + ", ".join(f"{s:.1f}" for s in train["finetune_epoch_s"])
-            + f" s; the data {held}."
+            + " s; the rest (preprocessing, building the models, embedding the reference, its index) "
+            + f"{rest:.1f} s; the data {held}."
         )
     lines += ["", f"The part took {result['seconds']:.0f} s.", ""]
     return lines + load_lines(result)
