@@ -37,12 +37,8 @@ QUICK_TRAIN = {"pretrain_epochs": 1, "epochs": 2, "hidden_sizes": [64, 16]}
 PRECISIONS = ("float32", "mixed_bfloat16")
 #: Steps whose time is measured alone (per dispatch, and looped on the device).
 BREAKDOWN_STEPS = 50
-TARGETS = {
-    "pretrain_cells_per_s": 5e6,
-    "finetune_cells_per_s": 5e6,
-    "train_s": 60.0,
-    "accuracy_change": 0.005,
-}
+#: Issue 32's targets on one H200 (mixed precision's accuracy is the quality part's: real data).
+TARGETS = {"pretrain_cells_per_s": 5e6, "finetune_cells_per_s": 5e6, "train_s": 60.0}
 
 
 def run_gpu(*, quick, log=print):
