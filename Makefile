@@ -78,10 +78,11 @@ test-all: lint
 # shows one. MUTANTS: the functions mutated (docs/MUTATION.md: why these); MUTANTS= mutates every
 # function of the modules named in pyproject.toml.
 MUTANTS ?= 'scquery.outputs*' 'scquery.query.x_vote*' 'scquery.query.x_combine_evidence*' \
-	'scquery.rules.x_unknown_reasons*' 'scquery.preprocess.x_detect_values*' 'scquery.preprocess.x__units*' \
-	'scquery.preprocess.x__linear_values*' 'scquery.preprocess.x_to_linear*' \
-	'scquery.preprocess.x__assumed_total*' 'scquery.preprocess.x__detect_per_dataset*' \
-	'scquery.preprocess.x__normalized*' 'scquery.preprocess.x_describe_values*'
+	'scquery.rules.x_unknown_reasons*' 'scquery.preprocessing.scales.x_detect_values*' \
+	'scquery.preprocessing.scales.x__units*' 'scquery.preprocessing.scales.x_linear_values*' \
+	'scquery.preprocessing.scales.x_to_linear*' 'scquery.preprocessing.scales.x_assumed_total*' \
+	'scquery.preprocessing.scales.x_recognize*' 'scquery.preprocessing.scales.x_decide*' \
+	'scquery.preprocessing.scales.x__normalized*' 'scquery.preprocessing.scales.x_describe_values*'
 mutation: venv
 	$(PY) -m pip install --quiet 'mutmut>=3.8,<4'
 	$(VENV)/bin/mutmut run --max-children $(CORES) $(MUTANTS)

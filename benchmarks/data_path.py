@@ -6,7 +6,8 @@ back to a module it has left at most once).
 A profiler records each scquery module entered by a call from another scquery module, in order
 (consecutive repeats folded), on the built-in data with a tiny model; it prints the way and how many
 times it enters a module it had left before, counted over every module and over the modules that
-touch the data (leaving out errors, logs, options, config and labels, which check and declare).
+touch the data (leaving out errors, logs, options, config, labels and provenance, which check, declare
+and record).
 """
 
 import sys
@@ -39,8 +40,8 @@ def trace(run):
     return result, way
 
 
-#: Modules that check and declare, not touch the data.
-DECLARING = {"errors", "logs", "options", "config", "labels"}
+#: Modules that check, declare and record (where the data came from: provenance), not touch the data.
+DECLARING = {"errors", "logs", "options", "config", "labels", "provenance"}
 
 
 def returns(way):

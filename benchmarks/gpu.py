@@ -201,6 +201,7 @@ def fit_step(*, data, stage, hidden_sizes, batch_sizes, precision="float32", pip
 
     from scquery.batches import RowBatches, SparseBatches, device_rows
     from scquery.classifier import build_classifier, fit_classifier, training_model
+    from scquery.config import TrainConfig
     from scquery.layers import DenseLayerAutoencoder
     from scquery.placement import memory_stats
     from scquery.pretrain import FIT_OPTIONS, MIXED_PRECISION, denoising_model, pretrain_greedy
@@ -228,17 +229,15 @@ def fit_step(*, data, stage, hidden_sizes, batch_sizes, precision="float32", pip
     runs = []
     for batch_size in batch_sizes:
         run = {"batch_size": batch_size}
+        config = TrainConfig(
+            hidden_sizes=hidden_sizes,
+            pretrain_epochs=2,
+            epochs=2,
+            batch_size=batch_size,
+            validation_fraction=0.0,
+        )
         if stage == "pretrain":
-            _, history, _ = pretrain_greedy(
-                X,
-                hidden_sizes,
-                epochs=2,
-                batch_size=batch_size,
-                rows=rows,
-                mixed_precision=mixed,
-                seed=seed,
-                verbose=0,
-            )
+            _, history, _ = pretrain_greedy(X, config, rows=rows, mixed_precision=mixed, seed=seed, verbose=0)
             run["layer_s"] = [layer["seconds"][-1] for layer in history]
             run["epoch_s"] = sum(run["layer_s"])
             run["cells_per_s"] = n_cells / run["epoch_s"]
@@ -253,23 +252,14 @@ def fit_step(*, data, stage, hidden_sizes, batch_sizes, precision="float32", pip
             model.compile(keras.optimizers.Adam(1e-3), loss="mse", **FIT_OPTIONS)
             batches = Batches(X, batch_size=batch_size, seed=seed)
         else:
-            model = build_classifier(n_genes, hidden_sizes, N_CLASSES, seed=seed)
+            model = build_classifier(n_genes, N_CLASSES, config, seed=seed)
             history = fit_classifier(
-                model,
-                X,
-                y,
-                epochs=2,
-                batch_size=batch_size,
-                validation_fraction=0.0,
-                rows=rows,
-                mixed_precision=mixed,
-                seed=seed,
-                verbose=0,
+                model, X, y, config, rows=rows, mixed_precision=mixed, seed=seed, verbose=0
             )
             run["epoch_s"] = history["seconds"][-1]
             run["cells_per_s"] = n_cells / run["epoch_s"]
             model = training_model(
-                build_classifier(n_genes, hidden_sizes, N_CLASSES, seed=seed),
+                build_classifier(n_genes, N_CLASSES, config, seed=seed),
                 rows=rows,
                 mixed_precision=mixed,
             )

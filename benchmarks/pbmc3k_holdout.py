@@ -12,8 +12,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
-from scquery.classifier import predict_in_chunks
-from scquery.preprocess import apply_preprocess
+from scquery.embed import compute_embedding
 from scquery.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k.h5ad"
@@ -36,8 +35,8 @@ def main():
             start = time.perf_counter()
             bundle = train(reference, label_key="classified", config={"pretrain": pretrain}, seed=seed)
             seconds = time.perf_counter() - start
-            X, _ = apply_preprocess(query, bundle.preprocess)
-            predicted = np.asarray(bundle.classes)[predict_in_chunks(bundle.model, X.X).argmax(1)]
+            _, probabilities, _, _ = compute_embedding(query, bundle)
+            predicted = np.asarray(bundle.classes)[probabilities.argmax(1)]
             truth = labels[query_rows]
             known = np.isin(truth, bundle.classes)
             print(

@@ -34,7 +34,9 @@ def shortfall(encoder, bundle, X, predicted, *, measured=None, chunk_size=4096):
     layer = DenseLayerAutoencoder([int(weights[0].shape[1])], activation=encoder.activation, seed=0)
     layer.build((None, X.shape[1]))
     layer.set_weights([np.asarray(w) for w in weights])
-    scaling = stack_encoder(X.shape[1], [], scale=bundle.preprocess.get("scale"))
+    scaling = stack_encoder(
+        X.shape[1], [], activation=encoder.activation, seed=bundle.seed, scale=bundle.preprocess.get("scale")
+    )
     profiles = bundle.reference.uns["profiles"]
     genes = {label: own_genes(profiles, label, measured=measured) for label in np.unique(predicted)}
     result = np.zeros(X.shape[0])
@@ -56,12 +58,12 @@ def measure(encoder, bundle, reference, query_data, held):
     neighbors = search(query_data, bundle, EVERY_TYPE)
     found = transfer(neighbors, bundle, EVERY_TYPE)
     predicted = np.asarray(found.prediction, dtype=object)
-    measured = neighbors.processed.var["scquery_shared"].to_numpy()
-    query_side = shortfall(encoder, bundle, neighbors.processed.X, predicted, measured=measured)
+    measured = neighbors.alignment.shared
+    query_side = shortfall(encoder, bundle, neighbors.processed, predicted, measured=measured)
     labelled = reference[reference.obs_names.isin(bundle.reference.obs_names)]
     processed = search(labelled, bundle, EVERY_TYPE).processed
-    labels = bundle.reference.obs["label"].astype(str).reindex(processed.obs_names).to_numpy()
-    typical = pd.Series(shortfall(encoder, bundle, processed.X, labels)).groupby(labels).median()
+    labels = bundle.reference.obs["label"].astype(str).reindex(labelled.obs_names).to_numpy()
+    typical = pd.Series(shortfall(encoder, bundle, processed, labels)).groupby(labels).median()
     floor = 1e-6
     scores = {
         "query": np.log(query_side + floor),

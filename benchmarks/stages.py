@@ -320,6 +320,7 @@ def throughput_stage(
     from scquery.batches import SparseBatches
     from scquery.callbacks import EpochTimer
     from scquery.classifier import build_classifier
+    from scquery.config import TrainConfig
     from scquery.layers import DenseLayerAutoencoder
     from scquery.pretrain import FIT_OPTIONS, denoising_model
 
@@ -420,7 +421,8 @@ def throughput_stage(
             ("finetune_in_memory", dense, {"y": y, "batch_size": batch_size}),
             ("finetune_sparse", SparseBatches(X, y, batch_size=batch_size, seed=seed), {}),
         ):
-            model = build_classifier(n_genes, hidden_sizes, n_classes, seed=seed)
+            config = TrainConfig(hidden_sizes=list(hidden_sizes))
+            model = build_classifier(n_genes, n_classes, config, seed=seed)
             model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", **FIT_OPTIONS)
             row[name], row[f"{name}_cpu"] = epoch_rate(model, data, **fit)
         rows.append(row)

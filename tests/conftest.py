@@ -138,3 +138,26 @@ def bundle(split):
     from scquery.train import train
 
     return train(split[0], label_key="bulk_labels", config=SMALL_CONFIG, seed=0)
+
+
+def process_like(adata, record, **inputs):
+    """`(X, alignment)`: `adata`'s values processed like the reference of the preprocessing `record`,
+    as a query is (`scquery.embed.compute_embedding`; `inputs`: `InputOptions`' fields)."""
+    from scquery.options import InputOptions
+    from scquery.preprocessing.align import apply_record
+    from scquery.values import select_values
+
+    options = InputOptions(**inputs)
+    cells = select_values(adata, layer=options.layer, use_raw=options.use_raw, gene_key=options.gene_key)
+    return apply_record(cells, record, options)
+
+
+def fit_values(adata, labels=None, **options):
+    """`(X, kept, record)`: the reference fit (`fit_reference`) of `adata`'s `.X` with these training
+    options (a backed `.X` stays on disk)."""
+    from scquery.config import TrainConfig
+    from scquery.preprocessing.fit import fit_reference
+    from scquery.values import select_values
+
+    cells = select_values(adata, layer=None, use_raw=False, on_disk=True)
+    return fit_reference(cells, TrainConfig(**options), labels=labels)

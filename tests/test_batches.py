@@ -33,11 +33,11 @@ def test_batches_cover_every_row_once(X):
 def test_labels_and_weights(X):
     y = np.arange(103)
     w = np.linspace(0, 1, 103)
-    x, labels, weights = SparseBatches(X, y, batch_size=16, sample_weight=w)[2]
+    x, labels, weights = SparseBatches(X, y, batch_size=16, seed=0, sample_weight=w)[2]
     np.testing.assert_array_equal(x[:, 0], X[labels].toarray()[:, 0])
     np.testing.assert_array_equal(weights, w[labels])
     with pytest.raises(ValueError, match="y has 5 rows, X has 103"):
-        SparseBatches(X, np.arange(5))
+        SparseBatches(X, np.arange(5), batch_size=8, seed=0)
 
 
 def test_seeded_shuffling_is_deterministic(X):
@@ -51,7 +51,7 @@ def test_seeded_shuffling_is_deterministic(X):
     assert any(not np.array_equal(a, first.rows(i)) for i, a in enumerate(epoch_rows))  # re-drawn each epoch
     other = SparseBatches(X, batch_size=20, seed=8)
     assert not np.array_equal(other.rows(0), SparseBatches(X, batch_size=20, seed=7).rows(0))
-    ordered = SparseBatches(X, batch_size=20, shuffle=False)
+    ordered = SparseBatches(X, batch_size=20, shuffle=False, seed=0)
     np.testing.assert_array_equal(ordered.rows(1), np.arange(20, 40))
 
 
@@ -59,8 +59,8 @@ def test_backed_h5ad(X, tmp_path):
     ad.AnnData(X).write_h5ad(tmp_path / "x.h5ad")
     backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
     try:
-        streamed = _epoch(SparseBatches(backed.X, batch_size=25))
-        for (a,), (b,) in zip(streamed, _epoch(SparseBatches(X, batch_size=25)), strict=True):
+        streamed = _epoch(SparseBatches(backed.X, batch_size=25, seed=0))
+        for (a,), (b,) in zip(streamed, _epoch(SparseBatches(X, batch_size=25, seed=0)), strict=True):
             np.testing.assert_array_equal(a, b)
         chunks = list(iter_dense_chunks(backed.X, 40))
     finally:
@@ -79,7 +79,7 @@ def test_iter_dense_chunks_in_order(X):
 def test_keras_fit_consumes_batches(X):
     model = keras.Sequential([keras.Input((17,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    history = model.fit(SparseBatches(X, np.arange(103) % 2, batch_size=32), epochs=2, verbose=0)
+    history = model.fit(SparseBatches(X, np.arange(103) % 2, batch_size=32, seed=0), epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
@@ -127,4 +127,4 @@ def test_a_subset_of_rows_is_used_in_place(X):
     chunks = list(iter_dense_chunks(X, 5, cells=cells))
     np.testing.assert_array_equal(np.vstack(chunks), X[cells].toarray())
     with pytest.raises(ValueError, match="y has 2 rows, cells holds 8"):
-        SparseBatches(X, y[:2], cells=cells)
+        SparseBatches(X, y[:2], cells=cells, batch_size=8, seed=0)

@@ -287,3 +287,63 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
     assert "- known cells called Unknown ≤ 5 %: met on 1 of 1 (t 5%)." in text
     assert "- the prediction ≥ no pretraining + 0.03: met on 1 of 1 (t 5%)." in text
     assert "- the prediction ≥ the best peer + 0.03: met on 0 of 1." in text
+
+
+def test_the_split_names_every_pair_once_and_each_kind_has_a_validation_pair():
+    from benchmarks import crossstudy_tasks, pairs
+
+    names = set(crossstudy_tasks.HELD_OUT) | set(pairs.PAIRS)
+    assert sorted(pairs.TUNING + pairs.VALIDATION) == sorted(names)
+    assert set(pairs.HELD_OUT) == names
+    validated = {kind for name in pairs.VALIDATION if name in pairs.PAIRS for kind in pairs.PAIRS[name].kinds}
+    assert {"cross-species", "one tissue", "novel types", "condition", "stimulation"} <= validated
+    assert all(pairs.split_of(name) == "tuning" for name in crossstudy_tasks.HELD_OUT)
+
+
+def test_an_absent_cache_skips_each_pair_with_one_line_saying_how_to_prepare_it(tmp_path):
+    from benchmarks import pairs
+
+    lines = []
+    assert list(pairs.tasks(cache=tmp_path, log=lines.append)) == []
+    assert len(lines) == len(pairs.PAIRS)
+    assert all("prepare_pairs" in line or "shared data" in line for line in lines)
+
+
+def test_upper_cased_mouse_genes_get_their_mouse_spelling_back():
+    from benchmarks.prepare_pairs import mouse_symbols
+
+    assert mouse_symbols(["CD3E", "MT-ND5", "0610007P14RIK", "GM12345"]) == [
+        "Cd3e",
+        "mt-Nd5",
+        "0610007P14Rik",
+        "Gm12345",
+    ]
+
+
+def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
+    from benchmarks import pairs
+
+    cache = pairs.cache_dir()
+    if not all((cache / dataset.file).is_file() for dataset in pairs.DATASETS.values()):
+        pytest.skip(f"the pairs' cache {cache} is absent: prepare it with {pairs.PREPARE}")
+    if not all((pairs.DATA_DIR / file).is_file() for file, _, _ in pairs.SHARED.values()):
+        pytest.skip(f"the shared data ({pairs.DATA_DIR}) is absent")
+    seen = set()
+    for task in pairs.tasks(log=lambda line: None):
+        pair = pairs.PAIRS[task.pair]
+        reference, query = set(task.reference.obs["label"]), set(task.query.obs["label"])
+        assert reference <= set(pair.reference_labels.values()) and query <= set(pair.query_labels.values())
+        assert task.novel == sorted(query - set(pair.reference_labels.values()))  # held-out types aside
+        assert not reference & set(task.held_out) and set(task.held_out) <= query
+        if task.query_species is None:
+            assert list(task.reference.var_names) == list(task.query.var_names)
+        else:
+            assert task.query_species == "mouse" and task.query.var_names.str.contains("[a-z]").mean() > 0.9
+            reference, query_on_reference = pairs.on_shared_genes(task)
+            assert list(reference.var_names) == list(query_on_reference.var_names) and reference.n_vars > 5000
+        for data, values in ((task.reference, task.reference_values), (task.query, task.query_values)):
+            assert values in ("counts", "log1p") and data.n_obs and data.n_vars
+            if values == "counts":
+                assert np.array_equal(data.X.data, np.rint(data.X.data))
+        seen.add(task.pair)
+    assert seen >= set(pairs.VALIDATION)

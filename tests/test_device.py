@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from scquery import batches as batches_module
 from scquery.batches import RowBatches, SparseBatches, device_rows
 from scquery.classifier import build_classifier, fit_classifier
+from scquery.config import TrainConfig
 from scquery.placement import data_parallel, device_budget, device_kind
 from scquery.pretrain import pretrain_greedy
 
@@ -79,9 +80,10 @@ def test_row_batches_are_the_sparse_batches_as_row_indices(X):
 
 def _train(X, y, **options):
     """Pretrain and fine-tune a small network on `X` (the same seeds, `options` on top)."""
-    weights, history, _ = pretrain_greedy(X, [12, 6], epochs=2, batch_size=32, seed=1, verbose=0, **options)
-    model = build_classifier(X.shape[1], [12, 6], 3, encoder_weights=weights, seed=2)
-    fitted = fit_classifier(model, X, y, epochs=6, batch_size=32, patience=2, seed=3, verbose=0, **options)
+    config = TrainConfig(hidden_sizes=[12, 6], pretrain_epochs=2, epochs=6, batch_size=32, patience=2)
+    weights, history, _ = pretrain_greedy(X, config, seed=1, verbose=0, **options)
+    model = build_classifier(X.shape[1], 3, config, encoder_weights=weights, seed=2)
+    fitted = fit_classifier(model, X, y, config, seed=3, verbose=0, **options)
     return model, history, fitted
 
 
@@ -125,6 +127,7 @@ _JAX_SCRIPT = textwrap.dedent(
     import keras, numpy as np, scipy.sparse as sp
     from scquery.batches import device_rows
     from scquery.classifier import build_classifier, fit_classifier
+    from scquery.config import TrainConfig
     from scquery.errors import ScqueryError
     from scquery.placement import data_parallel
     from scquery.pretrain import pretrain_greedy
@@ -132,11 +135,13 @@ _JAX_SCRIPT = textwrap.dedent(
     X = sp.random(256, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
     y = np.arange(256) % 3
 
+    config = TrainConfig(hidden_sizes=[12, 6], pretrain_epochs=2, epochs=4, batch_size=32,
+                         validation_fraction=0.25)
+
     def train(**options):
-        weights, _, _ = pretrain_greedy(X, [12, 6], epochs=2, batch_size=32, seed=1, verbose=0, **options)
-        model = build_classifier(40, [12, 6], 3, encoder_weights=weights, seed=2)
-        fit_classifier(model, X, y, epochs=4, batch_size=32, validation_fraction=0.25, seed=3, verbose=0,
-                       **options)
+        weights, _, _ = pretrain_greedy(X, config, seed=1, verbose=0, **options)
+        model = build_classifier(40, 3, config, encoder_weights=weights, seed=2)
+        fit_classifier(model, X, y, config, seed=3, verbose=0, **options)
         return model.get_weights()
 
     def difference(a, b):
@@ -189,7 +194,7 @@ _PROCESS_SCRIPT = textwrap.dedent(
               "min_cells_per_class": 5, "batch_size": 64, "validation_fraction": 0.2}
     with data_parallel(int(sys.argv[2])):
         bundle = train(reference, label_key="bulk_labels", config=config, seed=1, verbose=0)
-        (first,) = SparseBatches(np.arange(128.0)[:, None], batch_size=64, shuffle=False)[0]
+        (first,) = SparseBatches(np.arange(128.0)[:, None], batch_size=64, shuffle=False, seed=0)[0]
     if process_index() == 0:
         np.savez(sys.argv[1], *bundle.model.get_weights(), embedding=bundle.reference.obsm["X_scquery"])
     print(json.dumps({"process": process_index(), "first_batch": first[:, 0].tolist()}))

@@ -47,7 +47,7 @@ def test_embed_copy_leaves_the_input_alone(bundle, query):
 
 def test_reference_cells_embed_as_in_the_bundle(bundle, split):
     reference = split[0][:60].copy()
-    embedding, probabilities, _ = compute_embedding(reference, bundle)
+    embedding, probabilities, _, _ = compute_embedding(reference, bundle)
     stored = bundle.reference[reference.obs_names].obsm["X_scquery"]
     np.testing.assert_allclose(embedding, stored, atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -55,8 +55,8 @@ def test_reference_cells_embed_as_in_the_bundle(bundle, split):
 
 
 def test_chunks_give_the_whole_result(bundle, query):
-    whole, _, _ = compute_embedding(query, bundle)
-    chunked, _, _ = compute_embedding(query, bundle, InputOptions(batch_size=7))
+    whole, _, _, _ = compute_embedding(query, bundle)
+    chunked, _, _, _ = compute_embedding(query, bundle, InputOptions(batch_size=7))
     np.testing.assert_allclose(whole, chunked, atol=1e-5)
 
 
@@ -74,7 +74,7 @@ def test_missing_genes_are_zero_filled_and_reported(bundle, query):
     shared = len(set(bundle.genes) & set(partial.var_names))
     assert overlap["n_shared"] == shared < len(bundle.genes)
     assert overlap["fraction"] == pytest.approx(shared / len(bundle.genes))
-    expected, _, _ = compute_embedding(zeroed, bundle)
+    expected, _, _, _ = compute_embedding(zeroed, bundle)
     np.testing.assert_allclose(partial.obsm["X_scquery"], expected, atol=1e-5)
 
 

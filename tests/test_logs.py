@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from scquery.classifier import build_classifier, fit_classifier
+from scquery.config import TrainConfig
 from scquery.logs import _held_back_stderr, logger, resolve_verbose
 from scquery.train import train
 
@@ -93,7 +94,7 @@ import numpy as np, anndata as ad, pandas as pd
 import scquery
 from scquery.neighbors import NeighborIndex
 points = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
-NeighborIndex(points).kneighbors(points, 3)
+NeighborIndex(points, seed=0).kneighbors(points, 3)
 obs = pd.DataFrame({"t": ["a", "b", "a"]}, index=["x", "y", "z"])
 adata = ad.AnnData(np.ones((3, 1), dtype="float32"), obs=obs)
 adata.strings_to_categoricals()
@@ -124,8 +125,8 @@ def test_package_logs_stages_without_configuring_logging(split, small_config, ca
 def test_progress_bar_names_its_stage(split, capsys):
     X = split[0].X[:200]
     y = split[0].obs["bulk_labels"].cat.codes.to_numpy()[:200] % 3
-    model = build_classifier(X.shape[1], [8], 3)
-    fit_classifier(model, X, y, epochs=2, batch_size=64, validation_fraction=0, verbose=1)
+    config = TrainConfig(hidden_sizes=[8], epochs=2, batch_size=64, validation_fraction=0)
+    fit_classifier(build_classifier(X.shape[1], 3, config, seed=0), X, y, config, seed=0, verbose=1)
     err = capsys.readouterr().err
     assert "fine-tuning the classifier" in err and "100%" in err and "epoch 2/2, loss" in err
 

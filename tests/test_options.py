@@ -1,7 +1,7 @@
-"""Each option declared once (`InputOptions`, `QueryOptions`) and every other place checked against it: the
-public functions' keywords and defaults, the command line's flags, the workflow's schema, config/README.md
-and config/config.yaml; and the Unknown signals' registry against what a query writes. A new option or
-signal that misses one of these places fails here."""
+"""Each option declared once (`InputOptions`, `QueryOptions`, `TrainConfig`) and every other place checked
+against it: the public functions' keywords and defaults, the command line's flags, the schemas (the
+workflow's, training's), config/README.md and config/config.yaml; and the Unknown signals' registry against
+what a query writes. A new option or signal that misses one of these places fails here."""
 
 import argparse
 import dataclasses
@@ -15,11 +15,13 @@ import pytest
 import yaml
 
 from scquery.cli import build_parser
+from scquery.config import SCHEMA, TrainConfig
+from scquery.datasets import pbmc68k_split
 from scquery.embed import embed
 from scquery.errors import ScqueryError
 from scquery.extend import extend
 from scquery.io import read, read_many
-from scquery.options import InputOptions, check, schema
+from scquery.options import InputOptions, check, default_of, schema
 from scquery.query import query
 from scquery.rules import REASONS, SIGNALS, QueryOptions, unknown_reasons
 from scquery.train import pretrain, train
@@ -60,6 +62,16 @@ def test_the_public_functions_spell_out_the_options_with_their_defaults():
     for function in (read, read_many, train, pretrain):
         spelled = keywords(function)
         assert {name: spelled[name] for name in READING} == {name: declared[name].default for name in READING}
+    # training's keyword options that are not keys of a configuration (seed)
+    own = {
+        name: item.default
+        for name, item in fields(TrainConfig).items()
+        if not item.metadata.get("workflow", True)
+    }
+    for function in (train, pretrain):
+        assert {name: keywords(function)[name] for name in own} == own, function.__name__
+    # the built-in data's split takes the workflow's one seed too
+    assert keywords(pbmc68k_split)["seed"] == own["seed"]
 
 
 #: The input options of reading files and of training.
@@ -102,12 +114,58 @@ def test_the_command_line_has_a_flag_per_option_with_its_default_and_help(comman
     for kind in kinds:
         for name, item in fields(kind).items():
             if not item.metadata.get("cli", True) or (names is not None and name not in names):
-                assert name not in found or name == "species", (command, name)  # train's own --species
+                # train's own --species and --batch-size (the reference's species, TrainConfig's size)
+                assert name not in found or command == "train" and name in ("species", "batch_size")
                 continue
             action = found[name]
             assert action.option_strings == ["--" + name.replace("_", "-")]
             assert action.default == item.default, (command, name)
             assert action.help.startswith(item.metadata["help"]), (command, name)
+
+
+def test_the_train_command_has_a_flag_per_training_option_over_the_configuration_file():
+    found = flags("train")
+    for name, item in fields(TrainConfig).items():
+        action = found[name]
+        assert action.option_strings[0] == "--" + name.replace("_", "-")
+        assert action.help.startswith(item.metadata["help"]), name
+        key = item.metadata.get("workflow", True)  # a key of --config: only a flag given replaces it
+        assert action.default == (None if key else item.default), name
+        if default_of(item) is not None:
+            assert f"(default: {default_of(item)}" in action.help, name
+
+
+def test_the_training_schema_is_made_from_the_options_and_its_file_is_the_same():
+    path = ROOT / "src" / "scquery" / "schemas" / "train.schema.yaml"
+    lines = "\n".join(
+        f"  {name}: {json.dumps(entry, ensure_ascii=False)}" for name, entry in SCHEMA["properties"].items()
+    )
+    assert yaml.safe_load(path.read_text()) == SCHEMA, f"{path.name}'s properties should be:\n{lines}"
+    keys = {name for name, item in fields(TrainConfig).items() if item.metadata.get("workflow", True)}
+    assert set(SCHEMA["properties"]) == keys
+    assert set(TrainConfig().to_dict()) == set(SCHEMA["properties"])
+
+
+def test_config_readme_gives_each_training_option_its_default():
+    rows = dict(
+        re.findall(
+            r"^\| `(\w+)` \| `([^`]*)` \|", _section(CONFIG_README, "### `train` keys"), flags=re.MULTILINE
+        )
+    )
+    assert set(rows) == set(SCHEMA["properties"]), (
+        f"config/README.md: `train` rows for {set(rows) ^ set(SCHEMA['properties'])}"
+    )
+    for name in rows:
+        assert yaml.safe_load(rows[name]) == default_of(fields(TrainConfig)[name]), (
+            f"config/README.md: {name}'s default"
+        )
+
+
+def _section(text, heading):
+    """The part of `text` from the line `heading` to the next heading."""
+    start = text.index(heading + "\n") + len(heading)
+    end = text.find("\n#", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def test_the_workflow_schema_is_made_from_the_options():

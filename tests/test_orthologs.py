@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from scquery.errors import ScqueryError
 from scquery.orthologs import GeneMap, builtin_map, detect_species, map_genes, read_gene_map
-from scquery.preprocess import reference_species
+from scquery.preprocessing.align import reference_species
 
 PAIRS = [("Cd3e", "CD3E"), ("Ms4a1", "MS4A1"), ("Cd8a", "CD8A")]
 

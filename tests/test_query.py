@@ -10,9 +10,11 @@ import pytest
 import scipy.sparse as sp
 from conftest import shared_file
 
+from scquery.embed import embed
 from scquery.errors import ScqueryError
 from scquery.evaluate import summarize
 from scquery.extend import extend
+from scquery.io import read_many
 from scquery.profiles import group_means, marker_agreement, merge_profiles, type_profiles, unique_markers
 from scquery.query import UNKNOWN, cluster_query, query, vote
 from scquery.train import train
@@ -51,6 +53,27 @@ def test_a_query_without_its_matches_table_writes_the_same(queried, bundle, spli
     assert query(again, bundle, k=15, matches=False) is None
     pd.testing.assert_frame_equal(again.obs, adata.obs)
     np.testing.assert_array_equal(again.obsm["X_scquery"], adata.obsm["X_scquery"])
+
+
+def test_the_datas_provenance_survives_a_query(bundle, split, tmp_path):
+    """`uns['scquery']` has one owner: reading records the file, a query adds its run beside it, and a
+    second query replaces the first one's run, not the provenance."""
+    path = tmp_path / "donor.h5ad"
+    split[1][:60].copy().write_h5ad(path)
+    adata = read_many([path])
+    query(adata, bundle, k=5, matches=False)
+    info = adata.uns["scquery"]
+    assert info["source"] == str(path) and info["added_column"] == "scquery_dataset"  # beside "dataset"
+    assert info["model_id"] == bundle.model_id and info["query_params"]["k"] == 5
+    query(adata, bundle, k=7, matches=False, min_overlap=0.4)
+    again = adata.uns["scquery"]
+    assert again["source"] == str(path) and again["query_params"]["k"] == 7
+    assert again["params"]["min_overlap"] == 0.4
+    embed(adata, bundle, key_added="mine")  # another key leaves the provenance and the query alone
+    assert adata.uns["scquery"]["query_params"]["k"] == 7 and "source" not in adata.uns["mine"]
+    written = tmp_path / "annotated.h5ad"
+    adata.write_h5ad(written)
+    assert ad.read_h5ad(written).uns["scquery"]["source"] == str(path)
 
 
 def test_query_writes_documented_fields(queried, bundle):

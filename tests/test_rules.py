@@ -142,7 +142,7 @@ def test_each_rule_over_and_under_its_threshold(rule, value, expected):
 def searched(bundle, split):
     """The search step of 150 query cells, and their clusters (as `transfer` finds them)."""
     neighbors = search(split[1][:150].copy(), bundle, QueryOptions(k=10))
-    return neighbors, cluster_query(neighbors.processed.X, resolution=1.0, seed=0)
+    return neighbors, cluster_query(neighbors.processed, resolution=1.0, seed=0)
 
 
 def hand_evidence(neighbors, bundle):
@@ -215,11 +215,9 @@ def scrambled(searched):
     their neighbours (so their type), but no longer express that type's genes."""
     neighbors, clusters = searched
     cells = clusters == np.bincount(clusters).argmax()
-    X = neighbors.processed.X.toarray()
+    X = neighbors.processed.toarray()
     X[cells] = X[cells][:, np.random.default_rng(0).permutation(X.shape[1])]
-    processed = neighbors.processed.copy()
-    processed.X = sp.csr_matrix(X)
-    return dataclasses.replace(neighbors, processed=processed)
+    return dataclasses.replace(neighbors, processed=sp.csr_matrix(X))
 
 
 @pytest.mark.parametrize(

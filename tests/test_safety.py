@@ -142,9 +142,9 @@ def test_query_output_is_the_users_data_plus_documented_keys(model, user_data, t
 
     # The values came from the layer: as if .X held them.
     plain = ad.AnnData(user_data.layers["lognorm"].astype(np.float32), var=user_data.var.copy())
-    expected, _, _ = compute_embedding(plain, load_bundle(model))
+    expected, _, _, _ = compute_embedding(plain, load_bundle(model))
     np.testing.assert_allclose(result.obsm["X_scquery"], expected, atol=1e-5)
-    from_raw, _, _ = compute_embedding(user_data, load_bundle(model), InputOptions(use_raw=True))
+    from_raw, _, _, _ = compute_embedding(user_data, load_bundle(model), InputOptions(use_raw=True))
     np.testing.assert_allclose(from_raw, expected, atol=1e-5)
 
 

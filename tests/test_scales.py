@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-from conftest import shared_file
+from conftest import fit_values, process_like, shared_file
 
 from scquery.errors import ScqueryError
-from scquery.preprocess import apply_preprocess, describe_values, detect_values, fit_preprocess
+from scquery.preprocessing.scales import describe_values, detect_values
 
 
 def _counts(n_cells=200, n_genes=300, seed=0):
@@ -77,12 +77,12 @@ def test_each_scale_is_recognized(name):
 
 def test_every_convertible_scale_gives_the_counts_matrix():
     counts = _counts()
-    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
-    expected, _ = apply_preprocess(_adata(counts), record)
+    _, _, record = fit_values(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
+    expected, _ = process_like(_adata(counts), record)
     for name, X in scales(counts).items():
-        processed, _ = apply_preprocess(_adata(X), record)
-        np.testing.assert_allclose(processed.X.toarray(), expected.X.toarray(), rtol=1e-6, atol=1e-6)
-        assert processed.uns["scquery"]["values"]["values"] == EXPECTED[name][0], name
+        processed, alignment = process_like(_adata(X), record)
+        np.testing.assert_allclose(processed.toarray(), expected.toarray(), rtol=1e-6, atol=1e-6)
+        assert alignment.values["values"] == EXPECTED[name][0], name
 
 
 def test_tpm_like_values_are_renormalized():
@@ -92,9 +92,9 @@ def test_tpm_like_values_are_renormalized():
     found = detect_values(tpm)
     assert found["values"] == "normalized" and found["log_base"] is None
     assert found["target_sum"] == pytest.approx(1e6, rel=1e-3)
-    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
-    processed, _ = apply_preprocess(_adata(tpm), record)
-    totals = np.expm1(processed.X.toarray().astype(np.float64))
+    _, _, record = fit_values(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
+    processed, _ = process_like(_adata(tpm), record)
+    totals = np.expm1(processed.toarray().astype(np.float64))
     # normalized on all of its own genes: the selected genes hold part of each cell's 10,000
     assert (totals.sum(axis=1) <= 1e4 * (1 + 1e-5)).all() and totals.sum() > 0
 
@@ -103,22 +103,22 @@ def test_scaled_values_are_refused_in_one_sentence():
     counts = _counts()
     z = sc.pp.scale(np.log1p(counts.toarray()), copy=True)
     assert detect_values(z)["values"] == "scaled"
-    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
+    _, _, record = fit_values(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
     query = _adata(z)
     query.uns["scquery"] = {"source": "z.h5ad"}
     with pytest.raises(ScqueryError, match=r"values of z.h5ad are centred or scaled.*--layer/--use-raw"):
-        apply_preprocess(query, record)
+        process_like(query, record)
     with pytest.raises(ScqueryError, match="centred or scaled"):
-        fit_preprocess(query, min_genes=1)
+        fit_values(query, min_genes=1)
 
 
 def test_unrecognized_values_warn():
     rng = np.random.default_rng(0)
     X = sp.random(100, 50, density=0.3, random_state=0, format="csr") * 3
     assert detect_values(X)["values"] == "unrecognized"
-    _, record = fit_preprocess(_adata(_counts(100, 50)), min_genes=1, min_cells=1, n_top_genes=20)
+    _, _, record = fit_values(_adata(_counts(100, 50)), min_genes=1, min_cells=1, n_top_genes=20)
     with pytest.warns(UserWarning, match="neither counts nor counts normalized"):
-        apply_preprocess(_adata(X + sp.csr_matrix(rng.uniform(0, 1e-3, X.shape) * (X.toarray() > 0))), record)
+        process_like(_adata(X + sp.csr_matrix(rng.uniform(0, 1e-3, X.shape) * (X.toarray() > 0))), record)
 
 
 def test_merged_datasets_are_recognized_each_on_its_own():
@@ -126,20 +126,20 @@ def test_merged_datasets_are_recognized_each_on_its_own():
     first, second = _adata(counts[:100]), _adata(_log(_scaled(counts[100:], 1e4), np.log1p))
     second.obs_names = [f"d{i}" for i in range(100)]
     merged = ad.concat([first, second], label="dataset", keys=["a", "b"])
-    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
-    processed, _ = apply_preprocess(merged, record)
-    expected, _ = apply_preprocess(_adata(counts), record)
-    np.testing.assert_allclose(processed.X.toarray(), expected.X.toarray(), rtol=1e-6, atol=1e-6)
-    found = processed.uns["scquery"]["values"]
+    _, _, record = fit_values(_adata(counts), min_genes=1, min_cells=1, n_top_genes=100)
+    processed, alignment = process_like(merged, record)
+    expected, _ = process_like(_adata(counts), record)
+    np.testing.assert_allclose(processed.toarray(), expected.toarray(), rtol=1e-6, atol=1e-6)
+    found = alignment.values
     assert found["a"]["values"] == "counts" and found["b"]["log_base"] == "e"
 
 
 def test_all_zero_cells_stay_zero():
     counts = _counts(50, 40).toarray()
     counts[:3] = 0
-    _, record = fit_preprocess(_adata(_counts(50, 40)), min_genes=1, min_cells=1, n_top_genes=20)
-    processed, _ = apply_preprocess(_adata(counts), record)
-    assert np.isfinite(processed.X.toarray()).all() and processed.X[:3].nnz == 0
+    _, _, record = fit_values(_adata(_counts(50, 40)), min_genes=1, min_cells=1, n_top_genes=20)
+    processed, _ = process_like(_adata(counts), record)
+    assert np.isfinite(processed.toarray()).all() and processed[:3].nnz == 0
 
 
 def test_real_scales_pbmc68k_raw_is_log_normalized():
@@ -154,13 +154,13 @@ def test_real_scales_on_baron_and_pbmc3k():
     counts = sp.csr_matrix(baron.X, dtype=np.float32)
     keep = np.flatnonzero(np.asarray((counts > 0).sum(axis=0)).ravel() >= 3)
     genes = list(baron.var_names[keep])
-    _, record = fit_preprocess(_adata(counts[:, keep], genes), min_genes=1, n_top_genes=500)
-    expected, _ = apply_preprocess(_adata(counts, list(baron.var_names)), record)
+    _, _, record = fit_values(_adata(counts[:, keep], genes), min_genes=1, n_top_genes=500)
+    expected, _ = process_like(_adata(counts, list(baron.var_names)), record)
     for name, X in scales(counts).items():
         found = detect_values(X)
         assert (found["values"], found["log_base"]) == EXPECTED[name][:2], name
-        processed, _ = apply_preprocess(_adata(X, list(baron.var_names)), record)
-        np.testing.assert_allclose(processed.X.toarray(), expected.X.toarray(), rtol=1e-5, atol=1e-5)
+        processed, _ = process_like(_adata(X, list(baron.var_names)), record)
+        np.testing.assert_allclose(processed.toarray(), expected.toarray(), rtol=1e-5, atol=1e-5)
     pbmc3k = ad.read_h5ad(shared_file("pbmc3k.h5ad"))
     found = detect_values(pbmc3k.X)
     assert (found["values"], found["log_base"]) == ("normalized", "e")
@@ -174,12 +174,12 @@ def test_values_normalized_over_more_genes_keep_their_scale():
     found = detect_values(subset)
     assert (found["values"], found["log_base"], found["target_sum"]) == ("normalized", "e", None)
     genes = [f"G{i}" for i in range(150)]
-    _, record = fit_preprocess(_adata(counts), min_genes=1, min_cells=1, genes=genes)
-    processed, _ = apply_preprocess(_adata(subset, genes), record)
-    np.testing.assert_allclose(processed.X.toarray(), subset.toarray(), rtol=1e-5, atol=1e-5)
-    assert processed.uns["scquery"]["values"]["assumed_target_sum"] == 1e4
+    _, _, record = fit_values(_adata(counts), min_genes=1, min_cells=1, genes=genes)
+    processed, alignment = process_like(_adata(subset, genes), record)
+    np.testing.assert_allclose(processed.toarray(), subset.toarray(), rtol=1e-5, atol=1e-5)
+    assert alignment.values["assumed_target_sum"] == 1e4
     with pytest.warns(UserWarning, match="total is unknown; it is taken as 1e\\+06"):
-        apply_preprocess(_adata(_scaled(counts, 1e6)[:, :150], genes), record)
+        process_like(_adata(_scaled(counts, 1e6)[:, :150], genes), record)
 
 
 def test_describe_values_in_a_few_words():

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import process_like
 from sklearn.metrics import accuracy_score
 
 from scquery.bundle import FORMAT_VERSION, load_bundle, save_bundle
@@ -23,16 +24,15 @@ from scquery.classifier import (
     predict_in_chunks,
 )
 from scquery.cli import main
-from scquery.config import load_train_config
+from scquery.config import TrainConfig, load_train_config
 from scquery.errors import ScqueryError
-from scquery.preprocess import apply_preprocess
 from scquery.pretrain import load_encoder, pretrain_greedy, save_encoder
 from scquery.train import pretrain, train
 
 
 def classify(bundle, adata):
-    X, _ = apply_preprocess(adata, bundle.preprocess)
-    probabilities = predict_in_chunks(bundle.model, X.X)
+    X, _ = process_like(adata, bundle.preprocess)
+    probabilities = predict_in_chunks(bundle.model, X)
     return np.asarray(bundle.classes)[probabilities.argmax(axis=1)]
 
 
@@ -41,7 +41,8 @@ def test_pretraining_lowers_each_layers_reconstruction_loss():
     programs = rng.gamma(1.0, 1.0, size=(6, 200))
     usage = rng.dirichlet(np.ones(6) * 0.3, size=600)
     X = sp.csr_matrix(np.log1p(rng.poisson(usage @ programs * 3)).astype("float32"))
-    weights, history, _ = pretrain_greedy(X, [32, 8], epochs=8, batch_size=64, learning_rate=3e-3)
+    config = TrainConfig(hidden_sizes=[32, 8], pretrain_epochs=8, batch_size=64, learning_rate=3e-3)
+    weights, history, _ = pretrain_greedy(X, config, seed=0)
     assert [w[0].shape for w in weights] == [(200, 32), (32, 8)]
     assert [h["stage"] for h in history] == ["layer_0", "layer_1"]
     for stage in history:
@@ -61,8 +62,8 @@ def test_classifier_held_out_accuracy(bundle, split):
 def test_bundle_round_trip_predicts_identically(bundle, split, tmp_path):
     save_bundle(bundle, tmp_path / "model")
     loaded = load_bundle(tmp_path / "model")
-    X, _ = apply_preprocess(split[1], loaded.preprocess)
-    np.testing.assert_array_equal(predict_in_chunks(loaded.model, X.X), predict_in_chunks(bundle.model, X.X))
+    X, _ = process_like(split[1], loaded.preprocess)
+    np.testing.assert_array_equal(predict_in_chunks(loaded.model, X), predict_in_chunks(bundle.model, X))
     assert loaded.classes == bundle.classes and loaded.genes == bundle.genes
     assert loaded.model_id == bundle.model_id and loaded.versions["keras"]
     np.testing.assert_array_equal(loaded.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"])
@@ -113,7 +114,7 @@ def test_a_pretrained_encoder_is_used_or_refused_never_dropped(split, small_conf
     ):
         with pytest.raises(ScqueryError, match=message):
             train(split[0], label_key="bulk_labels", config={**config, **changes}, encoder=encoder)
-    with pytest.raises(ScqueryError, match="non-negative"):
+    with pytest.raises(ScqueryError, match="seed must be a whole number of at least 0"):
         train(split[0], label_key="bulk_labels", config=config, seed=-1)
 
 
@@ -153,12 +154,26 @@ def test_cli_train_writes_a_bundle_and_reports_bad_input(split, tmp_path, capsys
                 str(out),
                 "--config",
                 str(config),
+                "--pretrain-epochs",
+                "1",
+                "--hidden-sizes",
+                "32",
+                "8",
+                "--no-class-weight",
+                "--seed",
+                "3",
                 "--quiet",
             ]
         )
         == 0
     )
-    assert load_bundle(out).label_key == "bulk_labels"
+    bundle = load_bundle(out)
+    assert bundle.label_key == "bulk_labels" and bundle.seed == 3
+    # the flags given replace the file's values; the others are the file's, or the defaults
+    given = {"pretrain_epochs": 1, "hidden_sizes": [32, 8], "class_weight": False, "epochs": 2}
+    assert {key: bundle.config[key] for key in given} == given
+    assert bundle.config["min_cells_per_class"] == small_config["min_cells_per_class"]
+    assert bundle.config["patience"] == TrainConfig().patience
     assert main(["train", str(reference), "--label-key", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
@@ -170,7 +185,7 @@ def test_scaling_lives_in_the_saved_model(split, tmp_path, small_config):
     scaled = train(split[0], label_key="bulk_labels", config=config)
     stats = scaled.preprocess["scale"]
     layer = scaled.model.get_layer("scale")
-    X = apply_preprocess(split[1], scaled.preprocess)[0].X[:5].toarray()
+    X = process_like(split[1], scaled.preprocess)[0][:5].toarray()
     expected = (X - np.asarray(stats["mean"])) / np.asarray(stats["std"])
     np.testing.assert_allclose(layer(X), expected, rtol=1e-4, atol=1e-4)
     save_bundle(scaled, tmp_path / "scaled")
@@ -216,11 +231,12 @@ def test_few_labels_all_train_in_small_batches_and_many_hold_out_a_validation_sp
     X = sp.csr_matrix(rng.poisson(1.0, size=(400, 20)).astype(np.float32))
     y = np.repeat(np.arange(4), 100)
     few = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(4)])  # 20 labelled cells
-    model = build_classifier(20, [8], 4)
-    history = fit_classifier(model, X, y[few], cells=few, epochs=3, validation_fraction=0.1)
+    config = TrainConfig(hidden_sizes=[8], epochs=3, validation_fraction=0.1)
+    model = build_classifier(20, 4, config, seed=0)
+    history = fit_classifier(model, X, y[few], config, cells=few, seed=0)
     assert "val_loss" not in history and len(history["loss"]) == 3  # nothing held out, no early stop
     assert model.optimizer.iterations.numpy() == 3 * MIN_BATCHES_PER_EPOCH  # batches of 2 cells
-    history = fit_classifier(build_classifier(20, [8], 4), X, y, epochs=3, validation_fraction=0.1)
+    history = fit_classifier(build_classifier(20, 4, config, seed=0), X, y, config, seed=0)
     assert "val_loss" in history  # 40 validation cells, 10 per type
 
 

@@ -9,11 +9,7 @@ import scipy.sparse as sp
 
 from .layers import SparseRows
 from .placement import device_budget
-
-try:
-    from anndata.abc import CSRDataset
-except ImportError:  # anndata < 0.11
-    from anndata.experimental import CSRDataset
+from .values import CSRDataset
 
 __all__ = [
     "RowBatches",
@@ -32,7 +28,7 @@ PART_VALUES = 2**31 - 1
 
 
 class RowSource:
-    """Rows made on demand (e.g. read from disk and processed: `scquery.stream.ReferenceRows`):
+    """Rows made on demand (e.g. read from disk and processed: `scquery.preprocessing.rows.ReferenceRows`):
     `shape`, and `source[rows]` (a sorted integer array or a slice) gives those rows as CSR."""
 
     shape: tuple[int, int]
@@ -162,9 +158,9 @@ class SparseBatches(keras.utils.PyDataset):
         X,
         y=None,
         *,
-        batch_size=256,
+        batch_size,
         shuffle=True,
-        seed=0,
+        seed,
         sample_weight=None,
         cells=None,
         block_rows=64,

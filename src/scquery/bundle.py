@@ -9,15 +9,12 @@ its destination and swapped into place whole (`scquery.outputs.replace_folder`).
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
-import platform
 import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import anndata as ad
@@ -26,6 +23,7 @@ import numpy as np
 
 from . import __version__
 from .classifier import embedding_model
+from .config import TrainConfig
 from .errors import ScqueryError
 from .logs import arrows
 from .neighbors import INDEX_FILES, NeighborIndex
@@ -38,25 +36,12 @@ from .outputs import (
     replace_folder,
 )
 from .propagate import LABEL_SOURCE, PROPAGATED
+from .provenance import current_versions
 
 FORMAT_VERSION = 2
 MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", BUNDLE_MARKER, "reference.h5ad"
 MANIFEST_FILE = "manifest.sha256"
 _CHUNK = 1 << 20
-
-
-def current_versions() -> dict:
-    """Versions of the software that writes a bundle."""
-    return {
-        "scquery": __version__,
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-        # the module's own version: the distribution may be named otherwise (tensorflow-cpu)
-        "backend_version": importlib.import_module(keras.backend.backend()).__version__,
-        "anndata": version("anndata"),
-        "scanpy": version("scanpy"),
-        "python": platform.python_version(),
-    }
 
 
 @dataclass(repr=False)
@@ -68,7 +53,8 @@ class Bundle:
         model: the Keras classifier; layers `encoder_0 …` (the last one's output is the embedding)
             and `classifier` (softmax over `classes`).
         classes: cell-type names, in the order of the classifier's outputs.
-        preprocess: the preprocessing record of `scquery.preprocess.fit_preprocess` (genes included).
+        preprocess: the preprocessing record of `scquery.preprocessing.fit.fit_reference` (genes
+            included).
         reference: one row per reference cell: `obs['label']`, `obs['dataset']`, `obsm['X_scquery']`.
         label_key: the reference's label column.
         config: the training options (`TrainConfig.to_dict()`).
@@ -371,7 +357,7 @@ def load_bundle(path, *, verify=True) -> Bundle:
         reference=reference,
         label_key=meta["label_key"],
         config=meta.get("config", {}),
-        seed=meta.get("seed", 0),
+        seed=meta.get("seed", TrainConfig().seed),
         history=meta.get("history", {}),
         model_id=meta["model_id"],
         versions=meta.get("versions", {}),

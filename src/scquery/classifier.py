@@ -20,18 +20,18 @@ MIN_VALIDATION_PER_CLASS = 3
 MIN_BATCHES_PER_EPOCH = 10
 
 
-def build_classifier(
-    n_genes, hidden_sizes, n_classes, *, activation="tanh", encoder_weights=None, scale=None, seed=0
-):
+def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=None, seed):
     """The stacked encoder (`scquery.pretrain.stack_encoder`: optional gene scaling, then the dense
-    layers `encoder_0 … encoder_{L-1}`), then the softmax layer `classifier`, as one functional model.
+    layers `encoder_0 … encoder_{L-1}` of `config.hidden_sizes` and `config.activation`), then the
+    softmax layer `classifier`, as one functional model.
 
     `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
     encoder; without them its layers start from Glorot-uniform weights seeded by `seed`, as does
     the head.
     """
+    hidden_sizes = config.hidden_sizes
     encoder = stack_encoder(
-        n_genes, hidden_sizes, activation=activation, scale=scale, weights=encoder_weights, seed=seed
+        n_genes, hidden_sizes, activation=config.activation, scale=scale, weights=encoder_weights, seed=seed
     )
     head = keras.layers.Dense(
         n_classes,
@@ -43,31 +43,19 @@ def build_classifier(
 
 
 def fit_classifier(
-    model,
-    X,
-    y,
-    *,
-    epochs=50,
-    batch_size=256,
-    learning_rate=1e-3,
-    validation_fraction=0.1,
-    patience=5,
-    class_weight=True,
-    cells=None,
-    seed=0,
-    rows="auto",
-    mixed_precision=False,
-    verbose="auto",
+    model, X, y, config, *, cells=None, seed, rows="auto", mixed_precision=False, verbose="auto"
 ):
-    """Fine-tune `model` on CSR `X` and integer labels `y`; returns the Keras history as a dict.
+    """Fine-tune `model` on CSR `X` and integer labels `y` with the options of `config` (a
+    `scquery.config.TrainConfig`); returns the Keras history as a dict.
 
-    A stratified `validation_fraction` of the cells drives early stopping, which restores the best
-    weights, where it holds `MIN_VALIDATION_PER_CLASS` cells per type on average; with fewer labels
-    every cell trains for `epochs` epochs, in batches of at most 1/`MIN_BATCHES_PER_EPOCH` of the
-    cells (a tenth of a few labels is too few to stop on, and too many to lose). With
-    `class_weight`, classes are weighted inversely to their size ('balanced'). With
-    `cells` (row indices), only those rows of `X` are used, without copying them, and `y` holds
-    their labels. The stage is announced on the `scquery` logger; `verbose` shows its epochs
+    A stratified `validation_fraction` of the cells drives early stopping (`patience`), which
+    restores the best weights, where it holds `MIN_VALIDATION_PER_CLASS` cells per type on average;
+    with fewer labels every cell trains for `epochs` epochs, in batches of at most
+    1/`MIN_BATCHES_PER_EPOCH` of the cells (a tenth of a few labels is too few to stop on, and too
+    many to lose); otherwise batches hold `batch_size` cells. With `class_weight`, classes are
+    weighted inversely to their size ('balanced'). With `cells` (row indices), only those rows of
+    `X` are used, without copying them, and `y` holds their labels. `seed` seeds the split and the
+    batch order. The stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
     `rows`: X's rows held on the device (`scquery.batches.device_rows(X)`), None to densify the
@@ -75,6 +63,7 @@ def fit_classifier(
     `mixed_precision`, a copy of `model` computing in bfloat16 (`MIXED_PRECISION`; its softmax
     head in float32) trains, and `model` takes its weights: `model` itself stays as it was built.
     """
+    epochs, batch_size, validation_fraction = config.epochs, config.batch_size, config.validation_fraction
     y = np.asarray(y)
     rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
     Batches = SparseBatches if rows is None else RowBatches
@@ -92,15 +81,22 @@ def fit_classifier(
         train_rows.sort()
         validation_rows.sort()
         validation = Batches(
-            X, y[validation_rows], cells=cells[validation_rows], batch_size=batch_size, shuffle=False
+            X,
+            y[validation_rows],
+            cells=cells[validation_rows],
+            batch_size=batch_size,
+            shuffle=False,
+            seed=seed,
         )
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            )
         )
     else:
         batch_size = max(1, min(batch_size, len(y) // MIN_BATCHES_PER_EPOCH))
     weights = None
-    if class_weight:
+    if config.class_weight:
         present = np.unique(y[train_rows])
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
@@ -114,7 +110,7 @@ def fit_classifier(
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
     fed = training_model(model, rows=rows, mixed_precision=mixed_precision)
     fed.compile(
-        keras.optimizers.Adam(learning_rate),
+        keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         **FIT_OPTIONS,

@@ -15,9 +15,10 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .config import TrainConfig
 from .errors import ScqueryError
 from .logs import log_to_stderr
-from .options import InputOptions
+from .options import InputOptions, default_of, item_type
 from .rules import SIGNALS, QueryOptions
 
 log = logging.getLogger("scquery")
@@ -44,9 +45,11 @@ COMMON = argparse.ArgumentParser(add_help=False)
 _verbosity_options(COMMON, defaults=False)  # where given, they take the place of those before it
 
 
-def _add_options(parser, kind, names=None):
-    """The flags of the options `kind` (`scquery.options.InputOptions`, `scquery.rules.QueryOptions`)
-    the command line takes (those of `names`; None: all), from their fields: name, default, help."""
+def _add_options(parser, kind, names=None, *, over_config=False):
+    """The flags of the options `kind` (`scquery.options.InputOptions`, `scquery.rules.QueryOptions`,
+    `scquery.config.TrainConfig`) the command line takes (those of `names`; None: all), from their
+    fields: name, type, default, help. With `over_config`, the keys of a configuration file default
+    to None, so that only those given replace its values (a boolean has `--no-` too)."""
     groups = {}
     for item in dataclasses.fields(kind):
         meta = item.metadata
@@ -57,18 +60,22 @@ def _add_options(parser, kind, names=None):
             if meta["exclusive"] not in groups:
                 groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
             place = groups[meta["exclusive"]]
-        flag, help = "--" + item.name.replace("_", "-"), meta["help"]
-        if isinstance(item.default, bool):
+        flag, help, default = "--" + item.name.replace("_", "-"), meta["help"], default_of(item)
+        given_only = over_config and meta.get("workflow", True)
+        if isinstance(default, bool) and not given_only:
             place.add_argument(flag, action="store_true", help=help)
             continue
-        if item.default is not None:
-            help += f" (default: {item.default})"
-        limits = meta["limits"] or {}
-        number = (int if limits.get("integer") else float) if limits else None
+        if default is not None:
+            help += f" (default: {default}{', or --config' if given_only else ''})"
+        if isinstance(default, bool):
+            place.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+            continue
+        single, many = item_type(item)
         place.add_argument(
             flag,
-            type=number,
-            default=item.default,
+            type=single,
+            nargs="+" if many else None,
+            default=None if given_only else default,
             choices=meta["choices"],
             metavar=meta.get("metavar"),
             help=help,
@@ -140,9 +147,11 @@ def _add_train(subparsers):
     )
     parser.add_argument("--out", required=True, help="model bundle folder to write")
     parser.add_argument(
-        "--config", help="YAML file of training options (keys: scquery/schemas/train.schema.yaml)"
+        "--config",
+        help="YAML file of training options (keys: the options below, with _ for -; "
+        "scquery/schemas/train.schema.yaml); the options given here replace its values",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_options(parser, TrainConfig, over_config=True)
     parser.add_argument(
         "--species",
         choices=["human", "mouse"],
@@ -155,9 +164,9 @@ def _add_train(subparsers):
 
 def _read_reference(args):
     """The training reference: one h5ad file's `.X` stays on disk (read in blocks while training,
-    `scquery.stream`), other inputs are read into memory."""
+    `scquery.preprocessing.fit`), other inputs are read into memory."""
     if len(args.reference) == 1 and args.layer is None and not args.use_raw:
-        from .stream import read_backed
+        from .io import read_backed
 
         reference = read_backed(args.reference[0])
         if reference is not None:
@@ -170,7 +179,9 @@ def _train(args):
     _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
     from .config import load_train_config
 
-    config = load_train_config(args.config)
+    options = _options(args, TrainConfig)
+    seed = options.pop("seed")
+    config = load_train_config(args.config, **options)
 
     from .bundle import save_bundle
     from .placement import process_index
@@ -183,7 +194,7 @@ def _train(args):
         label_key=args.label_key,
         config=config,
         unlabeled=unlabeled or None,
-        seed=args.seed,
+        seed=seed,
         species=args.species,
         verbose=_verbosity(args),
         **_options(args, InputOptions, _READING),
@@ -298,7 +309,9 @@ def _query(args):
     summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
     scores = score(adata, args.truth_key)
     if args.truth_key is not None:
-        adata.uns["scquery"]["scores"] = dict(scores)
+        from .provenance import add_to_run
+
+        add_to_run(adata, "scquery", scores=dict(scores))
     write_h5ad(adata, args.out)
     if args.matches:
         write_table(matches, args.matches)

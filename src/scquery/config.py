@@ -1,55 +1,136 @@
-"""Training options: one dataclass with documented defaults, validated against a JSON schema."""
+"""Training options, declared once: `TrainConfig`, one field per option with its default, limits and
+help text (`scquery.options.option`).
+
+The schema of a configuration (`SCHEMA`, and its copy `schemas/train.schema.yaml`, which the
+workflow's schema references), the flags of `scquery train` and the keywords of `scquery.train.train`
+and `pretrain` are made from or checked against these fields (tests/test_options.py); the stages of
+training take the `TrainConfig` itself and repeat no default.
+"""
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from importlib.resources import files
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from .errors import ScqueryError
-
-SCHEMA = yaml.safe_load(files("scquery").joinpath("schemas/train.schema.yaml").read_text())
+from .options import option, schema
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of `scquery.train.train`; the schema `schemas/train.schema.yaml` describes each."""
+    """Every option of `scquery.train.train`: the keys of a configuration (`load_train_config`), and
+    `seed`, which is `train`'s keyword (the workflow's top-level `seed`), not a key."""
 
     # preprocessing (scanpy)
-    min_genes: int = 200
-    min_cells: int = 3
-    max_pct_mito: float | None = None
-    target_sum: float = 1e4
-    n_top_genes: int = 2000
-    marker_genes: int = 20
-    genes: list[str] | None = None
-    scale: bool = False
+    min_genes: int = option(200, "QC: drop cells with fewer detected genes", low=0, integer=True)
+    min_cells: int = option(3, "QC: drop genes detected in fewer cells", low=0, integer=True)
+    max_pct_mito: float | None = option(
+        None,
+        "QC: drop cells with a larger percentage of mitochondrial counts (MT-/mt- genes); null keeps all",
+        low=0,
+        high=100,
+    )
+    target_sum: float = option(1e4, "The normalize_total target before log1p", low=0, low_open=True)
+    n_top_genes: int = option(
+        2000, "Number of highly variable genes (scanpy, flavor seurat)", low=1, integer=True
+    )
+    marker_genes: int = option(
+        20,
+        "Per cell type, this many of its defining genes (those it raises most against the other labelled "
+        "cells, by Welch's t) join the highly variable genes, so that the model sees what tells close "
+        "types apart (0: none; not used with `genes`)",
+        low=0,
+        integer=True,
+    )
+    genes: list[str] | None = option(None, "Use these genes instead of highly variable genes", metavar="GENE")
+    scale: bool = option(
+        False, "Scale each gene to zero mean and unit variance with the reference's statistics"
+    )
     # network: hidden widths, the last is the embedding (scQuery: 1136, 100 on ~20k genes)
-    hidden_sizes: list[int] = field(default_factory=lambda: [500, 100])
-    activation: str = "tanh"
+    hidden_sizes: list[int] = option(
+        [500, 100], "Hidden layer widths; the last is the embedding", low=1, integer=True, min_items=1
+    )
+    activation: str = option("tanh", "Keras activation of the hidden layers")
     # greedy denoising pretraining
-    pretrain: bool = True
-    noise: str = "mask"
-    noise_level: float = 0.2
-    pretrain_epochs: int = 10
-    finetune_autoencoder: bool = False
+    pretrain: bool = option(
+        True, "Greedy layer-wise denoising pretraining before fine-tuning (false: random initialisation)"
+    )
+    noise: str = option(
+        "mask",
+        "Corruption of the pretraining input: masking noise or additive Gaussian noise",
+        choices=("mask", "gaussian"),
+    )
+    noise_level: float = option(
+        0.2, "Masked fraction (mask, < 1) or noise standard deviation (gaussian)", low=0
+    )
+    pretrain_epochs: int = option(10, "Epochs per pretrained layer", low=1, integer=True)
+    finetune_autoencoder: bool = option(
+        False, "After the greedy stage, train the whole stacked autoencoder end to end"
+    )
     # classifier fine-tuning
-    epochs: int = 50
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    validation_fraction: float = 0.1
-    patience: int = 5
-    min_cells_per_class: int = 2
-    class_weight: bool = True
+    epochs: int = option(
+        50, "Maximum classifier epochs (early stopping on validation loss)", low=1, integer=True
+    )
+    batch_size: int = option(256, "Mini-batch size of every stage", low=1, integer=True)
+    learning_rate: float = option(1e-3, "Adam learning rate", low=0, low_open=True)
+    validation_fraction: float = option(
+        0.1,
+        "Stratified validation split for early stopping; held out only where it gives at least 3 cells "
+        "per type on average (with fewer labels every labelled cell trains for `epochs` epochs, in "
+        "batches of at most a tenth of them)",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    patience: int = option(
+        5, "Early-stopping patience in epochs (best weights restored)", low=1, integer=True
+    )
+    min_cells_per_class: int = option(
+        2,
+        "Cell types with fewer cells are dropped, with a warning naming them (2 keeps every type a "
+        "stratified validation split can hold)",
+        low=2,
+        integer=True,
+    )
+    class_weight: bool = option(True, "Weight classes inversely to their size")
     # reference points from the unlabelled reference cells (scquery.propagate)
-    propagate: bool = True
-    propagate_min_probability: float = 0.5
+    propagate: bool = option(
+        True,
+        "Label the unlabelled reference cells the classifier is confident about and add them to the "
+        "reference points, marked 'propagated' in the bundle reference's obs['label_source'] (a fully "
+        "labelled reference has none)",
+    )
+    propagate_min_probability: float = option(
+        0.5, "The least classifier probability of a propagated label", low=0, high=1
+    )
+    # `train`'s keyword, not a key of a configuration
+    seed: int = option(
+        0,
+        "seed of every random choice of training (weights, noise, batch order, validation split): the "
+        "same seed gives the same model on the same machine",
+        low=0,
+        integer=True,
+        workflow=False,
+    )
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The configuration's keys and values (what a bundle records; `seed` is recorded beside)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key in SCHEMA["properties"]}
+
+
+#: The JSON schema of a configuration, made from `TrainConfig`'s fields.
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "description": (
+        "Options of scquery training (scquery train --config, and the workflow's `train` section)."
+    ),
+    "type": "object",
+    "additionalProperties": False,
+    "properties": schema(TrainConfig),
+}
 
 
 def load_train_config(source=None, **overrides) -> TrainConfig:

@@ -6,6 +6,7 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from .errors import ScqueryError
+from .provenance import record_reading
 
 __all__ = ["pbmc68k_split"]
 
@@ -38,6 +39,6 @@ def pbmc68k_split(*, query_fraction=0.3, seed=0):
     for cells, name in ((reference_cells, "pbmc68k_reference"), (query_cells, "pbmc68k_heldout")):
         part = adata[np.sort(cells)].copy()
         part.obs["dataset"] = name
-        part.uns["scquery"] = {"source": f"scanpy.datasets.pbmc68k_reduced ({name})"}
+        record_reading(part, source=f"scanpy.datasets.pbmc68k_reduced ({name})")
         parts.append(part)
     return parts[0], parts[1]

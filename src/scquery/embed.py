@@ -1,34 +1,35 @@
 """Cell embeddings from a trained bundle: `obsm['X_scquery']` on the user's own AnnData."""
 
+import anndata as ad
 import keras
-import numpy as np
 
-from .bundle import Bundle, current_versions
+from .bundle import Bundle
 from .classifier import embedding_model, predict_in_chunks
-from .options import InputOptions, check, recorded, take
-from .preprocess import apply_preprocess
+from .options import InputOptions, recorded, take
+from .preprocessing.align import apply_record
+from .provenance import write_run
 from .values import select_values
 
 
 def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """The embedding of `adata`'s cells and the classifier's probabilities, without changing it.
 
-    The values (`.X`, `layers[layer]` or `.raw`: `scquery.values.select_values`) are processed like
-    the reference (`apply_preprocess`: values brought to the reference's scale, genes aligned to the
-    bundle's, missing ones zero-filled; a query of another species mapped through `gene_map` or the
-    built-in orthologues of `species` first) and fed to the model `batch_size` rows at a time (`encode`;
-    `inputs`: `scquery.options.InputOptions`),
+    The values (`.X`, `layers[layer]` or `.raw`, genes by `gene_key`: `scquery.values.select_values`)
+    are processed like the reference (`scquery.preprocessing.align.apply_record`: values brought to
+    the reference's scale, genes aligned to the bundle's, missing ones zero-filled; a query of
+    another species mapped through `gene_map` or the built-in orthologues of `species` first) and fed
+    to the model `batch_size` rows at a time (`encode`; `inputs`: `scquery.options.InputOptions`),
     so the expression matrix is never dense as a whole.
 
     Returns:
-        `(embedding, probabilities, processed)`: float32 cells × embedding width; float32 cells ×
-        classes in the order of `bundle.classes`; the processed AnnData of `apply_preprocess`, whose
-        `uns['scquery']` holds the gene `overlap` and the detected input `values`.
+        `(embedding, probabilities, processed, alignment)`: float32 cells × embedding width; float32
+        cells × classes in the order of `bundle.classes`; the processed values (CSR float32 cells ×
+        the model's genes); the `Alignment` report (gene overlap, the detected input values,
+        species, gene map).
     """
-    values = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw)
-    aligned, overlap = apply_preprocess(values, bundle.preprocess, inputs)
-    aligned.uns["scquery"]["overlap"] = overlap
-    return (*encode(aligned.X, bundle, inputs.batch_size), aligned)
+    cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
+    processed, alignment = apply_record(cells, bundle.preprocess, inputs)
+    return (*encode(processed, bundle, inputs.batch_size), processed, alignment)
 
 
 def encode(X, bundle: Bundle, batch_size):
@@ -40,19 +41,19 @@ def encode(X, bundle: Bundle, batch_size):
 
 
 def embed(
-    adata,
+    adata: ad.AnnData,
     bundle: Bundle,
     *,
-    key_added="scquery",
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-    gene_map=None,
-    species=None,
-    batch_size=8192,
-    copy=False,
-):
+    key_added: str = "scquery",
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_key: str | None = None,
+    min_overlap: float = 0.5,
+    gene_map: object = None,
+    species: str | None = None,
+    batch_size: int = 8192,
+    copy: bool = False,
+) -> ad.AnnData | None:
     """Embed `adata`'s cells with `bundle`'s encoder (scanpy style).
 
     Writes `adata.obsm['X_' + key_added]` (cells × embedding width) and `adata.uns[key_added]`
@@ -80,33 +81,10 @@ def embed(
     Returns:
         None, or the embedded copy when `copy=True`.
     """
-    inputs = check(take(InputOptions, locals()))
+    inputs = take(locals(), InputOptions)
     adata = adata.copy() if copy else adata
-    embedding, _, processed = compute_embedding(adata, bundle, inputs)
+    embedding, _, _, alignment = compute_embedding(adata, bundle, inputs)
     adata.obsm[f"X_{key_added}"] = embedding
-    record_run(adata, bundle, processed, {"key_added": key_added, **recorded(inputs)}, uns_key=key_added)
+    params = {"key_added": key_added, **recorded(inputs)}
+    write_run(adata, key_added, model_id=bundle.model_id, params=params, found=alignment)
     return adata if copy else None
-
-
-def record_run(adata, bundle: Bundle, processed, params, *, uns_key="scquery"):
-    """Write `uns[uns_key]`: the model, the parameters (None left out), the gene overlap, the
-    input values `detect_values` found, the species and the gene map's record (from
-    `processed.uns['scquery']`)."""
-    found = processed.uns["scquery"]
-    adata.uns[uns_key] = {
-        "model_id": bundle.model_id,
-        "params": {key: value for key, value in params.items() if value is not None},
-        **{
-            key: _storable(found[key]) for key in ("overlap", "values", "species", "gene_map") if key in found
-        },
-        "versions": current_versions(),
-    }
-
-
-def _storable(value):
-    """`value` with None entries dropped and numpy scalars made plain, so h5ad can hold it."""
-    if isinstance(value, dict):
-        return {str(k): _storable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -11,14 +11,15 @@ class ScqueryError(Exception):
     """
 
 
-def check_number(name, value, *, low=None, high=None, low_open=False, integer=False):
+def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False):
     """Raise `ScqueryError` unless `value` is a finite number (a whole one with `integer`) in range.
 
-    The range is `[low, high]` (`(low, high]` with `low_open`); a bound of None is open.
+    The range is `[low, high]` (`(low, …` with `low_open`, `…, high)` with `high_open`); a bound of
+    None is open.
     """
     kind = "a whole number" if integer else "a finite number"
     if low is not None and high is not None:
-        kind += f" in {'(' if low_open else '['}{low}, {high}]"
+        kind += f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     elif low is not None:
         kind += f" {'above' if low_open else 'of at least'} {low}"
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -27,6 +28,6 @@ def check_number(name, value, *, low=None, high=None, low_open=False, integer=Fa
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
-        ok = value <= high
+        ok = value < high if high_open else value <= high
     if not ok:
         raise ScqueryError(f"{name} must be {kind}, got {value!r}.")

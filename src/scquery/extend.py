@@ -1,6 +1,7 @@
 """Extending a bundle's reference with new annotated cells, without retraining (`extend`)."""
 
 import dataclasses
+import os
 import warnings
 
 import anndata as ad
@@ -10,23 +11,24 @@ from .bundle import Bundle, save_bundle, with_index
 from .embed import compute_embedding
 from .errors import ScqueryError
 from .labels import check_labels
-from .options import InputOptions, check, take
+from .options import InputOptions, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
 from .propagate import LABEL_SOURCE, USER
+from .provenance import source_of
 
 
 def extend(
     bundle: Bundle,
-    adata,
+    adata: ad.AnnData,
     *,
-    label_key,
-    path=None,
-    overwrite=False,
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-):
+    label_key: str,
+    path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_key: str | None = None,
+    min_overlap: float = 0.5,
+) -> Bundle:
     """A bundle whose reference also holds `adata`'s annotated cells (no retraining).
 
     The new cells are embedded with the bundle's model and appended with their labels (`obs[label_key]`;
@@ -36,7 +38,7 @@ def extend(
     new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
     `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
     """
-    source = adata.uns.get("scquery", {}).get("source", "the new reference")
+    source = source_of(adata, "the new reference")
     check_labels(adata, label_key, source, min_classes=1)
     held = adata.obs_names.isin(bundle.reference.obs_names)
     if held.any():
@@ -44,8 +46,8 @@ def extend(
             f"{int(held.sum())} cells of {source} (e.g. {adata.obs_names[held][0]!r}) are already in "
             "the model's reference; extend it with new cells only (or give the cells distinct names)."
         )
-    inputs = check(take(InputOptions, locals()))
-    embedding, _, processed = compute_embedding(adata, bundle, inputs)
+    inputs = take(locals(), InputOptions)
+    embedding, _, processed, _ = compute_embedding(adata, bundle, inputs)
     dataset = adata.obs["dataset"].astype(str).to_numpy() if "dataset" in adata.obs else "extension"
     added = ad.AnnData(
         obs=pd.DataFrame(
@@ -61,7 +63,7 @@ def extend(
         reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
     if PROFILES_KEY in bundle.reference.uns:
-        added_profiles = type_profiles(processed.X, added.obs["label"].to_numpy())
+        added_profiles = type_profiles(processed, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
     extended = with_index(dataclasses.replace(bundle, reference=reference))
     if path is not None:

@@ -8,8 +8,9 @@ Supported inputs: `.h5ad`; `.h5` (10x Cell Ranger HDF5); `.loom`; `.csv` / `.tsv
 Reading never changes the data: `.X`, its dtype, `.raw`, layers and the cell and gene names are as
 in the file. Where the values to use are (`.X`, a layer or `.raw`) is an option of the functions
 that use them (`layer=`, `use_raw=`), which take them with `scquery.values.select_values`. `read` only checks
-them and records the file in `uns['scquery']['source']`; what the values are (counts, normalized,
-log scale) is recognized by preprocessing (`scquery.preprocess.detect_values`), not here.
+them and records the file in `uns['scquery']['source']` (`scquery.provenance`); what the values are
+(counts, normalized, log scale) is recognized by preprocessing (`scquery.preprocessing.scales`), not
+here. `read_backed` opens one h5ad with its `.X` left on disk, for training in blocks.
 """
 
 import functools
@@ -25,7 +26,8 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import ScqueryError
-from .values import check_matrix, select_values, to_csr32
+from .provenance import record_reading
+from .values import CSRDataset, select_values, to_csr32
 
 SUPPORTED = ".h5ad, .h5 (10x), .loom, .csv, .tsv, .txt (optionally .gz) or a 10x matrix folder"
 _TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -136,11 +138,11 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
     Args:
         path: a file or a 10x matrix folder.
         layer, use_raw: where the values to use are (see `select_values`); they are checked (finite,
-            non-negative counts) and described in `uns['scquery']['values']`, not moved.
+            non-negative counts), not moved.
         genes_by_cells: for text tables whose rows are genes and columns cells.
 
     Returns:
-        The file's AnnData, with `uns['scquery']` (`source`, `values`) added.
+        The file's AnnData, with `uns['scquery']['source']` added.
     """
     path = Path(path)
     if not path.exists():
@@ -156,14 +158,8 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
             f"The file {path} could not be read as {_suffix(path) or '10x folder'} ({err}); "
             f"check that it is a valid file in one of the formats {SUPPORTED}."
         ) from err
-    adata.uns["scquery"] = {**dict(adata.uns.get("scquery", {})), "source": str(path)}
-    values = select_values(adata, layer=layer, use_raw=use_raw).X
-    if values.shape[0] == 0 or values.shape[1] == 0:
-        raise ScqueryError(
-            f"The file {path} holds {values.shape[0]} cells and {values.shape[1]} genes; give a file "
-            "with at least one cell and one gene."
-        )
-    check_matrix(values, path, counts=layer is not None and "count" in layer.lower())
+    record_reading(adata, source=path)
+    select_values(adata, layer=layer, use_raw=use_raw, counts=layer is not None and "count" in layer.lower())
     return adata
 
 
@@ -195,7 +191,7 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     if len(adatas) == 1:
         merged = adatas[0]
         merged.obs[key] = pd.Categorical([names[0]] * merged.n_obs)
-        merged.uns["scquery"]["added_column"] = key  # not the user's: messages leave it out
+        record_reading(merged, added_column=key)  # not the user's: messages leave it out
         return merged
     _drop_partial_obsm(adatas, names)
     for adata in adatas:
@@ -203,8 +199,29 @@ def read_many(paths, *, layer=None, use_raw=False, genes_by_cells=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         merged = ad.concat(adatas, join="outer", fill_value=0, label=key, keys=names, merge="same")
-    merged.uns["scquery"] = {"source": ", ".join(map(str, paths)), "added_column": key}
+    record_reading(merged, source=", ".join(map(str, paths)), added_column=key)
     return merged
+
+
+def read_backed(path):
+    """An h5ad file opened with `backed='r'` (its `.X` stays on disk), as `read_many` gives one file
+    otherwise (`uns['scquery']['source']`, the file's name in `obs['dataset']`); None where its `.X`
+    is not a sparse CSR matrix or it cannot be opened so (`read_many` then reads it, or says what is
+    wrong)."""
+    path = Path(path)
+    if path.suffix != ".h5ad" or not path.is_file():
+        return None
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(adata.X, CSRDataset):
+        adata.file.close()
+        return None
+    key = DATASET_KEY_TAKEN if DATASET_KEY in adata.obs else DATASET_KEY
+    adata.obs[key] = pd.Categorical([dataset_name(path)] * adata.n_obs)
+    record_reading(adata, source=path, added_column=key)
+    return adata
 
 
 def _drop_partial_obsm(adatas, names):

@@ -3,6 +3,7 @@
 import pandas as pd
 
 from .errors import ScqueryError
+from .provenance import added_column
 
 #: The prediction of rejected query cells; no reference label may be called so.
 UNKNOWN = "Unknown"
@@ -25,7 +26,7 @@ def check_labels(adata, key, source="the data", *, min_classes=2, allow_missing=
     `source` names the file in the message.
     """
     if key not in adata.obs:
-        added = adata.uns.get("scquery", {}).get("added_column")  # by read_many, not in the file
+        added = added_column(adata)  # by read_many, not in the file
         columns = ", ".join(str(c) for c in adata.obs.columns if c != added) or "none"
         raise ScqueryError(
             f"The label column {key!r} is not in {source} (columns: {columns}); choose one of them."

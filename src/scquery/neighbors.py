@@ -21,6 +21,7 @@ import pandas as pd
 from faiss.contrib.ivf_tools import add_preassigned
 
 from .errors import ScqueryError
+from .rules import QueryOptions
 
 __all__ = ["BACKENDS", "ExactSearch", "IVFFlatSearch", "NeighborIndex"]
 
@@ -38,8 +39,8 @@ POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
 """k-means of the lists' centroids: on 32 sampled cells per list, 10 iterations."""
 NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """The `nprobe` values tried, smallest first, until the recall reaches `TARGET_RECALL`."""
-CALIBRATED_K = (1, 15)
-"""Neighbour counts calibrated when the index is built (1: leave-self-out; 15: `query`'s default)."""
+CALIBRATED_K = (1, QueryOptions().k)
+"""Neighbour counts calibrated when the index is built (1: leave-self-out; the query's default k)."""
 SELF_PER_GROUP = 2000
 """Cells per group (the reference's cell types) whose leave-self-out distance is computed: all of a
 smaller group, a seeded sample of a larger one. The query only needs each type's median."""
@@ -198,7 +199,7 @@ class NeighborIndex:
             one group), NaN for the others (computed on first use, then kept and saved).
     """
 
-    def __init__(self, embeddings, *, groups=None, exact_max_cells=EXACT_MAX_CELLS, seed=0, **options):
+    def __init__(self, embeddings, *, seed, groups=None, exact_max_cells=EXACT_MAX_CELLS, **options):
         self.embeddings = _embeddings(embeddings)
         self.groups = None if groups is None else np.asarray(groups)
         self.seed = int(seed)

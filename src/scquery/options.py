@@ -1,44 +1,84 @@
 """Options declared once: each a dataclass field with its default, limits and help text.
 
 `InputOptions` says how a query's values are read and matched to a model's genes (`embed`, `query`,
-`extend`; `scquery.rules.QueryOptions` holds the query's own options). The command line's flags
-(`scquery.cli`), the workflow's schema (`schema(...)`, checked by tests/test_options.py) and the
-public functions' keywords are made from or checked against these fields; stage functions take the
-options object and repeat no default.
+`extend`; `scquery.rules.QueryOptions` holds the query's own options, `scquery.config.TrainConfig`
+training's). The command line's flags (`scquery.cli`), the schemas (`schema(...)`, checked by
+tests/test_options.py) and the public functions' keywords are made from or checked against these
+fields; stage functions take the options object and repeat no default.
 """
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 
 from .errors import ScqueryError, check_number
 
 
-def option(default, help, *, low=None, high=None, low_open=False, integer=False, choices=None, **surfaces):
+def option(
+    default,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    choices: tuple | None = None,
+    **surfaces,
+):
     """A dataclass field: `default`, `help` (the CLI's and the schema's words), numeric limits
-    (`check_number`'s), `choices`; `surfaces` can say `cli=False` (no command-line flag),
-    `workflow=False` (no workflow key), `recorded=False` (not in `uns[key]['params']`),
-    `metavar`, `exclusive` (flags of one name exclude each other)."""
-    limits = {"low": low, "high": high, "low_open": low_open, "integer": integer}
+    (`check_number`'s; of each item of a list), `choices`; `surfaces` can say `cli=False` (no
+    command-line flag), `workflow=False` (no workflow key), `recorded=False` (not in
+    `uns[key]['params']`), `metavar`, `exclusive` (flags of one name exclude each other),
+    `min_items` (of a list)."""
+    limits = {"low": low, "high": high, "low_open": low_open, "high_open": high_open, "integer": integer}
     number = low is not None or high is not None or integer
     metadata = {"help": help, "limits": limits if number else None, "choices": choices, **surfaces}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def default_of(item):
+    """The default of the dataclass field `item` (made anew where it is a list)."""
+    return item.default_factory() if item.default is dataclasses.MISSING else item.default
+
+
+def item_type(item):
+    """`(type, many)`: the Python type of a value of the field `item` (int, float, or None for text)
+    and whether the option is a list of them."""
+    members = [member for member in _members(item.type) if member is not type(None)]
+    listed = typing.get_origin(members[0]) is list
+    single = typing.get_args(members[0])[0] if listed else members[0]
+    return (single if single in (int, float) else None), listed
 
 
 def check(options):
     """Raise `ScqueryError` unless each of `options`' values is within its limits and choices."""
     for item in dataclasses.fields(options):
         value, meta = getattr(options, item.name), item.metadata
+        if value is None and type(None) in _members(item.type):
+            continue
         if meta["limits"] is not None:
-            check_number(item.name, value, **meta["limits"])
+            for each in value if isinstance(value, list) else [value]:
+                check_number(item.name, each, **meta["limits"])
         if meta["choices"] is not None and value is not None and value not in meta["choices"]:
             raise ScqueryError(f"{item.name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
     return options
 
 
-def take(kind, values):
-    """An options object of `kind` from the mapping `values` (a public function's `locals()`): the
-    entries named like its fields (the others keep their defaults)."""
-    return kind(**{item.name: values[item.name] for item in dataclasses.fields(kind) if item.name in values})
+def take(values, *kinds):
+    """An options object of each of `kinds`, checked (`check`), from the mapping `values` (a public
+    function's `locals()`): the entries named like its fields (the others keep their defaults). One
+    kind gives one object, several a tuple."""
+    taken = tuple(
+        check(
+            kind(**{item.name: values[item.name] for item in dataclasses.fields(kind) if item.name in values})
+        )
+        for kind in kinds
+    )
+    return taken[0] if len(taken) == 1 else taken
 
 
 def recorded(options):
@@ -58,27 +98,39 @@ def schema(*kinds):
             meta = item.metadata
             if not meta.get("workflow", True):
                 continue
-            entry = {"type": _json_type(item)}
-            limits = meta["limits"] or {}
-            if limits.get("low") is not None:
-                entry["exclusiveMinimum" if limits["low_open"] else "minimum"] = limits["low"]
-            if limits.get("high") is not None:
-                entry["maximum"] = limits["high"]
             if meta["choices"] is not None:
                 entry = {"enum": list(meta["choices"])}
+            else:
+                entry = _json_schema(item.type, meta["limits"] or {})
+                if "min_items" in meta:
+                    entry["minItems"] = meta["min_items"]
             properties[item.name] = {**entry, "description": _sentence(meta["help"])}
     return properties
 
 
-def _json_type(item):
-    limits = item.metadata["limits"] or {}
-    if isinstance(item.default, bool):
-        return "boolean"
-    if limits.get("integer"):
-        return "integer"
-    if isinstance(item.default, float) or limits:
-        return "number"
-    return ["string", "null"]
+#: The JSON schema type of each Python type an option may have.
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+
+
+def _members(annotation):
+    """The types of a union annotation (`float | None`: float and NoneType), or the annotation."""
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+
+
+def _json_schema(annotation, limits):
+    """The JSON schema of values of `annotation` (a type, a union with None, or `list[...]`), with
+    the numeric `limits` (of the items of a list)."""
+    members = _members(annotation)
+    names = ["array" if typing.get_origin(member) is list else _JSON_TYPES[member] for member in members]
+    entry = bounds = {"type": names[0] if len(names) == 1 else names}
+    for member in members:
+        if typing.get_origin(member) is list:
+            entry["items"] = bounds = _json_schema(typing.get_args(member)[0], {})
+    if limits.get("low") is not None:
+        bounds["exclusiveMinimum" if limits["low_open"] else "minimum"] = limits["low"]
+    if limits.get("high") is not None:
+        bounds["exclusiveMaximum" if limits["high_open"] else "maximum"] = limits["high"]
+    return entry
 
 
 def _sentence(text):

@@ -1,7 +1,7 @@
 """Gene maps between species: the user's own (`gene_map=`) or the built-in human ↔ mouse orthologues.
 
 A query from another species than the reference is brought onto the reference's genes before the
-genes are aligned (`scquery.preprocess.apply_preprocess`): each query gene's values go to the
+genes are aligned (`scquery.preprocessing.align.apply_record`): each query gene's values go to the
 reference genes it maps to, on the linear scale of the normalized values (sparse: one product with a
 sparse genes × genes matrix), then log1p again. How entries that are not one-to-one are handled:
 

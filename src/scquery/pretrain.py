@@ -66,38 +66,24 @@ class PretrainedEncoder:
         return [int(kernel.shape[1]) for kernel, _ in self.weights]
 
 
-def pretrain_greedy(
-    X,
-    hidden_sizes,
-    *,
-    activation="tanh",
-    noise="mask",
-    noise_level=0.2,
-    epochs=10,
-    batch_size=256,
-    learning_rate=1e-3,
-    finetune_autoencoder=False,
-    scale=None,
-    seed=0,
-    rows="auto",
-    mixed_precision=False,
-    verbose="auto",
-):
+def pretrain_greedy(X, config, *, scale=None, seed, rows="auto", mixed_precision=False, verbose="auto"):
     """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
 
-    Layer i is a `DenseLayerAutoencoder([hidden_sizes[i]])` fitted to reconstruct its clean input (the
-    data embedded by layers 0 … i-1) from a corrupted copy: masking noise (`noise='mask'`, a fraction
-    `noise_level` of inputs set to zero) or Gaussian noise (`noise='gaussian'`, standard deviation
-    `noise_level`). With `finetune_autoencoder`, the stacked autoencoder is then trained end to end.
-    `X` is a sparse CSR matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the
-    preprocessing record's gene means and standard deviations) standardizes each batch first.
-    Each stage is announced on the `scquery` logger; `verbose` shows its epochs
+    The options are those of `config` (a `scquery.config.TrainConfig`): layer i is a
+    `DenseLayerAutoencoder([hidden_sizes[i]])` fitted for `pretrain_epochs` epochs, in batches of
+    `batch_size`, to reconstruct its clean input (the data embedded by layers 0 … i-1) from a
+    corrupted copy: masking noise (`noise='mask'`, a fraction `noise_level` of inputs set to zero)
+    or Gaussian noise (`noise='gaussian'`, standard deviation `noise_level`). With
+    `finetune_autoencoder`, the stacked autoencoder is then trained end to end. `X` is a sparse CSR
+    matrix (or a backed h5ad matrix), streamed in mini-batches; `scale` (the preprocessing record's
+    gene means and standard deviations) standardizes each batch first; `seed` seeds every random
+    stream (`seed_for`). Each stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
     `rows`: X's rows held on the device (`scquery.batches.device_rows(X)`: each batch is densified
     there, the host sends row indices), None to densify the batches on the host, or 'auto' (held
-    on an accelerator with room for them). With `mixed_precision`, the layers compute in bfloat16
-    (`MIXED_PRECISION`); the weights stay float32.
+    on an accelerator with room for them). With `mixed_precision`, the layers compute in
+    bfloat16 (`MIXED_PRECISION`); the weights stay float32.
 
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder); `history`, one dict per
@@ -110,14 +96,22 @@ def pretrain_greedy(
     rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
     dtype = MIXED_PRECISION if mixed_precision else None
     weights, decoder_biases, history = [], [], []
+    hidden_sizes, activation = config.hidden_sizes, config.activation
+    epochs, batch_size, learning_rate = config.pretrain_epochs, config.batch_size, config.learning_rate
     widths = [X.shape[1], *hidden_sizes]
     for i, width in enumerate(hidden_sizes):
         label, size = f"pretraining layer {i + 1}/{len(hidden_sizes)}", arrows(widths[i : i + 2])
         logger.info("%s: %s, %d epochs", label, size, epochs)
         progress = StageProgress(label, verbose=verbose, size=size)
-        dae = _autoencoder([width], activation, noise, noise_level, seed, stage=i, dtype=dtype)
+        dae = _autoencoder([width], config, seed, stage=i, dtype=dtype)
         below = stack_encoder(
-            X.shape[1], hidden_sizes[:i], activation=activation, scale=scale, weights=weights, dtype=dtype
+            X.shape[1],
+            hidden_sizes[:i],
+            activation=activation,
+            seed=seed,
+            scale=scale,
+            weights=weights,
+            dtype=dtype,
         )
         batches = _batches(X, rows, batch_size, seed_for(seed, i, _ORDER))
         stage = _fit_autoencoder(
@@ -126,9 +120,9 @@ def pretrain_greedy(
         history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
-    if finetune_autoencoder:
+    if config.finetune_autoencoder:
         last = len(hidden_sizes)
-        stacked = _autoencoder(hidden_sizes, activation, noise, noise_level, seed, stage=last, dtype=dtype)
+        stacked = _autoencoder(hidden_sizes, config, seed, stage=last, dtype=dtype)
         stacked.build((None, X.shape[1]))
         values = [w[0] for w in weights] + [w[1] for w in weights] + decoder_biases[::-1]
         for variable, value in zip(
@@ -138,7 +132,7 @@ def pretrain_greedy(
         label = "fine-tuning the stacked autoencoder"
         logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         progress = StageProgress(label, verbose=verbose, size=arrows(widths))
-        scaling = stack_encoder(X.shape[1], [], scale=scale, dtype=dtype)
+        scaling = stack_encoder(X.shape[1], [], activation=activation, seed=seed, scale=scale, dtype=dtype)
         batches = _batches(X, rows, batch_size, seed_for(seed, last, _ORDER))
         stage = _fit_autoencoder(
             stacked, scaling, batches, epochs, learning_rate, name="stacked", progress=progress, rows=rows
@@ -153,11 +147,12 @@ def pretrain_greedy(
     return weights, history, [*weights[0], decoder_biases[0]]
 
 
-def _autoencoder(widths, activation, noise, noise_level, seed, *, stage, dtype=None):
-    corruption = {"dropout": noise_level} if noise == "mask" else {"noise_stddev": noise_level}
+def _autoencoder(widths, config, seed, *, stage, dtype=None):
+    level = config.noise_level
+    corruption = {"dropout": level} if config.noise == "mask" else {"noise_stddev": level}
     return DenseLayerAutoencoder(
         list(widths),
-        activation=activation,
+        activation=config.activation,
         kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, stage, _INIT)),
         seed=seed_for(seed, stage, _NOISE),
         dtype=dtype,
@@ -216,10 +211,11 @@ def scaling_layer(scale, *, dtype=None):
     return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale", dtype=dtype)
 
 
-def stack_encoder(n_genes, hidden_sizes, *, activation="tanh", scale=None, weights=None, seed=0, dtype=None):
+def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weights=None, dtype=None):
     """The stacked encoder: a functional `keras.Model` from the input `expression` (`n_genes`
     values) through gene scaling (a `Normalization` layer `scale`, with the preprocessing record's
-    `scale` statistics) to the dense layers `encoder_0 … encoder_{L-1}` of widths `hidden_sizes`.
+    `scale` statistics) to the dense layers `encoder_0 … encoder_{L-1}` of widths `hidden_sizes`
+    and `activation`.
 
     Layer i holds `weights[i]` (`[kernel, bias]`, as `pretrain_greedy` returns them) where given,
     else Glorot-uniform weights seeded by `seed_for(seed, i)`. Returns None when there is nothing

@@ -48,27 +48,32 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .bundle import Bundle, reference_index
-from .embed import compute_embedding, record_run
+from .embed import compute_embedding
 from .errors import ScqueryError
 from .labels import UNKNOWN
 from .neighbors import NeighborIndex
-from .options import InputOptions, check, recorded, take
+from .options import InputOptions, recorded, take
 from .palettes import palette
+from .preprocessing.align import Alignment
 from .profiles import PROFILES_KEY, group_means
-from .rules import REASONS, SIGNALS, Findings, QueryOptions, thresholds, unknown_reasons
+from .provenance import write_run
+from .rules import REASONS, SIGNALS, Findings, QueryOptions, judge
 
 
 @dataclasses.dataclass
 class Neighbors:
-    """Step 1's result: the query's embedding, class probabilities and reference neighbours."""
+    """Step 1's result: the query's embedding, class probabilities and reference neighbours (and how
+    they were searched: `search`, in words)."""
 
     embedding: np.ndarray
     probabilities: np.ndarray
     distances: np.ndarray
     indices: np.ndarray
     expressed: np.ndarray  # per cell: does it express any reference gene?
-    processed: ad.AnnData
+    processed: sp.csr_matrix  # the processed query, on the model's genes
+    alignment: Alignment
     index: NeighborIndex
+    search: str
 
 
 @dataclasses.dataclass
@@ -98,11 +103,21 @@ def vote(distances, codes, n_labels):
 
 def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions()):
     """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
-    embedding, probabilities, processed = compute_embedding(adata, bundle, inputs)
+    embedding, probabilities, processed, alignment = compute_embedding(adata, bundle, inputs)
     index = reference_index(bundle)
-    distances, indices = index.kneighbors(embedding, min(options.k, bundle.reference.n_obs))
-    expressed = np.diff(processed.X.indptr) > 0
-    return Neighbors(embedding, probabilities, distances, indices, expressed, processed, index)
+    k = min(options.k, bundle.reference.n_obs)
+    distances, indices = index.kneighbors(embedding, k)
+    return Neighbors(
+        embedding,
+        probabilities,
+        distances,
+        indices,
+        expressed=np.diff(processed.indptr) > 0,
+        processed=processed,
+        alignment=alignment,
+        index=index,
+        search=index.description(k),
+    )
 
 
 #: Queries of more cells are clustered on a seeded sample of this many (see `cluster_query`).
@@ -219,7 +234,8 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
-    cluster = cluster_query(neighbors.processed.X, resolution=options.resolution, seed=options.seed)
+    cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
+    scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
     cluster_type = group_means(evidence, cluster_rows)[1].argmax(axis=1)
@@ -227,7 +243,6 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         predicted = cluster_type[cluster_rows]
     confidence = evidence[np.arange(len(predicted)), predicted]
 
-    scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
     novelty = (ratio - np.median(ratio)).astype(np.float32)
     found = Findings(
@@ -237,10 +252,10 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         cluster=cluster,
         types=dict(zip(ids, labels.to_numpy()[cluster_type], strict=True)),
         processed=neighbors.processed,
+        shared=neighbors.alignment.shared,
         profiles=_profiles(bundle),
     )
-    scores = [signal.score(found) for signal in SIGNALS]
-    reason = unknown_reasons(*scores, **thresholds(options))
+    scores, reason = judge(found, options)
     return Transfer(
         prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
         reason=reason,
@@ -291,27 +306,27 @@ def _type_scales(nearest_distances, codes, n_labels):
 
 
 def query(
-    adata,
+    adata: ad.AnnData,
     bundle: Bundle,
     *,
-    k=15,
-    min_confidence=0.5,
-    novelty_threshold=1.0,
-    min_marker_agreement=0.6,
-    min_unique_markers=0.7,
-    resolution=1.0,
-    majority_voting=False,
-    key_added="scquery",
-    layer=None,
-    use_raw=False,
-    gene_key=None,
-    min_overlap=0.5,
-    gene_map=None,
-    species=None,
-    batch_size=8192,
-    seed=0,
-    matches=True,
-):
+    k: int = 15,
+    min_confidence: float = 0.5,
+    novelty_threshold: float = 1.0,
+    min_marker_agreement: float = 0.6,
+    min_unique_markers: float = 0.7,
+    resolution: float = 1.0,
+    majority_voting: bool = False,
+    key_added: str = "scquery",
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_key: str | None = None,
+    min_overlap: float = 0.5,
+    gene_map: object = None,
+    species: str | None = None,
+    batch_size: int = 8192,
+    seed: int = 0,
+    matches: bool = True,
+) -> pd.DataFrame | None:
     """Predict the cell types of `adata` from the reference and the classifier (in place).
 
     Runs the three steps of the module docstring. Writes `obsm['X_' + key_added]` (the embedding,
@@ -338,7 +353,7 @@ def query(
     Returns:
         The matches (`matches_table`), or None with `matches=False`.
     """
-    options, inputs = check(take(QueryOptions, locals())), check(take(InputOptions, locals()))
+    options, inputs = take(locals(), QueryOptions, InputOptions)
     reference = bundle.reference
     if options.k > reference.n_obs:
         raise ScqueryError(
@@ -381,17 +396,14 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
     obs[f"{key_added}_nearest_label"] = labels[nearest]
     obs[f"{key_added}_nearest_dataset"] = datasets[nearest]
     adata.obsm[f"X_{key_added}"] = neighbors.embedding
-    record_run(
-        adata, bundle, neighbors.processed, {"key_added": key_added, **recorded(inputs)}, uns_key=key_added
-    )
     k = int(neighbors.indices.shape[1])
     params = {
         item.name: type(item.default)(getattr(options, item.name)) for item in dataclasses.fields(options)
     }
-    adata.uns[key_added]["query_params"] = {
+    query_params = {
         **params,
         "k": k,
-        "search": neighbors.index.description(k),
+        "search": neighbors.search,
         "n_reference": int(reference.n_obs),
         "n_clusters": int(len(np.unique(result.cluster))),
         "n_unknown": int((result.reason > 0).sum()),
@@ -399,6 +411,11 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
             REASONS[code]: int((result.reason == code).sum()) for code in range(1, len(REASONS))
         },
     }
+    reading = {"key_added": key_added, **recorded(inputs)}
+    found = neighbors.alignment
+    write_run(
+        adata, key_added, model_id=bundle.model_id, params=reading, found=found, query_params=query_params
+    )
 
 
 def matches_table(adata, bundle: Bundle, neighbors: Neighbors):

@@ -30,7 +30,8 @@ class Findings:
     novelty: np.ndarray  # log distance ratio to its type's reference cells, relative to the query's median
     cluster: np.ndarray  # its query cluster (integer code)
     types: dict  # cluster code -> the cluster's type
-    processed: object  # the processed query (AnnData on the model's genes; var['scquery_shared'])
+    processed: object  # the processed query (CSR cells × the model's genes)
+    shared: np.ndarray  # per model gene: does the query have it?
     profiles: dict | None  # the reference's type profiles (None: an older bundle without them)
 
 
@@ -59,8 +60,7 @@ def _per_cluster(found, measure):
     ids, rows = np.unique(found.cluster, return_inverse=True)
     if found.profiles is None:
         return np.full(len(rows), np.nan, dtype=np.float32)
-    X, measured = found.processed.X, found.processed.var["scquery_shared"].to_numpy()
-    shares = measure(X, found.cluster, found.types, found.profiles, measured=measured)
+    shares = measure(found.processed, found.cluster, found.types, found.profiles, measured=found.shared)
     return shares[ids].to_numpy(np.float32)[rows]
 
 
@@ -188,3 +188,10 @@ QueryOptions.__doc__ = "Every option of `scquery.query.query` but those of readi
 def thresholds(options):
     """The signals' thresholds in `options`, by option name."""
     return {signal.option: getattr(options, signal.option) for signal in SIGNALS if signal.option}
+
+
+def judge(found, options):
+    """`(scores, reason)`: each signal's score of the `Findings` `found`, in the order of `SIGNALS`,
+    and each cell's Unknown reason (`unknown_reasons`) under the thresholds of `options`."""
+    scores = [signal.score(found) for signal in SIGNALS]
+    return scores, unknown_reasons(*scores, **thresholds(options))

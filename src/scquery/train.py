@@ -11,6 +11,7 @@ they are the query's reference points, saved with each cell type's mean expressi
 reference has no propagated cells.
 """
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -25,12 +26,14 @@ from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
-from .preprocess import apply_preprocess, qc_cells
+from .options import InputOptions, check
+from .preprocessing.align import apply_record
+from .preprocessing.fit import fit_reference, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
 from .propagate import LABEL_SOURCE, confident_labels, label_sources
-from .stream import fit_streamed
-from .values import select_values, source_of
+from .provenance import source_of
+from .values import select_values
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
 _PRETRAIN, _CLASSIFIER = 1, 2
@@ -38,43 +41,42 @@ _PRETRAIN, _CLASSIFIER = 1, 2
 
 @without_retracing_warnings
 def pretrain(
-    adata,
+    adata: ad.AnnData,
     *,
-    label_key=None,
-    config=None,
-    unlabeled=None,
-    seed=0,
-    layer=None,
-    use_raw=False,
-    verbose="auto",
+    label_key: str | None = None,
+    config: TrainConfig | dict | str | None = None,
+    unlabeled: ad.AnnData | list[ad.AnnData] | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    use_raw: bool = False,
+    verbose: int | str = "auto",
 ) -> PretrainedEncoder:
     """Preprocess the reference `adata` as `train` does and pretrain the encoder greedily on all
     its cells and the `unlabeled` data; `train(..., encoder=...)` goes on from the result. The
     labels (`obs[label_key]`, the same as `train`'s) serve only to choose the genes: each type's
     defining genes join the highly variable ones (`config.marker_genes`). `adata` and `unlabeled`
     are not modified."""
-    config = _config(config)
-    _check_seed(seed)
+    config = _config(config, seed)
     if label_key is not None:
         check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
-    processed, record = _preprocess(adata, config, values, label_key=label_key)
-    return _pretrain(processed, record, unlabeled, config, values, seed, verbose, rows="auto")
+    X, _, record = _preprocess(adata, config, values, label_key=label_key)
+    return _pretrain(X, record, unlabeled, config, values, verbose, rows="auto")
 
 
 @without_retracing_warnings
 def train(
-    adata,
+    adata: ad.AnnData,
     *,
-    label_key,
-    config=None,
-    unlabeled=None,
-    encoder=None,
-    seed=0,
-    layer=None,
-    use_raw=False,
-    species=None,
-    verbose="auto",
+    label_key: str,
+    config: TrainConfig | dict | str | None = None,
+    unlabeled: ad.AnnData | list[ad.AnnData] | None = None,
+    encoder: PretrainedEncoder | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    use_raw: bool = False,
+    species: str | None = None,
+    verbose: int | str = "auto",
 ) -> Bundle:
     """Train scquery on a reference whose `obs[label_key]` labels some or all cells; return the bundle.
 
@@ -87,7 +89,7 @@ def train(
     'propagated'). Nothing given is modified.
 
     An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
-    whole (`scquery.stream`): memory does not grow with its matrix, and the model is the one its data
+    whole (`scquery.preprocessing`): memory does not grow with its matrix, and the model is the one its data
     in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
     is split over the devices (docs/SCALING.md).
 
@@ -98,7 +100,7 @@ def train(
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
             (the reference's quality control), normalized and aligned to the reference's genes
-            like a query (`apply_preprocess`).
+            like a query (`scquery.preprocessing.align.apply_record`).
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
         species: the reference's species, 'human' or 'mouse' (default: detected from the gene
@@ -110,8 +112,7 @@ def train(
             each; 'auto' a bar on a terminal or in a notebook, else lines. Each stage is announced
             on the `scquery` logger with its size either way.
     """
-    config = _config(config)
-    _check_seed(seed)
+    config = _config(config, seed)
     check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     if encoder is not None and unlabeled is not None:
         raise ScqueryError(
@@ -125,48 +126,35 @@ def train(
         )
     _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
-    processed, record = _preprocess(adata, config, values, label_key=label_key, species=species)
-    cells, classes, y = _labelled(processed, label_key, config)  # before any training
-    rows = _device_rows(processed.X)  # pretraining's and fine-tuning's
+    X, obs, record = _preprocess(adata, config, values, label_key=label_key, species=species)
+    cells, classes, y = _labelled(obs, label_key, config)  # before any training
+    rows = _device_rows(X)  # pretraining's and fine-tuning's
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
-        encoder = _pretrain(processed, record, unlabeled, config, values, seed, verbose, rows=rows)
+        encoder = _pretrain(X, record, unlabeled, config, values, verbose, rows=rows)
     model = build_classifier(
-        processed.n_vars,
-        config.hidden_sizes,
+        X.shape[1],
         len(classes),
-        activation=config.activation,
+        config,
         encoder_weights=None if encoder is None else encoder.weights,
         scale=record["scale"],
-        seed=seed_for(seed, _CLASSIFIER),
+        seed=seed_for(config.seed, _CLASSIFIER),
     )
     history = {
         "pretrain": [] if encoder is None else encoder.history,
         "classifier": fit_classifier(
-            model,
-            processed.X,
-            y,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            validation_fraction=config.validation_fraction,
-            patience=config.patience,
-            class_weight=config.class_weight,
-            cells=cells,
-            seed=seed,
-            rows=rows,
-            verbose=verbose,
+            model, X, y, config, cells=cells, seed=config.seed, rows=rows, verbose=verbose
         ),
     }
-    propagated, y_propagated = _propagate(model, processed, label_key, config, rows)
+    propagated, y_propagated = _propagate(model, X, obs, label_key, config, rows)
     history["cells"] = {
         "labelled": len(cells),
         "propagated": len(propagated),
-        "reference": int(processed.n_obs),
+        "reference": int(X.shape[0]),
     }
     cells, y = np.concatenate([cells, propagated]), np.concatenate([y, y_propagated])
-    reference = processed.obs.iloc[cells]
+    reference = obs.iloc[cells]
     obs = pd.DataFrame(
         {
             "label": pd.Categorical(np.asarray(classes)[y], categories=classes),
@@ -176,7 +164,7 @@ def train(
         index=reference.index.copy(),
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
-    embedding = predict_in_chunks(embedding_model(model), processed.X, cells=cells, rows=rows)
+    embedding = predict_in_chunks(embedding_model(model), X, cells=cells, rows=rows)
     bundle = Bundle(
         model=model,
         classes=classes,
@@ -184,11 +172,11 @@ def train(
         reference=ad.AnnData(
             obs=obs,
             obsm={"X_scquery": embedding},
-            uns={PROFILES_KEY: type_profiles(processed.X, np.asarray(classes)[y], rows=cells)},
+            uns={PROFILES_KEY: type_profiles(X, np.asarray(classes)[y], rows=cells)},
         ),
         label_key=label_key,
         config=config.to_dict(),
-        seed=seed,
+        seed=config.seed,
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
@@ -196,41 +184,29 @@ def train(
 
 
 def _preprocess(adata, config, values, *, label_key=None, species=None):
-    """`fit_preprocess`'s preprocessing of every reference cell, labelled or not, with the configured
-    options, on the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`,
-    fitted in passes over blocks of rows (`scquery.stream.fit_streamed`): the processed rows of an
-    h5ad opened with `backed='r'` stay on disk and are read batch by batch, those of in-memory data
-    are held in memory (the same values). The highly variable genes are joined by the
-    `config.marker_genes` defining genes of each type of `obs[label_key]`."""
-    processed, record = fit_streamed(
-        adata,
-        **values,
-        min_genes=config.min_genes,
-        min_cells=config.min_cells,
-        max_pct_mito=config.max_pct_mito,
-        target_sum=config.target_sum,
-        n_top_genes=config.n_top_genes,
-        genes=config.genes,
-        scale=config.scale,
-        species=species,
-        labels=None if label_key is None else adata.obs[label_key],
-        marker_genes=config.marker_genes,
-    )
+    """The preprocessing of every reference cell, labelled or not, with the configured options, on
+    the chosen `values` (`layer`, `use_raw` of `scquery.values.select_values`) and `species`, fitted
+    in passes over blocks of rows (`scquery.preprocessing.fit.fit_reference`): the processed rows of
+    an h5ad opened with `backed='r'` stay on disk and are read batch by batch, those of in-memory
+    data are held in memory (the same values). The highly variable genes are joined by the
+    `config.marker_genes` defining genes of each type of `obs[label_key]`. Returns the processed
+    rows, the kept cells' annotations and the record."""
+    cells = select_values(adata, **values, on_disk=True)
+    labels = None if label_key is None else cells.obs[label_key]
+    X, kept, record = fit_reference(cells, config, species=species, labels=labels)
     logger.info(
         "preprocessing the reference: %s cells × %s genes → %s cells × %s genes%s",
-        *(f"{n:,}" for n in (*adata.shape, *processed.X.shape)),
-        ", read from disk batch by batch" if processed.X.backed else "",
+        *(f"{n:,}" for n in (*adata.shape, *X.shape)),
+        "" if sp.issparse(X) else ", read from disk batch by batch",
     )
-    if not processed.X.backed:
-        processed.X = processed.X.materialize()
-    return processed, record
+    return X, cells.obs.iloc[kept], record
 
 
-def _labelled(processed, label_key, config):
-    """The labelled cells of the cell types large enough to learn (their rows in `processed`, not a
-    copy of them), the class names and integer labels."""
-    cells = np.flatnonzero(labelled_cells(processed.obs[label_key]))
-    labels = processed.obs[label_key].iloc[cells].astype(str)
+def _labelled(obs, label_key, config):
+    """The labelled cells of the cell types large enough to learn (their rows in the processed
+    reference, whose annotations are `obs`), the class names and integer labels."""
+    cells = np.flatnonzero(labelled_cells(obs[label_key]))
+    labels = obs[label_key].iloc[cells].astype(str)
     sizes = labels.value_counts()
     small = sizes[sizes < config.min_cells_per_class]
     if len(small):
@@ -253,14 +229,14 @@ def _labelled(processed, label_key, config):
     return cells, classes, y
 
 
-def _propagate(model, processed, label_key, config, rows):
+def _propagate(model, X, obs, label_key, config, rows):
     """The unlabelled reference cells the classifier labels confidently (`scquery.propagate`):
-    their rows in `processed` and class codes (none with `config.propagate` false); `rows`: the
-    processed rows held on the device, or None."""
-    unlabelled = np.flatnonzero(~labelled_cells(processed.obs[label_key]))
+    their rows in the processed reference `X` (annotations `obs`) and class codes (none with
+    `config.propagate` false); `rows`: X's rows held on the device, or None."""
+    unlabelled = np.flatnonzero(~labelled_cells(obs[label_key]))
     if not config.propagate or unlabelled.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    probabilities = predict_in_chunks(model, processed.X, cells=unlabelled, rows=rows)
+    probabilities = predict_in_chunks(model, X, cells=unlabelled, rows=rows)
     rows, codes = confident_labels(probabilities, min_probability=config.propagate_min_probability)
     logger.info(
         "labelling the unlabelled reference cells: %s of %s propagated (probability >= %s)",
@@ -281,11 +257,10 @@ def _device_rows(X):
     return rows
 
 
-def _pretrain(processed, record, unlabeled, config, values, seed, verbose, *, rows):
-    """Greedy pretraining on the processed reference's cells and the `unlabeled` data (each one
-    processed, and so checked, before any training); `rows`: the reference's rows held on the
-    device, None, or 'auto' (`pretrain_greedy`)."""
-    X = processed.X
+def _pretrain(X, record, unlabeled, config, values, verbose, *, rows):
+    """Greedy pretraining on the processed reference's cells `X` and the `unlabeled` data (each one
+    processed, and so checked, before any training); `rows`: X's rows held on the device, None,
+    or 'auto' (`pretrain_greedy`)."""
     if not sp.issparse(X) and unlabeled is not None:
         X = X.materialize()  # stacked with the unlabelled cells in memory
     extra = [
@@ -296,16 +271,9 @@ def _pretrain(processed, record, unlabeled, config, values, seed, verbose, *, ro
         rows = "auto"  # more rows than the reference's
     weights, history, autoencoder = pretrain_greedy(
         X,
-        config.hidden_sizes,
-        activation=config.activation,
-        noise=config.noise,
-        noise_level=config.noise_level,
-        epochs=config.pretrain_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        finetune_autoencoder=config.finetune_autoencoder,
+        config,
         scale=record["scale"],
-        seed=seed_for(seed, _PRETRAIN),
+        seed=seed_for(config.seed, _PRETRAIN),
         rows=rows,
         verbose=verbose,
     )
@@ -325,12 +293,12 @@ def _datasets(unlabeled):
     return datasets
 
 
-def _unlabeled_matrix(data, record, config):
-    """Unlabelled data as pretraining input: the reference's quality control, then processed and
-    aligned to its genes like a query."""
-    cells = qc_cells(data, min_genes=config.min_genes, max_pct_mito=config.max_pct_mito)
-    aligned, _ = apply_preprocess(data[cells], record)
-    return aligned.X
+def _unlabeled_matrix(cells, record, config):
+    """Unlabelled data (`Cells`) as pretraining input: the reference's quality control, then
+    processed and aligned to its genes like a query."""
+    kept = qc_cells(cells, config)
+    passing = dataclasses.replace(cells, X=cells.X[kept], obs=cells.obs.iloc[kept])
+    return apply_record(passing, record, InputOptions())[0]
 
 
 def _check_encoder(encoder, record, config):
@@ -348,10 +316,8 @@ def _check_encoder(encoder, record, config):
         )
 
 
-def _check_seed(seed):
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ScqueryError(f"The seed must be a non-negative integer, got {seed!r}.")
-
-
-def _config(config):
-    return config if isinstance(config, TrainConfig) else load_train_config(config)
+def _config(config, seed):
+    """The `TrainConfig` of `config` (one, a dict or a YAML path: `load_train_config`) and `seed`,
+    checked."""
+    config = config if isinstance(config, TrainConfig) else load_train_config(config)
+    return check(dataclasses.replace(config, seed=seed))

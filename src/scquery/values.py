@@ -1,11 +1,13 @@
-"""Which values of an AnnData to use, as a CSR float32 matrix, and the checks of such a matrix.
+"""Which values of an AnnData to use, taken once as a `Cells` value, and the checks of such a matrix.
 
-`select_values` takes `.X`, a layer or `.raw` (the options `layer`, `use_raw`) without changing the
-AnnData; `check_matrix` refuses non-finite values and negative counts; `source_of` names the data in
-messages.
+`select_values` takes `.X`, a layer or `.raw` (the options `layer`, `use_raw`) and the gene names
+(`var_names`, or the `var` column `gene_key`) without changing the AnnData, checks the values
+(`check_matrix`: no non-finite values, no negative counts) and gives them as one frozen `Cells`: what
+preprocessing reads, so that no later step goes back to the AnnData or converts the matrix again.
 """
 
 import warnings
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -13,6 +15,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import ScqueryError
+from .provenance import source_of
+
+try:
+    from anndata.abc import CSRDataset
+except ImportError:  # anndata < 0.11
+    from anndata.experimental import CSRDataset
 
 
 def to_csr32(X):
@@ -40,22 +48,32 @@ def check_matrix(X, source, *, counts=False):
         )
 
 
-def source_of(adata, default="the data"):
-    """What to call `adata` in a message: the file it was read from (`read` records it), else `default`."""
-    return adata.uns.get("scquery", {}).get("source", default)
+@dataclass(frozen=True)
+class Cells:
+    """A dataset's values as preprocessing reads them (`select_values`): `X`, CSR float32 (checked),
+    or the `.X` of an h5ad opened with `backed='r'`, left on disk (a `CSRDataset`); `genes`, their names;
+    `obs`, the cells' annotations (the AnnData's own: read them, do not change them); `source`, what
+    messages call the data. What the values are (counts, normalized, their scale) is recognized
+    where they are normalized (`scquery.preprocessing.scales`)."""
+
+    X: object
+    genes: pd.Index
+    obs: pd.DataFrame
+    source: str
 
 
-def select_values(adata, *, layer, use_raw):
-    """The values of `adata` to use: a new AnnData that leaves `adata` as it is.
+def select_values(adata, *, layer, use_raw, gene_key=None, counts=False, on_disk=False):
+    """The values of `adata` to use, as `Cells`, leaving `adata` as it is.
 
-    Its `.X` holds `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or (`layer` None, `use_raw`
-    false: `scquery.options.InputOptions`' defaults) `adata.X` as CSR float32
-    (backed data is loaded); its `var` is `adata.raw.var` or `adata.var` with repeated gene names
-    made unique (the second `TP53` becomes `TP53-1`); its `obs` is a copy of `adata.obs`, and
-    `uns['scquery']['source']` names the data in messages. Its arrays may share memory with
-    `adata`'s: read them, do not change them.
+    The values are `adata.layers[layer]`, `adata.raw.X` (`use_raw`) or (`layer` None, `use_raw`
+    false: `scquery.options.InputOptions`' defaults) `adata.X`, as CSR float32 (backed data is
+    loaded, unless `on_disk`: a backed `.X` then stays on disk, for reading in blocks) and checked
+    (`check_matrix`; `counts`: they must be counts). The genes are `adata.raw.var_names` or
+    `adata.var_names` with repeated names made unique (the second `TP53` becomes `TP53-1`), or the
+    `var` column `gene_key`. The matrix may share memory with `adata`'s: read it, do not change it.
 
-    Raises `ScqueryError` when the layer or `.raw` does not exist, or `.X` is missing.
+    Raises `ScqueryError` when the layer, `.raw` or the gene column does not exist, `.X` is missing,
+    the values hold no cell or no gene, or they fail the check.
     """
     source = source_of(adata)
     if layer is not None and use_raw:
@@ -82,13 +100,34 @@ def select_values(adata, *, layer, use_raw):
                 f"({', '.join(places) or 'it has no layers or .raw either'}) with layer= or use_raw "
                 "(--layer, --use-raw)."
             )
+    genes = _gene_names(var, gene_key, source)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ScqueryError(
+            f"{source} holds {X.shape[0]} cells and {X.shape[1]} genes; give data with at least one cell "
+            "and one gene."
+        )
+    if on_disk and isinstance(X, CSRDataset):
+        return Cells(X, genes, adata.obs, source)  # checked block by block where it is read
     if not (sp.issparse(X) or isinstance(X, np.ndarray)):
         X = X[:]
-    var = pd.DataFrame(var.copy())
-    if not var.index.is_unique:
-        var.index = ad.utils.make_index_unique(var.index.astype(str))
+    X = to_csr32(X)
+    check_matrix(X, source, counts=counts)
+    return Cells(X, genes, adata.obs, source)
+
+
+def _gene_names(var, gene_key, source):
+    """The gene names of `var`: its index with repeated names made unique, or its column `gene_key`."""
+    if gene_key is not None:
+        if gene_key not in var:
+            columns = ", ".join(map(str, var.columns)) or "none"
+            raise ScqueryError(
+                f"The gene column {gene_key!r} is not in the var of {source} (columns: {columns}); "
+                "choose one of them or leave out gene_key."
+            )
+        return pd.Index(var[gene_key])
+    names = pd.Index(var.index.astype(str))
+    if names.is_unique:
+        return names
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # repeated cell names are allowed
-        values = ad.AnnData(to_csr32(X), obs=adata.obs.copy(), var=var)
-    values.uns["scquery"] = {"source": source}
-    return values
+        warnings.simplefilter("ignore", UserWarning)
+        return ad.utils.make_index_unique(names)

@@ -7,7 +7,7 @@ log_to(snakemake.log[0])
 from scquery.io import read_many  # noqa: E402
 from scquery.labels import check_labels  # noqa: E402
 from scquery.outputs import write_h5ad  # noqa: E402
-from scquery.preprocess import describe_values, detect_values  # noqa: E402
+from scquery.preprocessing.scales import describe_values, detect_values  # noqa: E402
 from scquery.values import select_values  # noqa: E402
 
 adata = read_many(

@@ -1,5 +1,6 @@
-"""Training from disk in blocks (scquery.stream): the same preprocessing and the same model as in memory,
-and memory that does not grow with the cells."""
+"""The single fit of a reference (scquery.preprocessing.fit), in blocks from disk or memory: the same
+preprocessing as scanpy's in-memory steps (a small reference implementation below) and the same model
+from disk as from memory, and memory that does not grow with the cells."""
 
 import json
 import subprocess
@@ -10,10 +11,57 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
+from conftest import fit_values
+from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from scquery.preprocess import fit_preprocess
-from scquery.stream import fit_streamed, read_backed
+from scquery.config import TrainConfig
+from scquery.io import read_backed
+from scquery.options import InputOptions
+from scquery.preprocessing.align import align_genes
+from scquery.preprocessing.rows import ReferenceRows
+from scquery.preprocessing.scales import cell_datasets, normalize_parts, recognize
+from scquery.values import select_values
+
+
+def scanpy_fit(adata, **options):
+    """The reference implementation of the fit, in memory, with scanpy's steps: `(X, cells, genes,
+    scale, found)`, the processed values of the kept cells (their positions: `cells`) on the chosen
+    genes, the scaling statistics and what the values were found to be."""
+    config = TrainConfig(**options)
+    values = select_values(adata, layer=None, use_raw=False)
+    parts = recognize(values.X, cell_datasets(values.obs))
+    X, found = normalize_parts(values.X, parts, config.target_sum, values.source)
+    linear = ad.AnnData(sp.csr_matrix(np.expm1(X.toarray())), var=pd.DataFrame(index=values.genes))
+    keep, _ = sc.pp.filter_cells(linear.X, min_genes=config.min_genes, inplace=False)
+    if config.max_pct_mito is not None:
+        linear.var["mt"] = linear.var_names.str.startswith(("MT-", "mt-"))
+        qc, _ = sc.pp.calculate_qc_metrics(linear, qc_vars=["mt"], percent_top=None, inplace=False)
+        keep &= qc["pct_counts_mt"].to_numpy() <= config.max_pct_mito
+    cells = np.flatnonzero(keep)
+    X, genes = X[cells], config.genes
+    if genes is not None:
+        kept = select_values(ad.AnnData(X, var=pd.DataFrame(index=values.genes)), layer=None, use_raw=False)
+        X, _, _ = align_genes(kept, genes, min_overlap=InputOptions().min_overlap)
+    else:
+        expressed, _ = sc.pp.filter_genes(X, min_cells=config.min_cells, inplace=False)
+        X, genes = X[:, expressed], list(values.genes[expressed])
+        if config.n_top_genes < X.shape[1]:
+            hvg = sc.pp.highly_variable_genes(
+                ad.AnnData(X, var=pd.DataFrame(index=genes)),
+                flavor="seurat",
+                n_top_genes=config.n_top_genes,
+                inplace=False,
+            )
+            chosen = np.flatnonzero(hvg["highly_variable"].to_numpy())
+            X, genes = X[:, chosen], [genes[i] for i in chosen]
+    statistics = None
+    if config.scale:
+        mean, variance = mean_variance_axis(sp.csr_matrix(X, dtype=np.float64), axis=0)
+        std = np.sqrt(variance * X.shape[0] / (X.shape[0] - 1))  # the sample standard deviation
+        statistics = {"mean": mean, "std": np.where(std == 0, 1.0, std)}
+    return X, cells, list(genes), statistics, found
 
 
 def counts(n_cells, n_genes=300, seed=0, n_types=3):
@@ -54,21 +102,27 @@ def backed_copy(adata, path):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_streamed_preprocessing_matches_the_in_memory_one(case, tmp_path):
+def test_the_fit_in_blocks_matches_scanpys_in_memory_steps(case, tmp_path):
     make, options = CASES[case]
     adata = make()
-    expected, record = fit_preprocess(adata, **options)
+    expected, cells, genes, statistics, found = scanpy_fit(adata, **options)
+    records = []
     for data in (adata, backed_copy(adata, tmp_path / "data.h5ad")):
-        reference, streamed = fit_streamed(data, **options)
+        reference, kept, record = fit_values(data, **options)
+        # rows made on demand from disk, one matrix in memory
+        assert isinstance(reference, ReferenceRows) == (data is not adata)
+        assert record["genes"] == genes and record["qc"]["n_cells_after"] == cells.size
+        assert record["values"] == found  # recognized on the same sampled cells as on the whole
         if options.get("scale"):
             for key in ("mean", "std"):
-                np.testing.assert_allclose(streamed["scale"][key], record["scale"][key], rtol=1e-9)
-            streamed["scale"] = record["scale"]
-        assert streamed == record
-        assert list(reference.obs.index) == list(expected.obs_names)
-        assert (reference.X.materialize() != expected.X).nnz == 0
+                np.testing.assert_allclose(record["scale"][key], statistics[key], rtol=1e-9)
+        assert list(kept) == list(cells)
+        whole = reference if data is adata else reference.materialize()
+        assert (whole != expected).nnz == 0
         rows = np.array([5, 0, 17, 3])  # any order: rows come back as asked
-        assert (reference.X[rows] != expected.X[rows]).nnz == 0
+        assert (reference[rows] != expected[rows]).nnz == 0
+        records.append(record)
+    assert records[0] == records[1]
 
 
 def test_each_types_defining_genes_join_the_highly_variable_ones(tmp_path):
@@ -85,16 +139,16 @@ def test_each_types_defining_genes_join_the_highly_variable_ones(tmp_path):
     adata.X = sp.csr_matrix(X.astype(np.float32))
     adata.obs.loc[adata.obs.index[::3], "cell_type"] = np.nan  # unlabelled cells choose nothing
     options = {"n_top_genes": 40, "min_genes": 20}
-    _, plain = fit_streamed(adata, **options)
+    _, _, plain = fit_values(adata, **options)
     assert not {"G5", "G6", "G7"} & set(plain["genes"]) and "marker_genes" not in plain
     for data in (adata, backed_copy(adata, tmp_path / "data.h5ad")):
-        _, record = fit_streamed(data, labels=data.obs["cell_type"], marker_genes=3, **options)
+        _, _, record = fit_values(data, labels=data.obs["cell_type"], marker_genes=3, **options)
         assert set(record["marker_genes"]["T1"]) == {"G5", "G6", "G7"}
         assert set(record["genes"]) == set(plain["genes"]) | {
             gene for genes in record["marker_genes"].values() for gene in genes
         }
         assert record["genes"] == [name for name in adata.var_names if name in set(record["genes"])]
-    _, none = fit_streamed(adata, labels=adata.obs["cell_type"], marker_genes=0, **options)
+    _, _, none = fit_values(adata, labels=adata.obs["cell_type"], marker_genes=0, **options)
     assert none == plain
 
 
