@@ -235,9 +235,10 @@ def fit_step(*, data, stage, hidden_sizes, batch_sizes, precision="float32", pip
             epochs=2,
             batch_size=batch_size,
             validation_fraction=0.0,
+            mixed_precision=mixed,
         )
         if stage == "pretrain":
-            _, history, _ = pretrain_greedy(X, config, rows=rows, mixed_precision=mixed, seed=seed, verbose=0)
+            _, history, _ = pretrain_greedy(X, config, rows=rows, seed=seed, verbose=0)
             run["layer_s"] = [layer["seconds"][-1] for layer in history]
             run["epoch_s"] = sum(run["layer_s"])
             run["cells_per_s"] = n_cells / run["epoch_s"]
@@ -253,9 +254,7 @@ def fit_step(*, data, stage, hidden_sizes, batch_sizes, precision="float32", pip
             batches = Batches(X, batch_size=batch_size, seed=seed)
         else:
             model = build_classifier(n_genes, N_CLASSES, config, seed=seed)
-            history = fit_classifier(
-                model, X, y, config, rows=rows, mixed_precision=mixed, seed=seed, verbose=0
-            )
+            history = fit_classifier(model, X, y, config, rows=rows, seed=seed, verbose=0)
             run["epoch_s"] = history["seconds"][-1]
             run["cells_per_s"] = n_cells / run["epoch_s"]
             model = training_model(

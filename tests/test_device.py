@@ -78,12 +78,14 @@ def test_row_batches_are_the_sparse_batches_as_row_indices(X):
         np.testing.assert_array_equal(labels, same)
 
 
-def _train(X, y, **options):
-    """Pretrain and fine-tune a small network on `X` (the same seeds, `options` on top)."""
-    config = TrainConfig(hidden_sizes=[12, 6], pretrain_epochs=2, epochs=6, batch_size=32, patience=2)
-    weights, history, _ = pretrain_greedy(X, config, seed=1, verbose=0, **options)
+def _train(X, y, *, rows, **options):
+    """Pretrain and fine-tune a small network on `X` (the same seeds, training `options` on top)."""
+    config = TrainConfig(
+        hidden_sizes=[12, 6], pretrain_epochs=2, epochs=6, batch_size=32, patience=2, **options
+    )
+    weights, history, _ = pretrain_greedy(X, config, seed=1, rows=rows, verbose=0)
     model = build_classifier(X.shape[1], 3, config, encoder_weights=weights, seed=2)
-    fitted = fit_classifier(model, X, y, config, seed=3, verbose=0, **options)
+    fitted = fit_classifier(model, X, y, config, seed=3, rows=rows, verbose=0)
     return model, history, fitted
 
 
@@ -135,13 +137,12 @@ _JAX_SCRIPT = textwrap.dedent(
     X = sp.random(256, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
     y = np.arange(256) % 3
 
-    config = TrainConfig(hidden_sizes=[12, 6], pretrain_epochs=2, epochs=4, batch_size=32,
-                         validation_fraction=0.25)
-
-    def train(**options):
-        weights, _, _ = pretrain_greedy(X, config, seed=1, verbose=0, **options)
+    def train(*, rows, **options):
+        config = TrainConfig(hidden_sizes=[12, 6], pretrain_epochs=2, epochs=4, batch_size=32,
+                             validation_fraction=0.25, **options)
+        weights, _, _ = pretrain_greedy(X, config, seed=1, rows=rows, verbose=0)
         model = build_classifier(40, 3, config, encoder_weights=weights, seed=2)
-        fit_classifier(model, X, y, config, seed=3, verbose=0, **options)
+        fit_classifier(model, X, y, config, seed=3, rows=rows, verbose=0)
         return model.get_weights()
 
     def difference(a, b):
@@ -273,3 +274,32 @@ def test_train_with_its_data_on_the_device_gives_the_bundle_the_host_gives(monke
     np.testing.assert_allclose(
         host.reference.obsm["X_scquery"], device.reference.obsm["X_scquery"], atol=1e-5
     )
+
+
+def test_the_command_line_trains_in_mixed_precision_and_refuses_devices_it_lacks(split, tmp_path, capsys):
+    import yaml
+    from conftest import SMALL_CONFIG
+
+    from scquery.bundle import load_bundle
+    from scquery.cli import main
+
+    split[0].write_h5ad(tmp_path / "reference.h5ad")
+    small = {**SMALL_CONFIG, "pretrain_epochs": 1, "epochs": 2}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(small))
+    given = [
+        "train",
+        tmp_path / "reference.h5ad",
+        "--label-key",
+        "bulk_labels",
+        "--config",
+        tmp_path / "train.yaml",
+    ]
+    # this machine's one CPU device (TensorFlow: no data-parallel training at all)
+    assert main([str(a) for a in [*given, "--devices", "2", "--out", tmp_path / "two"]]) == 2
+    err = capsys.readouterr().err
+    assert "error: Training on 2 devices" in err and "Traceback" not in err
+    assert not (tmp_path / "two").exists()
+    assert main([str(a) for a in [*given, "--mixed-precision", "--out", tmp_path / "mixed"]]) == 0
+    bundle = load_bundle(tmp_path / "mixed")
+    assert bundle.config["mixed_precision"] is True and bundle.config["devices"] == 1
+    assert {str(w.dtype) for w in bundle.model.get_weights()} == {"float32"}

@@ -42,9 +42,7 @@ def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=
     return keras.Model(encoder.input, head(encoder.output), name="scquery")
 
 
-def fit_classifier(
-    model, X, y, config, *, cells=None, seed, rows="auto", mixed_precision=False, verbose="auto"
-):
+def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbose="auto"):
     """Fine-tune `model` on CSR `X` and integer labels `y` with the options of `config` (a
     `scquery.config.TrainConfig`); returns the Keras history as a dict.
 
@@ -108,7 +106,7 @@ def fit_classifier(
     size = f"{arrows(widths)} → {model.get_layer(HEAD).units} cell types"
     logger.info("%s: %s, %s cells, %s", label, size, f"{len(y):,}", schedule)
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
-    fed = training_model(model, rows=rows, mixed_precision=mixed_precision)
+    fed = training_model(model, rows=rows, mixed_precision=config.mixed_precision)
     fed.compile(
         keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -124,7 +122,7 @@ def fit_classifier(
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
-    if mixed_precision:
+    if config.mixed_precision:
         model.set_weights(fed.get_weights())
     return {key: [float(v) for v in values] for key, values in fitted.history.items()}
 

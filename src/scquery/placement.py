@@ -85,8 +85,9 @@ def data_parallel(devices):
         return contextlib.nullcontext()
     backend = keras.backend.backend()
     if backend != "jax":
+        asked = "every device" if devices == 0 else f"{devices} devices"
         raise ScqueryError(
-            f"Training on {devices} devices needs Keras's JAX backend, and it runs on {backend}; "
+            f"Training on {asked} needs Keras's JAX backend, and it runs on {backend}; "
             "set KERAS_BACKEND=jax (with JAX installed: pip install 'scquery[jax]') or train on 1 device."
         )
     join_processes()

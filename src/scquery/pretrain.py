@@ -66,7 +66,7 @@ class PretrainedEncoder:
         return [int(kernel.shape[1]) for kernel, _ in self.weights]
 
 
-def pretrain_greedy(X, config, *, scale=None, seed, rows="auto", mixed_precision=False, verbose="auto"):
+def pretrain_greedy(X, config, *, scale=None, seed, rows="auto", verbose="auto"):
     """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
 
     The options are those of `config` (a `scquery.config.TrainConfig`): layer i is a
@@ -94,7 +94,7 @@ def pretrain_greedy(X, config, *, scale=None, seed, rows="auto", mixed_precision
     """
     verbose = resolve_verbose(verbose)
     rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
-    dtype = MIXED_PRECISION if mixed_precision else None
+    dtype = MIXED_PRECISION if config.mixed_precision else None
     weights, decoder_biases, history = [], [], []
     hidden_sizes, activation = config.hidden_sizes, config.activation
     epochs, batch_size, learning_rate = config.pretrain_epochs, config.batch_size, config.learning_rate

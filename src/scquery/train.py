@@ -27,6 +27,7 @@ from .errors import ScqueryError
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .options import InputOptions, check
+from .placement import data_parallel
 from .preprocessing.align import apply_record
 from .preprocessing.fit import fit_reference, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
@@ -60,8 +61,9 @@ def pretrain(
     if label_key is not None:
         check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
-    X, _, record = _preprocess(adata, config, values, label_key=label_key)
-    return _pretrain(X, record, unlabeled, config, values, verbose, rows="auto")
+    with data_parallel(config.devices):
+        X, _, record = _preprocess(adata, config, values, label_key=label_key)
+        return _pretrain(X, record, unlabeled, config, values, verbose, rows="auto")
 
 
 @without_retracing_warnings
@@ -90,8 +92,10 @@ def train(
 
     An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
     whole (`scquery.preprocessing`): memory does not grow with its matrix, and the model is the one its data
-    in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
-    is split over the devices (docs/SCALING.md).
+    in memory give. With `config.devices` other than 1 (JAX backend), or within a
+    `keras.distribution.DataParallel(...).scope()` of the caller's, each batch is split over the
+    devices (`scquery.placement.data_parallel`); with `config.mixed_precision` the layers compute in
+    bfloat16 (docs/SCALING.md).
 
     Args:
         label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
@@ -126,6 +130,13 @@ def train(
         )
     _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
+    with data_parallel(config.devices):  # 1 device: the caller's own distribution, if any, stays
+        bundle = _train(adata, label_key, config, unlabeled, encoder, values, species, verbose)
+    return with_index(bundle)
+
+
+def _train(adata, label_key, config, unlabeled, encoder, values, species, verbose):
+    """`train`'s work once its inputs are checked: the bundle, without its index."""
     X, obs, record = _preprocess(adata, config, values, label_key=label_key, species=species)
     cells, classes, y = _labelled(obs, label_key, config)  # before any training
     rows = _device_rows(X)  # pretraining's and fine-tuning's
@@ -165,7 +176,7 @@ def train(
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), X, cells=cells, rows=rows)
-    bundle = Bundle(
+    return Bundle(
         model=model,
         classes=classes,
         preprocess=record,
@@ -180,7 +191,6 @@ def train(
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
-    return with_index(bundle)
 
 
 def _preprocess(adata, config, values, *, label_key=None, species=None):
