@@ -22,6 +22,12 @@ def _quality(quick, log):
     return {"rows": rows, "summary": summary.to_dict("records")}
 
 
+def _precision(quick, log):
+    from .precision import run_precision
+
+    return run_precision(quick=quick, log=log)
+
+
 def _speed(quick, log):
     from .speed import run_speed
 
@@ -80,6 +86,7 @@ def _gpu(quick, log):
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
 PARTS = {
     "quality": _quality,
+    "precision": _precision,
     "crossstudy": _crossstudy,
     "unknown": _unknown,
     "labels": _labels,

@@ -1067,6 +1067,76 @@ def gpu_section(result):
     return lines + load_lines(result)
 
 
+def precision_section(result):
+    """Mixed precision against float32 on the quality splits: per task and answer, the mean accuracy
+    and macro-F1 of each precision and their change, beside the change of float32 with the next seed;
+    the target on the quality part's two answers."""
+    from .precision import HEADS, JUDGED
+
+    table = pd.DataFrame(result["rows"])
+    runs = {run: part.set_index(["task", "fold"]) for run, part in table.groupby("run")}
+    full, mixed, reseeded = runs["float32"], runs["mixed_bfloat16"], runs["float32, next seed"]
+    rows, changes = [], []
+    for task in dict.fromkeys(full.index.get_level_values("task")):
+        a, b, c = full.loc[task], mixed.loc[task], reseeded.loc[task]
+        for head, name in HEADS.items():
+            accuracy, f1 = f"{head}_accuracy", f"{head}_macro_f1"
+            change = float(b[accuracy].mean() - a[accuracy].mean())
+            rows.append(
+                [
+                    task,
+                    name,
+                    a[accuracy].mean(),
+                    b[accuracy].mean(),
+                    f"{change:+.4f}",
+                    f"{c[accuracy].mean() - a[accuracy].mean():+.4f}",
+                    a[f1].mean(),
+                    b[f1].mean(),
+                    f"{b[f1].mean() - a[f1].mean():+.4f}",
+                    f"{c[f1].mean() - a[f1].mean():+.4f}",
+                    len(a),
+                ]
+            )
+            if head in JUDGED:
+                changes.append((abs(change), change, task, name))
+    largest = max(changes)
+    limit = result["max_change"]
+    seconds = table.groupby("run")["seconds"].sum().round().astype(int).to_dict()
+    return [
+        "## Mixed precision (`--only precision`)",
+        "",
+        "scquery trained on every split of the quality part in float32 and in mixed precision (the "
+        "training option `mixed_precision`: Keras's `mixed_bfloat16`), all else equal (seed "
+        f"{result['seed']}), and in float32 with the next seed as a yardstick ('next seed': the change "
+        "another seed alone makes); means over each task's folds. The prediction (the kNN vote and the "
+        "classifier combined, with Unknown) is shown too; the quality part scores the other two. Its "
+        "speed is measured on a GPU (the gpu part).",
+        "",
+        _table(
+            [
+                "task",
+                "answer",
+                "accuracy float32",
+                "accuracy mixed",
+                "change",
+                "next seed",
+                "macro-F1 float32",
+                "macro-F1 mixed",
+                "change",
+                "next seed",
+                "folds",
+            ],
+            rows,
+        ),
+        "",
+        f"Target: mixed precision changes each task's mean accuracy (kNN vote, classifier) by ≤ {limit}: "
+        f"the largest change is {largest[1]:+.4f} ({largest[2]}, {largest[3]}), {_met(largest[0] <= limit)}. "
+        f"Training and querying took {seconds['float32']} s in float32 and {seconds['mixed_bfloat16']} s in "
+        "mixed precision on the run's machine.",
+        "",
+    ]
+
+
 def load_lines(result):
     """The machine's load average (1 minute) at the start and end of a run that recorded it, and
     what it means for the times: above the core count, other processes shared the cores."""
@@ -1086,6 +1156,7 @@ def load_lines(result):
 #: How each part of results.json is written into RESULTS.md (parts not listed are left out).
 SECTIONS = {
     "quality": _quality_section,
+    "precision": precision_section,
     "crossstudy": crossstudy_section,
     "unknown": unknown_section,
     "labels": labels_section,

@@ -347,3 +347,42 @@ def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
                 assert np.array_equal(data.X.data, np.rint(data.X.data))
         seen.add(task.pair)
     assert seen >= set(pairs.VALIDATION)
+
+
+def test_the_precision_report_judges_the_largest_change_of_a_tasks_mean_accuracy():
+    from benchmarks.report import precision_section
+
+    def rows(task, run, accuracies):
+        return [
+            {"task": task, "fold": str(i), "run": run, "seconds": 1.0}
+            | {
+                f"{h}_{m}": value
+                for h in ("knn", "classifier", "prediction")
+                for m in ("accuracy", "macro_f1")
+            }
+            for i, value in enumerate(accuracies)
+        ]
+
+    found = [
+        *rows("a", "float32", [0.90, 0.80]),
+        *rows("a", "mixed_bfloat16", [0.91, 0.80]),  # the mean moves by 0.005
+        *rows("a", "float32, next seed", [0.90, 0.82]),
+        *rows("b", "float32", [0.5]),
+        *rows("b", "mixed_bfloat16", [0.5]),
+        *rows("b", "float32, next seed", [0.5]),
+    ]
+    met = "\n".join(precision_section({"rows": found, "max_change": 0.005, "seed": 0}))
+    assert "| a | kNN vote | 0.850 | 0.855 | +0.0050 | +0.0100 |" in met
+    assert "the largest change is +0.0050 (a, kNN vote), met." in met
+    found[3]["classifier_accuracy"] = 0.70  # mixed, the second fold's classifier: the mean falls by 0.045
+    assert "is -0.0450 (a, classifier), not met." in "\n".join(
+        precision_section({"rows": found, "max_change": 0.005, "seed": 0})
+    )
+
+
+@pytest.mark.slow
+def test_quick_precision_run_scores_each_split_in_both_precisions_and_with_the_next_seed(tmp_path):
+    rows = quick_run("precision", tmp_path)["precision"]["result"]["rows"]
+    assert [row["run"] for row in rows] == ["float32", "mixed_bfloat16", "float32, next seed"]
+    assert all(0.9 < row["classifier_accuracy"] <= 1.0 for row in rows)  # separable synthetic types
+    assert "## Mixed precision (`--only precision`)" in (tmp_path / "RESULTS.md").read_text()
