@@ -121,13 +121,15 @@ def _step(name, log, timeout, **arguments):
 
 
 def probe_step(*, peak_n):
-    """The device, its memory and its large-matmul peak (bfloat16 and float32, best of 3)."""
+    """The device, its memory and its large-matmul peak (bfloat16 and float32, best of 3), of
+    `peak_n`³ on a GPU and of the quick size's on the CPU (where 8,192³ would take minutes)."""
     import jax
     import keras
 
     from scquery.placement import device_kind, memory_stats
 
     device = jax.devices()[0]
+    peak_n = peak_n if device.platform != "cpu" else QUICK["peak_n"]
     peaks = {
         f"peak_{dtype}_tflops": _matmul_tflops(keras, jax, dtype, peak_n) for dtype in ("bfloat16", "float32")
     }
