@@ -84,9 +84,11 @@ def test_the_same_seed_builds_the_same_index(reference, approximate):
     assert again.backend.nprobe.items() <= approximate.backend.nprobe.items()
     np.testing.assert_array_equal(again.nearest_distances, approximate.nearest_distances)
     other = NeighborIndex(reference, exact_max_cells=1000, seed=1)
-    assert not np.array_equal(
-        other.backend.index.quantizer.reconstruct_n(0, 10), again.backend.index.quantizer.reconstruct_n(0, 10)
-    )
+    assert not np.array_equal(_centroids(other)[:10], _centroids(again)[:10])
+
+
+def _centroids(index):
+    return index.backend.index.quantizer.reconstruct_n(0, index.backend.index.nlist)
 
 
 @pytest.mark.parametrize("exact_max_cells", [1000, 10**6])
@@ -115,6 +117,24 @@ def test_an_index_saved_before_the_backends_is_read(reference, approximate, tmp_
     (tmp_path / "index.json").write_text(json.dumps({**meta, "format": 2, "exact": False}))
     loaded = NeighborIndex.load(tmp_path, reference)
     assert isinstance(loaded.backend, IVFFlatSearch) and loaded.backend.nprobe == approximate.backend.nprobe
+
+
+def test_a_grown_index_adds_the_new_cells_to_a_copy(reference):
+    old = NeighborIndex(reference[:4000], exact_max_cells=1000, seed=0)
+    saved = faiss.serialize_index(old.backend.index)
+    grown = old.grown(reference)
+    assert np.array_equal(faiss.serialize_index(old.backend.index), saved)  # the old index is unchanged
+    assert type(grown.backend) is IVFFlatSearch and grown.backend.index.ntotal == len(reference)
+    np.testing.assert_array_equal(_centroids(grown), _centroids(old))  # no new k-means
+    _, indices = grown.kneighbors(reference[4000:4200], 1)
+    assert (indices[:, 0] == np.arange(4000, 4200)).all()  # the new cells are found
+    queries = clustered(2000, seed=3, shift=0.3)
+    truth = NeighborIndex(reference, seed=0).kneighbors(queries, 15)[1]
+    assert recall(grown.kneighbors(queries, 15)[1], truth) >= TARGET_RECALL - 0.02
+    assert np.isfinite(grown.nearest_distances).sum() == SELF_PER_GROUP
+    changed = reference.copy()
+    changed[0, 0] += 1  # another reference: built anew, by the default rule (exact at 6,000 cells)
+    assert old.grown(changed).exact
 
 
 def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):

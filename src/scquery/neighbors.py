@@ -1,6 +1,7 @@
 """Nearest-neighbour search over reference embeddings: exact where it is cheap, faiss IVF-Flat above.
 
-The index is built once, with the bundle (by `train` and `extend`: `scquery.bundle.with_index`),
+The index is built once, with the bundle (by `train`; `extend` adds the new cells to a copy of the
+bundle's: `scquery.bundle.with_index`),
 saved in the model bundle beside the reference (`save` / `load`), and read back with it, so that a
 query never rebuilds it, and a query never changes the bundle (`scquery.bundle.reference_index`).
 Its search runs through a backend of one small interface (`build`, `search`, `search_self`,
@@ -97,7 +98,7 @@ class IVFFlatSearch:
     the cells into `4 √n` lists; a query scans the `nprobe` lists nearest to it and computes exact
     distances to their cells. For each `k`, `nprobe` is the least value of `NPROBES` whose recall@k
     (leave-self-out, on `RECALL_SAMPLE` seeded reference cells against `ExactSearch`) reaches
-    `TARGET_RECALL`. The same interface as `ExactSearch`."""
+    `TARGET_RECALL`. The same interface as `ExactSearch`, and `grown` (the cells added to a copy)."""
 
     name = "ivf-flat"
 
@@ -118,21 +119,39 @@ class IVFFlatSearch:
         sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
         index.train(embeddings[sample])
         built = cls(embeddings, index, {}, seed=seed, n_threads=n_threads)
-        # Each cell's list, found once (`add` would search the centroids again in its own pass).
-        add_preassigned(index, embeddings, index.quantizer.search(embeddings, 1)[1][:, 0].copy())
-        for k in CALIBRATED_K:
-            built._nprobe_for(k)
+        built._add(embeddings)
+        built._calibrate()
         return built
 
-    def search(self, queries, k):
+    def grown(self, embeddings):
+        """A copy over `embeddings`, whose first rows are this index's cells: the others are added
+        to a copy of the lists (the k-means is not run again), and `nprobe` calibrated anew."""
+        faiss.omp_set_num_threads(self.n_threads)
+        index = faiss.clone_index(self.index)
+        grown = type(self)(embeddings, index, {}, seed=self.seed, n_threads=self.n_threads)
+        grown._add(embeddings[len(self.embeddings) :])
+        grown._calibrate()
+        return grown
+
+    def _add(self, embeddings):
+        # Each cell's list, found once (`add` would search the centroids again in its own pass).
+        add_preassigned(self.index, embeddings, self.index.quantizer.search(embeddings, 1)[1][:, 0].copy())
+
+    def _calibrate(self):
+        for k in CALIBRATED_K:
+            self._nprobe_for(k)
+
+    def _prepare(self, k):
         self.index.nprobe = self._nprobe_for(k)
         faiss.omp_set_num_threads(self.n_threads)
+
+    def search(self, queries, k):
+        self._prepare(k)
         squared, indices = self.index.search(queries, k)
         return _distances(squared), indices.astype(np.int64)
 
     def search_self(self, rows):
-        self.index.nprobe = self._nprobe_for(1)
-        faiss.omp_set_num_threads(self.n_threads)
+        self._prepare(1)
         squared, indices = self.index.search(self.embeddings[rows], 2)
         return _distances(squared), indices
 
@@ -208,6 +227,19 @@ class NeighborIndex:
         backend = options.get("backend") or (ExactSearch if exact else IVFFlatSearch)
         self.backend = backend.build(self.embeddings, seed=self.seed, n_threads=self.n_threads)
         self._nearest = None
+
+    def grown(self, embeddings, *, groups=None):
+        """An index over `embeddings`, whose first rows are this index's cells (an extended
+        reference): where the backend allows (`IVFFlatSearch.grown`), the new cells are added to a
+        copy of this one; otherwise one is built anew. This index is unchanged."""
+        embeddings = _embeddings(embeddings)
+        if not (hasattr(self.backend, "grown") and self.indexes(embeddings[: self.n_cells])):
+            return type(self)(embeddings, groups=groups, seed=self.seed, n_threads=self.n_threads)
+        index = type(self).__new__(type(self))
+        index.embeddings, index.groups = embeddings, None if groups is None else np.asarray(groups)
+        index.seed, index.n_threads, index._nearest = self.seed, self.n_threads, None
+        index.backend = self.backend.grown(index.embeddings)
+        return index
 
     @property
     def n_cells(self):
@@ -305,9 +337,13 @@ class NeighborIndex:
         return index
 
     @classmethod
-    def for_reference(cls, reference, *, seed):
-        """A new index over a bundle's `reference` (its embeddings, its labels as the groups)."""
-        return cls(reference.obsm["X_scquery"], groups=reference.obs["label"].to_numpy(), seed=seed)
+    def for_reference(cls, reference, *, seed, grown_from=None):
+        """A new index over a bundle's `reference` (its embeddings, its labels as the groups); with
+        `grown_from`, an index over the reference's first cells, that index `grown` by the others."""
+        embeddings, groups = reference.obsm["X_scquery"], reference.obs["label"].to_numpy()
+        if grown_from is not None:
+            return grown_from.grown(embeddings, groups=groups)
+        return cls(embeddings, groups=groups, seed=seed)
 
 
 def _embeddings(embeddings):
