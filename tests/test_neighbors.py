@@ -59,6 +59,22 @@ def test_approximate_search_recalls_the_exact_neighbours(reference, approximate)
     assert (approx_nearest >= exact_nearest - 1e-5).all()
 
 
+def test_a_large_search_calibrates_nprobe_on_its_own_cells(reference, monkeypatch):
+    index = NeighborIndex(reference, exact_max_cells=1000, seed=0)
+    built = index.backend.nprobe[15]
+    monkeypatch.setattr("scquery.neighbors.QUERY_CALIBRATED", 2000)
+    exact = NeighborIndex(reference, seed=0)
+    # cells between the reference's clusters, whose neighbours lie in more lists than its own cells'
+    between = (clustered(3000, seed=5) + clustered(3000, seed=6)) / 2
+    truth = exact.kneighbors(between, 15)[1]
+    assert recall(index.kneighbors(between[:1000], 15)[1], truth[:1000]) < TARGET_RECALL - 0.05
+    assert index.backend.searched == (15, built)  # a small search: the build's nprobe
+    assert recall(index.kneighbors(between, 15)[1], truth) >= TARGET_RECALL - 0.01
+    searched = index.backend.searched
+    assert searched[0] == 15 and searched[1] > built and index.description(15).endswith(f"={searched[1]})")
+    assert index.backend.nprobe[15] == built  # what the bundle saves is the build's
+
+
 def test_leave_self_out_distances_of_a_sample_of_each_group(reference, approximate):
     groups = np.where(np.arange(len(reference)) < 500, "rare", "common")  # 500 and 5,500 cells
     index = NeighborIndex(reference, groups=groups, exact_max_cells=1000, seed=0)

@@ -34,6 +34,8 @@ TARGET_RECALL = 0.95
 """The least recall of the approximate search, measured on a sample of reference cells."""
 RECALL_SAMPLE = 1000
 """Reference cells whose exact neighbours calibrate `nprobe`."""
+QUERY_SAMPLE, QUERY_CALIBRATED = 512, 20_000
+"""A search of at least `QUERY_CALIBRATED` cells calibrates `nprobe` on `QUERY_SAMPLE` of them."""
 LISTS_PER_SQRT_CELL = 4
 """IVF lists: 4 √n (4,000 at a million cells; a list then holds about 250 cells)."""
 POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
@@ -105,7 +107,7 @@ class IVFFlatSearch:
     def __init__(self, embeddings, index, nprobe, *, seed, n_threads):
         self.embeddings, self.index, self.nprobe = embeddings, index, nprobe
         self.seed, self.n_threads = seed, n_threads
-        self._truth = None
+        self._truth, self.searched = None, (None, None)
 
     @classmethod
     def build(cls, embeddings, *, seed, n_threads):
@@ -146,7 +148,17 @@ class IVFFlatSearch:
         faiss.omp_set_num_threads(self.n_threads)
 
     def search(self, queries, k):
+        """As `ExactSearch.search`. A large search (`QUERY_CALIBRATED` cells or more) scans the
+        least `nprobe` whose recall@k on a seeded sample of its own cells (`QUERY_SAMPLE`, against
+        `ExactSearch`) reaches `TARGET_RECALL`: another study's cells may lie farther from the
+        reference than its own cells (the build's calibration), or nearer."""
         self._prepare(k)
+        if len(queries) >= QUERY_CALIBRATED:
+            rng = np.random.default_rng(self.seed)
+            sample = queries[np.sort(rng.choice(len(queries), QUERY_SAMPLE, replace=False))]
+            truth = ExactSearch(self.embeddings, n_threads=self.n_threads).search(sample, k)[1]
+            self.index.nprobe = self._least_nprobe(sample, truth, k)
+        self.searched = k, self.index.nprobe
         squared, indices = self.index.search(queries, k)
         return _distances(squared), indices.astype(np.int64)
 
@@ -156,7 +168,10 @@ class IVFFlatSearch:
         return _distances(squared), indices
 
     def describe(self, k):
-        return f"faiss IVF-Flat ({self.index.nlist} lists, nprobe={self._nprobe_for(k)})"
+        """In words, with the `nprobe` of the last search of `k` neighbours, else the calibrated one."""
+        searched, nprobe = self.searched
+        nprobe = nprobe if searched == k else self._nprobe_for(k)
+        return f"faiss IVF-Flat ({self.index.nlist} lists, nprobe={nprobe})"
 
     def save(self, folder):
         faiss.write_index(self.index, str(Path(folder) / FAISS_FILE))
@@ -175,16 +190,23 @@ class IVFFlatSearch:
         k = min(int(k), len(self.embeddings) - 1)
         if k not in self.nprobe:
             rows, exact = self._sample_truth(k + 1)
-            sample, truth = self.embeddings[rows], _others(exact, rows, k)
-            faiss.omp_set_num_threads(self.n_threads)
-            for nprobe in [p for p in NPROBES if p < self.index.nlist] + [self.index.nlist]:
-                self.index.nprobe = nprobe
-                found = _others(self.index.search(sample, k + 1)[1], rows, k)
-                hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
-                if hits / truth.size >= TARGET_RECALL:
-                    break
-            self.nprobe[k] = nprobe
+            self.nprobe[k] = self._least_nprobe(self.embeddings[rows], _others(exact, rows, k), k, rows=rows)
         return self.nprobe[k]
+
+    def _least_nprobe(self, sample, truth, k, *, rows=None):
+        """The least `nprobe` of `NPROBES` whose recall@k of `truth` (the exact neighbours of
+        `sample`) reaches `TARGET_RECALL`; with `rows` (the sample's own cells), leaving them out."""
+        faiss.omp_set_num_threads(self.n_threads)
+        for nprobe in [p for p in NPROBES if p < self.index.nlist] + [self.index.nlist]:
+            self.index.nprobe = nprobe
+            if rows is None:
+                found = self.index.search(sample, k)[1]
+            else:
+                found = _others(self.index.search(sample, k + 1)[1], rows, k)
+            hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
+            if hits / truth.size >= TARGET_RECALL:
+                break
+        return nprobe
 
     def _sample_truth(self, k):
         """The calibration sample (`RECALL_SAMPLE` seeded rows) and their exact `k` nearest cells
