@@ -40,7 +40,7 @@ LISTS_PER_SQRT_CELL = 4
 """IVF lists: 4 √n (4,000 at a million cells; a list then holds about 250 cells)."""
 POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
 """k-means of the lists' centroids: on 32 sampled cells per list, 10 iterations."""
-NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
 """The `nprobe` values tried, smallest first, until the recall reaches `TARGET_RECALL`."""
 CALIBRATED_K = (1, QueryOptions().k)
 """Neighbour counts calibrated when the index is built (1: leave-self-out; the query's default k)."""
