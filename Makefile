@@ -42,8 +42,12 @@ venv: $(VENV)/.installed
 # for a job a killed one left running, to end), it removes the lock a killed Snakemake left behind and
 # reruns the jobs a kill left incomplete. SNAKEMAKE_ARGS adds options (e.g. --configfile my.yaml).
 # It ends with the headline scores (results/report/scores.txt) when they are of the current model.
+# The unlock step prints nothing unless it removed a lock (then Snakemake's "Unlocked working
+# directory.") or failed (then all it said, e.g. what is wrong with the configuration).
 SNAKEMAKE_ARGS ?=
-SNAKEMAKE_RUN = $(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) >/dev/null && \
+SNAKEMAKE_RUN = locked=$$(ls -A .snakemake/locks 2>/dev/null); \
+	said=$$($(VENV)/bin/snakemake --unlock $(SNAKEMAKE_ARGS) 2>&1) || { printf "%s\n" "$$said" >&2; exit 1; }; \
+	if [ -n "$$locked" ]; then printf "%s\n" "$$said" | grep -v "^Using workflow specific profile" >&2; fi; \
 	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS)
 
 run: $(VENV)/.installed-run

@@ -93,3 +93,26 @@ def test_readme_example_runs_on_pbmc68k_reduced(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("scquery Bundle ") and "\n350 cells · accuracy " in out  # scores, rounded
     assert scq.score(query, "bulk_labels")["accuracy"] > 0.6
+
+
+def test_query_embed_and_extend_take_a_bundle_or_its_path(bundle, split, tmp_path):
+    path = bundle.save(tmp_path / "model")
+    given, loaded = split[1][:40].copy(), split[1][:40].copy()
+    scq.query(given, str(path), k=5)
+    scq.query(loaded, scq.load(path), k=5)
+    assert given.obs["scquery_prediction"].equals(loaded.obs["scquery_prediction"])
+    embedded = scq.embed(split[1][:10].copy(), path, copy=True)
+    np.testing.assert_allclose(
+        embedded.obsm["X_scquery"], loaded.obsm["X_scquery"][:10], rtol=1e-5, atol=1e-6
+    )
+    more = split[1][40:60].copy()
+    assert scq.extend(path, more, label_key="bulk_labels").reference.n_obs == bundle.reference.n_obs + 20
+    with pytest.raises(scq.ScqueryError, match=r"^The model must be a scquery Bundle .* got int\.$"):
+        scq.query(split[1][:5].copy(), 42)
+    with pytest.raises(scq.ScqueryError, match=r"other way round; call scq\.query\(adata, bundle\)\.$"):
+        scq.query(bundle, split[1][:5].copy())
+    with pytest.raises(scq.ScqueryError, match=r"call scq\.extend\(bundle, adata, label_key=\.\.\.\)"):
+        scq.extend(more, bundle, label_key="bulk_labels")
+    with pytest.raises(scq.ScqueryError, match="is a data file, not a model bundle; did you swap them?"):
+        split[1][:5].write_h5ad(tmp_path / "cells.h5ad")
+        scq.query(split[1][:5].copy(), tmp_path / "cells.h5ad")

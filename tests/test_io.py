@@ -311,3 +311,19 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.h5ad").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_older_h5ad_layout_is_read_quietly_with_one_debug_line(caplog):
+    import logging
+    import warnings
+
+    import scanpy as sc
+
+    own = Path(sc.datasets.__file__).parent / "10x_pbmc68k_reduced.h5ad"  # anndata moves .uns['neighbors']
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG, logger="scquery"):
+        warnings.simplefilter("always")
+        adata = read(own)
+    assert [str(w.message) for w in caught] == []
+    notes = [r.getMessage() for r in caplog.records if "older h5ad layout" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith(f"{own} is in an older h5ad layout, updated on reading")
+    assert "connectivities" in adata.obsp and adata.n_obs == 700  # read the same

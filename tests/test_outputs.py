@@ -420,3 +420,40 @@ def test_same_and_within(tmp_path):
 def test_staging_names_match_the_leftover_pattern():
     name = staging_prefix("/x/model", "staging") + "abc"
     assert re.fullmatch(outputs._LEFTOVER, name)
+
+
+def test_outputs_are_named_as_what_is_written_in_folders_that_exist(tmp_path):
+    tables = {"--matches": outputs.TABLES, "--out": (".h5ad",)}
+    check_outputs({"--out": tmp_path / "a.h5ad", "--matches": tmp_path / "m.tsv.gz"}, suffixes=tables)
+    with pytest.raises(
+        ScqueryError, match=r"^--out .*x\.csv: scquery writes --out as \.h5ad only; give a name"
+    ):
+        check_outputs({"--out": tmp_path / "x.csv"}, suffixes=tables)
+    with pytest.raises(ScqueryError, match=r"as \.tsv, \.tsv\.gz, \.csv or \.csv\.gz only"):
+        check_outputs({"--matches": tmp_path / "m.h5"}, suffixes=tables)
+    with pytest.raises(ScqueryError, match="a model bundle is a folder; give a folder name without .h5ad"):
+        check_outputs({"--out": tmp_path / "model.h5ad"}, folders={"--out"})
+    check_outputs({"--out": tmp_path / "model.v2"}, folders={"--out"})  # a dot is no file suffix
+    missing = tmp_path / "new" / "deeper"
+    with pytest.raises(ScqueryError, match=rf"^The folder {missing} does not exist, so --out .*mkdir -p"):
+        check_outputs({"--out": missing / "a.h5ad"}, suffixes=tables)
+    with pytest.raises(ScqueryError, match="does not exist"):
+        check_outputs({"--out": missing / "model"}, folders={"--out"})
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_tables_are_written_as_their_names_say(tmp_path):
+    import gzip
+
+    import pandas as pd
+
+    table = pd.DataFrame({"cell": ["a", "b"], "type": ["T", "B"]})
+    for name, opener, sep in [
+        ("t.tsv", open, "\t"),
+        ("t.csv", open, ","),
+        ("t.tsv.gz", gzip.open, "\t"),
+        ("t.csv.gz", gzip.open, ","),
+    ]:
+        outputs.write_table(table, tmp_path / name)
+        with opener(tmp_path / name, "rt") as handle:
+            assert handle.read() == f"cell{sep}type\na{sep}T\nb{sep}B\n", name

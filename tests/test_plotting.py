@@ -1,5 +1,7 @@
 """scq.pl: one palette across panels and plots, Unknown grey, square confusion matrices; the scores."""
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -99,7 +101,8 @@ def test_confusion_is_square_with_unknown_last(queried):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == types + [UNKNOWN]
     assert len(ax.get_yticklabels()) == len(types)
-    assert "accuracy" in ax.get_title() and "Unknown" in ax.get_title()
+    assert ax.get_title() == str(scq.score(queried, "bulk_labels"))  # macro-F1 0.676, as everywhere
+    assert "macro-F1 0." in ax.get_title() and len(ax.get_title().split("macro-F1 ")[1].split(" ")[0]) == 5
     plt.close(fig)
 
 
@@ -123,6 +126,17 @@ def test_summary_bars_use_the_same_colours(queried):
     table = scq.summarize(queried)
     assert scq.pl.summary(table, show=False).axes[0].get_yticklabels()[0].get_text().endswith("cells)")
     plt.close("all")
+
+
+def test_summary_legend_leaves_the_last_tick_clear(queried):
+    # One bar and many types: the legend is taller than the axes and reaches down past the tick labels.
+    fig = scq.pl.summary(scq.summarize(queried), show=False)
+    fig.canvas.draw()
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    last = [label for label in ax.get_xticklabels() if label.get_text() == "100%"][0]
+    tick, legend = last.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+    assert tick.x1 < legend.x0, (tick, legend)
+    plt.close(fig)
 
 
 def test_history_plots_every_stage(bundle):
@@ -165,6 +179,88 @@ def test_a_type_has_one_colour_in_umap_summary_and_scanpy(queried):
     queried.obs["renamed"] = queried.obs["bulk_labels"].astype(str).replace({"Dendritic": "DC"})
     assert scq.pl.colors(queried, "renamed")["DC"] not in stored
     plt.close("all")
+
+
+def test_plain_scanpy_gets_the_same_colours_through_the_palette_colors_gives(queried):
+    queried.obs["renamed"] = queried.obs["bulk_labels"].astype(str).replace({"Dendritic": "DC"})
+    plain = queried.copy()
+    plain.uns["renamed_colors"] = ["#000000"] * plain.obs["renamed"].nunique()  # the file's own colours
+    palette = scq.pl.colors(plain, "renamed")
+    fig = sc.pl.umap(
+        plain, color=["scquery_prediction", "renamed"], palette=palette, show=False, return_fig=True
+    )
+    predicted, known = (legend_colors(ax) for ax in fig.axes if ax.get_legend() is not None)
+    shared = set(predicted) & set(known)
+    assert shared and all(predicted[name] == known[name] for name in shared)
+    assert known["DC"] not in predicted.values()  # a name only the known types hold has its own colour
+    plt.close(fig)
+
+
+#: Machado, Oliveira & Fernandes (2009): full deuteranopia and protanopia, on linear RGB.
+SIMULATED = {
+    "deuteranopia": np.array(
+        [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.01182, 0.04294, 0.968881]]
+    ),
+    "protanopia": np.array(
+        [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]]
+    ),
+}
+
+
+def _lab(linear):
+    """CIELAB (D65) of a linear-RGB colour."""
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    xyz = xyz / [0.95047, 1.0, 1.08883]
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _ciede2000(first, second):
+    """The CIEDE2000 colour difference of two CIELAB colours (Sharma, Wu & Dalal 2005)."""
+    (l1, a1, b1), (l2, a2, b2) = first, second
+    c_mean = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - np.sqrt(c_mean**7 / (c_mean**7 + 25**7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    h1, h2 = np.degrees(np.arctan2(b1, a1)) % 360, np.degrees(np.arctan2(b2, a2)) % 360
+    dh = h2 - h1 - 360 * np.sign(h2 - h1) * (abs(h2 - h1) > 180)
+    dl, dc, dhh = l2 - l1, c2 - c1, 2 * np.sqrt(c1 * c2) * np.sin(np.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    h_mean = (h1 + h2) / 2 + 180 * (abs(h1 - h2) > 180)
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(h_mean - 30))
+        + 0.24 * np.cos(np.radians(2 * h_mean))
+        + 0.32 * np.cos(np.radians(3 * h_mean + 6))
+        - 0.20 * np.cos(np.radians(4 * h_mean - 63))
+    )
+    sl = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
+    sc_, sh = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    rt = (
+        -2
+        * np.sqrt(c_mean**7 / (c_mean**7 + 25**7))
+        * np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2))))
+    )
+    return float(np.sqrt((dl / sl) ** 2 + (dc / sc_) ** 2 + (dhh / sh) ** 2 + rt * (dc / sc_) * (dhh / sh)))
+
+
+def test_ciede2000_matches_the_published_test_data():
+    # Sharma, Wu & Dalal (2005), table 1: pairs 1, 7 and 17
+    assert _ciede2000((50, 2.6772, -79.7751), (50, 0, -82.7485)) == pytest.approx(2.0425, abs=1e-4)
+    assert _ciede2000((50, 0, 0), (50, -1, 2)) == pytest.approx(2.3669, abs=1e-4)
+    assert _ciede2000((50, 2.5, 0), (73, 25, -18)) == pytest.approx(27.1492, abs=1e-4)
+
+
+def test_type_colours_stay_apart_also_for_colour_blind_readers():
+    from scquery.palettes import COLORS
+
+    linear = [np.array(mcolors.to_rgb(c)) for c in COLORS]
+    linear = [np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) for c in linear]
+    for view, least in (("normal", 15), ("deuteranopia", 10), ("protanopia", 10)):
+        seen = [c if view == "normal" else np.clip(SIMULATED[view] @ c, 0, 1) for c in linear]
+        for i, j in itertools.combinations(range(len(seen)), 2):
+            difference = _ciede2000(_lab(seen[i]), _lab(seen[j]))
+            assert difference >= least, (view, COLORS[i], COLORS[j], difference)
 
 
 def test_palette_is_legible_on_white_and_greys_only_unknown():

@@ -191,7 +191,12 @@ def test_outputs_that_are_inputs_or_each_other_are_refused(model, split, tmp_pat
     cases = [
         (["query", model, given, "--out", given], "is the input"),
         (["query", model, given, "--out", given, "--overwrite"], "is the input"),
-        (["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", tmp_path / "o.h5ad"], "both"),
+        (["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", given], "is the input"),
+        (
+            ["query", model, given, "--out", tmp_path / "o.h5ad", "--matches", tmp_path / "m.tsv"]
+            + ["--summary", tmp_path / "m.tsv"],
+            "both",
+        ),
         (
             ["embed", model, given, "--out", model / "reference.h5ad", "--overwrite"],
             "inside the model bundle",
@@ -302,9 +307,9 @@ def test_bad_options_are_one_sentence(model, split, tmp_path, capsys):
         out,
         "--k",
         n_reference + 1,
-        match=f"k={n_reference + 1} is more than",
+        match=f"--k {n_reference + 1} is more than",
     )
-    refused(capsys, "query", model, given, "--out", out, "--k", 0, match="k must be a whole number")
+    refused(capsys, "query", model, given, "--out", out, "--k", 0, match="--k must be a whole number")
     refused(
         capsys,
         "query",
@@ -314,11 +319,11 @@ def test_bad_options_are_one_sentence(model, split, tmp_path, capsys):
         out,
         "--min-overlap",
         "nan",
-        match="min_overlap must be a finite",
+        match="--min-overlap must be a finite",
     )
-    refused(capsys, "query", model, given, "--out", out, "--min-confidence", "inf", match="min_confidence")
+    refused(capsys, "query", model, given, "--out", out, "--min-confidence", "inf", match="--min-confidence")
     refused(
-        capsys, "query", model, given, "--out", out, "--novelty-threshold", "0", match="novelty_threshold"
+        capsys, "query", model, given, "--out", out, "--novelty-threshold", "0", match="--novelty-threshold"
     )
     refused(capsys, "embed", model, given, "--out", out, "--layer", "counts", match="has no layer 'counts'")
     config = tmp_path / "nan.yaml"
@@ -667,5 +672,31 @@ def test_make_run_resumes_after_a_kill(tmp_path):
     assert list((work / ".snakemake" / "locks").iterdir()), "the killed run left its lock"
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("Using workflow specific profile") <= 1, again.stderr[:3000]  # not twice
     bundle = load_bundle(work / "results" / "model")
     assert bundle.reference.obsm["X_scquery"].shape[1] == 8
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(
+    not (VENV / "bin" / "snakemake").is_file() or VENV == Path(sys.base_prefix),
+    reason="the tests do not run in a virtual environment holding snakemake (make's VENV)",
+)
+def test_make_run_shows_what_is_wrong_with_the_configuration(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "seed": -3}))
+    arguments = (
+        f"--snakefile {REPO / 'Snakefile'} --directory {tmp_path} --configfile {tmp_path / 'bad.yaml'}"
+    )
+    command = ["make", "-C", str(REPO), "-o", f"{VENV}/.installed-run", "run", f"VENV={VENV}"]
+    result = subprocess.run(
+        [*command, f"SNAKEMAKE_ARGS={arguments}"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("make", "Using workflow"))]
+    assert lines == [
+        "scquery: error: The configuration is invalid at seed: -3 is less than the minimum of 0; "
+        "config/README.md describes the valid keys and values."
+    ], result.stderr

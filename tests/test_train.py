@@ -1,5 +1,6 @@
 """Greedy pretraining, classifier fine-tuning, the model bundle and `scquery train`."""
 
+import dataclasses
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import scipy.sparse as sp
 from conftest import process_like
 from sklearn.metrics import accuracy_score
 
-from scquery.bundle import FORMAT_VERSION, load_bundle, save_bundle
+from scquery.bundle import FORMAT_VERSION, kept_accuracy, load_bundle, save_bundle
 from scquery.classifier import (
     MIN_BATCHES_PER_EPOCH,
     build_classifier,
@@ -259,3 +260,22 @@ def test_inputs_are_checked_before_any_training(split, small_config, caplog):
         with caplog.at_level(logging.INFO, logger="scquery"), pytest.raises(ScqueryError, match=match):
             train(reference, config=small_config, verbose=0, **options)
         assert not [r for r in caplog.records if "pretraining" in r.getMessage()], options
+
+
+def test_the_validation_accuracy_shown_is_the_kept_models(bundle):
+    classifier = bundle.history["classifier"]
+    kept = classifier["kept_epoch"]
+    assert kept == int(np.argmin(classifier["val_loss"])) + 1  # early stopping keeps the least val_loss
+    assert bundle.validation_accuracy == classifier["val_accuracy"][kept - 1]
+    # an epoch other than the kept one scored best: the kept one is still what is shown
+    best = [0.99 if epoch != kept - 1 else value for epoch, value in enumerate(classifier["val_accuracy"])]
+    edited = dataclasses.replace(
+        bundle, history={**bundle.history, "classifier": {**classifier, "val_accuracy": best}}
+    )
+    assert edited.validation_accuracy == classifier["val_accuracy"][kept - 1] != max(best)
+    assert f"validation accuracy {edited.validation_accuracy:.1%} (epoch {kept} kept)" in repr(edited)
+    assert "99.0%" not in repr(edited)
+    # a bundle saved before the kept epoch was recorded: the epoch of least val_loss, as early stopping keeps
+    older = {key: value for key, value in classifier.items() if key != "kept_epoch"}
+    assert kept_accuracy(older) == bundle.validation_accuracy
+    assert kept_accuracy({"loss": [1.0, 0.5]}) is None  # no cells held out, no validation accuracy

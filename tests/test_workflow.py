@@ -209,6 +209,7 @@ def test_invalid_configuration_fails_before_any_job(tmp_path, changes, message):
     assert result.returncode != 0
     assert "The configuration is invalid at" in result.stderr
     assert message in result.stderr
+    assert 'File "' not in result.stderr and "Traceback" not in result.stderr  # one sentence
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
@@ -238,8 +239,11 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
     import anndata as ad
     import numpy as np
 
-    from scquery.bundle import load_bundle
+    from scquery.bundle import load_bundle, trained
     from scquery.datasets import pbmc68k_split
+    from scquery.embed import embedded as embedded_line
+    from scquery.embed import genes_found
+    from scquery.evaluate import score
 
     # As the Snakemake workflow catalog runs it (snakemake --cores 2 --directory .test), with the
     # held-out cells, unlabelled, pretraining too (a query's own cells, as the README suggests).
@@ -301,8 +305,21 @@ def test_whole_workflow_on_the_quick_test_configuration(tmp_path):
         text = (tmp_path / "logs" / f"{log}.log").read_text()
         assert "faiss.loader" not in text and "as categorical" not in text, text
         assert (tmp_path / "logs" / "benchmarks" / f"{log}.tsv").is_file()
-
-    from scquery.evaluate import score
+    # The jobs' logs read like the command line's: stage lines, then what was written.
+    logged = {log: (tmp_path / "logs" / log / f"{QUERY}.log").read_text() for log in ("embed", "query")}
+    assert all(" scquery: " in line for text in logged.values() for line in text.splitlines()), logged
+    assert (
+        f"scquery: embedding 210 cells: {genes_found(embedded.uns['scquery']['overlap'])}" in logged["embed"]
+    )
+    assert (
+        logged["embed"].rstrip().endswith(f"Wrote results/embedding/{QUERY}.h5ad: {embedded_line(embedded)}.")
+    )
+    assert "scquery: finding each cell's 15 nearest of 486 reference cells" in logged["query"]
+    finetune = (tmp_path / "logs" / "finetune.log").read_text().rstrip()
+    assert finetune.endswith(f"Wrote results/model: model {bundle.model_id}, {trained(bundle)}.")
+    assert (
+        logged["query"].rstrip().endswith(f"Wrote results/query/{QUERY}.h5ad: {score(query, 'bulk_labels')}.")
+    )
 
     headline = (results / "report" / "scores.txt").read_text()  # what `make run` ends with
     assert headline == f"scquery: {QUERY}: {score(query, 'bulk_labels')}\n"
@@ -364,13 +381,15 @@ def check_report(html, bundle, query):
     first_page = report_variable(html, "workflow_desc")
     assert 'class="scquery"' in first_page
     headline = html_table(first_page)
-    assert list(headline.columns) == ["query", "cells", "types", "accuracy", "macro-F1", "Unknown"]
+    assert list(headline.columns) == ["query", "cells", "predicted types", "accuracy", "macro-F1", "Unknown"]
     expected = score(query, "bulk_labels")
     row = headline.iloc[0]
-    assert (row["query"], row["cells"], row["types"]) == (QUERY, "210", str(expected["predicted_types"]))
+    shown = (row["query"], row["cells"], row["predicted types"])
+    assert shown == (QUERY, "210", str(expected["predicted_types"]))
     assert row["accuracy"] == f"{expected['accuracy']:.1%}" and row["Unknown"] == f"{expected['unknown']:.1%}"
     assert row["macro-F1"] == f"{expected['macro_f1']:.3f}"
     assert f"Model {bundle.model_id}: {bundle.reference.n_obs:,} reference cells" in first_page
+    assert f"validation accuracy {bundle.validation_accuracy:.1%} (of the model kept)" in first_page
 
     results = report_variable(html, "results")
     shown = {

@@ -15,7 +15,6 @@ import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import anndata as ad
@@ -35,11 +34,11 @@ from .outputs import (
     make_staging,
     replace_folder,
 )
+from .preflight import FORMAT_VERSION, REFERENCE_FILE, bundle_meta
 from .propagate import LABEL_SOURCE, PROPAGATED
 from .provenance import current_versions
 
-FORMAT_VERSION = 2
-MODEL_FILE, META_FILE, REFERENCE_FILE = "model.keras", BUNDLE_MARKER, "reference.h5ad"
+MODEL_FILE, META_FILE = "model.keras", BUNDLE_MARKER
 MANIFEST_FILE = "manifest.sha256"
 _CHUNK = 1 << 20
 
@@ -82,6 +81,18 @@ class Bundle:
     def genes(self) -> list[str]:
         return self.preprocess["genes"]
 
+    @property
+    def kept_epoch(self) -> int | None:
+        """The classifier's epoch (from 1) whose weights this bundle holds (`kept_epoch`)."""
+        return kept_epoch(self.history.get("classifier", {}))
+
+    @property
+    def validation_accuracy(self) -> float | None:
+        """The classifier's accuracy on its validation cells at the epoch whose weights early
+        stopping kept (the model this bundle holds; not the best epoch's accuracy); None where no
+        cells were held out."""
+        return kept_accuracy(self.history.get("classifier", {}))
+
     def save(self, path, *, overwrite=False) -> Path:
         """Write the bundle to the folder `path` (`save_bundle`); an existing bundle there is
         replaced only with `overwrite`."""
@@ -91,11 +102,11 @@ class Bundle:
         widths = [len(self.genes), *self.config.get("hidden_sizes", [])]
         shown = ", ".join(self.classes[:4]) + (", …" if len(self.classes) > 4 else "")
         datasets = self.reference.obs["dataset"].nunique() if "dataset" in self.reference.obs else 1
-        accuracy = max(self.history.get("classifier", {}).get("val_accuracy", []), default=None)
-        epochs = len(self.history.get("classifier", {}).get("loss", []))
+        classifier = self.history.get("classifier", {})
+        epochs = len(classifier.get("loss", []))
         training = f"{len(self.history.get('pretrain', []))} pretraining stages, {epochs} classifier epochs"
-        if accuracy is not None:
-            training += f", validation accuracy {accuracy:.1%}"
+        if self.validation_accuracy is not None:
+            training += f", validation accuracy {self.validation_accuracy:.1%} (epoch {self.kept_epoch} kept)"
         software = self.versions
         sources = self.reference.obs.get(LABEL_SOURCE)
         n = 0 if sources is None else int((sources.astype(str) == PROPAGATED).sum())
@@ -111,6 +122,50 @@ class Bundle:
                 f"({software.get('backend')} {software.get('backend_version')})",
             ]
         )
+
+
+def trained(bundle: Bundle) -> str:
+    """A trained bundle in words, for the line that ends a training run: `486 cells, 765 genes, 10
+    cell types, validation accuracy 79.6% (the model kept)`."""
+    accuracy = bundle.validation_accuracy
+    return (
+        f"{bundle.reference.n_obs:,} cells, {len(bundle.genes):,} genes, {len(bundle.classes)} cell types"
+        + ("" if accuracy is None else f", validation accuracy {accuracy:.1%} (the model kept)")
+    )
+
+
+def kept_epoch(classifier):
+    """The epoch (from 1) whose weights the classifier kept, from its training history: the one
+    early stopping restored (`kept_epoch`; in bundles saved before it was recorded, the first of
+    least `val_loss`, which early stopping restores), else the last; None without epochs."""
+    if "kept_epoch" in classifier:
+        return int(classifier["kept_epoch"])
+    if classifier.get("val_loss"):
+        return int(np.argmin(classifier["val_loss"])) + 1
+    return len(classifier.get("loss", [])) or None
+
+
+def kept_accuracy(classifier):
+    """The validation accuracy of the kept epoch (`kept_epoch`), or None without validation cells."""
+    accuracy, epoch = classifier.get("val_accuracy"), kept_epoch(classifier)
+    return None if not accuracy or epoch is None else float(accuracy[epoch - 1])
+
+
+def as_bundle(model, data=None, *, call="scq.query(adata, bundle)") -> Bundle:
+    """`model` as a `Bundle`: a bundle as it is, a path (str or `os.PathLike`) loaded with
+    `load_bundle` (as `scq.load` does); anything else is one `ScqueryError` sentence naming what
+    was given, or, where `model` is an AnnData and `data` a bundle, saying they are swapped (`call`:
+    the right order)."""
+    if isinstance(model, Bundle):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return load_bundle(model)
+    if isinstance(model, ad.AnnData) and isinstance(data, Bundle):
+        raise ScqueryError(f"The model and the data were given the other way round; call {call}.")
+    raise ScqueryError(
+        "The model must be a scquery Bundle (from scq.train or scq.load) or the path of a bundle "
+        f"folder, got {type(model).__name__}."
+    )
 
 
 def with_index(bundle: Bundle, *, grown_from: NeighborIndex | None = None) -> Bundle:
@@ -322,23 +377,8 @@ def load_bundle(path, *, verify=True) -> Bundle:
     """
     path = Path(path)
     clean_leftovers(path)  # puts back a bundle whose replacement was killed half-way
-    if not path.is_dir():
-        raise ScqueryError(f"The model bundle {path} does not exist; give the folder `scquery train` wrote.")
+    meta = bundle_meta(path)
     meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise ScqueryError(
-            f"{path} is not a scquery model bundle (no {META_FILE}); give the folder `scquery train` wrote."
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ScqueryError(f"{meta_file} is damaged (not JSON); train the model again.") from None
-    found = meta.get("format_version") if isinstance(meta, dict) else None
-    if found != FORMAT_VERSION:
-        raise ScqueryError(
-            f"{path} is a bundle of format {found}, and this scquery "
-            f"({version('scquery')}) reads format {FORMAT_VERSION}; use a matching scquery version."
-        )
     if verify:
         verify_bundle(path)
     missing = [key for key in ("model_id", "classes", "preprocess", "label_key") if key not in meta]

@@ -54,13 +54,14 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
     weighted inversely to their size ('balanced'). With `cells` (row indices), only those rows of
     `X` are used, without copying them, and `y` holds their labels. `seed` seeds the split and the
     batch order. The stage is announced on the `scquery` logger; `verbose` shows its epochs
-    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
+    (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`). The history
+    records, with early stopping, the epoch whose weights were kept (`kept_epoch`, from 1).
     """
     epochs, batch_size, validation_fraction = config.epochs, config.batch_size, config.validation_fraction
     y = np.asarray(y)
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
     label = "fine-tuning the classifier"
-    callbacks, validation = [EpochTimer()], None
+    callbacks, validation, stopper = [EpochTimer()], None, None
     train_rows = np.arange(len(y))
     # At least one validation cell per class, so that rare classes can be stratified.
     n_classes = len(np.unique(y))
@@ -79,11 +80,10 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
             shuffle=False,
             seed=seed,
         )
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True
-            )
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
         )
+        callbacks.append(stopper)
     else:
         batch_size = max(1, min(batch_size, len(y) // MIN_BATCHES_PER_EPOCH))
     weights = None
@@ -114,7 +114,10 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
-    return {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    if stopper is not None:  # the epoch whose weights early stopping restored: the model kept
+        history["kept_epoch"] = int(stopper.best_epoch) + 1
+    return history
 
 
 def embedding_model(model):

@@ -1,8 +1,9 @@
 """The `scquery` command: a thin face over the package's functions.
 
-It answers `--help`, `--version`, wrong arguments and missing inputs before importing anything
-heavy: each command imports the package's modules (and with them Keras) only once its inputs and
-outputs have been checked.
+It answers `--help`, `--version` and wrong arguments before importing anything heavy, and each
+command runs `_preflight` first: every check that needs only the arguments, the files' names and
+headers (`scquery.preflight`) and the outputs' places (`scquery.outputs.check_outputs`). The
+package's modules (and with them Keras) are imported only once these pass.
 """
 
 import argparse
@@ -17,8 +18,20 @@ from pathlib import Path
 from . import __version__
 from .config import TrainConfig
 from .errors import ScqueryError
-from .logs import log_to_stderr
-from .options import InputOptions, default_of, item_type
+from .labels import check_label_map, read_label_map
+from .logs import log_to_stderr, stage, stages
+from .options import InputOptions, check, default_of, item_type
+from .outputs import TABLES, check_outputs
+from .preflight import (
+    REFERENCE_FILE,
+    Header,
+    bundle_meta,
+    check_column,
+    check_data_path,
+    check_k,
+    check_values_place,
+    h5ad_header,
+)
 from .rules import SIGNALS, QueryOptions
 
 log = logging.getLogger("scquery")
@@ -100,18 +113,56 @@ def _add_input_options(parser):
 def _read(args, paths):
     from .io import read_many
 
+    stage("reading", "reading %s", ", ".join(map(str, paths)))
     return read_many(paths, layer=args.layer, use_raw=args.use_raw, genes_by_cells=args.genes_by_cells)
 
 
-def _check_outputs(args, outputs, inputs, *, folders=()):
-    """Refuse, before any work or heavy import, inputs that do not exist and outputs that are
-    inputs, repeat, or may not be written (see `scquery.outputs.check_outputs`)."""
-    from .outputs import check_outputs
+#: What each output option writes: the suffixes its file may have (`scquery.outputs.check_outputs`).
+_WRITES = {
+    "--out": (".h5ad",),
+    "--matches": TABLES,
+    "--summary": TABLES,
+    "--json": (".json",),
+}
 
+
+def _preflight(
+    args, outputs, *, model=None, data=(), others=(), folders=(), options=(), columns=None, replacing=False
+):
+    """Refuse, before any work or heavy import, what the arguments and the files' headers show wrong:
+    inputs that do not exist; a `model` that is not a bundle (a data file: swapped?) and `data` that
+    are not data (a bundle: swapped?); `options` (`InputOptions`, `QueryOptions`) out of their
+    limits, or taking the values from two places; a layer or `.raw` the data lack; obs `columns`
+    (flag → the column, the files that need it, whether every one of them or one) missing;
+    outputs that are inputs, repeat, have a suffix scquery does not write, lie in a missing folder
+    or may not be written (`replacing`: the model is an output too). Returns the model's
+    `bundle.json` (None without a model)."""
+    inputs = [*filter(None, [model]), *data, *others]
     for path in inputs:
         if not os.path.exists(path):
             raise ScqueryError(f"The input {path} does not exist; check the path.")
-    check_outputs(outputs, inputs, folders=folders, overwrite=args.overwrite)
+    meta = None if model is None else bundle_meta(model)
+    for path in data:
+        check_data_path(path)
+    for kind in options:  # the values given (a training flag not given leaves --config's value)
+        given = {name: value for name, value in _options(args, kind).items() if value is not None}
+        check(kind(**given), flags=True)
+    layer, use_raw = getattr(args, "layer", None), getattr(args, "use_raw", False)
+    for path in data:
+        header = h5ad_header(path)
+        known = {} if header is None else {"layers": header.layers, "has_raw": header.has_raw}
+        check_values_place(path, layer=layer, use_raw=use_raw, **known)
+    for flag, (key, paths, every) in (columns or {}).items():
+        if key is not None:
+            check_column(paths, key, what=f"{flag} column", every=every)
+    check_outputs(
+        outputs,
+        inputs[1:] if replacing else inputs,
+        folders=folders,
+        overwrite=args.overwrite,
+        suffixes={flag: _WRITES[flag] for flag in outputs if flag not in folders},
+    )
+    return meta
 
 
 def _verbosity(args):
@@ -175,15 +226,23 @@ def _read_reference(args):
 
 
 def _train(args):
-    inputs = [*args.reference, *args.unlabeled, *filter(None, [args.config])]
-    _check_outputs(args, {"--out": args.out}, inputs, folders={"--out"})
+    _preflight(
+        args,
+        {"--out": args.out},
+        data=[*args.reference, *args.unlabeled],
+        others=list(filter(None, [args.config])),
+        folders={"--out"},
+        options=[TrainConfig],
+        # files without the column add unlabelled cells (pretraining only): one needs it
+        columns={"--label-key": (args.label_key, args.reference, False)},
+    )
     from .config import load_train_config
 
     options = _options(args, TrainConfig)
     seed = options.pop("seed")
     config = load_train_config(args.config, **options)
 
-    from .bundle import save_bundle
+    from .bundle import save_bundle, trained
     from .train import train
 
     reference = _read_reference(args)
@@ -199,15 +258,7 @@ def _train(args):
         **_options(args, InputOptions, _READING),
     )
     save_bundle(bundle, args.out, overwrite=args.overwrite)
-    accuracy = bundle.history["classifier"].get("val_accuracy", [float("nan")])
-    log.info(
-        "Wrote %s: %s cells, %s genes, %d cell types, validation accuracy %.1f%%.",
-        args.out,
-        f"{bundle.reference.n_obs:,}",
-        f"{len(bundle.genes):,}",
-        len(bundle.classes),
-        100 * max(accuracy),
-    )
+    log.info("Wrote %s: %s.", args.out, trained(bundle))
 
 
 def _add_query_options(parser, names=None):
@@ -240,16 +291,24 @@ def _add_embed(subparsers):
 
 
 def _embed(args):
-    _check_outputs(args, {"--out": args.out}, [args.model, *args.input, *filter(None, [args.gene_map])])
+    _preflight(
+        args,
+        {"--out": args.out},
+        model=args.model,
+        data=args.input,
+        others=list(filter(None, [args.gene_map])),
+        options=[InputOptions],
+    )
     from .bundle import load_bundle
-    from .embed import embed
+    from .embed import embed, embedded
     from .outputs import write_h5ad
 
     bundle = load_bundle(args.model)
     adata = _read(args, args.input)
     embed(adata, bundle, **_options(args, InputOptions))
+    stage("writing", "writing %s", args.out)
     write_h5ad(adata, args.out)
-    log.info("Wrote %s: %s cells embedded.", args.out, f"{adata.n_obs:,}")
+    log.info("Wrote %s: %s.", args.out, embedded(adata))
 
 
 def _add_query(subparsers):
@@ -264,15 +323,21 @@ def _add_query(subparsers):
     parser.add_argument("model", help="model bundle folder (from `scquery train`)")
     parser.add_argument("query", nargs="+", help="query file(s) or 10x folder(s)")
     parser.add_argument("--out", required=True, help="h5ad file to write (predictions in obs)")
-    parser.add_argument("--matches", help="TSV file of each cell's k nearest reference cells")
-    parser.add_argument("--summary", help="TSV file of predicted types per dataset (and group)")
-    parser.add_argument("--groupby", help="obs column of clusters to summarize by")
+    tables = ", ".join(TABLES)
+    parser.add_argument(
+        "--matches",
+        help=f"table of each cell's k nearest reference cells ({tables}: tab- or comma-separated)",
+    )
+    parser.add_argument("--summary", help=f"table of the predicted types per dataset (and group) ({tables})")
+    parser.add_argument("--groupby", help="obs column of clusters to summarize by (with --summary)")
     parser.add_argument(
         "--truth-key",
         metavar="COL",
         help="obs column of the query's known cell types: print accuracy, macro-F1 and the share "
-        "Unknown, and keep them in uns['scquery']['scores'] of --out",
+        "Unknown, and keep them in uns['scquery']['scores'] of --out (names are compared: see "
+        "--label-map)",
     )
+    _add_label_map(parser)
     _add_options(parser, QueryOptions)
     _add_query_options(parser)
     parser.set_defaults(run=_query)
@@ -291,30 +356,89 @@ def _unknown_rules():
     )
 
 
+def _add_label_map(parser):
+    parser.add_argument(
+        "--label-map",
+        metavar="FILE",
+        help="CSV or TSV file (header line; two columns: the --truth-key names, then the model's type "
+        "names they mean) renaming the known types before they are compared with the predictions",
+    )
+
+
+#: The stages of `scquery query`, each announced as it starts (`scquery.logs.stage`).
+QUERY_STAGES = ("model", "reading", "embedding", "neighbours", "clusters", "writing")
+
+
 def _query(args):
     outputs = {"--out": args.out, "--matches": args.matches, "--summary": args.summary}
-    _check_outputs(args, outputs, [args.model, *args.query, *filter(None, [args.gene_map])])
-    from .bundle import load_bundle
-    from .evaluate import score, summarize
-    from .outputs import write_h5ad, write_table
-    from .query import query
+    meta = _preflight(
+        args,
+        outputs,
+        model=args.model,
+        data=args.query,
+        others=list(filter(None, [args.gene_map, args.label_map])),
+        options=[QueryOptions, InputOptions],
+        columns={
+            "--truth-key": (args.truth_key, args.query, True),
+            "--groupby": (args.groupby, args.query, True),
+        },
+    )
+    if args.groupby is not None and args.summary is None:
+        raise ScqueryError("--groupby shapes the --summary table only; give --summary FILE too.")
+    reference = _reference_header(args.model)
+    if reference.n_obs is not None:
+        check_k(args.k, reference.n_obs, name="--k")
+    label_map = _label_map(args, [*meta["classes"], *reference.categories.get("label", [])])
+    with stages("query", QUERY_STAGES, verbose=_verbosity(args)):
+        stage(
+            "model",
+            "loading the model %s (%s reference cells, %d cell types)",
+            args.model,
+            f"{reference.n_obs or 0:,}",
+            len(meta["classes"]),
+        )
+        from .bundle import load_bundle
+        from .evaluate import score, summarize
+        from .outputs import write_h5ad, write_table
+        from .query import query
 
-    bundle = load_bundle(args.model)
-    adata = _read(args, args.query)
-    options = {**_options(args, QueryOptions), **_options(args, InputOptions)}
-    matches = query(adata, bundle, matches=bool(args.matches or args.summary), **options)
-    summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
-    scores = score(adata, args.truth_key)
-    if args.truth_key is not None:
-        from .provenance import add_to_run
+        bundle = load_bundle(args.model)
+        adata = _read(args, args.query)
+        options = {**_options(args, QueryOptions), **_options(args, InputOptions)}
+        matches = query(adata, bundle, matches=bool(args.matches or args.summary), **options)
+        summary = summarize(adata, groupby=args.groupby, matches=matches) if args.summary else None
+        scores = score(adata, args.truth_key, label_map=label_map)
+        if args.truth_key is not None:
+            from .provenance import add_to_run
 
-        add_to_run(adata, "scquery", scores=dict(scores))
-    write_h5ad(adata, args.out)
-    if args.matches:
-        write_table(matches, args.matches)
-    if summary is not None:
-        write_table(summary, args.summary)
+            add_to_run(adata, "scquery", scores=dict(scores))
+        stage("writing", "writing %s", ", ".join(filter(None, outputs.values())))
+        write_h5ad(adata, args.out)
+        if args.matches:
+            write_table(matches, args.matches)
+        if summary is not None:
+            write_table(summary, args.summary)
     log.info("Wrote %s: %s.", args.out, scores)
+
+
+def _reference_header(model):
+    """The `Header` of the bundle's reference (its cells, and the names of their types); an empty
+    one where the file cannot be read (loading the bundle then says what is wrong with it)."""
+    try:
+        return Header(Path(model) / REFERENCE_FILE, categories=["label"])
+    except ScqueryError:
+        return Header.empty()
+
+
+def _label_map(args, types):
+    """The label map of --label-map, read and checked against the model's `types` (None without one)."""
+    if args.label_map is None:
+        return None
+    if args.truth_key is None:
+        raise ScqueryError("--label-map renames the known types of --truth-key; give --truth-key COL too.")
+    renames = read_label_map(args.label_map)
+    check_label_map(renames, types, args.label_map)
+    return args.label_map
 
 
 def _add_extend(subparsers):
@@ -343,9 +467,15 @@ def _extend(args):
         raise ScqueryError(
             f"extend writes a new bundle: give --out NEW_FOLDER, or --overwrite to replace {args.model}."
         )
-    replacing = os.path.abspath(out) == os.path.abspath(args.model)
-    _check_outputs(
-        args, {"--out": out}, [*args.reference, *([] if replacing else [args.model])], folders={"--out"}
+    _preflight(
+        args,
+        {"--out": out},
+        model=args.model,
+        data=args.reference,
+        folders={"--out"},
+        options=[InputOptions],
+        columns={"--label-key": (args.label_key, args.reference, True)},
+        replacing=os.path.abspath(out) == os.path.abspath(args.model),
     )
     from .bundle import load_bundle
     from .extend import extend
@@ -374,19 +504,33 @@ def _add_score(subparsers):
         metavar="COL",
         help="obs column of the predictions (default: scquery_prediction)",
     )
+    _add_label_map(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace the JSON file if it exists")
     parser.set_defaults(run=_score)
 
 
 def _score(args):
-    _check_outputs(args, {"--json": args.json}, [args.annotated])
-    import anndata as ad
+    _preflight(
+        args,
+        {"--json": args.json},
+        data=[args.annotated],
+        others=list(filter(None, [args.label_map])),
+        columns={"--truth-key": (args.truth_key, [args.annotated], True)},
+    )
+    header = Header(args.annotated, categories=[args.prediction])
+    if args.prediction not in header.columns:
+        raise ScqueryError(
+            f"{args.annotated} has no obs column {args.prediction!r} of predictions; give a file "
+            "`scquery query` wrote, or name the column with --prediction."
+        )
+    label_map = _label_map(args, header.categories.get(args.prediction))
 
     from .evaluate import score
+    from .io import read_h5ad
     from .outputs import write_atomically
 
-    scores = score(ad.read_h5ad(args.annotated), args.truth_key, prediction=args.prediction)
+    scores = score(read_h5ad(args.annotated), args.truth_key, prediction=args.prediction, label_map=label_map)
     print(f"{args.annotated}: {scores}")
     if args.json:
         write_atomically(args.json, lambda path: Path(path).write_text(json.dumps(scores, indent=1) + "\n"))

@@ -12,9 +12,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
-import yaml
-
 from .errors import ScqueryError
 from .options import option, schema
 
@@ -135,6 +132,9 @@ SCHEMA = {
 
 def load_train_config(source=None, **overrides) -> TrainConfig:
     """A `TrainConfig` from a YAML/JSON file, a dict or nothing (defaults), with `overrides` on top."""
+    import jsonschema  # loaded here: the command line builds its flags from TrainConfig at start
+    import yaml
+
     if source is None:
         options = {}
     elif isinstance(source, dict):

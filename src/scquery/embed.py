@@ -3,8 +3,9 @@
 import anndata as ad
 import keras
 
-from .bundle import Bundle
+from .bundle import Bundle, as_bundle
 from .classifier import embedding_model, predict_in_chunks
+from .logs import stage
 from .options import InputOptions, recorded, take
 from .preprocessing.align import apply_record
 from .provenance import write_run
@@ -29,7 +30,23 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """
     cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
     processed, alignment = apply_record(cells, bundle.preprocess, inputs)
+    stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", genes_found(alignment.overlap))
     return (*encode(processed, bundle, inputs.batch_size), processed, alignment)
+
+
+def embedded(adata, key_added="scquery"):
+    """What `embed` did, in words, for the line that ends a run: `210 cells embedded in
+    obsm['X_scquery']`."""
+    return f"{adata.n_obs:,} cells embedded in obsm['X_{key_added}']"
+
+
+def genes_found(overlap):
+    """The gene overlap (`uns['scquery']['overlap']`) in words: `765 of the model's 765 genes found
+    (100%)`."""
+    return (
+        f"{overlap['n_shared']:,} of the model's {overlap['n_reference_genes']:,} genes found "
+        f"({overlap['fraction']:.0%})"
+    )
 
 
 def encode(X, bundle: Bundle, batch_size):
@@ -63,6 +80,7 @@ def embed(
     `key_added` means the same in `scquery.query.query`.
 
     Args:
+        bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
         key_added: name of the results (default 'scquery': `obsm['X_scquery']`, `uns['scquery']`).
         layer: take the values from `layers[layer]` instead of `.X` (e.g. `'counts'`).
         use_raw: take the values (and genes) from `.raw`.
@@ -82,6 +100,7 @@ def embed(
         None, or the embedded copy when `copy=True`.
     """
     inputs = take(locals(), InputOptions)
+    bundle = as_bundle(bundle, adata, call="scq.embed(adata, bundle)")
     adata = adata.copy() if copy else adata
     embedding, _, _, alignment = compute_embedding(adata, bundle, inputs)
     adata.obsm[f"X_{key_added}"] = embedding

@@ -5,23 +5,28 @@ recall of its known type, and Unknown comes last in every table. Macro-F1 averag
 types only (a predicted type the data does not hold is an error but adds no type to the average).
 """
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from .errors import ScqueryError
-from .labels import UNKNOWN
+from .labels import UNKNOWN, check_label_map, listed, read_label_map
+from .preflight import missing_column
+from .provenance import source_of
 
 PREDICTION = "scquery_prediction"
 
 
 def _labels(adata, truth, prediction):
     """`(known, predicted)` as string arrays; missing known labels are an error."""
-    for key in (truth, prediction):
-        if key not in adata.obs:
-            raise ScqueryError(
-                f"The data has no obs column {key!r}; choose one of {list(adata.obs.columns)}."
-            )
+    if prediction not in adata.obs:
+        raise ScqueryError(f"The data has no obs column {prediction!r}; run the query first.")
+    if truth not in adata.obs:
+        source = source_of(adata)
+        raise ScqueryError(missing_column(truth, adata.obs.columns, source, what="column of known types"))
     known = adata.obs[truth]
     if known.isna().any():
         raise ScqueryError(f"obs[{truth!r}] leaves {int(known.isna().sum())} cells without a known label.")
@@ -48,13 +53,16 @@ def type_order(adata, *keys, used_only=True):
 
 class Scores(dict):
     """`score`'s numbers: a dict (full precision, as before) that prints rounded, on one line:
-    `2,638 cells · accuracy 93.9% · macro-F1 0.912 · Unknown 2.1%`."""
+    `2,638 cells · accuracy 93.9% · macro-F1 0.912 · Unknown 2.1%`, and the label map when one
+    renamed the known types (`· known types renamed by labels.tsv (9 names)`)."""
 
     def __str__(self):
         parts = [f"{self['cells']:,} cells"]
         if "accuracy" in self:
             parts += [f"accuracy {self['accuracy']:.1%}", f"macro-F1 {self['macro_f1']:.3f}"]
         parts.append(f"Unknown {self['unknown']:.1%}")
+        if "label_map" in self:
+            parts.append(f"known types renamed by {self['label_map']}")
         return " · ".join(parts)
 
     def __repr__(self):
@@ -64,10 +72,17 @@ class Scores(dict):
         return f"Scores({shown})"
 
 
-def score(adata, truth=None, *, prediction=PREDICTION) -> Scores:
+def score(adata, truth=None, *, prediction=PREDICTION, label_map=None) -> Scores:
     """Headline numbers of a query: `cells`, `predicted_types` (Unknown not counted), `unknown`
     (share of cells predicted Unknown); with the known types in `obs[truth]` also `known_types`,
-    `accuracy` and `macro_f1`. A dict (`Scores`) that prints them rounded, on one line."""
+    `accuracy` and `macro_f1`. A dict (`Scores`) that prints them rounded, on one line.
+
+    The scores compare names: `label_map` (a dict {known name: the model's name}, or a CSV/TSV file
+    of the two columns, `scquery.labels.read_label_map`) renames the known types first, and the
+    scores then say so (`label_map`: the file, or 'a dict', and how many names). Where the known
+    types and the prediction's types (the model's, its categories) share few names (under half of
+    the cells' known types are among them), a warning says so with both lists of names.
+    """
     if prediction not in adata.obs:
         raise ScqueryError(f"The data has no obs column {prediction!r}; run the query first.")
     predicted = adata.obs[prediction].astype(str).to_numpy()
@@ -78,11 +93,45 @@ def score(adata, truth=None, *, prediction=PREDICTION) -> Scores:
     }
     if truth is not None:
         known, predicted = _labels(adata, truth, prediction)
+        vocabulary = _predicted_names(adata.obs[prediction])
+        if label_map is not None:
+            renames = read_label_map(label_map)
+            check_label_map(renames, vocabulary, label_map)
+            known = np.array([renames.get(name, name) for name in known], dtype=object).astype(str)
+            name = "a dict" if isinstance(label_map, dict) else Path(label_map).name
+            scores["label_map"] = f"{name} ({len(renames)} names)"
+        _warn_if_few_shared(known, vocabulary, truth)
         types = sorted(set(known))
         scores["known_types"] = len(types)
         scores["accuracy"] = float(np.mean(known == predicted))
         scores["macro_f1"] = float(f1_score(known, predicted, labels=types, average="macro", zero_division=0))
     return Scores(scores)
+
+
+def _predicted_names(column):
+    """The type names a prediction column can hold (its categories, else its values), Unknown aside."""
+    names = (
+        column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna().unique()
+    )
+    return [str(name) for name in names if str(name) != UNKNOWN]
+
+
+def _warn_if_few_shared(known, vocabulary, truth):
+    """Warn when under half of the cells' known types are names the predictions use (the scores
+    would count right answers under other names as wrong)."""
+    names = sorted(set(known))
+    shared = [name for name in names if name in set(vocabulary)]
+    covered = float(np.isin(known, shared).mean()) if len(known) else 1.0
+    if covered >= 0.5:
+        return
+    others = [name for name in names if name not in shared]
+    warnings.warn(
+        f"The known types in obs[{truth!r}] share {len(shared)} of their {len(names)} names with the "
+        f"predicted types ({covered:.0%} of the cells), and the scores compare names: the known "
+        f"{listed(others)} are none of the model's types ({listed(vocabulary)}). Give a label map from "
+        "your names to the model's (--label-map FILE, label_map= of scq.score).",
+        stacklevel=3,
+    )
 
 
 def per_type(adata, truth, *, prediction=PREDICTION) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import warnings
 import anndata as ad
 import pandas as pd
 
-from .bundle import Bundle, save_bundle, with_index
+from .bundle import Bundle, as_bundle, save_bundle, with_index
 from .embed import compute_embedding
 from .errors import ScqueryError
 from .labels import check_labels
@@ -37,9 +37,11 @@ def extend(
     are refused (they would count twice). The new bundle has its own neighbour index: a copy of the
     bundle's with the new cells added, where its kind allows (`scquery.neighbors.NeighborIndex.grown`),
     else one built anew. With `path`, the new bundle is also saved there (`save_bundle`: an existing
-    bundle is replaced only with `overwrite`). `layer`, `use_raw`, `gene_key`, `min_overlap`: as in
+    bundle is replaced only with `overwrite`). `bundle` is a `Bundle` or the path of a bundle folder
+    (loaded as `scq.load` does); `layer`, `use_raw`, `gene_key`, `min_overlap`: as in
     `scquery.embed.embed`.
     """
+    bundle = as_bundle(bundle, adata, call="scq.extend(bundle, adata, label_key=...)")
     source = source_of(adata, "the new reference")
     check_labels(adata, label_key, source, min_classes=1)
     held = adata.obs_names.isin(bundle.reference.obs_names)

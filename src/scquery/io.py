@@ -26,21 +26,14 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .errors import ScqueryError
+from .logs import logger
+from .preflight import SUPPORTED, check_format, data_format
 from .provenance import record_reading
 from .values import CSRDataset, select_values, to_csr32
 
-SUPPORTED = ".h5ad, .h5 (10x), .loom, .csv, .tsv, .txt (optionally .gz) or a 10x matrix folder"
 _TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _TENX_V2 = ("matrix.mtx", "genes.tsv", "barcodes.tsv")
 _TENX_V3 = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
-
-
-def _suffix(path):
-    """The format suffix of `path`, ignoring a trailing `.gz`."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes[-1:] == [".gz"]:
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
 
 
 def dataset_name(path):
@@ -97,6 +90,34 @@ def _read_text(path, genes_by_cells, *, sep):
         )
 
 
+def read_h5ad(path, **kwargs):
+    """`anndata.read_h5ad(path, **kwargs)`, with the warnings of anndata bringing an older file's
+    layout up to date ("Moving element from .uns['neighbors']…", "written without encoding
+    metadata") told as one DEBUG line on the `scquery` logger: the file is read the same, and
+    nothing the user can do about it is printed. Other warnings pass as they are."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adata = ad.read_h5ad(path, **kwargs)
+    updated = [w for w in caught if _updates_format(w)]
+    for w in caught:
+        if w not in updated:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if updated:
+        first = str(updated[0].message).splitlines()[0]
+        logger.debug(
+            "%s is in an older h5ad layout, updated on reading (%d notes, e.g. %s)", path, len(updated), first
+        )
+    return adata
+
+
+def _updates_format(caught):
+    """Whether a warning caught while reading is anndata's note that it updated the file's layout."""
+    message = str(caught.message)
+    return issubclass(caught.category, ad.OldFormatWarning) or (
+        issubclass(caught.category, FutureWarning) and message.startswith("Moving element from")
+    )
+
+
 def _read_loom(path):
     with h5py.File(path, "r") as f:
         rows = set(f.get("row_attrs", {}).keys())
@@ -108,7 +129,7 @@ def _read_loom(path):
 
 #: The reader of each format, by file suffix (a trailing `.gz` aside): `reader(path, genes_by_cells)`.
 READERS = {
-    ".h5ad": lambda path, genes_by_cells: ad.read_h5ad(path),
+    ".h5ad": lambda path, genes_by_cells: read_h5ad(path),
     ".h5": lambda path, genes_by_cells: sc.read_10x_h5(path),
     ".loom": lambda path, genes_by_cells: _read_loom(path),
     **{suffix: functools.partial(_read_text, sep=sep) for suffix, sep in _TEXT.items()},
@@ -117,17 +138,14 @@ READERS = {
 
 def _read_any(path, genes_by_cells):
     """The file's AnnData: an h5ad as it is; any other format with `.X` as CSR float32."""
-    suffix = _suffix(path)
+    suffix = data_format(path)
     if path.is_dir():
         adata = _read_10x_folder(path)
-    elif suffix in READERS:
+    else:
+        check_format(path)  # the formats of READERS
         adata = READERS[suffix](path, genes_by_cells)
         if suffix == ".h5ad":
             return adata
-    else:
-        raise ScqueryError(
-            f"The file {path} has an unknown format ({suffix or 'no extension'}); give one of {SUPPORTED}."
-        )
     adata.X = to_csr32(adata.X)
     return adata
 
@@ -155,7 +173,7 @@ def read(path, *, layer=None, use_raw=False, genes_by_cells=False):
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         raise ScqueryError(
-            f"The file {path} could not be read as {_suffix(path) or '10x folder'} ({err}); "
+            f"The file {path} could not be read as {data_format(path) or '10x folder'} ({err}); "
             f"check that it is a valid file in one of the formats {SUPPORTED}."
         ) from err
     record_reading(adata, source=path)
@@ -212,7 +230,7 @@ def read_backed(path):
     if path.suffix != ".h5ad" or not path.is_file():
         return None
     try:
-        adata = ad.read_h5ad(path, backed="r")
+        adata = read_h5ad(path, backed="r")
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not isinstance(adata.X, CSRDataset):

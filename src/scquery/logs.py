@@ -183,6 +183,51 @@ def log_to_stderr(verbosity=0):
     return restore
 
 
+#: The task running now (`stages`): its stage names and progress bar (or None), or nothing.
+_TASKS = []
+
+
+@contextlib.contextmanager
+def stages(task, names, *, verbose="auto"):
+    """Run a task of the stages `names` (the command line's query: reading, embedding, neighbours,
+    clusters, writing): with `verbose` 1 (`resolve_verbose`: 'auto' is a bar where someone watches)
+    a progress bar over the stages names the one `stage` announced last, and log lines print above
+    it."""
+    bar = None
+    if resolve_verbose(verbose) == 1:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        bar = tqdm(
+            total=len(names),
+            desc=task,
+            bar_format="{desc} {bar:30} {n_fmt}/{total_fmt} stages{postfix} [{elapsed}]",
+            leave=False,
+        )
+    _TASKS.append((list(names), bar))
+    try:
+        if bar is None:
+            yield
+        else:
+            with logging_redirect_tqdm([logger]):
+                yield
+    finally:
+        _TASKS.pop()
+        if bar is not None:
+            bar.close()
+
+
+def stage(name, message, *args):
+    """Announce the stage `name` of the running task (`stages`): `message % args` at INFO on the
+    `scquery` logger, and the task's bar moves on to it."""
+    logger.info(message, *args)
+    if _TASKS and _TASKS[-1][1] is not None and name in _TASKS[-1][0]:
+        names, bar = _TASKS[-1]
+        bar.n = names.index(name)
+        bar.set_postfix_str(name, refresh=False)
+        bar.refresh()
+
+
 def arrows(widths):
     """Layer widths as `2,000 → 500 → 100`."""
     return " → ".join(f"{int(w):,}" for w in widths)

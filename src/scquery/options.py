@@ -54,17 +54,19 @@ def item_type(item):
     return (single if single in (int, float) else None), listed
 
 
-def check(options):
-    """Raise `ScqueryError` unless each of `options`' values is within its limits and choices."""
+def check(options, *, flags=False):
+    """Raise `ScqueryError` unless each of `options`' values is within its limits and choices; the
+    sentence names the option as a keyword, or with `flags` as the command line's flag (`--k`)."""
     for item in dataclasses.fields(options):
         value, meta = getattr(options, item.name), item.metadata
+        name = "--" + item.name.replace("_", "-") if flags else item.name
         if value is None and type(None) in _members(item.type):
             continue
         if meta["limits"] is not None:
             for each in value if isinstance(value, list) else [value]:
-                check_number(item.name, each, **meta["limits"])
+                check_number(name, each, **meta["limits"])
         if meta["choices"] is not None and value is not None and value not in meta["choices"]:
-            raise ScqueryError(f"{item.name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
+            raise ScqueryError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
     return options
 
 

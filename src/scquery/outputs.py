@@ -21,6 +21,10 @@ from .errors import ScqueryError
 
 #: The file that makes a folder a model bundle (`scquery.bundle.META_FILE`).
 BUNDLE_MARKER = "bundle.json"
+#: The names of the tables scquery writes (`write_table`): tab- or comma-separated, gzipped or not.
+TABLES = (".tsv", ".tsv.gz", ".csv", ".csv.gz")
+#: Suffixes of files, which a model bundle (a folder) is not named with.
+FILE_SUFFIXES = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".json", ".keras", ".npz", ".zip")
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.scquery-(?P<kind>staging|old|tmp)-(?P<pid>\d+)-[^/]+$")
 
 
@@ -220,10 +224,12 @@ def _within(path, folder):
     return path == folder or folder in path.parents
 
 
-def check_outputs(outputs, inputs=(), *, folders=(), overwrite=False):
+def check_outputs(outputs, inputs=(), *, folders=(), overwrite=False, suffixes=None):
     """Raise `ScqueryError` unless the `outputs` (option → path; `folders` names the options that
-    are bundle folders) may be written: each different from every input and every other output,
-    no input inside a bundle folder being written, and each destination fit (`check_*_destination`)."""
+    are bundle folders) may be written: each different from every input and every other output, no
+    input inside a bundle folder being written, named as what it is (a file with one of its
+    option's `suffixes`, a folder without a file's suffix), in a folder that exists (the command line
+    creates no folder the user did not name), and each destination fit (`check_*_destination`)."""
     outputs = {option: path for option, path in outputs.items() if path is not None}
     seen = {}
     for option, path in outputs.items():
@@ -238,10 +244,35 @@ def check_outputs(outputs, inputs=(), *, folders=(), overwrite=False):
             if _same(path, other_path):
                 raise ScqueryError(f"{option} and {other} are both {path}; give each output its own path.")
         seen[option] = path
+        _check_name(option, path, folder=option in folders, suffixes=(suffixes or {}).get(option))
+        parent = Path(os.path.abspath(path)).parent
+        if not parent.exists():
+            raise ScqueryError(
+                f"The folder {parent} does not exist, so {option} {path} cannot be written; create it "
+                f"first (mkdir -p {parent}) or choose a folder that exists (nothing was written)."
+            )
         if option in folders:
             check_bundle_destination(path, overwrite=overwrite)
         else:
             check_file_destination(path, overwrite=overwrite)
+
+
+def _check_name(option, path, *, folder, suffixes):
+    """Refuse an output named as something it is not: a model bundle (a `folder`) named with a
+    file's suffix, or a file without one of its `suffixes` (None: any name). A file where a folder is
+    asked for, or the reverse, is left to `check_*_destination`, which says so."""
+    name = Path(path).name.lower()
+    if folder and name.endswith(FILE_SUFFIXES) and not os.path.isfile(path):
+        raise ScqueryError(
+            f"{option} {path} is named like a file, but a model bundle is a folder; give a folder "
+            f"name without {Path(path).suffix}."
+        )
+    if not folder and suffixes is not None and not name.endswith(tuple(suffixes)) and not os.path.isdir(path):
+        either = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
+        raise ScqueryError(
+            f"{option} {path}: scquery writes {option} as {either} only; give a name ending in "
+            + ("one of them." if len(suffixes) > 1 else f"{suffixes[0]}.")
+        )
 
 
 def write_atomically(path, write):
@@ -283,5 +314,9 @@ def write_h5ad(adata, path):
 
 
 def write_table(table, path):
-    """Write a pandas table to `path` as TSV, atomically."""
-    _write_result(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    """Write a pandas table to `path`, atomically: comma-separated where the name ends in .csv or
+    .csv.gz, else tab-separated; gzipped where it ends in .gz."""
+    name = str(path).lower()
+    sep = "," if name.removesuffix(".gz").endswith(".csv") else "\t"
+    compression = "gzip" if name.endswith(".gz") else None
+    _write_result(path, lambda tmp: table.to_csv(tmp, sep=sep, index=False, compression=compression))

@@ -1,16 +1,19 @@
-"""One colour per cell type (`scquery.pl.palette`): legible on white, colour-blind-safe, Unknown grey."""
+"""One colour per cell type (`scquery.pl.palette`): legible on white, told apart with the common
+colour-vision deficiencies as far as twelve colours allow, Unknown grey."""
 
 import scanpy as sc
 
 from .labels import UNKNOWN
 
 UNKNOWN_COLOR = "#8c8c8c"
-#: Type colours, legible on white and told apart with the common colour-vision deficiencies: Okabe &
-#: Ito's, then Paul Tol's muted scheme (the pale ones of each, yellow, sand and light cyan, and black
-#: left out). More types than these take scanpy's 102 colours.
+#: Type colours, legible on white (contrast ≥ 2.2, CIELAB lightness 28-78, away from Unknown's grey):
+#: twelve of Okabe & Ito's, Paul Tol's, Kenneth Kelly's and matplotlib's colours, chosen so that every
+#: pair stays apart in normal vision (CIEDE2000 ≥ 15) and with simulated deuteranopia and protanopia
+#: (≥ 10; Machado et al. 2009), and ordered so that the first few are the farthest apart
+#: (tests/test_plotting.py measures it). More types than these take scanpy's 102 colours.
 COLORS = [
-    "#0072b2", "#e69f00", "#009e73", "#d55e00", "#56b4e9", "#cc79a7",
-    "#332288", "#117733", "#44aa99", "#cc6677", "#aa4499", "#882255", "#999933",
+    "#e69f00", "#aa3377", "#56b4e9", "#225522", "#e68fac", "#0072b2",
+    "#d55e00", "#f99379", "#225555", "#8c564b", "#ee3377", "#009988",
 ]  # fmt: skip
 
 

@@ -98,8 +98,8 @@ def confusion(adata, truth, *, prediction=PREDICTION, ax=None, show=None):
 
     Rows and columns list the same types in the same order (`evaluate.type_order`), so correct
     predictions lie on the diagonal; Unknown is the last column. Each row is normalised: a cell holds
-    the share of the row's known cells predicted as the column's type. The title gives accuracy,
-    macro-F1 and the share of Unknown.
+    the share of the row's known cells predicted as the column's type. The title is the line `score`
+    prints (cells, accuracy, macro-F1 to three decimals, share Unknown), as everywhere else.
     """
     shares = evaluate.confusion(adata, truth, prediction=prediction)
     counts = evaluate.confusion(adata, truth, prediction=prediction, normalize=False).sum(axis=1)
@@ -122,8 +122,7 @@ def confusion(adata, truth, *, prediction=PREDICTION, ax=None, show=None):
     ax.grid(which="minor", color="white", linewidth=1)
     ax.tick_params(which="minor", length=0)
     ax.set(xlabel="predicted (scquery)", ylabel=f"known ({truth}), cells")
-    accuracy, f1, unknown = scores["accuracy"], scores["macro_f1"], scores["unknown"]
-    ax.set_title(f"accuracy {accuracy:.1%} · macro-F1 {f1:.2f} · {unknown:.1%} Unknown")
+    ax.set_title(str(scores))  # the line `score` prints: the same figures as everywhere else
     ax.figure.colorbar(image, ax=ax, shrink=0.6, label="share of the known type's cells")
     return _finish(ax.figure, show)
 
@@ -172,13 +171,15 @@ def summary(data, *, groupby=None, palette=None, ax=None, show=None):
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:.0%}"))
     ax.set_xlabel("share of the cells, by predicted type")
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
+    # Two font sizes right of the axes: the last tick's label (100%) reaches past the axes' edge.
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), borderaxespad=2, frameon=False, fontsize="small")
     return _finish(ax.figure, show)
 
 
 def history(bundle, *, show=None):
     """A model's training curves: each pretrained layer's reconstruction error (before training and
-    after each epoch), and the classifier's loss and accuracy on training and validation cells."""
+    after each epoch), and the classifier's loss and accuracy on training and validation cells, with
+    the epoch whose weights were kept (early stopping) marked."""
     pretrain, classifier = bundle.history["pretrain"], bundle.history["classifier"]
     panels = (["pretrain"] if pretrain else []) + ["loss", "accuracy"]
     fig, axes = plt.subplots(
@@ -203,6 +204,10 @@ def history(bundle, *, show=None):
                 values = classifier[key]
                 axes[metric].plot(range(1, len(values) + 1), values, style, marker=".", label=name)
         axes[metric].set(title=f"Classifier {metric}", xlabel="epoch", ylabel=metric)
+        axes[metric].legend(fontsize="small", frameon=False)
+    kept = bundle.kept_epoch if "val_loss" in classifier else None
+    for metric in ("loss", "accuracy") if kept else ():
+        axes[metric].axvline(kept, color="grey", linestyle=":", linewidth=1, label=f"kept (epoch {kept})")
         axes[metric].legend(fontsize="small", frameon=False)
     for ax in axes.values():
         ax.spines[["top", "right"]].set_visible(False)

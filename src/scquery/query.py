@@ -47,13 +47,14 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from .bundle import Bundle, reference_index
+from .bundle import Bundle, as_bundle, reference_index
 from .embed import compute_embedding
-from .errors import ScqueryError
 from .labels import UNKNOWN
+from .logs import stage
 from .neighbors import NeighborIndex
 from .options import InputOptions, recorded, take
 from .palettes import palette
+from .preflight import check_k
 from .preprocessing.align import Alignment
 from .profiles import PROFILES_KEY, group_means
 from .provenance import write_run
@@ -106,6 +107,14 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions())
     embedding, probabilities, processed, alignment = compute_embedding(adata, bundle, inputs)
     index = reference_index(bundle)
     k = min(options.k, bundle.reference.n_obs)
+    how = index.description(k)
+    stage(
+        "neighbours",
+        "finding each cell's %d nearest of %s reference cells (%s search)",
+        k,
+        f"{bundle.reference.n_obs:,}",
+        how,
+    )
     distances, indices = index.kneighbors(embedding, k)
     return Neighbors(
         embedding,
@@ -116,7 +125,7 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions())
         processed=processed,
         alignment=alignment,
         index=index,
-        search=index.description(k),
+        search=how,
     )
 
 
@@ -234,6 +243,9 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
+    stage(
+        "clusters", "clustering the query on its own expression (Leiden, resolution %s)", options.resolution
+    )
     cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
     scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
@@ -341,6 +353,7 @@ def query(
     the nearest reference cell).
 
     Args:
+        bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
         k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers, resolution,
             majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
             thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
@@ -354,12 +367,8 @@ def query(
         The matches (`matches_table`), or None with `matches=False`.
     """
     options, inputs = take(locals(), QueryOptions, InputOptions)
-    reference = bundle.reference
-    if options.k > reference.n_obs:
-        raise ScqueryError(
-            f"k={k} is more than the {reference.n_obs:,} cells of the model's reference; choose k of "
-            f"at most {reference.n_obs}."
-        )
+    bundle = as_bundle(bundle, adata)
+    check_k(options.k, bundle.reference.n_obs)
     neighbors = search(adata, bundle, options, inputs)
     result = transfer(neighbors, bundle, options)
     write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)

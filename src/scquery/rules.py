@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .options import option
-from .profiles import marker_agreement, unique_markers
 
 
 @dataclass
@@ -43,15 +41,25 @@ def confidence(found):
     return found.confidence
 
 
+# pandas and `profiles` (scipy) load where a query scores its cells, not where the command line builds
+# its flags from `QueryOptions` and `SIGNALS`, so that its checks answer at once (tests/test_cli.py).
+
+
 def cluster_novelty(found):
+    import pandas as pd
+
     return pd.Series(found.novelty).groupby(found.cluster).transform("median").to_numpy(np.float32)
 
 
 def lineage_markers(found):
+    from .profiles import marker_agreement
+
     return _per_cluster(found, marker_agreement)
 
 
 def own_markers(found):
+    from .profiles import unique_markers
+
     return _per_cluster(found, unique_markers)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import ScqueryError
+from .preflight import check_values_place
 from .provenance import source_of
 
 try:
@@ -76,20 +77,13 @@ def select_values(adata, *, layer, use_raw, gene_key=None, counts=False, on_disk
     the values hold no cell or no gene, or they fail the check.
     """
     source = source_of(adata)
-    if layer is not None and use_raw:
-        raise ScqueryError(f"Choose either the layer {layer!r} or .raw of {source}, not both.")
+    check_values_place(
+        source, layer=layer, use_raw=use_raw, layers=list(adata.layers.keys()), has_raw=adata.raw is not None
+    )
     var = adata.var
     if use_raw:
-        if adata.raw is None:
-            raise ScqueryError(f"{source} has no .raw; leave out use_raw (--use-raw) or give a layer.")
         X, var = adata.raw.X, adata.raw.var
     elif layer is not None:
-        if layer not in adata.layers:
-            available = ", ".join(adata.layers.keys()) or "none"
-            raise ScqueryError(
-                f"{source} has no layer {layer!r} (layers: {available}); choose one of them or "
-                "leave out the layer."
-            )
         X = adata.layers[layer]
     else:
         X = adata.X

@@ -1,11 +1,18 @@
 """Configuration checks and helpers shared by the rules."""
 
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+
+def _refuse(message):
+    """Stop the workflow with one sentence about the configuration, and no traceback lines (as
+    `scquery` stops on a user's mistake): exit status 1, before any job starts."""
+    sys.exit(f"scquery: error: {message}")
 
 
 def _validate_config():
@@ -17,10 +24,10 @@ def _validate_config():
         if not isinstance(problem, jsonschema.ValidationError):
             raise
         where = ".".join(map(str, problem.absolute_path)) or "its top level"
-        raise WorkflowError(
+        _refuse(
             f"The configuration is invalid at {where}: {problem.message}; "
             "config/README.md describes the valid keys and values."
-        ) from None
+        )
 
 
 _validate_config()
@@ -56,7 +63,7 @@ UNLABELED = {
     for i, path in enumerate(config.get("unlabeled", []), start=1)
 }
 if UNLABELED and not config["train"].get("pretrain", True):
-    raise WorkflowError(
+    _refuse(
         "The configuration lists unlabeled files, which serve pretraining only, but train.pretrain "
         "is false; set it to true or empty the unlabeled list."
     )
@@ -76,7 +83,7 @@ def _check_files_exist():
     ]
     for key, path in configured:
         if not Path(path).exists():
-            raise WorkflowError(
+            _refuse(
                 f"Input file {path} (configuration key {key}) does not exist in {Path.cwd()}; "
                 "fix the path in the configuration (relative paths start at the working directory)."
             )

@@ -49,6 +49,11 @@ def html_table(table, path, *, caption, formats=None):
         for i, c in enumerate(table.columns)
         if c not in numeric
     ]
+    headings += [  # a one-word heading (macro-F1) is not broken at its hyphen
+        {"selector": f"th.col_heading.col{i}", "props": "white-space: nowrap"}
+        for i, c in enumerate(table.columns)
+        if " " not in str(c)
+    ]
     styler = (
         table.style.hide(axis="index")
         .format(na_rep="–")

@@ -6,7 +6,8 @@ log_to(snakemake.log[0])
 
 import anndata as ad  # noqa: E402
 
-from scquery.bundle import save_bundle  # noqa: E402
+from scquery.bundle import save_bundle, trained  # noqa: E402
+from scquery.logs import logger  # noqa: E402
 from scquery.pretrain import load_encoder  # noqa: E402
 from scquery.train import train  # noqa: E402
 
@@ -23,7 +24,4 @@ bundle = train(
 )
 # The bundle holds the reference's neighbour index, built once here for all query jobs to read.
 save_bundle(bundle, snakemake.output[0])
-print(
-    f"model {bundle.model_id}: {bundle.reference.n_obs:,} cells, {len(bundle.genes):,} genes, "
-    f"{len(bundle.classes)} cell types"
-)
+logger.info("Wrote %s: model %s, %s.", snakemake.output[0], bundle.model_id, trained(bundle))

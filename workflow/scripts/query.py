@@ -1,18 +1,18 @@
 """Predict one query's cell types from its nearest reference cells (scquery.query.query) and
-summarize them (scquery.evaluate.summarize)."""
+summarize them (scquery.evaluate.summarize); the log reads like `scquery query`'s output."""
 
 from common import log_to
 
 log_to(snakemake.log[0])
 
-import anndata as ad  # noqa: E402
-
 from scquery.bundle import load_bundle  # noqa: E402
-from scquery.evaluate import summarize  # noqa: E402
-from scquery.outputs import write_h5ad  # noqa: E402
+from scquery.evaluate import score, summarize  # noqa: E402
+from scquery.io import read_h5ad  # noqa: E402
+from scquery.logs import logger  # noqa: E402
+from scquery.outputs import write_h5ad, write_table  # noqa: E402
 from scquery.query import query  # noqa: E402
 
-adata = ad.read_h5ad(snakemake.input.data)
+adata = read_h5ad(snakemake.input.data)
 matches = query(
     adata,
     load_bundle(snakemake.input.bundle),
@@ -20,9 +20,10 @@ matches = query(
     **snakemake.params.values,
     **snakemake.params.genes,
 )
-write_h5ad(adata, snakemake.output.data)
-matches.to_csv(snakemake.output.matches, sep="\t", index=False)
 label_key = snakemake.params.label_key
-summary = summarize(adata, groupby=label_key if label_key in adata.obs else None, matches=matches)
-summary.to_csv(snakemake.output.summary, sep="\t", index=False)
-print(summary.to_string())
+truth = label_key if label_key in adata.obs else None
+summary = summarize(adata, groupby=truth, matches=matches)
+write_h5ad(adata, snakemake.output.data)
+write_table(matches, snakemake.output.matches)
+write_table(summary, snakemake.output.summary)
+logger.info("Wrote %s: %s.", snakemake.output.data, score(adata, truth))

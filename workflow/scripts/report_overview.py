@@ -21,11 +21,12 @@ for path in snakemake.input.scores:
 table = pd.DataFrame(rows).reindex(
     columns=["query", "cells", "predicted_types", "accuracy", "macro_f1", "unknown"]
 )
-table.columns = ["query", "cells", "types", "accuracy", "macro-F1", "Unknown"]
-accuracy = max(bundle.history["classifier"].get("val_accuracy", [float("nan")]))
+table.columns = ["query", "cells", "predicted types", "accuracy", "macro-F1", "Unknown"]
+accuracy = bundle.validation_accuracy
 caption = (
     f"Model {bundle.model_id}: {bundle.reference.n_obs:,} reference cells, {len(bundle.classes)} cell "
-    f"types, {len(bundle.genes):,} genes, validation accuracy {accuracy:.1%}"
+    f"types, {len(bundle.genes):,} genes"
+    + ("" if accuracy is None else f", validation accuracy {accuracy:.1%} (of the model kept)")
 )
 html_table(
     table,

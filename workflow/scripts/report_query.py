@@ -15,8 +15,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-plt.rcParams["figure.figsize"] = (4, 4)  # each UMAP panel: two panels with legends fit the report's width
+# Each UMAP panel: three in a row and their legend beneath fit the report's width unshrunk.
+plt.rcParams["figure.figsize"] = (3.2, 3.2)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scanpy as sc  # noqa: E402
@@ -60,7 +62,23 @@ joint = ad.AnnData(
 )
 sc.pp.neighbors(joint, use_rep="X_scquery", random_state=seed)
 sc.tl.umap(joint, random_state=seed)
-fig = scq.pl.umap(joint, color=list(columns), palette=palette, show=False)
+# The panels in one row share one palette, so one legend beneath them names every type they show.
+titles = [column.replace(": ", ":\n") for column in columns]  # two lines: the panels are narrow
+fig = scq.pl.umap(
+    joint,
+    color=list(columns),
+    title=titles,
+    palette=palette,
+    ncols=len(columns),
+    legend_loc=None,
+    wspace=0.08,
+    show=False,
+)
+shown = [name for name in palette if any((joint.obs[column] == name).any() for column in columns)]
+handles = [Line2D([], [], ls="", marker="o", markersize=7, color=palette[name], label=name) for name in shown]
+fig.legend(
+    handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncols=3, frameon=False, fontsize=9
+)
 save_figure(fig, snakemake.output.umap)
 
 summary = pd.read_csv(snakemake.input.summary, sep="\t")
