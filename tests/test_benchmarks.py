@@ -118,7 +118,9 @@ def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
     ours = next(r for r in rows if r["method"] == "scquery")
     assert "IVF-Flat" in ours["setting"] and ours["recall"] >= 0.9
     assert ours["build_s"] > 0 and ours["leave_self_out_s"] > 0 and ours["query_s"] > 0
-    assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw"}
+    assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw", "faiss-ivf-sq8"}
+    sq8 = next(r for r in rows if r["method"] == "faiss-ivf-sq8")
+    assert "nprobe" in sq8["setting"] and sq8["recall"] >= 0.9
     assert "## Neighbour index at scale" in (tmp_path / "RESULTS.md").read_text()
 
 
