@@ -22,6 +22,9 @@ PACKAGES = [
     "faiss-cpu",
     "numpy",
 ]
+#: Another distribution of the same module: TensorFlow's CPU-only build (what the Makefile installs on
+#: Linux x86-64).
+ALIASES = {"tensorflow": "tensorflow-cpu"}
 TARGETS = {
     "training_fraction_of_peak": 0.7,
     "index_1m_s": 60.0,
@@ -53,6 +56,14 @@ def current_commit():
     return head.stdout.strip() + (" + uncommitted changes" if changed.stdout.strip() else "")
 
 
+def _installed(name):
+    try:
+        version(name)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def machine():
     """The machine and software the run used."""
     cpu = platform.processor() or platform.machine()
@@ -63,10 +74,8 @@ def machine():
         pass
     versions = {}
     for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
+        found = [name for name in (package, ALIASES.get(package)) if name and _installed(name)]
+        versions[package] = version(found[0]) if found else "not installed"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
