@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick] [--only PART[,PART...]] [--out DIR]`.
+"""`python -m benchmarks [--quick] [--only PART[,PART...]] [--out DIR] [--train-options JSON]`.
 
 Each part (see `PARTS`) runs on its own and stores its figures, with the command, date and machine
 that produced them, under its name in `results.json`; a run of some parts keeps the others' figures.
@@ -6,6 +6,7 @@ that produced them, under its name in `results.json`; a run of some parts keeps 
 """
 
 import argparse
+import json
 import shlex
 import sys
 import warnings
@@ -19,6 +20,12 @@ def _quality(quick, log):
 
     rows, summary = run_quality(quick=quick, log=log)
     return {"rows": rows, "summary": summary.to_dict("records")}
+
+
+def _precision(quick, log):
+    from .precision import run_precision
+
+    return run_precision(quick=quick, log=log)
 
 
 def _speed(quick, log):
@@ -76,9 +83,16 @@ def _atlas(quick, log):
     return run_atlas(quick=quick, log=log)
 
 
+def _gpu(quick, log):
+    from .gpu import run_gpu
+
+    return run_gpu(quick=quick, log=log)
+
+
 #: Every part of the benchmark, in the order of RESULTS.md: name → function(quick, log) → figures.
 PARTS = {
     "quality": _quality,
+    "precision": _precision,
     "crossstudy": _crossstudy,
     "unknown": _unknown,
     "unknown_pairs": _unknown_pairs,
@@ -88,6 +102,7 @@ PARTS = {
     "scale": _scale,
     "atlas": _atlas,
     "throughput": _throughput,
+    "gpu": _gpu,
 }
 
 
@@ -106,10 +121,22 @@ def main(argv=None):
         default=Path(__file__).resolve().parent,
         help="folder for RESULTS.md and results.json (default: benchmarks/)",
     )
+    parser.add_argument(
+        "--train-options",
+        type=json.loads,
+        default={},
+        help="training options on top of the benchmark's, as JSON (e.g. '{\"mixed_precision\": true}'), for "
+        "the parts that train through benchmarks/methods.py (quality, crossstudy, labels, species); "
+        "give another --out to keep the stored figures",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; choose among {', '.join(PARTS)}")
+    if args.train_options:
+        from .methods import OVERRIDES
+
+        OVERRIDES.update(args.train_options)
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -9,12 +9,15 @@ from scquery.train import train
 #: per-cell gene-count filter is off (every method sees every reference cell).
 BASE_OPTIONS = {"min_genes": 0}
 QUICK_OPTIONS = {"pretrain_epochs": 2, "epochs": 8, "hidden_sizes": [128, 32]}
+#: Training options of the run's command line (`python -m benchmarks --train-options JSON`), on top
+#: of every other: e.g. `{"mixed_precision": true}` reruns a part in mixed precision.
+OVERRIDES = {}
 
 
 def scquery_config(*, quick, pretrain=True, **options):
-    """The training configuration of a benchmark run (`options` on top)."""
+    """The training configuration of a benchmark run (`options` on top, then `OVERRIDES`)."""
     return load_train_config(
-        {**BASE_OPTIONS, **(QUICK_OPTIONS if quick else {}), "pretrain": pretrain, **options}
+        {**BASE_OPTIONS, **(QUICK_OPTIONS if quick else {}), "pretrain": pretrain, **options, **OVERRIDES}
     )
 
 

@@ -11,7 +11,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PACKAGES = ["scquery", "tensorflow", "keras", "scanpy", "anndata", "scikit-learn", "faiss-cpu", "numpy"]
+PACKAGES = [
+    "scquery",
+    "tensorflow",
+    "jax",
+    "keras",
+    "scanpy",
+    "anndata",
+    "scikit-learn",
+    "faiss-cpu",
+    "numpy",
+]
+#: Another distribution of the same module: TensorFlow's CPU-only build (what the Makefile installs on
+#: Linux x86-64).
+ALIASES = {"tensorflow": "tensorflow-cpu"}
 TARGETS = {
     "training_fraction_of_peak": 0.7,
     "index_1m_s": 60.0,
@@ -43,6 +56,14 @@ def current_commit():
     return head.stdout.strip() + (" + uncommitted changes" if changed.stdout.strip() else "")
 
 
+def _installed(name):
+    try:
+        version(name)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def machine():
     """The machine and software the run used."""
     cpu = platform.processor() or platform.machine()
@@ -53,10 +74,8 @@ def machine():
         pass
     versions = {}
     for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
+        found = [name for name in (package, ALIASES.get(package)) if name and _installed(name)]
+        versions[package] = version(found[0]) if found else "not installed"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
@@ -64,8 +83,28 @@ def machine():
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,
-        "gpu": "none used (CPU only; GPU figures not measured in this session)",
+        "gpu": _gpus(),
     }
+
+
+def _flops(tflops):
+    """A rate in TFLOP/s, or GFLOP/s below one TFLOP/s."""
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
+
+
+def _gpus():
+    """The machine's GPUs by name (`nvidia-smi`), or 'none'."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+    names = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    return ", ".join(names) if done.returncode == 0 and names else "none"
 
 
 def _cell(value, digits=3):
@@ -1045,6 +1084,210 @@ def throughput_section(result):
     return lines + load_lines(result)
 
 
+def gpu_section(result):
+    """The GPU part: the device and its peak, each stage's epoch throughput per precision and batch
+    size with where a step's time goes, `train()` end to end, and the targets of issue 32."""
+    from scquery.logs import arrows
+
+    from .gpu import TARGETS as GPU
+
+    heading = "## Training on a GPU (`--only gpu`)"
+    if "error" in result:
+        return [heading, "", f"Not measured: {result['error']}.", ""]
+    probe, data = result["probe"], result["data"]
+    memory = (probe.get("memory") or {}).get("limit")
+    lines = [heading, ""]
+    if not result["gpu"]:
+        lines += [
+            f"**No GPU present**: the device was {probe['device']}, so the part ran on the CPU at the quick "
+            f"size ({result['n_cells']:,} cells). These are not GPU figures; the targets are not measured.",
+            "",
+        ]
+    lines += [
+        f"Device: **{probe['device']}** ({probe['devices']} device(s) seen by JAX {probe['jax']}"
+        + (f", {memory / 1e9:.0f} GB" if memory else "")
+        + f"; Keras {probe['keras']}, JAX backend). Peak of one {probe['matmul_n']:,}² × "
+        f"{probe['matmul_n']:,} `keras.ops.matmul` (best of 3, this run): bfloat16 "
+        f"**{_flops(probe['peak_bfloat16_tflops'])}**, float32 **{_flops(probe['peak_float32_tflops'])}** "
+        "(JAX's default precision, which lets XLA use TF32 on a GPU's tensor cores).",
+        "",
+    ]
+    if "error" in data:
+        return lines + [f"Data: {data['error']}.", ""]
+    lines += [
+        f"Data: synthetic counts made on the host, {data['n_cells']:,} cells × {data['n_genes']:,} genes, "
+        f"{data['values_per_cell']:.0f} values a cell (CSR {data['csr_gb']:.2f} GB), drawn in "
+        f"{data['generate_s']:.1f} s by {data['threads']} threads, the h5ad written in "
+        f"{data['write_h5ad_s']:.1f} s. Network {arrows([data['n_genes'], *result['hidden_sizes']])}"
+        f" (→ 10 types for fine-tuning). Per epoch (the 2nd): pretraining every greedy layer "
+        "(`pretrain_greedy`), fine-tuning (`fit_classifier`, no validation split); input 'device': the "
+        "training matrix held on the device and each batch densified there (`device_rows`), 'host': "
+        "batches densified on the host (`SparseBatches`). Share of the peak: the epoch's matmul FLOPs "
+        "against the peak of its precision. A step's time, of the first pretraining layer and of the "
+        "classifier: in the epoch (`fit`), the input pipeline alone (a batch made on the host and "
+        "copied), the compiled step dispatched once per step from Python, and steps looped on the "
+        "device in one compiled call (the step's own time).",
+        "",
+    ]
+    rows, best = [], {}
+    for fit in result["fits"]:
+        if "error" in fit:
+            rows.append(["", "", "", "", fit["error"], *[""] * 7])
+            continue
+        stage = fit["stage"]
+        flops = fit[f"{stage}_flops_per_cell"]
+        peak = probe[
+            "peak_bfloat16_tflops" if fit["precision"] == "mixed_bfloat16" else "peak_float32_tflops"
+        ]
+        peak_memory = (fit.get("memory") or {}).get("peak")
+        for run in fit["runs"]:
+            rate = run["cells_per_s"]
+            if fit["pipeline"] == "device":
+                best[stage] = max(
+                    best.get(stage, (0, None, None)), (rate, run["batch_size"], fit["precision"])
+                )
+            rows.append(
+                [
+                    "pretraining" if stage == "pretrain" else "fine-tuning",
+                    fit["precision"],
+                    fit["pipeline"],
+                    run["batch_size"],
+                    f"{rate:,.0f}",
+                    f"{rate * flops / (peak * 1e12):.1%}",
+                    _cell(None if peak_memory is None else peak_memory / 1e9, 2),
+                    f"{run.get('layer_s', [run['epoch_s']])[0] / run['steps'] * 1e6:,.0f}",
+                    *(
+                        f"{run[key]:,.0f}" if key in run else "–"
+                        for key in ("input_us", "dispatch_us", "device_us")
+                    ),
+                ]
+            )
+    header = ["stage", "precision", "input", "batch", "cells/s", "share of peak", "peak memory GB"]
+    header += ["epoch µs/step", "input µs/step", "step per dispatch µs", "step on device µs"]
+    lines += [_table(header, rows), ""]
+    measured = result["gpu"]
+    for stage, name in (("pretrain", "Pretraining"), ("finetune", "Fine-tuning")):
+        target = GPU[f"{stage}_cells_per_s"]
+        if stage in best:
+            rate, batch, precision = best[stage]
+            verdict = _met(rate >= target) if measured else "not measured (no GPU)"
+            best_run = f"best {rate:,.0f} (batch {batch}, {precision})"
+            lines.append(f"- {name} ≥ {target / 1e6:.0f}M cells/s: {best_run}: {verdict}.")
+    rates = {
+        (fit["stage"], fit["precision"], fit["pipeline"], run["batch_size"]): run["cells_per_s"]
+        for fit in result["fits"]
+        if "error" not in fit
+        for run in fit["runs"]
+    }
+    for stage, name in (("pretrain", "pretraining"), ("finetune", "fine-tuning")):
+        ratios = [
+            f"{rates[stage, 'mixed_bfloat16', 'device', b] / rate:.2f}× at batch {b}"
+            for (s, precision, pipeline, b), rate in rates.items()
+            if (s, precision, pipeline) == (stage, "float32", "device")
+            and (stage, "mixed_bfloat16", "device", b) in rates
+        ]
+        host = [
+            f"{rates[stage, 'float32', 'device', b] / rate:.2f}× at batch {b}"
+            for (s, precision, pipeline, b), rate in rates.items()
+            if (s, pipeline) == (stage, "host") and (stage, "float32", "device", b) in rates
+        ]
+        lines.append(
+            f"- Mixed precision's speed-up in {name} (cells/s against float32): {', '.join(ratios) or '–'}; "
+            f"the data held on the device against batches densified on the host: {', '.join(host) or '–'}."
+        )
+    train = result.get("train", {})
+    if "error" in train or not train:
+        lines.append(f"- `train()` end to end: {train.get('error', 'not run')}.")
+    else:
+        verdict = _met(train["train_s"] <= GPU["train_s"]) if measured else "not measured (no GPU)"
+        held = "held on the device" if train["device_budget_gb"] else "densified on the host"
+        options = "the quick" if result["quick"] else "the default"
+        epochs = sum(train["pretrain_epoch_s"]) + sum(train["finetune_epoch_s"])
+        rest = train["train_s"] - train["read_s"] - epochs
+        lines.append(
+            f"- `train()` end to end on {train['n_cells']:,} cells from the h5ad on disk (reading, "
+            f"{train['read_s']:.1f} s, included), {options} options: "
+            f"**{train['train_s']:.1f} s** (≤ {GPU['train_s']:.0f} s: {verdict}); pretraining epochs "
+            + ", ".join(f"{s:.1f}" for s in train["pretrain_epoch_s"])
+            + " s; fine-tuning epochs "
+            + ", ".join(f"{s:.1f}" for s in train["finetune_epoch_s"])
+            + " s; the rest (preprocessing, building the models, embedding the reference, its index) "
+            + f"{rest:.1f} s; the data {held}."
+        )
+    lines += ["", f"The part took {result['seconds']:.0f} s.", ""]
+    return lines + load_lines(result)
+
+
+def precision_section(result):
+    """Mixed precision against float32 on the quality splits: per task and answer, the mean accuracy
+    and macro-F1 of each precision and their change, beside the change of float32 with the next seed;
+    the target on the quality part's two answers."""
+    from .precision import HEADS, JUDGED
+
+    table = pd.DataFrame(result["rows"])
+    runs = {run: part.set_index(["task", "fold"]) for run, part in table.groupby("run")}
+    full, mixed, reseeded = runs["float32"], runs["mixed_bfloat16"], runs["float32, next seed"]
+    rows, changes = [], []
+    for task in dict.fromkeys(full.index.get_level_values("task")):
+        a, b, c = full.loc[task], mixed.loc[task], reseeded.loc[task]
+        for head, name in HEADS.items():
+            accuracy, f1 = f"{head}_accuracy", f"{head}_macro_f1"
+            change = float(b[accuracy].mean() - a[accuracy].mean())
+            rows.append(
+                [
+                    task,
+                    name,
+                    a[accuracy].mean(),
+                    b[accuracy].mean(),
+                    f"{change:+.4f}",
+                    f"{c[accuracy].mean() - a[accuracy].mean():+.4f}",
+                    a[f1].mean(),
+                    b[f1].mean(),
+                    f"{b[f1].mean() - a[f1].mean():+.4f}",
+                    f"{c[f1].mean() - a[f1].mean():+.4f}",
+                    len(a),
+                ]
+            )
+            if head in JUDGED:
+                changes.append((abs(change), change, task, name))
+    largest = max(changes)
+    limit = result["max_change"]
+    seconds = table.groupby("run")["seconds"].sum().round().astype(int).to_dict()
+    return [
+        "## Mixed precision (`--only precision`)",
+        "",
+        "scquery trained on every split of the quality part in float32 and in mixed precision (the "
+        "training option `mixed_precision`: Keras's `mixed_bfloat16`), all else equal (seed "
+        f"{result['seed']}), and in float32 with the next seed as a yardstick ('next seed': the change "
+        "another seed alone makes); means over each task's folds. The prediction (the kNN vote and the "
+        "classifier combined, with Unknown) is shown too; the quality part scores the other two. Its "
+        "speed is measured on a GPU (the gpu part).",
+        "",
+        _table(
+            [
+                "task",
+                "answer",
+                "accuracy float32",
+                "accuracy mixed",
+                "change",
+                "next seed",
+                "macro-F1 float32",
+                "macro-F1 mixed",
+                "change",
+                "next seed",
+                "folds",
+            ],
+            rows,
+        ),
+        "",
+        f"Target: mixed precision changes each task's mean accuracy (kNN vote, classifier) by ≤ {limit}: "
+        f"the largest change is {largest[1]:+.4f} ({largest[2]}, {largest[3]}), {_met(largest[0] <= limit)}. "
+        f"Training and querying took {seconds['float32']} s in float32 and {seconds['mixed_bfloat16']} s in "
+        "mixed precision on the run's machine.",
+        "",
+    ]
+
+
 def load_lines(result):
     """The machine's load average (1 minute) at the start and end of a run that recorded it, and
     what it means for the times: above the core count, other processes shared the cores."""
@@ -1064,6 +1307,7 @@ def load_lines(result):
 #: How each part of results.json is written into RESULTS.md (parts not listed are left out).
 SECTIONS = {
     "quality": _quality_section,
+    "precision": precision_section,
     "crossstudy": crossstudy_section,
     "unknown": unknown_section,
     "unknown_pairs": unknown_pairs_section,
@@ -1073,6 +1317,7 @@ SECTIONS = {
     "scale": scale_section,
     "atlas": atlas_section,
     "throughput": throughput_section,
+    "gpu": gpu_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
 FIGURES = {

@@ -1,5 +1,6 @@
 """The neighbour index at scale: scquery's choice (faiss IVF-Flat) against its peers (hnswlib,
-faiss HNSW, pynndescent) on the same simulated embeddings, each build in its own process.
+faiss HNSW, faiss IVF-SQ8 with exact re-ranking, pynndescent) on the same simulated embeddings, each
+build in its own process.
 
 Measured at 100,000 and 1,000,000 reference cells (100,000 queries from a shifted draw: another
 study's cells); 10,000,000 is extrapolated from the growth between the two, and stated as such.
@@ -11,9 +12,9 @@ from .speed import run_stage
 
 FULL_SIZES, QUICK_SIZES = [100_000, 1_000_000], [30_000]
 FULL_QUERY, QUICK_QUERY = 100_000, 2_000
-METHODS = ["scquery", "hnswlib", "faiss-hnsw", "pynndescent"]
+METHODS = ["scquery", "hnswlib", "faiss-hnsw", "faiss-ivf-sq8", "pynndescent"]
 #: pynndescent's first build compiles its numba code for minutes: left out of the smoke run.
-QUICK_METHODS = ["scquery", "hnswlib", "faiss-hnsw"]
+QUICK_METHODS = ["scquery", "hnswlib", "faiss-hnsw", "faiss-ivf-sq8"]
 EXTRAPOLATED = 10_000_000
 #: A peer slower than this at one size is not run at the next.
 STAGE_TIMEOUT_S = 1200

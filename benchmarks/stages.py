@@ -178,9 +178,10 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
     """Build one neighbour index over simulated embeddings and search `n_query` cells of another
     (shifted) draw; recall@k against exact search on the first `RECALL_QUERIES` of them.
 
-    `method`: 'scquery' (`NeighborIndex` with its own backend, faiss IVF-Flat at these sizes; its
-    leave-self-out distances, of `SELF_PER_GROUP` cells per simulated type, are timed apart), or a
-    peer of `PEERS` ('hnswlib', 'faiss-hnsw', 'pynndescent'), each built as a backend of the same
+    `method`: 'scquery' (`NeighborIndex` with its own backend, faiss IVF-Flat at these sizes, whose
+    search of many cells sets `nprobe` on a sample of them; its leave-self-out distances, of
+    `SELF_PER_GROUP` cells per simulated type, are timed apart), or a peer of `PEERS` ('hnswlib',
+    'faiss-hnsw', 'faiss-ivf-sq8', 'pynndescent'), each built as a backend of the same
     interface (`scquery.neighbors.ExactSearch`'s `build`, `search`, `describe`) at the least search
     width of its grid whose recall on the same queries reaches the target, where the grid allows.
     """
@@ -218,11 +219,11 @@ def index_stage(*, method, n_reference, n_query, shift=0.3, k=15, seed=0):
                 break
     else:
         raise ValueError(f"unknown method {method!r}")
-    result["setting"] = backend.describe(k)
     start = time.perf_counter()
-    backend.search(queries, k)
+    found = backend.search(queries, k)[1]
     result["query_s"] = time.perf_counter() - start
-    result["recall"] = recall(backend.search(sample, k)[1])
+    result["setting"] = backend.describe(k)  # scquery's: the nprobe this search used
+    result["recall"] = recall(found[:RECALL_QUERIES])
     result["memory_gb"] = _status_gb("VmRSS") - baseline
     return result
 
@@ -293,8 +294,43 @@ class PyNNDescentSearch(HnswlibSearch):
         return str({"epsilon": self.width})
 
 
+class FaissIVFSQ8Search(HnswlibSearch):
+    """faiss IVF over `4 √n` lists of 8-bit scalar-quantized vectors, each query's `2 k` best
+    candidates re-ranked by their exact distances (`IndexRefineFlat`), as a backend; `width`: its
+    `nprobe`."""
+
+    WIDTHS = (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+    @classmethod
+    def build(cls, embeddings, *, seed, n_threads):
+        import faiss
+
+        n_lists = round(4 * len(embeddings) ** 0.5)
+        index = faiss.index_factory(embeddings.shape[1], f"IVF{n_lists},SQ8,RFlat")
+        faiss.extract_index_ivf(index).cp.seed = seed
+        index.train(embeddings)
+        index.add(embeddings)
+        index.k_factor = 2
+        return cls(index)
+
+    def search(self, queries, k):
+        import faiss
+
+        faiss.extract_index_ivf(self.index).nprobe = self.width
+        squared, indices = self.index.search(queries, k)
+        return squared**0.5, indices
+
+    def describe(self, k):
+        return str({"nprobe": self.width, "candidates": 2 * k})
+
+
 #: The peers of the index benchmark, by method name.
-PEERS = {"hnswlib": HnswlibSearch, "faiss-hnsw": FaissHNSWSearch, "pynndescent": PyNNDescentSearch}
+PEERS = {
+    "hnswlib": HnswlibSearch,
+    "faiss-hnsw": FaissHNSWSearch,
+    "faiss-ivf-sq8": FaissIVFSQ8Search,
+    "pynndescent": PyNNDescentSearch,
+}
 
 
 def throughput_stage(

@@ -1,5 +1,7 @@
 """Synthetic sparse counts with cell-type structure, built chunk by chunk (never dense in whole)."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -24,26 +26,29 @@ def type_profiles(n_genes, n_types, *, profile_seed=0):
     return profiles.astype(np.float32)
 
 
-def synthetic_counts(n_cells, n_genes=2000, n_types=10, seed=0, *, dispersion=2.0, profile_seed=0):
+def synthetic_counts(n_cells, n_genes=2000, n_types=10, seed=0, *, dispersion=2.0, profile_seed=0, workers=1):
     """Negative-binomial counts of `n_cells` cells from `n_types` types, as CSR float32 AnnData.
 
     The types' mean profiles come from `profile_seed`, so draws with different `seed` are new cells
     of the same types (a reference and a query). Counts are gamma–Poisson with shape `dispersion`;
     cells get log-normal size factors. Labels are in `obs['cell_type']`. Only one chunk of
-    `CHUNK` cells is ever dense.
+    `CHUNK` cells is ever dense (one per worker: `workers` threads draw chunks at once, each from
+    its own seeded generator, so the counts are the same for any number of them).
     """
     profiles = type_profiles(n_genes, n_types, profile_seed=profile_seed)
     rng = np.random.default_rng([seed, n_cells])
     types = rng.integers(n_types, size=n_cells)
     size_factors = rng.lognormal(0.0, 0.3, size=n_cells).astype(np.float32)
-    blocks = []
-    for index, start in enumerate(range(0, n_cells, CHUNK)):
-        stop = min(start + CHUNK, n_cells)
+
+    def chunk(index):
+        start, stop = index * CHUNK, min((index + 1) * CHUNK, n_cells)
         chunk_rng = np.random.default_rng([seed, n_cells, index])
         mean = size_factors[start:stop, None] * profiles[types[start:stop]]
         rate = chunk_rng.gamma(dispersion, mean / dispersion)
-        counts = chunk_rng.poisson(rate).astype(np.float32)
-        blocks.append(sparse.csr_matrix(counts))
+        return sparse.csr_matrix(chunk_rng.poisson(rate).astype(np.float32))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        blocks = list(pool.map(chunk, range(-(-n_cells // CHUNK))))
     X = (
         sparse.vstack(blocks, format="csr", dtype=np.float32)
         if blocks

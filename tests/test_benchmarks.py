@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ def test_synthetic_counts_are_sparse_seeded_and_typed():
     assert set(a.obs["cell_type"].cat.categories) == {f"type_{t}" for t in range(4)}
     other = synthetic_counts(1200, n_genes=300, n_types=4, seed=4)
     assert (a.X != other.X).nnz > 0
+    threads = synthetic_counts(12_000, n_genes=300, n_types=4, seed=3, workers=3)  # chunks in threads
+    assert (threads.X != synthetic_counts(12_000, n_genes=300, n_types=4, seed=3).X).nnz == 0
 
 
 def test_label_scores_average_over_the_true_classes_only():
@@ -92,6 +95,13 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     assert "## Quality" in report and "## Speed and memory" in report
 
 
+def test_training_options_of_the_command_line_come_last(monkeypatch):
+    from benchmarks import methods
+
+    monkeypatch.setattr(methods, "OVERRIDES", {"epochs": 3})
+    assert methods.scquery_config(quick=True, epochs=5).epochs == 3
+
+
 def test_a_run_of_one_part_keeps_the_figures_of_the_others(tmp_path):
     from benchmarks.report import write_report
 
@@ -108,7 +118,9 @@ def test_quick_scale_run_compares_the_index_with_its_peers(tmp_path):
     ours = next(r for r in rows if r["method"] == "scquery")
     assert "IVF-Flat" in ours["setting"] and ours["recall"] >= 0.9
     assert ours["build_s"] > 0 and ours["leave_self_out_s"] > 0 and ours["query_s"] > 0
-    assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw"}
+    assert {r["method"] for r in rows} >= {"scquery", "hnswlib", "faiss-hnsw", "faiss-ivf-sq8"}
+    sq8 = next(r for r in rows if r["method"] == "faiss-ivf-sq8")
+    assert "nprobe" in sq8["setting"] and sq8["recall"] >= 0.9
     assert "## Neighbour index at scale" in (tmp_path / "RESULTS.md").read_text()
 
 
@@ -126,6 +138,28 @@ def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     assert "refused" in scales["z-scored log1p CP10k"]
     assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
     assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("jax") is None, reason="JAX is not installed")
+def test_quick_gpu_run_says_no_gpu_is_present_and_runs_every_path_on_the_cpu(tmp_path):
+    from benchmarks.gpu import PRECISIONS
+
+    result = quick_run("gpu", tmp_path, timeout=1800)["gpu"]["result"]
+    assert result["gpu"] is False and result["probe"]["platform"] == "cpu" and result["quick"]
+    assert min(result["probe"]["peak_float32_tflops"], result["probe"]["peak_bfloat16_tflops"]) > 0
+    assert 250 < result["data"]["values_per_cell"] < 400  # about 300 values a cell
+    stages = ("pretrain", "finetune")
+    paths = {(fit["stage"], fit["precision"], fit["pipeline"]) for fit in result["fits"]}
+    assert paths == {(s, p, "device") for s in stages for p in PRECISIONS} | {
+        (s, "float32", "host") for s in stages
+    }
+    for fit in result["fits"]:
+        for run in fit["runs"]:
+            assert min(run[key] for key in ("cells_per_s", "input_us", "dispatch_us", "device_us")) > 0
+    assert result["train"]["train_s"] > result["train"]["read_s"] > 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Training on a GPU" in report and "**No GPU present**" in report
 
 
 def test_a_condition_programme_is_raised_in_the_chosen_cells_only():
@@ -347,3 +381,42 @@ def test_scmap_cosine_finds_the_nearest_centroid_and_its_similarity():
     assert list(nearest) == ["B", "A"]
     # the second cell shares two of A's three genes, at equal values: cosine 2/3
     assert similarity == pytest.approx([1.0, 2 / 3], rel=1e-4)
+
+
+def test_the_precision_report_judges_the_largest_change_of_a_tasks_mean_accuracy():
+    from benchmarks.report import precision_section
+
+    def rows(task, run, accuracies):
+        return [
+            {"task": task, "fold": str(i), "run": run, "seconds": 1.0}
+            | {
+                f"{h}_{m}": value
+                for h in ("knn", "classifier", "prediction")
+                for m in ("accuracy", "macro_f1")
+            }
+            for i, value in enumerate(accuracies)
+        ]
+
+    found = [
+        *rows("a", "float32", [0.90, 0.80]),
+        *rows("a", "mixed_bfloat16", [0.91, 0.80]),  # the mean moves by 0.005
+        *rows("a", "float32, next seed", [0.90, 0.82]),
+        *rows("b", "float32", [0.5]),
+        *rows("b", "mixed_bfloat16", [0.5]),
+        *rows("b", "float32, next seed", [0.5]),
+    ]
+    met = "\n".join(precision_section({"rows": found, "max_change": 0.005, "seed": 0}))
+    assert "| a | kNN vote | 0.850 | 0.855 | +0.0050 | +0.0100 |" in met
+    assert "the largest change is +0.0050 (a, kNN vote), met." in met
+    found[3]["classifier_accuracy"] = 0.70  # mixed, the second fold's classifier: the mean falls by 0.045
+    assert "is -0.0450 (a, classifier), not met." in "\n".join(
+        precision_section({"rows": found, "max_change": 0.005, "seed": 0})
+    )
+
+
+@pytest.mark.slow
+def test_quick_precision_run_scores_each_split_in_both_precisions_and_with_the_next_seed(tmp_path):
+    rows = quick_run("precision", tmp_path)["precision"]["result"]["rows"]
+    assert [row["run"] for row in rows] == ["float32", "mixed_bfloat16", "float32, next seed"]
+    assert all(0.9 < row["classifier_accuracy"] <= 1.0 for row in rows)  # separable synthetic types
+    assert "## Mixed precision (`--only precision`)" in (tmp_path / "RESULTS.md").read_text()

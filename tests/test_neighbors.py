@@ -59,6 +59,22 @@ def test_approximate_search_recalls_the_exact_neighbours(reference, approximate)
     assert (approx_nearest >= exact_nearest - 1e-5).all()
 
 
+def test_a_large_search_calibrates_nprobe_on_its_own_cells(reference, monkeypatch):
+    index = NeighborIndex(reference, exact_max_cells=1000, seed=0)
+    built = index.backend.nprobe[15]
+    monkeypatch.setattr("scquery.neighbors.QUERY_CALIBRATED", 2000)
+    exact = NeighborIndex(reference, seed=0)
+    # cells between the reference's clusters, whose neighbours lie in more lists than its own cells'
+    between = (clustered(3000, seed=5) + clustered(3000, seed=6)) / 2
+    truth = exact.kneighbors(between, 15)[1]
+    assert recall(index.kneighbors(between[:1000], 15)[1], truth[:1000]) < TARGET_RECALL - 0.05
+    assert index.backend.searched == (15, built)  # a small search: the build's nprobe
+    assert recall(index.kneighbors(between, 15)[1], truth) >= TARGET_RECALL - 0.01
+    searched = index.backend.searched
+    assert searched[0] == 15 and searched[1] > built and index.description(15).endswith(f"={searched[1]})")
+    assert index.backend.nprobe[15] == built  # what the bundle saves is the build's
+
+
 def test_leave_self_out_distances_of_a_sample_of_each_group(reference, approximate):
     groups = np.where(np.arange(len(reference)) < 500, "rare", "common")  # 500 and 5,500 cells
     index = NeighborIndex(reference, groups=groups, exact_max_cells=1000, seed=0)
@@ -84,9 +100,11 @@ def test_the_same_seed_builds_the_same_index(reference, approximate):
     assert again.backend.nprobe.items() <= approximate.backend.nprobe.items()
     np.testing.assert_array_equal(again.nearest_distances, approximate.nearest_distances)
     other = NeighborIndex(reference, exact_max_cells=1000, seed=1)
-    assert not np.array_equal(
-        other.backend.index.quantizer.reconstruct_n(0, 10), again.backend.index.quantizer.reconstruct_n(0, 10)
-    )
+    assert not np.array_equal(_centroids(other)[:10], _centroids(again)[:10])
+
+
+def _centroids(index):
+    return index.backend.index.quantizer.reconstruct_n(0, index.backend.index.nlist)
 
 
 @pytest.mark.parametrize("exact_max_cells", [1000, 10**6])
@@ -115,6 +133,24 @@ def test_an_index_saved_before_the_backends_is_read(reference, approximate, tmp_
     (tmp_path / "index.json").write_text(json.dumps({**meta, "format": 2, "exact": False}))
     loaded = NeighborIndex.load(tmp_path, reference)
     assert isinstance(loaded.backend, IVFFlatSearch) and loaded.backend.nprobe == approximate.backend.nprobe
+
+
+def test_a_grown_index_adds_the_new_cells_to_a_copy(reference):
+    old = NeighborIndex(reference[:4000], exact_max_cells=1000, seed=0)
+    saved = faiss.serialize_index(old.backend.index)
+    grown = old.grown(reference)
+    assert np.array_equal(faiss.serialize_index(old.backend.index), saved)  # the old index is unchanged
+    assert type(grown.backend) is IVFFlatSearch and grown.backend.index.ntotal == len(reference)
+    np.testing.assert_array_equal(_centroids(grown), _centroids(old))  # no new k-means
+    _, indices = grown.kneighbors(reference[4000:4200], 1)
+    assert (indices[:, 0] == np.arange(4000, 4200)).all()  # the new cells are found
+    queries = clustered(2000, seed=3, shift=0.3)
+    truth = NeighborIndex(reference, seed=0).kneighbors(queries, 15)[1]
+    assert recall(grown.kneighbors(queries, 15)[1], truth) >= TARGET_RECALL - 0.02
+    assert np.isfinite(grown.nearest_distances).sum() == SELF_PER_GROUP
+    changed = reference.copy()
+    changed[0, 0] += 1  # another reference: built anew, by the default rule (exact at 6,000 cells)
+    assert old.grown(changed).exact
 
 
 def test_a_damaged_index_fails_clearly(reference, approximate, tmp_path):

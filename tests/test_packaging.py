@@ -225,6 +225,30 @@ def test_summary_line_counts_real_data_tests_and_ci_fails_when_they_skip(tmp_pat
 # The Keras backend ----------------------------------------------------------------------------------------
 
 
+#: Imports scquery as from its source tree on a host where it is not installed (no metadata: the GPU
+#: host of docs/SCALING.md runs it with PYTHONPATH=src), and makes a bundle's version record.
+_NOT_INSTALLED = textwrap.dedent(
+    """
+    import importlib.metadata as metadata
+    installed = metadata.version
+    def version(name):
+        if name == "scquery":
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+    metadata.version = version
+    import scquery
+    from scquery.bundle import current_versions
+    print(scquery.__version__, current_versions()["scquery"])
+    """
+)
+
+
+def test_scquery_runs_from_its_source_tree_without_being_installed():
+    done = subprocess.run([sys.executable, "-c", _NOT_INSTALLED], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0+source", "0+source"]
+
+
 def test_backend_named_in_keras_backend_is_kept(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "torch")  # even where torch is absent: the user's choice
     assert choose_backend() == "torch" and os.environ["KERAS_BACKEND"] == "torch"

@@ -19,6 +19,7 @@ import Keras, and wherever Keras is first imported its backend's start-up chatte
 import importlib
 import sys
 import types
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .backend import choose_backend
@@ -29,7 +30,10 @@ choose_backend()  # before any module imports Keras: TensorFlow, else an install
 hold_back_backend_startup()  # and wherever Keras is first imported, its start-up chatter is held back
 quiet_others()  # faiss's and anndata's INFO chatter stays out of applications' INFO logs
 
-__version__ = _version("scquery")
+try:
+    __version__ = _version("scquery")
+except PackageNotFoundError:  # run from its source tree, not installed (PYTHONPATH=src: docs/SCALING.md)
+    __version__ = "0+source"
 
 #: The short API, loaded on first use: name -> (module, attribute; None for the module itself).
 _LAZY = {

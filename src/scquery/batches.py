@@ -7,9 +7,24 @@ import keras
 import numpy as np
 import scipy.sparse as sp
 
+from .layers import SparseRows
+from .placement import device_budget
 from .values import CSRDataset
 
-__all__ = ["RowSource", "SparseBatches", "iter_dense_chunks", "read_rows", "shuffled_order"]
+__all__ = [
+    "RowBatches",
+    "RowSource",
+    "SparseBatches",
+    "device_rows",
+    "iter_dense_chunks",
+    "read_rows",
+    "shuffled_order",
+]
+
+#: Rows read at a time when a matrix is copied to the device.
+DEVICE_BLOCK_ROWS = 65_536
+#: The most values a part of a matrix held on the device holds (int32 positions).
+PART_VALUES = 2**31 - 1
 
 
 class RowSource:
@@ -85,6 +100,16 @@ def data_parallel_devices():
     return 1
 
 
+def data_shard():
+    """`(shard, shards)`: under a data-parallel distribution over several processes, each process
+    feeds its own part of every batch (`shard` of `shards`, the distribution's data shard); else
+    `(0, 1)`."""
+    distribution = keras.distribution.distribution()
+    if isinstance(distribution, keras.distribution.DataParallel) and distribution.num_processes > 1:
+        return distribution.data_shard_id, distribution.num_processes
+    return 0, 1
+
+
 def _dense(block):
     """A float32 dense copy of a block of rows."""
     if sp.issparse(block):
@@ -113,7 +138,8 @@ class SparseBatches(keras.utils.PyDataset):
 
     Under a data-parallel distribution over d devices (`data_parallel_devices`), each batch splits
     evenly over them: the last batch of an epoch is cut to a multiple of d rows (the rows left out,
-    fewer than d, change with each epoch's order).
+    fewer than d, change with each epoch's order). Over several processes (`data_shard`), each one
+    gives its consecutive part of every batch: together, the batch one process alone would give.
 
     Args:
         X: CSR matrix, dense array, or the `.X` of an h5ad opened with `backed='r'`.
@@ -160,6 +186,7 @@ class SparseBatches(keras.utils.PyDataset):
         self.block_rows, self.buffer_batches = int(block_rows), int(buffer_batches)
         remainder = self.n % self.batch_size
         self._used = self.n - remainder % data_parallel_devices()
+        self._shard, self._shards = data_shard()
         self._rng = np.random.default_rng(seed)
         self._buffers, self._lock = {}, threading.Lock()
         self._order = self._draw() if shuffle else np.arange(self.n)
@@ -178,7 +205,10 @@ class SparseBatches(keras.utils.PyDataset):
         """Batch `index`'s positions among the used rows (sorted)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range ({len(self)} batches).")
-        return np.sort(self._order[index * self.batch_size : min((index + 1) * self.batch_size, self._used)])
+        positions = np.sort(
+            self._order[index * self.batch_size : min((index + 1) * self.batch_size, self._used)]
+        )
+        return positions if self._shards == 1 else np.array_split(positions, self._shards)[self._shard]
 
     def _rows_of(self, positions):
         return positions if self.cells is None else self.cells[positions]
@@ -200,9 +230,13 @@ class SparseBatches(keras.utils.PyDataset):
             held, block = self._buffers[stretch]
         return block[np.searchsorted(held, positions)]
 
+    def _inputs(self, index, positions):
+        """The model's input for batch `index`: its rows, dense float32."""
+        return _dense(self._read(index, positions))
+
     def __getitem__(self, index):
         positions = self._positions(index)
-        x = _dense(self._read(index, positions))
+        x = self._inputs(index, positions)
         if self.y is None:
             return (x,)
         if self.sample_weight is None:
@@ -214,6 +248,63 @@ class SparseBatches(keras.utils.PyDataset):
             self._order = self._draw()
             with self._lock:
                 self._buffers = {}
+
+
+class RowBatches(SparseBatches):
+    """`SparseBatches` whose batches carry the indices of their rows in `X` (int32) in place of the
+    rows: for a model that holds `X`'s rows on the device and densifies them there (its first layer
+    the `SparseRows` of `device_rows(X)`). The same batches, order and targets otherwise."""
+
+    def _inputs(self, index, positions):
+        return self._rows_of(positions).astype(np.int32)
+
+
+def device_rows(X, *, force=False):
+    """The rows of `X` (as `SparseBatches` takes it) held on the device: a `scquery.layers.SparseRows`
+    layer, the first of a training model fed `RowBatches`; or None where batches are better densified
+    on the host (`SparseBatches`). Unless `force`, the device must be an accelerator with room for
+    them (`scquery.placement.device_budget`).
+
+    `X` is read in blocks of `DEVICE_BLOCK_ROWS` rows, each copied to the device before the next is
+    read (given up, None, once the rows read so far foretell more than the budget), and held in
+    parts of at most `PART_VALUES` values."""
+    budget = None if force else device_budget()
+    if budget is None and not force:
+        return None
+    X = _rows(X)
+    n_rows, n_columns = X.shape
+    parts, part, lengths, stored = [], [], [], 0
+    for start in range(0, n_rows, DEVICE_BLOCK_ROWS):
+        block = sp.csr_matrix(X[start : start + DEVICE_BLOCK_ROWS])
+        stored += block.nnz
+        read = start + block.shape[0]
+        if budget is not None and (8 * stored + 4 * read) * n_rows / read > budget:
+            return None
+        if part and sum(b.nnz for b in part) + block.nnz > PART_VALUES:
+            parts.append(_device_part(part))
+            part = []
+        part.append(block)
+        lengths.append(np.diff(block.indptr))
+    parts.append(_device_part(part))
+    width = int(np.concatenate([np.zeros(1, np.int64), *lengths]).max())
+    return SparseRows(parts, n_columns=n_columns, width=width, name="rows")
+
+
+def _device_part(blocks):
+    """One part of `SparseRows`, the CSR arrays of consecutive `blocks` on the device (a part
+    without values holds one zero: masked slots read position 0)."""
+    data = [keras.ops.convert_to_tensor(b.data.astype(np.float32, copy=False)) for b in blocks if b.nnz]
+    indices = [keras.ops.convert_to_tensor(b.indices.astype(np.int32, copy=False)) for b in blocks if b.nnz]
+    lengths = np.concatenate([np.zeros(0, np.int64), *(np.diff(b.indptr) for b in blocks)])
+    if not data:
+        data, indices = [np.zeros(1, np.float32)], [np.zeros(1, np.int32)]
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    join = keras.ops.concatenate
+    return (
+        (data[0] if len(data) == 1 else join(data)),
+        (indices[0] if len(indices) == 1 else join(indices)),
+        indptr,
+    )
 
 
 def iter_dense_chunks(X, chunk_size, *, cells=None):

@@ -171,9 +171,12 @@ def as_bundle(model, data=None, *, call="scq.query(adata, bundle)") -> Bundle:
     )
 
 
-def with_index(bundle: Bundle) -> Bundle:
-    """`bundle` with a neighbour index built over its reference (`train` and `extend` make bundles so)."""
-    return dataclasses.replace(bundle, index=NeighborIndex.for_reference(bundle.reference, seed=bundle.seed))
+def with_index(bundle: Bundle, *, grown_from: NeighborIndex | None = None) -> Bundle:
+    """`bundle` with a neighbour index built over its reference (`train` and `extend` make bundles
+    so); `grown_from`: an index over the reference's first cells (`extend`'s bundle before), which a
+    copy of then takes the other cells where its kind allows (`NeighborIndex.grown`)."""
+    index = NeighborIndex.for_reference(bundle.reference, seed=bundle.seed, grown_from=grown_from)
+    return dataclasses.replace(bundle, index=index)
 
 
 def reference_index(bundle: Bundle) -> NeighborIndex:

@@ -5,10 +5,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
-from .batches import SparseBatches, iter_dense_chunks
+from .batches import RowBatches, SparseBatches, device_rows, iter_dense_chunks
 from .callbacks import EpochTimer, StageProgress
 from .logs import arrows, logger, resolve_verbose
-from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, seed_for, stack_encoder
+from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, MIXED_PRECISION, seed_for, stack_encoder
 
 HEAD = "classifier"
 
@@ -42,7 +42,7 @@ def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=
     return keras.Model(encoder.input, head(encoder.output), name="scquery")
 
 
-def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
+def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbose="auto"):
     """Fine-tune `model` on CSR `X` and integer labels `y` with the options of `config` (a
     `scquery.config.TrainConfig`); returns the Keras history as a dict.
 
@@ -56,9 +56,16 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
     batch order. The stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`). The history
     records, with early stopping, the epoch whose weights were kept (`kept_epoch`, from 1).
+
+    `rows`: X's rows held on the device (`scquery.batches.device_rows(X)`), None to densify the
+    batches on the host, or 'auto' (held on an accelerator with room for them). With
+    `mixed_precision`, a copy of `model` computing in bfloat16 (`MIXED_PRECISION`; its softmax
+    head in float32) trains, and `model` takes its weights: `model` itself stays as it was built.
     """
     epochs, batch_size, validation_fraction = config.epochs, config.batch_size, config.validation_fraction
     y = np.asarray(y)
+    rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
+    Batches = SparseBatches if rows is None else RowBatches
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
     label = "fine-tuning the classifier"
     callbacks, validation, stopper = [EpochTimer()], None, None
@@ -72,7 +79,7 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
         )
         train_rows.sort()
         validation_rows.sort()
-        validation = SparseBatches(
+        validation = Batches(
             X,
             y[validation_rows],
             cells=cells[validation_rows],
@@ -91,7 +98,7 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
         present = np.unique(y[train_rows])
         balanced = compute_class_weight("balanced", classes=present, y=y[train_rows])
         weights = dict(zip(present.tolist(), balanced.tolist(), strict=True))
-    batches = SparseBatches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
+    batches = Batches(X, y[train_rows], cells=cells[train_rows], batch_size=batch_size, seed=seed)
     widths = [X.shape[1], *(layer.units for layer in model.layers if layer.name.startswith(ENCODER_PREFIX))]
     schedule = f"{epochs} epochs"
     if validation is not None:
@@ -99,13 +106,14 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
     size = f"{arrows(widths)} → {model.get_layer(HEAD).units} cell types"
     logger.info("%s: %s, %s cells, %s", label, size, f"{len(y):,}", schedule)
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
-    model.compile(
+    fed = training_model(model, rows=rows, mixed_precision=config.mixed_precision)
+    fed.compile(
         keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         **FIT_OPTIONS,
     )
-    fitted = model.fit(
+    fitted = fed.fit(
         batches,
         validation_data=validation,
         epochs=epochs,
@@ -114,10 +122,51 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, verbose="auto"):
         shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
         verbose=0,
     )
+    if config.mixed_precision:
+        model.set_weights(fed.get_weights())
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
     if stopper is not None:  # the epoch whose weights early stopping restored: the model kept
         history["kept_epoch"] = int(stopper.best_epoch) + 1
     return history
+
+
+def training_model(model, *, rows=None, mixed_precision=False):
+    """The model `fit_classifier` trains for the classifier `model`: `model` itself, or with
+    `mixed_precision` a copy computing in bfloat16; fed row indices, its first layer `rows` (a
+    `scquery.layers.SparseRows`), where the data are held on the device. Its weights (`get_weights`,
+    what early stopping keeps and restores) are those of the classifier, not the data's."""
+    trained = _mixed_copy(model) if mixed_precision else model
+    return trained if rows is None else _OnRows(trained, rows)
+
+
+def _mixed_copy(model):
+    """A copy of the classifier `model`, its weights included, whose layers compute in bfloat16
+    but for the softmax head."""
+
+    def clone(layer):
+        policy = "float32" if layer.name == HEAD else MIXED_PRECISION
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class _OnRows(keras.Model):
+    """The training model of `model` on the device-held `rows` (a `scquery.layers.SparseRows`):
+    fed row indices, it densifies them and runs `model`. Its weights (what early stopping keeps
+    and restores) are `model`'s alone, not the data's."""
+
+    def __init__(self, model, rows):
+        indices = keras.Input((), dtype="int32", name="row_indices")
+        super().__init__(indices, model(rows(indices)), name=f"{model.name}_on_rows")
+        self.fed = model
+
+    def get_weights(self):
+        return self.fed.get_weights()
+
+    def set_weights(self, weights):
+        self.fed.set_weights(weights)
 
 
 def embedding_model(model):
@@ -126,14 +175,21 @@ def embedding_model(model):
     return keras.Model(model.input, encoders[-1].output, name="scquery_embedding")
 
 
-def predict_in_chunks(model, X, *, chunk_size=8192, cells=None):
+def predict_in_chunks(model, X, *, chunk_size=8192, cells=None, rows=None):
     """`model`'s outputs for the rows of CSR `X` (or its rows `cells`), densifying `chunk_size` rows
     at a time: a float32 array, or a list of them for a model of several outputs, each made once
-    and filled chunk by chunk (no list of parts, no copy of the whole)."""
+    and filled chunk by chunk (no list of parts, no copy of the whole). With `rows`, X's rows held
+    on the device (`scquery.batches.device_rows`), the chunks are densified there."""
     n = X.shape[0] if cells is None else len(cells)
     arrays = [np.empty((n, *output.shape[1:]), dtype=np.float32) for output in model.outputs]
+    if rows is None:
+        chunks = iter_dense_chunks(X, chunk_size, cells=cells)
+    else:
+        model = _OnRows(model, rows)
+        indices = np.arange(n) if cells is None else np.asarray(cells)
+        chunks = (indices[i : i + chunk_size].astype(np.int32) for i in range(0, n, chunk_size))
     start = 0
-    for chunk in iter_dense_chunks(X, chunk_size, cells=cells):
+    for chunk in chunks:
         parts = model(chunk, training=False)
         for array, part in zip(arrays, parts if len(arrays) > 1 else [parts], strict=True):
             array[start : start + len(chunk)] = keras.ops.convert_to_numpy(part)

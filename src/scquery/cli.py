@@ -243,6 +243,7 @@ def _train(args):
     config = load_train_config(args.config, **options)
 
     from .bundle import save_bundle, trained
+    from .placement import process_index
     from .train import train
 
     reference = _read_reference(args)
@@ -257,6 +258,8 @@ def _train(args):
         verbose=_verbosity(args),
         **_options(args, InputOptions, _READING),
     )
+    if process_index() != 0:  # one of several processes that trained together: the first one writes
+        return
     save_bundle(bundle, args.out, overwrite=args.overwrite)
     log.info("Wrote %s: %s.", args.out, trained(bundle))
 

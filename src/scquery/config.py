@@ -103,6 +103,19 @@ class TrainConfig:
     propagate_min_probability: float = option(
         0.5, "The least classifier probability of a propagated label", low=0, high=1
     )
+    # where training runs (docs/SCALING.md, "On a GPU")
+    devices: int = option(
+        1,
+        "Devices to spread training over, each batch split evenly over them (Keras's DataParallel, on "
+        "the JAX backend); 0: every device, of every process of a SLURM step",
+        low=0,
+        integer=True,
+    )
+    mixed_precision: bool = option(
+        False,
+        "Train in mixed precision (Keras's mixed_bfloat16: the layers compute in bfloat16, the weights "
+        "stay float32; the model saved is float32)",
+    )
     # `train`'s keyword, not a key of a configuration
     seed: int = option(
         0,

@@ -34,10 +34,12 @@ def extend(
     The new cells are embedded with the bundle's model and appended with their labels (`obs[label_key]`;
     `obs['label_source']` 'user') and datasets (`obs['dataset']`, or 'extension'); cell types the
     classifier does not know can then be found by `query`. Cells whose names the reference already holds
-    are refused (they would count twice). The new bundle has its own neighbour index. With `path`, the
-    new bundle is also saved there (`save_bundle`: an existing bundle is replaced only with
-    `overwrite`). `bundle` is a `Bundle` or the path of a bundle folder (loaded as `scq.load` does);
-    `layer`, `use_raw`, `gene_key`, `min_overlap`: as in `scquery.embed.embed`.
+    are refused (they would count twice). The new bundle has its own neighbour index: a copy of the
+    bundle's with the new cells added, where its kind allows (`scquery.neighbors.NeighborIndex.grown`),
+    else one built anew. With `path`, the new bundle is also saved there (`save_bundle`: an existing
+    bundle is replaced only with `overwrite`). `bundle` is a `Bundle` or the path of a bundle folder
+    (loaded as `scq.load` does); `layer`, `use_raw`, `gene_key`, `min_overlap`: as in
+    `scquery.embed.embed`.
     """
     bundle = as_bundle(bundle, adata, call="scq.extend(bundle, adata, label_key=...)")
     source = source_of(adata, "the new reference")
@@ -67,7 +69,7 @@ def extend(
     if PROFILES_KEY in bundle.reference.uns:
         added_profiles = type_profiles(processed, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
-    extended = with_index(dataclasses.replace(bundle, reference=reference))
+    extended = with_index(dataclasses.replace(bundle, reference=reference), grown_from=bundle.index)
     if path is not None:
         save_bundle(extended, path, overwrite=overwrite)
     return extended

@@ -158,3 +158,62 @@ class DenseLayerAutoencoder(keras.layers.Layer):
             }
         )
         return config
+
+
+class SparseRows(keras.layers.Layer):
+    """The rows of a CSR matrix held as the layer's non-trainable weights; called on row indices
+    (int32), it returns those rows dense (float32).
+
+    The matrix stays where weights live (an accelerator's memory; under a data-parallel scope, a copy
+    on each device) and each batch is densified there, within the compiled training step: the host
+    sends row indices only. Each row's entries are read as `width` (the longest row's count) slots
+    from its start, those past its end masked, and scattered into the dense batch. The matrix is held
+    in parts of consecutive rows, each of fewer than 2**31 values (int32 positions). A training
+    model's first layer (`scquery.batches.device_rows`), never saved.
+
+    Args:
+        parts: per part, in row order, its CSR arrays `(data, indices, indptr)` (tensors or arrays;
+            at least one value each, `indices` and `indptr` int32).
+        n_columns: the matrix's number of columns.
+        width: the most values any row holds.
+    """
+
+    def __init__(self, parts, *, n_columns, width, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.n_columns, self.width = int(n_columns), max(int(width), 1)
+        self.counts = [int(indptr.shape[0]) - 1 for _, _, indptr in parts]
+        self.firsts = [sum(self.counts[:i]) for i in range(len(parts))]
+        self.held = []  # data, indices, indptr of each part in turn
+        for i, (data, indices, indptr) in enumerate(parts):
+            self.held += [
+                keras.Variable(data, dtype="float32", trainable=False, name=f"data_{i}"),
+                keras.Variable(indices, dtype="int32", trainable=False, name=f"indices_{i}"),
+                keras.Variable(indptr, dtype="int32", trainable=False, name=f"indptr_{i}"),
+            ]
+
+    def call(self, rows):
+        rows = ops.cast(rows, "int32")
+        slots = ops.expand_dims(ops.arange(self.width, dtype="int32"), 0)
+        columns, values = [], []
+        for i, (first, count) in enumerate(zip(self.firsts, self.counts, strict=True)):
+            data, indices, indptr = self.held[3 * i : 3 * i + 3]
+            local = rows - first
+            inside = ops.logical_and(local >= 0, local < count)
+            local = ops.where(inside, local, 0)
+            starts = ops.take(indptr, local)
+            lengths = ops.where(inside, ops.take(indptr, local + 1) - starts, 0)
+            held = slots < ops.expand_dims(lengths, 1)
+            positions = ops.where(held, ops.expand_dims(starts, 1) + slots, 0)
+            # a masked slot adds 0 to a column of its own (slot mod n_columns): no two of a row's
+            # masked slots meet at one address (an accelerator's scatter serializes those)
+            spread = ops.broadcast_to(slots % self.n_columns, ops.shape(positions))
+            columns.append(ops.where(held, ops.take(indices, positions), spread))
+            values.append(ops.where(held, ops.take(data, positions), 0.0))
+        columns, values = ops.concatenate(columns, axis=1), ops.concatenate(values, axis=1)
+        batch = ops.shape(rows)[0]
+        cells = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), ops.shape(columns))
+        index = ops.stack([ops.reshape(cells, [-1]), ops.reshape(columns, [-1])], axis=1)
+        return ops.scatter(index, ops.reshape(values, [-1]), (batch, self.n_columns))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.n_columns)

@@ -1,6 +1,7 @@
 """Nearest-neighbour search over reference embeddings: exact where it is cheap, faiss IVF-Flat above.
 
-The index is built once, with the bundle (by `train` and `extend`: `scquery.bundle.with_index`),
+The index is built once, with the bundle (by `train`; `extend` adds the new cells to a copy of the
+bundle's: `scquery.bundle.with_index`),
 saved in the model bundle beside the reference (`save` / `load`), and read back with it, so that a
 query never rebuilds it, and a query never changes the bundle (`scquery.bundle.reference_index`).
 Its search runs through a backend of one small interface (`build`, `search`, `search_self`,
@@ -33,11 +34,13 @@ TARGET_RECALL = 0.95
 """The least recall of the approximate search, measured on a sample of reference cells."""
 RECALL_SAMPLE = 1000
 """Reference cells whose exact neighbours calibrate `nprobe`."""
+QUERY_SAMPLE, QUERY_CALIBRATED = 512, 20_000
+"""A search of at least `QUERY_CALIBRATED` cells calibrates `nprobe` on `QUERY_SAMPLE` of them."""
 LISTS_PER_SQRT_CELL = 4
 """IVF lists: 4 √n (4,000 at a million cells; a list then holds about 250 cells)."""
 POINTS_PER_LIST, KMEANS_ITERATIONS = 32, 10
 """k-means of the lists' centroids: on 32 sampled cells per list, 10 iterations."""
-NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
 """The `nprobe` values tried, smallest first, until the recall reaches `TARGET_RECALL`."""
 CALIBRATED_K = (1, QueryOptions().k)
 """Neighbour counts calibrated when the index is built (1: leave-self-out; the query's default k)."""
@@ -97,14 +100,14 @@ class IVFFlatSearch:
     the cells into `4 √n` lists; a query scans the `nprobe` lists nearest to it and computes exact
     distances to their cells. For each `k`, `nprobe` is the least value of `NPROBES` whose recall@k
     (leave-self-out, on `RECALL_SAMPLE` seeded reference cells against `ExactSearch`) reaches
-    `TARGET_RECALL`. The same interface as `ExactSearch`."""
+    `TARGET_RECALL`. The same interface as `ExactSearch`, and `grown` (the cells added to a copy)."""
 
     name = "ivf-flat"
 
     def __init__(self, embeddings, index, nprobe, *, seed, n_threads):
         self.embeddings, self.index, self.nprobe = embeddings, index, nprobe
         self.seed, self.n_threads = seed, n_threads
-        self._truth = None
+        self._truth, self.searched = None, (None, None)
 
     @classmethod
     def build(cls, embeddings, *, seed, n_threads):
@@ -118,26 +121,57 @@ class IVFFlatSearch:
         sample = np.sort(rng.choice(n, min(n, POINTS_PER_LIST * n_lists), replace=False))
         index.train(embeddings[sample])
         built = cls(embeddings, index, {}, seed=seed, n_threads=n_threads)
-        # Each cell's list, found once (`add` would search the centroids again in its own pass).
-        add_preassigned(index, embeddings, index.quantizer.search(embeddings, 1)[1][:, 0].copy())
-        for k in CALIBRATED_K:
-            built._nprobe_for(k)
+        built._add(embeddings)
+        built._calibrate()
         return built
 
-    def search(self, queries, k):
+    def grown(self, embeddings):
+        """A copy over `embeddings`, whose first rows are this index's cells: the others are added
+        to a copy of the lists (the k-means is not run again), and `nprobe` calibrated anew."""
+        faiss.omp_set_num_threads(self.n_threads)
+        index = faiss.clone_index(self.index)
+        grown = type(self)(embeddings, index, {}, seed=self.seed, n_threads=self.n_threads)
+        grown._add(embeddings[len(self.embeddings) :])
+        grown._calibrate()
+        return grown
+
+    def _add(self, embeddings):
+        # Each cell's list, found once (`add` would search the centroids again in its own pass).
+        add_preassigned(self.index, embeddings, self.index.quantizer.search(embeddings, 1)[1][:, 0].copy())
+
+    def _calibrate(self):
+        for k in CALIBRATED_K:
+            self._nprobe_for(k)
+
+    def _prepare(self, k):
         self.index.nprobe = self._nprobe_for(k)
         faiss.omp_set_num_threads(self.n_threads)
+
+    def search(self, queries, k):
+        """As `ExactSearch.search`. A large search (`QUERY_CALIBRATED` cells or more) scans the
+        least `nprobe` whose recall@k on a seeded sample of its own cells (`QUERY_SAMPLE`, against
+        `ExactSearch`) reaches `TARGET_RECALL`: another study's cells may lie farther from the
+        reference than its own cells (the build's calibration), or nearer."""
+        self._prepare(k)
+        if len(queries) >= QUERY_CALIBRATED:
+            rng = np.random.default_rng(self.seed)
+            sample = queries[np.sort(rng.choice(len(queries), QUERY_SAMPLE, replace=False))]
+            truth = ExactSearch(self.embeddings, n_threads=self.n_threads).search(sample, k)[1]
+            self.index.nprobe = self._least_nprobe(sample, truth, k)
+        self.searched = k, self.index.nprobe
         squared, indices = self.index.search(queries, k)
         return _distances(squared), indices.astype(np.int64)
 
     def search_self(self, rows):
-        self.index.nprobe = self._nprobe_for(1)
-        faiss.omp_set_num_threads(self.n_threads)
+        self._prepare(1)
         squared, indices = self.index.search(self.embeddings[rows], 2)
         return _distances(squared), indices
 
     def describe(self, k):
-        return f"faiss IVF-Flat ({self.index.nlist} lists, nprobe={self._nprobe_for(k)})"
+        """In words, with the `nprobe` of the last search of `k` neighbours, else the calibrated one."""
+        searched, nprobe = self.searched
+        nprobe = nprobe if searched == k else self._nprobe_for(k)
+        return f"faiss IVF-Flat ({self.index.nlist} lists, nprobe={nprobe})"
 
     def save(self, folder):
         faiss.write_index(self.index, str(Path(folder) / FAISS_FILE))
@@ -156,16 +190,23 @@ class IVFFlatSearch:
         k = min(int(k), len(self.embeddings) - 1)
         if k not in self.nprobe:
             rows, exact = self._sample_truth(k + 1)
-            sample, truth = self.embeddings[rows], _others(exact, rows, k)
-            faiss.omp_set_num_threads(self.n_threads)
-            for nprobe in [p for p in NPROBES if p < self.index.nlist] + [self.index.nlist]:
-                self.index.nprobe = nprobe
-                found = _others(self.index.search(sample, k + 1)[1], rows, k)
-                hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
-                if hits / truth.size >= TARGET_RECALL:
-                    break
-            self.nprobe[k] = nprobe
+            self.nprobe[k] = self._least_nprobe(self.embeddings[rows], _others(exact, rows, k), k, rows=rows)
         return self.nprobe[k]
+
+    def _least_nprobe(self, sample, truth, k, *, rows=None):
+        """The least `nprobe` of `NPROBES` whose recall@k of `truth` (the exact neighbours of
+        `sample`) reaches `TARGET_RECALL`; with `rows` (the sample's own cells), leaving them out."""
+        faiss.omp_set_num_threads(self.n_threads)
+        for nprobe in [p for p in NPROBES if p < self.index.nlist] + [self.index.nlist]:
+            self.index.nprobe = nprobe
+            if rows is None:
+                found = self.index.search(sample, k)[1]
+            else:
+                found = _others(self.index.search(sample, k + 1)[1], rows, k)
+            hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
+            if hits / truth.size >= TARGET_RECALL:
+                break
+        return nprobe
 
     def _sample_truth(self, k):
         """The calibration sample (`RECALL_SAMPLE` seeded rows) and their exact `k` nearest cells
@@ -208,6 +249,19 @@ class NeighborIndex:
         backend = options.get("backend") or (ExactSearch if exact else IVFFlatSearch)
         self.backend = backend.build(self.embeddings, seed=self.seed, n_threads=self.n_threads)
         self._nearest = None
+
+    def grown(self, embeddings, *, groups=None):
+        """An index over `embeddings`, whose first rows are this index's cells (an extended
+        reference): where the backend allows (`IVFFlatSearch.grown`), the new cells are added to a
+        copy of this one; otherwise one is built anew. This index is unchanged."""
+        embeddings = _embeddings(embeddings)
+        if not (hasattr(self.backend, "grown") and self.indexes(embeddings[: self.n_cells])):
+            return type(self)(embeddings, groups=groups, seed=self.seed, n_threads=self.n_threads)
+        index = type(self).__new__(type(self))
+        index.embeddings, index.groups = embeddings, None if groups is None else np.asarray(groups)
+        index.seed, index.n_threads, index._nearest = self.seed, self.n_threads, None
+        index.backend = self.backend.grown(index.embeddings)
+        return index
 
     @property
     def n_cells(self):
@@ -305,9 +359,13 @@ class NeighborIndex:
         return index
 
     @classmethod
-    def for_reference(cls, reference, *, seed):
-        """A new index over a bundle's `reference` (its embeddings, its labels as the groups)."""
-        return cls(reference.obsm["X_scquery"], groups=reference.obs["label"].to_numpy(), seed=seed)
+    def for_reference(cls, reference, *, seed, grown_from=None):
+        """A new index over a bundle's `reference` (its embeddings, its labels as the groups); with
+        `grown_from`, an index over the reference's first cells, that index `grown` by the others."""
+        embeddings, groups = reference.obsm["X_scquery"], reference.obs["label"].to_numpy()
+        if grown_from is not None:
+            return grown_from.grown(embeddings, groups=groups)
+        return cls(embeddings, groups=groups, seed=seed)
 
 
 def _embeddings(embeddings):

@@ -83,10 +83,10 @@ def bundle_meta(path):
         raise ScqueryError(f"{meta_file} is damaged (not JSON); train the model again.") from None
     found = meta.get("format_version") if isinstance(meta, dict) else None
     if found != FORMAT_VERSION:
-        from importlib.metadata import version
+        from . import __version__  # '0+source' where scquery runs from its source tree
 
         raise ScqueryError(
-            f"{path} is a bundle of format {found}, and this scquery ({version('scquery')}) reads "
+            f"{path} is a bundle of format {found}, and this scquery ({__version__}) reads "
             f"format {FORMAT_VERSION}; use a matching scquery version."
         )
     return meta

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from .batches import SparseBatches
+from .batches import RowBatches, SparseBatches, device_rows
 from .callbacks import EpochTimer, StageProgress
 from .layers import DenseLayerAutoencoder
 from .logs import arrows, logger, resolve_verbose
@@ -31,6 +31,9 @@ FIT_OPTIONS = {"steps_per_execution": 32}
 _INIT, _NOISE, _ORDER = 0, 1, 2
 #: The arrays of `PretrainedEncoder.autoencoder` in a `save_encoder` file.
 _AUTOENCODER_ARRAYS = ("autoencoder_kernel", "autoencoder_encoder_bias", "autoencoder_decoder_bias")
+#: The Keras dtype policy of training in mixed precision: bfloat16 computations, float32 weights
+#: (no loss scaling needed, unlike float16).
+MIXED_PRECISION = "mixed_bfloat16"
 
 
 def seed_for(seed, *keys):
@@ -63,7 +66,7 @@ class PretrainedEncoder:
         return [int(kernel.shape[1]) for kernel, _ in self.weights]
 
 
-def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
+def pretrain_greedy(X, config, *, scale=None, seed, rows="auto", verbose="auto"):
     """Pretrain one tied denoising autoencoder per hidden layer, each on the codes of the ones before.
 
     The options are those of `config` (a `scquery.config.TrainConfig`): layer i is a
@@ -77,6 +80,11 @@ def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
     stream (`seed_for`). Each stage is announced on the `scquery` logger; `verbose` shows its epochs
     (`scquery.callbacks.StageProgress`; 'auto': `scquery.logs.resolve_verbose`).
 
+    `rows`: X's rows held on the device (`scquery.batches.device_rows(X)`: each batch is densified
+    there, the host sends row indices), None to densify the batches on the host, or 'auto' (held
+    on an accelerator with room for them). With `mixed_precision`, the layers compute in
+    bfloat16 (`MIXED_PRECISION`); the weights stay float32.
+
     Returns:
         `weights`, a list of `[kernel, bias]` per layer (the encoder); `history`, one dict per
         stage with its number of `cells`, the loss before training (`initial_loss`), after each
@@ -85,6 +93,8 @@ def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
         decoder bias]`).
     """
     verbose = resolve_verbose(verbose)
+    rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
+    dtype = MIXED_PRECISION if config.mixed_precision else None
     weights, decoder_biases, history = [], [], []
     hidden_sizes, activation = config.hidden_sizes, config.activation
     epochs, batch_size, learning_rate = config.pretrain_epochs, config.batch_size, config.learning_rate
@@ -93,20 +103,26 @@ def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
         label, size = f"pretraining layer {i + 1}/{len(hidden_sizes)}", arrows(widths[i : i + 2])
         logger.info("%s: %s, %d epochs", label, size, epochs)
         progress = StageProgress(label, verbose=verbose, size=size)
-        dae = _autoencoder([width], config, seed, stage=i)
+        dae = _autoencoder([width], config, seed, stage=i, dtype=dtype)
         below = stack_encoder(
-            X.shape[1], hidden_sizes[:i], activation=activation, seed=seed, scale=scale, weights=weights
+            X.shape[1],
+            hidden_sizes[:i],
+            activation=activation,
+            seed=seed,
+            scale=scale,
+            weights=weights,
+            dtype=dtype,
         )
-        batches = SparseBatches(X, batch_size=batch_size, seed=seed_for(seed, i, _ORDER))
+        batches = _batches(X, rows, batch_size, seed_for(seed, i, _ORDER))
         stage = _fit_autoencoder(
-            dae, below, batches, epochs, learning_rate, name=f"layer_{i}", progress=progress
+            dae, below, batches, epochs, learning_rate, name=f"layer_{i}", progress=progress, rows=rows
         )
         history.append({"stage": f"layer_{i}", "width": int(width), "cells": int(X.shape[0]), **stage})
         weights.append([keras.ops.convert_to_numpy(w) for w in (dae.kernels[0], dae.encoder_biases[0])])
         decoder_biases.append(keras.ops.convert_to_numpy(dae.decoder_biases[0]))
     if config.finetune_autoencoder:
         last = len(hidden_sizes)
-        stacked = _autoencoder(hidden_sizes, config, seed, stage=last)
+        stacked = _autoencoder(hidden_sizes, config, seed, stage=last, dtype=dtype)
         stacked.build((None, X.shape[1]))
         values = [w[0] for w in weights] + [w[1] for w in weights] + decoder_biases[::-1]
         for variable, value in zip(
@@ -116,10 +132,10 @@ def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
         label = "fine-tuning the stacked autoencoder"
         logger.info("%s: %s, %d epochs", label, arrows(widths), epochs)
         progress = StageProgress(label, verbose=verbose, size=arrows(widths))
-        scaling = stack_encoder(X.shape[1], [], activation=activation, seed=seed, scale=scale)
-        batches = SparseBatches(X, batch_size=batch_size, seed=seed_for(seed, last, _ORDER))
+        scaling = stack_encoder(X.shape[1], [], activation=activation, seed=seed, scale=scale, dtype=dtype)
+        batches = _batches(X, rows, batch_size, seed_for(seed, last, _ORDER))
         stage = _fit_autoencoder(
-            stacked, scaling, batches, epochs, learning_rate, name="stacked", progress=progress
+            stacked, scaling, batches, epochs, learning_rate, name="stacked", progress=progress, rows=rows
         )
         history.append(
             {"stage": "stacked", "width": int(hidden_sizes[-1]), "cells": int(X.shape[0]), **stage}
@@ -131,7 +147,7 @@ def pretrain_greedy(X, config, *, scale=None, seed, verbose="auto"):
     return weights, history, [*weights[0], decoder_biases[0]]
 
 
-def _autoencoder(widths, config, seed, *, stage):
+def _autoencoder(widths, config, seed, *, stage, dtype=None):
     level = config.noise_level
     corruption = {"dropout": level} if config.noise == "mask" else {"noise_stddev": level}
     return DenseLayerAutoencoder(
@@ -139,8 +155,14 @@ def _autoencoder(widths, config, seed, *, stage):
         activation=config.activation,
         kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, stage, _INIT)),
         seed=seed_for(seed, stage, _NOISE),
+        dtype=dtype,
         **corruption,
     )
+
+
+def _batches(X, rows, batch_size, seed):
+    """A stage's batches: row indices for a model holding `rows` on the device, else dense rows."""
+    return (SparseBatches if rows is None else RowBatches)(X, batch_size=batch_size, seed=seed)
 
 
 class _Denoising(keras.Model):
@@ -154,20 +176,21 @@ class _Denoising(keras.Model):
         return super().compute_loss(x, clean, reconstruction, sample_weight, training=training)
 
 
-def denoising_model(dae, n_genes, below=None, *, name="dae"):
+def denoising_model(dae, n_genes, below=None, *, rows=None, name="dae"):
     """The model that trains the autoencoder `dae` on `n_genes` inputs to reconstruct their codes
-    through the frozen model `below` (None: the inputs themselves), fed batches without targets."""
-    inputs = keras.Input((n_genes,))
-    clean = inputs
+    through the frozen model `below` (None: the inputs themselves), fed batches without targets:
+    dense rows, or with `rows` (a `scquery.layers.SparseRows`, held on the device) row indices."""
+    inputs = keras.Input((n_genes,)) if rows is None else keras.Input((), dtype="int32")
+    clean = inputs if rows is None else rows(inputs)
     if below is not None:
         below.trainable = False
-        clean = below(inputs)
+        clean = below(clean)
     return _Denoising(inputs, [clean, dae(clean)], name=name)
 
 
-def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progress):
+def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progress, rows=None):
     """Fit `dae` to reconstruct the codes of the frozen model `below` (None: the data themselves)."""
-    model = denoising_model(dae, batches.X.shape[1], below, name=f"dae_{name}")
+    model = denoising_model(dae, batches.X.shape[1], below, rows=rows, name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
     initial = model.evaluate(batches, steps=steps, verbose=0)
@@ -182,13 +205,13 @@ def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progre
     }
 
 
-def scaling_layer(scale):
+def scaling_layer(scale, *, dtype=None):
     """A `Normalization` layer standardizing genes with the record's `scale` statistics."""
     std = np.asarray(scale["std"], dtype=np.float32)
-    return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale")
+    return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale", dtype=dtype)
 
 
-def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weights=None):
+def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weights=None, dtype=None):
     """The stacked encoder: a functional `keras.Model` from the input `expression` (`n_genes`
     values) through gene scaling (a `Normalization` layer `scale`, with the preprocessing record's
     `scale` statistics) to the dense layers `encoder_0 … encoder_{L-1}` of widths `hidden_sizes`
@@ -196,7 +219,7 @@ def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weight
 
     Layer i holds `weights[i]` (`[kernel, bias]`, as `pretrain_greedy` returns them) where given,
     else Glorot-uniform weights seeded by `seed_for(seed, i)`. Returns None when there is nothing
-    to apply (no layer and no scaling).
+    to apply (no layer and no scaling). `dtype`: the layers' Keras dtype policy (None: the default).
     """
     weights = list(weights or [])
     if len(weights) > len(hidden_sizes):
@@ -204,13 +227,14 @@ def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weight
     if not hidden_sizes and scale is None:
         return None
     inputs = keras.Input((n_genes,), name="expression")
-    x = inputs if scale is None else scaling_layer(scale)(inputs)
+    x = inputs if scale is None else scaling_layer(scale, dtype=dtype)(inputs)
     for i, width in enumerate(hidden_sizes):
         layer = keras.layers.Dense(
             int(width),
             activation=activation,
             kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, i)),
             name=f"{ENCODER_PREFIX}{i}",
+            dtype=dtype,
         )
         x = layer(x)
         if i < len(weights):

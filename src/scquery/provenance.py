@@ -14,6 +14,8 @@ from importlib.metadata import version
 
 import numpy as np
 
+from . import __version__
+
 #: The key of `uns` scquery owns (and the default `key_added` of `embed` and `query`).
 KEY = "scquery"
 #: The entries reading records; a run keeps them.
@@ -68,7 +70,7 @@ def current_versions() -> dict:
     import keras
 
     return {
-        "scquery": version("scquery"),
+        "scquery": __version__,
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         # the module's own version: the distribution may be named otherwise (tensorflow-cpu)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .batches import device_rows
 from .bundle import Bundle, model_digest, with_index
 from .calibration import DEFAULT
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
@@ -27,6 +28,7 @@ from .errors import ScqueryError
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .options import InputOptions, check
+from .placement import data_parallel
 from .preprocessing.align import apply_record
 from .preprocessing.fit import fit_reference, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
@@ -61,8 +63,9 @@ def pretrain(
     if label_key is not None:
         check_labels(adata, label_key, source=source_of(adata, "the reference"), allow_missing=True)
     values = {"layer": layer, "use_raw": use_raw}
-    X, _, record = _preprocess(adata, config, values, label_key=label_key)
-    return _pretrain(X, record, unlabeled, config, values, verbose)
+    with data_parallel(config.devices):
+        X, _, record = _preprocess(adata, config, values, label_key=label_key)
+        return _pretrain(X, record, unlabeled, config, values, verbose, rows="auto")
 
 
 @without_retracing_warnings
@@ -91,8 +94,10 @@ def train(
 
     An h5ad opened with `anndata.read_h5ad(path, backed='r')` is read from disk in blocks and never
     whole (`scquery.preprocessing`): memory does not grow with its matrix, and the model is the one its data
-    in memory give. Within `keras.distribution.DataParallel(...).scope()` (JAX backend) each batch
-    is split over the devices (docs/SCALING.md).
+    in memory give. With `config.devices` other than 1 (JAX backend), or within a
+    `keras.distribution.DataParallel(...).scope()` of the caller's, each batch is split over the
+    devices (`scquery.placement.data_parallel`); with `config.mixed_precision` the layers compute in
+    bfloat16 (docs/SCALING.md).
 
     Args:
         label_key: the obs column of cell types; cells without one (NaN or empty) serve pretraining
@@ -127,12 +132,20 @@ def train(
         )
     _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
+    with data_parallel(config.devices):  # 1 device: the caller's own distribution, if any, stays
+        bundle = _train(adata, label_key, config, unlabeled, encoder, values, species, verbose)
+    return with_index(bundle)
+
+
+def _train(adata, label_key, config, unlabeled, encoder, values, species, verbose):
+    """`train`'s work once its inputs are checked: the bundle, without its index."""
     X, obs, record = _preprocess(adata, config, values, label_key=label_key, species=species)
     cells, classes, y = _labelled(obs, label_key, config)  # before any training
+    rows = _device_rows(X)  # pretraining's and fine-tuning's
     if encoder is not None:
         _check_encoder(encoder, record, config)
     elif config.pretrain:
-        encoder = _pretrain(X, record, unlabeled, config, values, verbose)
+        encoder = _pretrain(X, record, unlabeled, config, values, verbose, rows=rows)
     model = build_classifier(
         X.shape[1],
         len(classes),
@@ -143,9 +156,11 @@ def train(
     )
     history = {
         "pretrain": [] if encoder is None else encoder.history,
-        "classifier": fit_classifier(model, X, y, config, cells=cells, seed=config.seed, verbose=verbose),
+        "classifier": fit_classifier(
+            model, X, y, config, cells=cells, seed=config.seed, rows=rows, verbose=verbose
+        ),
     }
-    propagated, y_propagated = _propagate(model, X, obs, label_key, config)
+    propagated, y_propagated = _propagate(model, X, obs, label_key, config, rows)
     history["cells"] = {
         "labelled": len(cells),
         "propagated": len(propagated),
@@ -162,13 +177,13 @@ def train(
         index=reference.index.copy(),
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
-    embedding = predict_in_chunks(embedding_model(model), X, cells=cells)
+    embedding = predict_in_chunks(embedding_model(model), X, cells=cells, rows=rows)
     calibration = calibrate(
         X, cells, np.asarray(classes)[y], model, classes=classes, seed=seed_for(config.seed, _CALIBRATION)
     )
     if calibration is None:
         calibration = dataclasses.replace(DEFAULT, fitted={"default": "too few types to hold one out"})
-    bundle = Bundle(
+    return Bundle(
         model=model,
         classes=classes,
         preprocess=record,
@@ -184,7 +199,6 @@ def train(
         model_id=model_digest(model, record["genes"]),
         calibration=calibration.to_dict(),
     )
-    return with_index(bundle)
 
 
 def _preprocess(adata, config, values, *, label_key=None, species=None):
@@ -233,14 +247,14 @@ def _labelled(obs, label_key, config):
     return cells, classes, y
 
 
-def _propagate(model, X, obs, label_key, config):
+def _propagate(model, X, obs, label_key, config, rows):
     """The unlabelled reference cells the classifier labels confidently (`scquery.propagate`):
     their rows in the processed reference `X` (annotations `obs`) and class codes (none with
-    `config.propagate` false)."""
+    `config.propagate` false); `rows`: X's rows held on the device, or None."""
     unlabelled = np.flatnonzero(~labelled_cells(obs[label_key]))
     if not config.propagate or unlabelled.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    probabilities = predict_in_chunks(model, X, cells=unlabelled)
+    probabilities = predict_in_chunks(model, X, cells=unlabelled, rows=rows)
     rows, codes = confident_labels(probabilities, min_probability=config.propagate_min_probability)
     logger.info(
         "labelling the unlabelled reference cells: %s of %s propagated (probability >= %s)",
@@ -251,9 +265,20 @@ def _propagate(model, X, obs, label_key, config):
     return unlabelled[rows], codes
 
 
-def _pretrain(X, record, unlabeled, config, values, verbose):
+def _device_rows(X):
+    """The processed reference's rows held on the device where it is an accelerator with room for
+    them (`scquery.batches.device_rows`), else None."""
+    rows = device_rows(X)
+    if rows is not None:
+        held = sum(4 * int(np.prod(weight.shape)) for weight in rows.weights)
+        logger.info("training data held on the device: %.2f GB", held / 1e9)
+    return rows
+
+
+def _pretrain(X, record, unlabeled, config, values, verbose, *, rows):
     """Greedy pretraining on the processed reference's cells `X` and the `unlabeled` data (each one
-    processed, and so checked, before any training)."""
+    processed, and so checked, before any training); `rows`: X's rows held on the device, None,
+    or 'auto' (`pretrain_greedy`)."""
     if not sp.issparse(X) and unlabeled is not None:
         X = X.materialize()  # stacked with the unlabelled cells in memory
     extra = [
@@ -261,8 +286,14 @@ def _pretrain(X, record, unlabeled, config, values, verbose):
     ]
     if extra:
         X = sp.vstack([X, *extra], format="csr", dtype=np.float32)
+        rows = "auto"  # more rows than the reference's
     weights, history, autoencoder = pretrain_greedy(
-        X, config, scale=record["scale"], seed=seed_for(config.seed, _PRETRAIN), verbose=verbose
+        X,
+        config,
+        scale=record["scale"],
+        seed=seed_for(config.seed, _PRETRAIN),
+        rows=rows,
+        verbose=verbose,
     )
     return PretrainedEncoder(weights, list(record["genes"]), config.activation, history, autoencoder)
 
