@@ -267,6 +267,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         markers = group_features(
             neighbors.processed, group, group_types, profiles, measured=neighbors.alignment.shared
         )
+        markers["type"], markers["cells"] = group_types, np.bincount(group, minlength=len(group_types))
     found = Findings(
         expressed=neighbors.expressed,
         confidence=confidence,

@@ -51,11 +51,11 @@ def cluster_novelty(found):
 
 
 def unknown_score(found):
-    """The calibrated probability that the cell's query group is of no reference type; NaN without
-    type profiles."""
+    """The calibrated probability that the cell's query group is of no reference type, judged
+    against the query's own level (`scquery.calibration.study_level`); NaN without type profiles."""
     if found.markers is None:
         return np.full(len(found.group), np.nan, dtype=np.float32)
-    return found.calibration.probability(found.markers).astype(np.float32)[found.group]
+    return found.calibration.probability(found.markers, rescale=True).astype(np.float32)[found.group]
 
 
 @dataclass(frozen=True)
