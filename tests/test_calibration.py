@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from scquery.bundle import load_bundle
-from scquery.calibration import DEFAULT, MARKER_FEATURES, Calibration, fit_calibration
+from scquery.calibration import DEFAULT, MARKER_FEATURES, Calibration, fit_calibration, study_level
 from scquery.query import query
 from scquery.selftest import shifted
 
@@ -71,3 +71,30 @@ def test_the_simulated_study_shift_keeps_the_input_and_its_sparsity():
     assert sp.issparse(moved) and moved.dtype == np.float32 and moved.nnz < X.nnz
     assert (X != before).nnz == 0
     assert set(zip(*moved.nonzero(), strict=True)) <= set(zip(*X.nonzero(), strict=True))
+
+
+def test_a_query_whose_best_type_keeps_less_is_judged_against_its_own_level():
+    """Another study shows every type's genes less sharply: the best-kept type of the query (of 5 % of
+    its cells or more) stands for a known type there, and the groups are raised to the self-test's level."""
+    table = pd.DataFrame(
+        {
+            "own_markers": [0.4, 0.3, 0.95, np.nan],
+            "lineage_markers": [0.4, 0.3, 0.95, np.nan],
+            "query_markers": [0.4, 0.3, 0.95, np.nan],
+            "type": ["A", "B", "C", "D"],
+            "cells": [100, 50, 2, 30],  # C: under 5 % of the cells; D: not measured
+        }
+    )
+    assert study_level(table) == pytest.approx(0.4)
+    calibration = dataclasses.replace(DEFAULT, level=0.8)
+    plain, rescaled = calibration.probability(table), calibration.probability(table, rescale=True)
+    assert plain[0] > 0.5 > rescaled[0]  # A, kept 0.4 of its genes where the query's best keeps 0.4
+    assert rescaled[1] > rescaled[0]
+    assert rescaled[2] == pytest.approx(1 / (1 + np.exp(7.0 - 3.5)))  # C: 0.95 raised, capped at 1
+    # a query at the self-test's level or above, or a calibration without a level: features unchanged
+    sharp = table.copy()
+    sharp.loc[0, list(MARKER_FEATURES)] = 0.9
+    np.testing.assert_allclose(calibration.probability(sharp, rescale=True), calibration.probability(sharp))
+    np.testing.assert_allclose(DEFAULT.probability(table, rescale=True), DEFAULT.probability(table))
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+    assert Calibration.from_dict({**calibration.to_dict(), "level": "x"}) is None

@@ -29,9 +29,6 @@ from .query import cluster_query, combine_evidence, vote
 #: The simulated change of study: each gene's values scaled by a log-normal factor of this spread,
 #: and each detected value kept with this probability (the kept ones scaled up to make up for it).
 SHIFT_SIGMA, SHIFT_KEEP = 0.5, 0.5
-#: ... and this share of the genes losing their pattern across types (each one's values moved to
-#: cells drawn at random): the markers that do not carry to another study, protocol or species.
-SHIFT_TURNOVER = 0.0
 #: Cells of each type taken for each half (a sample of larger types).
 CELLS_PER_TYPE = 300
 #: The fewest pseudo-query cells of a type for it to be held out.
@@ -126,20 +123,15 @@ def self_test(X, rows, labels, model, *, classes, seed=0, batch_size=8192):
     return pd.concat(tables, ignore_index=True)
 
 
-def shifted(X, rng, *, turnover=None):
+def shifted(X, rng):
     """The log-normalized rows of CSR `X` as another study might measure them (`SHIFT_SIGMA`,
-    `SHIFT_KEEP`, `turnover`: default `SHIFT_TURNOVER`), as CSR float32 (`X` unchanged)."""
-    turnover = SHIFT_TURNOVER if turnover is None else turnover
+    `SHIFT_KEEP`), as CSR float32 (`X` unchanged)."""
     X = sp.csr_matrix(X, dtype=np.float64, copy=True)
     linear = np.expm1(X.data) * np.exp(rng.normal(0, SHIFT_SIGMA, X.shape[1]))[X.indices]
     kept = rng.random(linear.size) < SHIFT_KEEP
     X.data = np.log1p(np.where(kept, linear / SHIFT_KEEP, 0.0))
     X.eliminate_zeros()
-    X = X.tocsc()
-    for gene in np.flatnonzero(rng.random(X.shape[1]) < turnover):
-        start, end = X.indptr[gene], X.indptr[gene + 1]
-        X.indices[start:end] = np.sort(rng.choice(X.shape[0], end - start, replace=False))
-    return X.tocsr().astype(np.float32)
+    return X.astype(np.float32)
 
 
 def _halves(labels, rng):
