@@ -97,7 +97,11 @@ class Calibration:
         if len(coefficients) != len(MARKER_FEATURES) or not np.isfinite(numbers).all():
             return None
         return cls(
-            coefficients=coefficients, intercept=intercept, features=MARKER_FEATURES, fitted=fitted, level=level
+            coefficients=coefficients,
+            intercept=intercept,
+            features=MARKER_FEATURES,
+            fitted=fitted,
+            level=level,
         )
 
 
@@ -128,8 +132,8 @@ def study_level(table):
 def fit_calibration(table, *, fitted=None, level=None):
     """A `Calibration` fitted on the self-test's groups (`table`: the feature columns, `cells` and
     `held`, the share of each group's cells of the type held out), with the `level` given, or None
-    where no group holds a held-out type. Each cell counts once (a group's cells as new in the share `held`, as known in the
-    rest), and new and known cells weigh the same in total."""
+    where no group holds a held-out type. Each cell counts once (a group's cells as new in the share
+    `held`, as known in the rest), and new and known cells weigh the same in total."""
     held = table["held"].to_numpy(np.float64)
     cells = table["cells"].to_numpy(np.float64)
     new, known = cells * held, cells * (1 - held)
