@@ -46,12 +46,6 @@ def _unknown(quick, log):
     return run_unknown(quick=quick, log=log)
 
 
-def _unknown_pairs(quick, log):
-    from .unknown_pairs import run_unknown_pairs
-
-    return run_unknown_pairs(quick=quick, log=log)
-
-
 def _labels(quick, log):
     from .labels import run_labels, settings
 
@@ -95,7 +89,6 @@ PARTS = {
     "precision": _precision,
     "crossstudy": _crossstudy,
     "unknown": _unknown,
-    "unknown_pairs": _unknown_pairs,
     "labels": _labels,
     "species": _species,
     "speed": _speed,

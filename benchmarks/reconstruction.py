@@ -22,7 +22,9 @@ from scquery.query import UNKNOWN, search, transfer
 from scquery.rules import QueryOptions
 
 #: Options under which every cell that expresses a reference gene keeps its most probable type.
-EVERY_TYPE = QueryOptions(min_confidence=0.0, novelty_threshold=1e9, max_unknown_score=1.0)
+EVERY_TYPE = QueryOptions(
+    min_confidence=0.0, novelty_threshold=1e9, min_marker_agreement=0.0, min_unique_markers=0.0
+)
 
 
 def shortfall(encoder, bundle, X, predicted, *, measured=None, chunk_size=4096):

@@ -853,148 +853,6 @@ def unknown_section(result):
     return parts
 
 
-def unknown_pairs_section(result):
-    """Tuning and validation pairs: per task scquery's prediction, classifier head and best peer, new
-    cells caught and known cells Unknown, each method's rejection AUROC; the targets per set."""
-    rows = pd.DataFrame(result["rows"])
-    parts = [
-        "## Unknown calls on the tuning and validation pairs (`--only unknown_pairs`)",
-        "",
-        "Every pair whole and with each type of `pairs.HELD_OUT` removed from its reference (one model "
-        "each; benchmarks/PAIRS.md). New cells: of a type the reference lacks (held out, or never in it). "
-        "'caught': new cells called Unknown; 'known Unknown': known cells called Unknown; macro-F1 over the "
-        "known cells, Unknown counted as wrong; AUROC of each method's rejection score, new against known "
-        "cells (scquery: the calibrated `scquery_unknown_score`, the earlier rules at their defaults; "
-        "CellTypist: 1 - its highest probability; scmap-cosine: 1 - the cosine similarity to the nearest "
-        "reference centroid), with the share caught / known Unknown at each method's default (scquery 0.5, "
-        "CellTypist `p_thres` 0.5, scmap 0.7). Choices were made on the tuning set; the validation set "
-        "counts. The curves, each default's point marked: [unknown_pairs.png](unknown_pairs.png).",
-        "",
-        "![new cells caught against known cells called Unknown, per task and method](unknown_pairs.png)",
-        "",
-    ]
-    if not len(rows):
-        return parts
-    for split in ("tuning", "validation"):
-        part = rows[rows["split"] == split]
-        if not len(part):
-            continue
-        table = []
-        for r in part.itertuples():
-            best = max(r.peer_f1, key=r.peer_f1.get) if r.peer_f1 else None
-            rejection = []
-            for name, curve in r.rejection.items():
-                if curve["auroc"] is None:
-                    continue
-                at = curve["default"]
-                caught = "-" if at["caught"] is None else f"{at['caught']:.0%}"
-                rejection.append(f"{name} {curve['auroc']:.3f} ({caught} / {at['known_unknown']:.0%})")
-            table.append(
-                [
-                    r.pair,
-                    " + ".join(r.held_out) or "-",
-                    ", ".join(r.novel) or "-",
-                    r.prediction_f1,
-                    r.classifier_f1,
-                    f"{r.peer_f1[best]:.3f} ({best})" if best else "-",
-                    "-" if r.caught is None or pd.isna(r.caught) else f"{r.caught:.1%}",
-                    f"{r.known_unknown:.1%}",
-                    "; ".join(rejection) or "-",
-                ]
-            )
-        parts += [
-            f"### {split.capitalize()} set",
-            "",
-            _table(
-                [
-                    "pair",
-                    "held out",
-                    "new to the reference",
-                    "prediction",
-                    "head",
-                    "best peer",
-                    "caught",
-                    "known Unknown",
-                    "AUROC (caught / known Unknown at the default)",
-                ],
-                table,
-            ),
-            "",
-        ]
-        parts += _unknown_targets(part)
-        refused = {r["pair"]: r.get("refused_at_defaults") for r in result["rows"] if r["split"] == split}
-        parts += [f"- {pair}: refused at the defaults: {why}" for pair, why in refused.items() if why]
-        parts += [""]
-        conditions = [
-            f"{r.pair}: " + ", ".join(f"{level} {share:.1%}" for level, share in r.conditions.items())
-            for r in part.itertuples()
-            if isinstance(getattr(r, "conditions", None), dict) and not r.held_out
-        ]
-        if conditions:
-            parts += ["Known cells called Unknown in each condition of the query:", ""]
-            parts += [f"- {line}" for line in conditions] + [""]
-    return parts
-
-
-def unknown_pairs_figure(result, path):
-    """Per task with new and known cells: each method's share of new cells caught against its share
-    of known cells called Unknown as its threshold moves, the default's point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r["new_cells"] and r["rejection"]["scquery"]["auroc"] is not None]
-    if not rows:
-        return
-    methods = list(dict.fromkeys(name for r in rows for name in r["rejection"]))
-    colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
-    columns = 5
-    grid = -(-len(rows) // columns)
-    fig, axes = plt.subplots(grid, columns, figsize=(3.2 * columns, 3.2 * grid), squeeze=False)
-    legend = {}
-    for ax, r in zip(axes.flat, rows, strict=False):
-        for name, curve in r["rejection"].items():
-            points = curve["curve"]  # in the order of the threshold
-            known, caught = [p["known_unknown"] for p in points], [p["caught"] for p in points]
-            legend[name] = ax.plot(known, caught, color=colors[name], lw=1.2)[0]
-            ax.plot(curve["default"]["known_unknown"], curve["default"]["caught"], "o", color=colors[name])
-        held = " + ".join(r["held_out"]) or "whole"
-        ax.set_title(f"{r['split']}: {r['pair'][:34]}\n{held}", fontsize=7)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-        ax.tick_params(labelsize=6)
-        ax.set_xlabel("known cells Unknown", fontsize=7)
-        ax.set_ylabel("new cells caught", fontsize=7)
-    for ax in list(axes.flat)[len(rows) :]:
-        ax.set_axis_off()
-    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), frameon=False)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _unknown_targets(part):
-    """The issue's targets on one set of tasks, each met or not."""
-    whole = part[part["held_out"].map(len) == 0]
-    best = whole["peer_f1"].map(lambda f1: max(f1.values()) if f1 else np.nan)
-    head_ok = (whole["prediction_f1"] >= whole["classifier_f1"] - 0.01).sum()
-    peer_ok = (whole["prediction_f1"] >= best).sum()
-    new = part[part["new_cells"] > 0]
-    caught_ok = (new["caught"] >= 0.8).sum()
-    known_ok = (part["known_unknown"] <= 0.05).sum()
-    aurocs = part["rejection"].map(lambda r: r["scquery"]["auroc"]).dropna()
-    median = float(aurocs.median()) if len(aurocs) else float("nan")
-    return [
-        f"- Prediction ≥ head - 0.01 on {head_ok} of {len(whole)} whole pairs; ≥ the best peer on "
-        f"{peer_ok} of {len(whole)}.",
-        f"- New cells ≥ 80 % caught on {caught_ok} of {len(new)} tasks with new cells (median "
-        f"{new['caught'].median():.1%}); known cells ≤ 5 % Unknown on {known_ok} of {len(part)} tasks "
-        f"(largest {part['known_unknown'].max():.1%}).",
-        f"- Median AUROC of scquery's score {median:.3f} over {len(aurocs)} tasks (target ≥ 0.95: "
-        f"{'met' if median >= 0.95 else 'not met'}).",
-    ]
-
-
 def species_section(result):
     """Per simulation and way of mapping: the overlaps, the agreement with the same-species query and
     macro-F1; then CellTypist's `Model.convert` on the same simulation."""
@@ -1310,7 +1168,6 @@ SECTIONS = {
     "precision": precision_section,
     "crossstudy": crossstudy_section,
     "unknown": unknown_section,
-    "unknown_pairs": unknown_pairs_section,
     "labels": labels_section,
     "species": species_section,
     "speed": speed_section,
@@ -1320,10 +1177,7 @@ SECTIONS = {
     "gpu": gpu_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
-FIGURES = {
-    "labels": (labels_figure, "labels.png"),
-    "unknown_pairs": (unknown_pairs_figure, "unknown_pairs.png"),
-}
+FIGURES = {"labels": (labels_figure, "labels.png")}
 
 
 def write_report(out_dir, *, command, results, order, commit=None):

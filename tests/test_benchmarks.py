@@ -351,38 +351,6 @@ def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
     assert seen >= set(pairs.VALIDATION)
 
 
-def test_the_rejection_curve_counts_new_and_known_cells_at_each_threshold():
-    from benchmarks.unknown_pairs import _curve
-
-    new = np.array([True, True, True, False, False, False, False])
-    score = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.55, 0.0])
-    curve = _curve(score, new, 0.5)
-    assert curve["default"] == {"caught": 2 / 3, "known_unknown": 0.25}
-    # 12 new-known pairs, the new cell ranked above in 10 of them
-    assert curve["auroc"] == pytest.approx(10 / 12)
-    at = {point["threshold"]: point for point in curve["curve"]}
-    assert at[0.0]["caught"] == 1.0 and at[1.0]["caught"] == 0.0 and at[0.5]["known_unknown"] == 0.25
-    assert _curve(score[~new], new[~new], 0.5)["auroc"] is None  # no new cells: no AUROC
-
-
-def test_scmap_cosine_finds_the_nearest_centroid_and_its_similarity():
-    import anndata as ad
-    import scipy.sparse as sp
-
-    from benchmarks.unknown_pairs import scmap_cosine
-
-    counts = np.zeros((4, 6), dtype=np.float32)
-    counts[0, :3] = counts[1, :3] = 10  # type A: genes 0-2
-    counts[2, 3:] = counts[3, 3:] = 10  # type B: genes 3-5
-    reference = ad.AnnData(sp.csr_matrix(counts))
-    reference.obs["label"] = ["A", "A", "B", "B"]
-    query = ad.AnnData(sp.csr_matrix(np.array([[0, 0, 0, 5, 5, 5], [5, 5, 0, 0, 0, 5]], dtype=np.float32)))
-    nearest, similarity = scmap_cosine(reference, query, reference_values="counts", query_values="counts")
-    assert list(nearest) == ["B", "A"]
-    # the second cell shares two of A's three genes, at equal values: cosine 2/3
-    assert similarity == pytest.approx([1.0, 2 / 3], rel=1e-4)
-
-
 def test_the_precision_report_judges_the_largest_change_of_a_tasks_mean_accuracy():
     from benchmarks.report import precision_section
 

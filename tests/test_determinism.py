@@ -43,7 +43,7 @@ obs = held_out.obs
 digest = hashlib.sha256()
 for column in ("scquery_prediction", "scquery_unknown_reason", "scquery_cluster"):
     digest.update("|".join(obs[column].astype(str)).encode())
-for column in ("scquery_confidence", "scquery_novelty", "scquery_unknown_score"):
+for column in ("scquery_confidence", "scquery_novelty", "scquery_marker_agreement"):
     digest.update(obs[column].to_numpy().tobytes())
 digest.update(matches["reference_cell"].astype(str).str.cat(sep="|").encode())
 digest.update(held_out.obsm["X_scquery"].tobytes())

@@ -14,7 +14,8 @@ NONE, NO_GENES, LOW, NEW, MARKERS = range(5)
 PERMISSIVE = {
     "min_confidence": 0.0,
     "novelty_threshold": 1e9,
-    "max_unknown_score": 1.0,
+    "min_marker_agreement": 0.0,
+    "min_unique_markers": 0.0,
 }
 
 
@@ -76,28 +77,32 @@ def test_each_rule_at_its_threshold_and_the_first_reason_wins():
     expressed = np.array([False, True, True, True, True, True, True])
     confidence = np.array([0.1, 0.1, 0.9, 0.9, 0.9, 0.5, 0.49])
     cluster_novelty = np.array([5.0, 5.0, 5.0, 0.2, 0.2, 1.0, 0.0])
-    unknown_score = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.5, 0.1, 0.51])
+    agreement = np.array([0.0, 0.0, 0.0, 0.0, 0.9, 0.5, 0.9, 0.9])
+    unique = np.array([0.0, 0.0, 0.0, 0.9, 0.9, 0.7, 0.9, 0.69])
     expressed = np.append(expressed, True)
     confidence, cluster_novelty = np.append(confidence, 0.9), np.append(cluster_novelty, 0.0)
     reasons = unknown_reasons(
         expressed,
         confidence,
         cluster_novelty,
-        unknown_score,
+        agreement,
+        unique,
         min_confidence=0.5,
         novelty_threshold=1.0,
-        max_unknown_score=0.5,
+        min_marker_agreement=0.5,
+        min_unique_markers=0.7,
     )
     # cell 0 meets every rule, cell 1 all but the genes, cell 2 the last two, cell 3 the last one;
-    # cell 5 sits exactly at every threshold (kept), cell 6 just under the confidence, cell 7 just
-    # over the unknown score only
+    # cell 5 sits exactly at every threshold (kept), cell 6 just under the confidence, cell 7 lacks
+    # its type's own genes only
     np.testing.assert_array_equal(reasons, [NO_GENES, LOW, NEW, MARKERS, NONE, NONE, LOW, MARKERS])
     assert reasons.dtype == np.int64  # codes into REASONS
     as_numbers = unknown_reasons(
         expressed.astype(int),
         confidence,
         cluster_novelty,
-        unknown_score,
+        agreement,
+        unique,
         **{**PERMISSIVE, "min_confidence": 0.5},
     )
     np.testing.assert_array_equal(as_numbers, [NO_GENES, LOW, NONE, NONE, NONE, NONE, LOW, NONE])
@@ -110,18 +115,21 @@ def test_each_rule_at_its_threshold_and_the_first_reason_wins():
         ("min_confidence", 0.89, [NONE, NONE]),
         ("novelty_threshold", 0.29, [NEW, NONE]),
         ("novelty_threshold", 0.31, [NONE, NONE]),
-        ("max_unknown_score", 0.59, [MARKERS, NONE]),
-        ("max_unknown_score", 0.61, [NONE, NONE]),
+        ("min_marker_agreement", 0.41, [MARKERS, NONE]),
+        ("min_marker_agreement", 0.39, [NONE, NONE]),
+        ("min_unique_markers", 0.61, [MARKERS, NONE]),
+        ("min_unique_markers", 0.59, [NONE, NONE]),
     ],
 )
 def test_each_rule_over_and_under_its_threshold(rule, value, expected):
-    # cell 0: confidence 0.9, novelty 0.3, unknown score 0.6; cell 1 far from every threshold
+    # cell 0: confidence 0.9, novelty 0.3, agreement 0.4, own genes 0.6; cell 1 far from every threshold
     options = {**PERMISSIVE, rule: value}
     reasons = unknown_reasons(
         [True, True],
         np.array([0.9, 1.0]),
         np.array([0.3, -1.0]),
-        np.array([0.6, 0.0]),
+        np.array([0.4, 1.0]),
+        np.array([0.6, 1.0]),
         **options,
     )
     np.testing.assert_array_equal(reasons, expected)
@@ -198,6 +206,9 @@ def test_in_transfer_a_far_cluster_is_a_new_cluster_at_the_default_threshold(sea
     assert (kept.reason == NONE).all()
 
 
+DEFAULTS = {"min_marker_agreement": 0.6, "min_unique_markers": 0.7}
+
+
 @pytest.fixture(scope="module")
 def scrambled(searched):
     """The search step with one query cluster's genes shuffled: its cells still form a cluster and keep
@@ -209,16 +220,19 @@ def scrambled(searched):
     return dataclasses.replace(neighbors, processed=sp.csr_matrix(X))
 
 
-def test_in_transfer_markers_differ_over_and_under_the_threshold(scrambled, bundle):
-    scores = transfer(scrambled, bundle, QueryOptions(**PERMISSIVE)).scores["unknown_score"]
-    highest = float(np.nanmax(scores))
-    # the scrambled cluster lacks its type's genes: caught at the default
-    assert highest > QueryOptions().max_unknown_score
-    under = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, "max_unknown_score": highest - 1e-4}))
-    worst = scores > highest - 1e-4
+@pytest.mark.parametrize(
+    ("rule", "score"),
+    [("min_marker_agreement", "marker_agreement"), ("min_unique_markers", "unique_markers")],
+)
+def test_in_transfer_markers_differ_over_and_under_the_threshold(scrambled, bundle, rule, score):
+    shares = transfer(scrambled, bundle, QueryOptions(**PERMISSIVE)).scores[score]
+    lowest = float(np.nanmin(shares))
+    assert lowest < DEFAULTS[rule]  # the scrambled cluster lacks its type's genes: caught at the default
+    under = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, rule: lowest + 1e-4}))
+    worst = shares < lowest + 1e-4
     assert 0 < worst.sum() < len(worst)
     np.testing.assert_array_equal(under.reason, np.where(worst, MARKERS, NONE))
-    over = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, "max_unknown_score": highest + 1e-4}))
+    over = transfer(scrambled, bundle, QueryOptions(**{**PERMISSIVE, rule: lowest - 1e-4}))
     assert (over.reason == NONE).all()
 
 
@@ -227,12 +241,12 @@ def test_in_transfer_the_reasons_follow_their_order(searched, bundle):
     expressed = np.ones(len(neighbors.expressed), dtype=bool)
     expressed[:3] = False
     blank = dataclasses.replace(neighbors, expressed=expressed)
-    # every rule at its strictest: an unknown score above 0 flags every group (probabilities are > 0)
+    # every rule at its strictest: markers above 1 flag every cluster that is judged (shares are <= 1)
     everything = {
         **PERMISSIVE,
         "min_confidence": 1.0,
         "novelty_threshold": 1e-6,
-        "max_unknown_score": 0.0,
+        "min_marker_agreement": 1.01,
     }
     result = transfer(blank, bundle, QueryOptions(**everything))
     np.testing.assert_array_equal(result.reason, np.where(expressed, LOW, NO_GENES))

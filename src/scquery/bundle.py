@@ -63,8 +63,6 @@ class Bundle:
         versions: versions of the software that trained it.
         index: the reference's neighbour index (`NeighborIndex`), built with the bundle
             (`with_index`) and saved with it; None for a bundle saved without one.
-        calibration: the calibrated Unknown decision fitted on the reference
-            (`scquery.calibration.Calibration.to_dict()`); None for a bundle saved without one.
     """
 
     model: keras.Model
@@ -78,7 +76,6 @@ class Bundle:
     model_id: str
     versions: dict = field(default_factory=current_versions)
     index: NeighborIndex | None = field(default=None, repr=False, compare=False)
-    calibration: dict | None = field(default=None, repr=False)
 
     @property
     def genes(self) -> list[str]:
@@ -231,7 +228,6 @@ def save_bundle(bundle: Bundle, path, *, overwrite=False) -> Path:
             "config": bundle.config,
             "preprocess": bundle.preprocess,
             "history": bundle.history,
-            "unknown_calibration": bundle.calibration,
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))
         write_manifest(staging)
@@ -408,7 +404,6 @@ def load_bundle(path, *, verify=True) -> Bundle:
         history=meta.get("history", {}),
         model_id=meta["model_id"],
         versions=meta.get("versions", {}),
-        calibration=meta.get("unknown_calibration"),
     )
     check_consistent(bundle, path)
     bundle.index = NeighborIndex.load(path, reference.obsm["X_scquery"])

@@ -14,18 +14,15 @@
      apart and may map a type it never saw into one of them); a cluster's type is the argmax of
      its cells' mean evidence, and with `majority_voting` every cell of the cluster takes it
      (CellTypist's majority voting);
-   - groups (`scquery.profiles.judged_groups`): the cells of a cluster predicted as one type, where
-     there are enough of them (the rest join the group of the cluster's type);
-   - markers (`scquery.profiles.group_features`): a group of type T is checked on the genes that
-     define T in the reference, and only on those: how much of the rise of T's own genes (those T,
-     or its lineage where T has none, raises above every other reference type) and of its lineage
-     genes (those T raises most against the query's other types) the group shows against the
-     query's other types, and how its contrast correlates with T's. Each side is measured within
-     its own study, each type once, so what the two studies differ in everywhere cancels; what a
-     condition (a treatment, stress, the cell cycle) adds on top of a type is not counted;
-   - the group's unknown score: the probability that it is of no reference type, from these
-     features through the bundle's calibrated logistic model (`scquery.calibration`, fitted on the
-     reference when it was trained: `scquery.selftest`);
+   - markers (`scquery.profiles`): a cluster mapped to type T is checked on the genes that define
+     T in the reference, and only on those: the share of T's lineage genes (those T raises most
+     against the mix of types the query's clusters are mapped to) that the cluster expresses above
+     the query's average cluster (`marker_agreement`), and the same share of T's own genes (those T
+     raises above every other reference type: `unique_markers`). Each side is measured within its own
+     study, so what the two studies differ in everywhere cancels; what a condition (a treatment,
+     stress, the cell cycle) adds on top of a type is not counted, since it does not define the
+     type. A cluster of a type the reference lacks, mapped onto the nearest known type, lacks many
+     of that type's genes;
    - novelty: a cell's distance to its nearest reference cell, divided by the typical nearest
      distance among the reference cells of its predicted type (a per-type scale), as a log ratio
      relative to the query's median log ratio (the query's own batch shift); a cluster's novelty is
@@ -33,8 +30,10 @@
    - a cell is 'Unknown' when it expresses none of the reference genes ('no reference genes'),
      when its confidence is below `min_confidence` ('low confidence'), when its cluster's novelty
      exceeds `novelty_threshold` ('new cluster': the whole cluster sits farther from its types than
-     the rest of the query does), or when its group's unknown score exceeds `max_unknown_score`
-     ('markers differ'). A lone odd cell in a well-matched group keeps its label.
+     the rest of the query does), or when its cluster expresses less than `min_marker_agreement`
+     of its type's lineage genes or less than `min_unique_markers` of its own genes ('markers
+     differ'). A lone odd cell in a well-matched cluster keeps its label. The defaults (0.6, 0.7)
+     were chosen on the cross-study pairs with each type held out in turn (benchmarks/RESULTS.md).
 3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
@@ -49,7 +48,6 @@ import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .bundle import Bundle, as_bundle, reference_index
-from .calibration import DEFAULT, Calibration
 from .embed import compute_embedding
 from .labels import UNKNOWN
 from .logs import stage
@@ -58,7 +56,7 @@ from .options import InputOptions, recorded, take
 from .palettes import palette
 from .preflight import check_k
 from .preprocessing.align import Alignment
-from .profiles import MARKER_FEATURES, PROFILES_KEY, group_features, group_means, judged_groups
+from .profiles import PROFILES_KEY, group_means
 from .provenance import write_run
 from .rules import REASONS, SIGNALS, Findings, QueryOptions, judge
 
@@ -250,7 +248,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     )
     cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
     scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
-    cluster_rows = np.unique(cluster, return_inverse=True)[1]
+    ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
     cluster_type = group_means(evidence, cluster_rows)[1].argmax(axis=1)
     if options.majority_voting:
@@ -259,29 +257,17 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
 
     ratio = np.log(np.maximum(neighbors.distances[:, 0], 1e-12) / scales[predicted])
     novelty = (ratio - np.median(ratio)).astype(np.float32)
-    names = labels.to_numpy()
-    group, group_types = judged_groups(cluster_rows, names[predicted], names[cluster_type])
-    profiles = _profiles(bundle)
-    markers = None
-    if profiles is not None:
-        markers = group_features(
-            neighbors.processed, group, group_types, profiles, measured=neighbors.alignment.shared
-        )
-        markers["type"], markers["cells"] = group_types, np.bincount(group, minlength=len(group_types))
     found = Findings(
         expressed=neighbors.expressed,
         confidence=confidence,
         novelty=novelty,
         cluster=cluster,
-        group=group,
-        markers=markers,
-        calibration=calibration_of(bundle),
+        types=dict(zip(ids, labels.to_numpy()[cluster_type], strict=True)),
+        processed=neighbors.processed,
+        shared=neighbors.alignment.shared,
+        profiles=_profiles(bundle),
     )
     scores, reason = judge(found, options)
-    columns = {signal.column: score for signal, score in zip(SIGNALS, scores, strict=True) if signal.column}
-    for feature in MARKER_FEATURES:
-        values = np.full(len(group), np.nan) if markers is None else markers[feature].to_numpy()[group]
-        columns[feature] = values.astype(np.float32)
     return Transfer(
         prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
         reason=reason,
@@ -289,7 +275,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         knn_share=shares.max(axis=1),
         novelty=novelty,
         cluster=cluster,
-        scores=columns,
+        scores={signal.column: score for signal, score in zip(SIGNALS, scores, strict=True) if signal.column},
         labels=labels,
     )
 
@@ -305,21 +291,6 @@ def _profiles(bundle):
             stacklevel=4,
         )
     return profiles
-
-
-def calibration_of(bundle):
-    """The bundle's calibrated Unknown decision; `scquery.calibration.DEFAULT`, with a warning, for a
-    bundle saved without one (or with one of another version)."""
-    calibration = None if bundle.calibration is None else Calibration.from_dict(bundle.calibration)
-    if calibration is None:
-        warnings.warn(
-            "The model bundle holds no calibration of its Unknown calls that this scquery reads (it "
-            "was saved by an older one), so the default calibration is used; train the model again "
-            "to calibrate them on its reference.",
-            stacklevel=4,
-        )
-        return DEFAULT
-    return calibration
 
 
 def combine_evidence(shares, probabilities, trained):
@@ -353,7 +324,8 @@ def query(
     k: int = 15,
     min_confidence: float = 0.5,
     novelty_threshold: float = 1.0,
-    max_unknown_score: float = 0.5,
+    min_marker_agreement: float = 0.6,
+    min_unique_markers: float = 0.7,
     resolution: float = 1.0,
     majority_voting: bool = False,
     key_added: str = "scquery",
@@ -374,19 +346,17 @@ def query(
     the detected input `values`, `species`, `gene_map` when genes were mapped, `query_params`) and
     the obs columns `{key_added}_prediction` (categorical, 'Unknown' for rejected cells),
     `_confidence` (mean of vote share and classifier probability of the predicted type),
-    `_unknown_reason`, `_unknown_score` (the calibrated probability that the cell's query group is
-    of no reference type), `_own_markers`, `_lineage_markers` and `_query_markers` (its group's
-    marker features, `scquery.profiles.MARKER_FEATURES`), `_novelty` and `_cluster_novelty`,
-    `_cluster` (the query's Leiden cluster),
-    `_knn` and `_knn_share` (the vote's own answer), `_classifier` and `_classifier_probability` (the
-    classifier head's), `_distance` (mean distance to the `k` neighbours), `_nearest_label` and
-    `_nearest_dataset` (of the nearest reference cell).
+    `_unknown_reason`, `_novelty` and `_cluster_novelty`, `_marker_agreement` and `_unique_markers`
+    (of the cell's cluster), `_cluster` (the query's Leiden cluster), `_knn` and `_knn_share` (the
+    vote's own answer), `_classifier` and `_classifier_probability` (the classifier head's),
+    `_distance` (mean distance to the `k` neighbours), `_nearest_label` and `_nearest_dataset` (of
+    the nearest reference cell).
 
     Args:
         bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
-        k, min_confidence, novelty_threshold, max_unknown_score, resolution, majority_voting, seed:
-            `scquery.rules.QueryOptions` (defaults, limits and meaning; the thresholds are those of
-            the Unknown signals, `scquery.rules.SIGNALS`).
+        k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers, resolution,
+            majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
+            thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
         matches: return the matches table (False: return None, for a caller that does not use it;
             it holds k rows per query cell).

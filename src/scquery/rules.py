@@ -27,9 +27,10 @@ class Findings:
     confidence: np.ndarray  # the evidence for its predicted type
     novelty: np.ndarray  # log distance ratio to its type's reference cells, relative to the query's median
     cluster: np.ndarray  # its query cluster (integer code)
-    group: np.ndarray  # its query group (`scquery.profiles.judged_groups`)
-    markers: object  # per group, its marker features (`group_features`; None: no type profiles)
-    calibration: object  # the decision on them (`scquery.calibration.Calibration`)
+    types: dict  # cluster code -> the cluster's type
+    processed: object  # the processed query (CSR cells × the model's genes)
+    shared: np.ndarray  # per model gene: does the query have it?
+    profiles: dict | None  # the reference's type profiles (None: an older bundle without them)
 
 
 def reference_genes(found):
@@ -50,12 +51,25 @@ def cluster_novelty(found):
     return pd.Series(found.novelty).groupby(found.cluster).transform("median").to_numpy(np.float32)
 
 
-def unknown_score(found):
-    """The calibrated probability that the cell's query group is of no reference type, judged
-    against the query's own level (`scquery.calibration.study_level`); NaN without type profiles."""
-    if found.markers is None:
-        return np.full(len(found.group), np.nan, dtype=np.float32)
-    return found.calibration.probability(found.markers, rescale=True).astype(np.float32)[found.group]
+def lineage_markers(found):
+    from .profiles import marker_agreement
+
+    return _per_cluster(found, marker_agreement)
+
+
+def own_markers(found):
+    from .profiles import unique_markers
+
+    return _per_cluster(found, unique_markers)
+
+
+def _per_cluster(found, measure):
+    """`measure` (a `scquery.profiles` share) of each cell's cluster; NaN without profiles."""
+    ids, rows = np.unique(found.cluster, return_inverse=True)
+    if found.profiles is None:
+        return np.full(len(rows), np.nan, dtype=np.float32)
+    shares = measure(found.processed, found.cluster, found.types, found.profiles, measured=found.shared)
+    return shares[ids].to_numpy(np.float32)[rows]
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class Signal:
         return score < threshold if self.rejects == "below" else score > threshold
 
 
+OFF = " (0 turns the check off)"
 SIGNALS = [
     Signal("no reference genes", "it expresses none of the model's genes", reference_genes, "below", 1),
     Signal(
@@ -110,15 +125,27 @@ SIGNALS = [
     ),
     Signal(
         "markers differ",
-        "its group likely belongs to no reference type",
-        unknown_score,
-        "above",
-        0.5,
-        option="max_unknown_score",
-        column="unknown_score",
-        help="largest calibrated probability that a query group (the cells of one query cluster "
-        "predicted as one type) is of no reference type, judged on how much of its type's own and "
-        "lineage genes it keeps, else its cells are Unknown (1 turns the check off)",
+        "the cluster's markers differ from its type's",
+        lineage_markers,
+        "below",
+        0.6,
+        option="min_marker_agreement",
+        column="marker_agreement",
+        help="least share of its type's lineage genes (those the type raises most against the types "
+        "of the query's other clusters, in the reference) a query cluster must express above the "
+        "query's average cluster, else its cells are Unknown" + OFF,
+        limits=(("low", 0), ("high", 1)),
+    ),
+    Signal(
+        "markers differ",
+        "it lacks its type's own genes",
+        own_markers,
+        "below",
+        0.7,
+        option="min_unique_markers",
+        column="unique_markers",
+        help="the same for its type's own genes (those the type raises above every other reference "
+        "type)" + OFF,
         limits=(("low", 0), ("high", 1)),
     ),
 ]

@@ -21,7 +21,6 @@ import scipy.sparse as sp
 
 from .batches import device_rows
 from .bundle import Bundle, model_digest, with_index
-from .calibration import DEFAULT
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
@@ -35,11 +34,10 @@ from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
 from .propagate import LABEL_SOURCE, confident_labels, label_sources
 from .provenance import source_of
-from .selftest import calibrate
 from .values import select_values
 
 #: Keys of the random streams of a training run (see `scquery.pretrain.seed_for`).
-_PRETRAIN, _CLASSIFIER, _CALIBRATION = 1, 2, 3
+_PRETRAIN, _CLASSIFIER = 1, 2
 
 
 @without_retracing_warnings
@@ -178,11 +176,6 @@ def _train(adata, label_key, config, unlabeled, encoder, values, species, verbos
     ).astype({"dataset": "category"})
     logger.info("embedding the reference: %s cells", f"{len(reference):,}")
     embedding = predict_in_chunks(embedding_model(model), X, cells=cells, rows=rows)
-    calibration = calibrate(
-        X, cells, np.asarray(classes)[y], model, classes=classes, seed=seed_for(config.seed, _CALIBRATION)
-    )
-    if calibration is None:
-        calibration = dataclasses.replace(DEFAULT, fitted={"default": "too few types to hold one out"})
     return Bundle(
         model=model,
         classes=classes,
@@ -197,7 +190,6 @@ def _train(adata, label_key, config, unlabeled, encoder, values, species, verbos
         seed=config.seed,
         history=history,
         model_id=model_digest(model, record["genes"]),
-        calibration=calibration.to_dict(),
     )
 
 
