@@ -535,6 +535,12 @@ def scale_section(scale):
     return parts
 
 
+def _query_peak(cli, bound):
+    """', peak RSS … GB (≤ bound: met)' where the run measured the query's peak memory."""
+    peak = cli.get("cli_query_peak_rss_gb")
+    return "" if peak is None else f", peak RSS {peak:.2f} GB (≤ {bound:.0f} GB: {_met(peak <= bound)})"
+
+
 def atlas_section(result):
     """Issue 21's targets: training from disk (peak memory at 100k and 1M cells), the big query
     inside `query()` and through the CLI, data-parallel training on two virtual devices."""
@@ -597,12 +603,26 @@ def atlas_section(result):
             f"{_met(growth <= ATLAS['peak_growth_100k_to_1m_gb'])}); "
             + (
                 f"{n_query:,} queries against 1M through the CLI in {cli:.1f} s (≤ "
-                f"{ATLAS['cli_query_100k_vs_1m_s']:.0f} s: {_met(cli <= ATLAS['cli_query_100k_vs_1m_s'])})."
+                f"{ATLAS['cli_query_100k_vs_1m_s']:.0f} s: {_met(cli <= ATLAS['cli_query_100k_vs_1m_s'])})"
+                + _query_peak(done[1_000_000]["cli_query"], ATLAS["cli_query_peak_rss_gb"])
+                + "."
                 if cli
                 else "the CLI query did not run."
             ),
             "",
         ]
+        accuracy = done[1_000_000].get("search_accuracy")
+        if accuracy and "error" not in accuracy:
+            recall, same = accuracy["recall_at_k"], accuracy["prediction_agreement"]
+            least_recall, least_same = ATLAS["recall_at_15"], ATLAS["prediction_agreement"]
+            lines += [
+                f"That query's search ({accuracy['search']}) against exact search, on "
+                f"{accuracy['n_cells']:,} seeded query cells: recall@{accuracy['k']} {recall:.3f} "
+                f"(≥ {least_recall}: {_met(recall >= least_recall)}); the prediction before the Unknown "
+                "calls (vote and classifier) the same as with the exact neighbours for "
+                f"{100 * same:.2f} % of them (≥ {100 * least_same:.1f} %: {_met(same >= least_same)}).",
+                "",
+            ]
     else:
         lines += ["Targets at 1M cells: not measured in this run (a smaller run).", ""]
     extend = result.get("extend")

@@ -115,8 +115,9 @@ def query_stage(*, data, bundle):
     }
 
 
-def cli_query_stage(*, data, bundle, out):
-    """Wall seconds of `scquery query BUNDLE DATA --out OUT` in a new process, start-up included."""
+def cli_query_stage(*, data, bundle, out, keep=False):
+    """Wall seconds of `scquery query BUNDLE DATA --out OUT` in a new process, start-up included, and
+    its peak memory; with `keep`, OUT is left for the next stage."""
     import shutil
     import subprocess
 
@@ -126,8 +127,60 @@ def cli_query_stage(*, data, bundle, out):
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1])
-    shutil.rmtree(out, ignore_errors=True) if os.path.isdir(out) else os.remove(out)
-    return {"cli_query_s": seconds}
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True) if os.path.isdir(out) else os.remove(out)
+    # the only child this stage waited for: its peak (ru_maxrss is in KB on Linux)
+    query_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    return {"cli_query_s": seconds, "cli_query_peak_rss_gb": query_peak}
+
+
+def search_accuracy_stage(*, data, bundle, answer, n_cells=2000, seed=0):
+    """The CLI's search against exact search, on `n_cells` seeded query cells: the recall@k of the
+    neighbours the bundle's index finds for the whole query (as `scquery query` searched it: the
+    embedding it wrote in `answer`), and how often the prediction before the Unknown calls (the
+    argmax of the mean of vote share and classifier probability) is the same with the exact
+    neighbours."""
+    import anndata as ad
+    import numpy as np
+
+    from scquery.bundle import load_bundle, reference_index
+    from scquery.embed import compute_embedding
+    from scquery.neighbors import ExactSearch
+    from scquery.options import InputOptions
+    from scquery.query import combine_evidence, vote
+
+    model = load_bundle(bundle)
+    written = ad.read_h5ad(answer)
+    k = written.uns["scquery"]["query_params"]["k"]
+    index = reference_index(model)
+    rows = np.sort(np.random.default_rng(seed).choice(written.n_obs, n_cells, replace=False))
+    _, found = index.kneighbors(written.obsm["X_scquery"], k)
+    exact_distances, exact = ExactSearch(index.embeddings, n_threads=os.cpu_count()).search(
+        np.ascontiguousarray(written.obsm["X_scquery"][rows]), k
+    )
+    recall = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found[rows], exact, strict=True)])
+    # the approximate neighbours' distances, for the vote: recomputed for the sampled cells
+    found_distances = np.linalg.norm(
+        index.embeddings[found[rows]] - written.obsm["X_scquery"][rows][:, None, :], axis=2
+    )
+    probabilities = compute_embedding(ad.read_h5ad(data)[rows].copy(), model, InputOptions())[1]
+    labels = list(model.classes)
+    codes = np.array([labels.index(name) for name in model.reference.obs["label"].astype(str)])
+    trained = np.arange(len(labels))
+
+    def predicted(distances, indices):
+        return combine_evidence(vote(distances, codes[indices], len(labels)), probabilities, trained).argmax(
+            1
+        )
+
+    same = np.mean(predicted(found_distances, found[rows]) == predicted(exact_distances, exact))
+    return {
+        "search": written.uns["scquery"]["query_params"]["search"],
+        "recall_at_k": float(recall),
+        "k": int(k),
+        "prediction_agreement": float(same),
+        "n_cells": int(n_cells),
+    }
 
 
 def cli_extend_stage(*, data, bundle, out):
@@ -494,6 +547,7 @@ STAGES = {
     "embed": embed_stage,
     "query": query_stage,
     "cli_query": cli_query_stage,
+    "search_accuracy": search_accuracy_stage,
     "cli_extend": cli_extend_stage,
     "parallel": parallel_stage,
     "index": index_stage,

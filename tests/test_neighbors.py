@@ -59,6 +59,18 @@ def test_approximate_search_recalls_the_exact_neighbours(reference, approximate)
     assert (approx_nearest >= exact_nearest - 1e-5).all()
 
 
+def test_exact_search_is_exact_for_a_query_of_thousands_of_cells():
+    # faiss's brute force moves to BLAS (|q|² + |r|² - 2 q·r) above about 1,100 queries a call, whose
+    # round-off swaps near neighbours of points far from the origin; computed in float64 here
+    rng = np.random.default_rng(0)
+    reference = (rng.normal(size=(5000, 100)) * 0.05 + 3).astype(np.float32)
+    queries = (rng.normal(size=(3000, 100)) * 0.05 + 3).astype(np.float32)
+    distances, indices = NeighborIndex(reference, seed=0).kneighbors(queries, 15)
+    truth = np.sqrt(((queries[-200:, None, :].astype(np.float64) - reference[None]) ** 2).sum(axis=2))
+    np.testing.assert_array_equal(indices[-200:], np.argsort(truth, axis=1, kind="stable")[:, :15])
+    np.testing.assert_allclose(distances[-200:], np.sort(truth, axis=1)[:, :15], rtol=1e-5)
+
+
 def test_a_large_search_calibrates_nprobe_on_its_own_cells(reference, monkeypatch):
     index = NeighborIndex(reference, exact_max_cells=1000, seed=0)
     built = index.backend.nprobe[15]
@@ -69,7 +81,7 @@ def test_a_large_search_calibrates_nprobe_on_its_own_cells(reference, monkeypatc
     truth = exact.kneighbors(between, 15)[1]
     assert recall(index.kneighbors(between[:1000], 15)[1], truth[:1000]) < TARGET_RECALL - 0.05
     assert index.backend.searched == (15, built)  # a small search: the build's nprobe
-    assert recall(index.kneighbors(between, 15)[1], truth) >= TARGET_RECALL - 0.01
+    assert recall(index.kneighbors(between, 15)[1], truth) >= TARGET_RECALL  # the bound, not the mean
     searched = index.backend.searched
     assert searched[0] == 15 and searched[1] > built and index.description(15).endswith(f"={searched[1]})")
     assert index.backend.nprobe[15] == built  # what the bundle saves is the build's

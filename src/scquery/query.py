@@ -39,6 +39,7 @@
 
 import dataclasses
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import anndata as ad
 import numpy as np
@@ -64,7 +65,8 @@ from .rules import REASONS, SIGNALS, Findings, QueryOptions, judge
 @dataclasses.dataclass
 class Neighbors:
     """Step 1's result: the query's embedding, class probabilities and reference neighbours (and how
-    they were searched: `search`, in words)."""
+    they were searched: `search`, in words); `cluster`: the query's own clusters where `search` found
+    them (else None, and `transfer` finds them)."""
 
     embedding: np.ndarray
     probabilities: np.ndarray
@@ -75,6 +77,7 @@ class Neighbors:
     alignment: Alignment
     index: NeighborIndex
     search: str
+    cluster: np.ndarray | None = None  # the query's clusters, where `search` found them
 
 
 @dataclasses.dataclass
@@ -102,20 +105,33 @@ def vote(distances, codes, n_labels):
     return np.clip(tally / weights.sum(axis=1, keepdims=True), 0.0, 1.0).astype(np.float32)
 
 
-def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions()):
-    """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference cells."""
+def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions(), *, cluster=False):
+    """Step 1: embed `adata` like the reference and find each cell's `options.k` nearest reference
+    cells. With `cluster`, the query's own clusters (`cluster_query`, which needs the processed
+    values only) are found on a second thread while the neighbour search runs, in `Neighbors.cluster`
+    (faiss's search leaves the interpreter free; the PCA and Leiden mostly hold one core)."""
     embedding, probabilities, processed, alignment = compute_embedding(adata, bundle, inputs)
     index = reference_index(bundle)
     k = min(options.k, bundle.reference.n_obs)
     how = index.description(k)
     stage(
         "neighbours",
-        "finding each cell's %d nearest of %s reference cells (%s search)",
+        "finding each cell's %d nearest of %s reference cells (%s search)%s",
         k,
         f"{bundle.reference.n_obs:,}",
         how,
+        f", clustering the query on its own expression alongside (Leiden, resolution {options.resolution})"
+        if cluster
+        else "",
     )
-    distances, indices = index.kneighbors(embedding, k)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        clusters = (
+            pool.submit(cluster_query, processed, resolution=options.resolution, seed=options.seed)
+            if cluster
+            else None
+        )
+        distances, indices = index.kneighbors(embedding, k)
+        cluster = None if clusters is None else clusters.result()
     return Neighbors(
         embedding,
         probabilities,
@@ -125,7 +141,8 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions())
         processed=processed,
         alignment=alignment,
         index=index,
-        search=how,
+        search=index.description(k),
+        cluster=cluster,
     )
 
 
@@ -243,10 +260,16 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
     evidence = combine_evidence(shares, neighbors.probabilities, labels.get_indexer(list(bundle.classes)))
     predicted = evidence.argmax(axis=1)
 
-    stage(
-        "clusters", "clustering the query on its own expression (Leiden, resolution %s)", options.resolution
-    )
-    cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
+    cluster = neighbors.cluster
+    if cluster is None:
+        stage(
+            "clusters",
+            "clustering the query on its own expression (Leiden, resolution %s)",
+            options.resolution,
+        )
+        cluster = cluster_query(neighbors.processed, resolution=options.resolution, seed=options.seed)
+    else:
+        stage("clusters", "judging the query's %d clusters", len(np.unique(cluster)))
     scales = _type_scales(neighbors.index.nearest_distances, codes, len(labels))
     ids, cluster_rows = np.unique(cluster, return_inverse=True)
     # Each cluster's most probable type: the argmax of its cells' mean evidence.
@@ -369,7 +392,7 @@ def query(
     options, inputs = take(locals(), QueryOptions, InputOptions)
     bundle = as_bundle(bundle, adata)
     check_k(options.k, bundle.reference.n_obs)
-    neighbors = search(adata, bundle, options, inputs)
+    neighbors = search(adata, bundle, options, inputs, cluster=True)
     result = transfer(neighbors, bundle, options)
     write_query(adata, bundle, neighbors, result, options, inputs, key_added=key_added)
     return matches_table(adata, bundle, neighbors) if matches else None
