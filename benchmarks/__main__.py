@@ -46,6 +46,12 @@ def _unknown(quick, log):
     return run_unknown(quick=quick, log=log)
 
 
+def _seeds(quick, log):
+    from .seeds import run_seeds
+
+    return run_seeds(quick=quick, log=log)
+
+
 def _labels(quick, log):
     from .labels import run_labels, settings
 
@@ -89,6 +95,7 @@ PARTS = {
     "precision": _precision,
     "crossstudy": _crossstudy,
     "unknown": _unknown,
+    "seeds": _seeds,
     "labels": _labels,
     "species": _species,
     "speed": _speed,

@@ -678,6 +678,47 @@ def _quality_section(result):
     return quality_section(pd.DataFrame(result["summary"]))
 
 
+def seeds_section(result):
+    """Issue 31's steadiness: per pair and setting, each figure's mean ± sd over the seeds (and its
+    range), the seeds' ensemble, the peers; the targets (sd ≤ 0.02; the head ≥ the best peer)."""
+    table, peers = pd.DataFrame(result["rows"]), pd.DataFrame(result["peers"])
+    seeds = ", ".join(map(str, result["seeds"]))
+    parts = [
+        "## Steadiness over seeds (`--only seeds`)",
+        "",
+        f"Each cross-study development pair (every type in the reference) trained with seeds {seeds}, "
+        "with and without pretraining (the schedule of `benchmarks/methods.py`). Macro-F1 on the query "
+        "as mean ± standard deviation over the seeds [lowest, highest]; 'ensemble': the seeds' classifier "
+        "probabilities "
+        "averaged (it costs one training per seed). Peers once (seed 0), in the same run.",
+        "",
+    ]
+    rows, verdicts = [], []
+    for task, group in table.groupby("task", sort=False):
+        best = peers[peers.task == task].macro_f1.max() if len(peers) else float("nan")
+        for setting, runs in group.groupby("setting", sort=False):
+            single = runs[runs.seed != "ensemble"]
+            ensemble = runs[runs.seed == "ensemble"]["head"].iloc[0]
+            cells = [_spread(single[m]) for m in ("head", "knn", "prediction")]
+            rows.append([task, setting, *cells, _cell(ensemble), _cell(single.train_s.mean(), 1)])
+            sd = max(single[m].std(ddof=1) for m in ("head", "prediction"))
+            head = single["head"]
+            verdicts.append(
+                f"- {task}, {setting}: largest sd {sd:.3f} (≤ 0.02: {_met(sd <= 0.02)}); the head's mean "
+                f"{head.mean():.3f} vs best peer {best:.3f} ({_met(head.mean() >= best)}), at or above it "
+                f"with {int((head >= best).sum())} of {len(single)} seeds"
+            )
+        for r in peers[peers.task == task].itertuples():
+            rows.append([task, r.method, _cell(r.macro_f1), "–", "–", "–", "–"])
+    header = ["task", "method", "classifier head", "kNN vote", "prediction", "ensemble (head)", "train s"]
+    return parts + [_table(header, rows), "", "Targets:", "", *verdicts, ""]
+
+
+def _spread(values):
+    """'mean ± sd [lowest, highest]' of one figure over the seeds."""
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f} [{values.min():.3f}, {values.max():.3f}]"
+
+
 def crossstudy_section(result):
     """Per task: macro-F1 of scquery's prediction and of each peer, the Unknown shares, the targets;
     then the input scales."""
@@ -1190,6 +1231,7 @@ SECTIONS = {
     "precision": precision_section,
     "crossstudy": crossstudy_section,
     "unknown": unknown_section,
+    "seeds": seeds_section,
     "labels": labels_section,
     "species": species_section,
     "speed": speed_section,
