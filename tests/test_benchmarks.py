@@ -388,3 +388,16 @@ def test_quick_precision_run_scores_each_split_in_both_precisions_and_with_the_n
     assert [row["run"] for row in rows] == ["float32", "mixed_bfloat16", "float32, next seed"]
     assert all(0.9 < row["classifier_accuracy"] <= 1.0 for row in rows)  # separable synthetic types
     assert "## Mixed precision (`--only precision`)" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_seeds_run_gives_every_seed_and_their_ensemble(tmp_path):
+    for name in CROSSSTUDY_FILES:  # skipped, and counted, by the real-data guard where they are absent
+        shared_file(name)
+    result = quick_run("seeds", tmp_path)["seeds"]["result"]
+    for setting in ("scquery", "scquery, no pretraining"):
+        runs = [row for row in result["rows"] if row["setting"] == setting]
+        assert [row["seed"] for row in runs] == [*result["seeds"], "ensemble"]
+        assert all(0.0 <= row[m] <= 1.0 for row in runs[:-1] for m in ("head", "knn", "prediction"))
+    assert {"PCA + kNN (ingest's model)"} <= {row["method"] for row in result["peers"]}
+    assert "## Steadiness over seeds" in (tmp_path / "RESULTS.md").read_text()
