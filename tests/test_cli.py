@@ -254,11 +254,13 @@ def test_query_names_its_stages_and_writes_tables_as_named(queried, capsys):
         "embedding 210 cells: 765 of the model's 765 genes found (100%)",
         "finding each cell's 15",
     ]
-    stages += ["clustering the query", f"writing {out}, {matches}, {summary}", f"Wrote {out}: 210 cells"]
+    stages += ["judging the query's", f"writing {out}, {matches}, {summary}", f"Wrote {out}: 210 cells"]
     found = [
         next(i for i, line in enumerate(lines) if line.startswith(f"scquery: {stage}")) for stage in stages
     ]
     assert found == sorted(found), lines
+    # the query's own clusters are found beside the neighbour search, and the line says so
+    assert "clustering the query on its own expression alongside" in lines[found[3]]
     with gzip.open(matches, "rt") as handle:  # gzipped and comma-separated, as the name says
         assert handle.readline().startswith("query_cell,rank,reference_cell,distance,")
     assert summary.read_text().startswith("dataset\tlouvain\tn_cells\t")
