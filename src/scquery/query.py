@@ -125,13 +125,12 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions(),
         else "",
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
-        clusters = (
+        clustering = (
             pool.submit(cluster_query, processed, resolution=options.resolution, seed=options.seed)
             if cluster
             else None
         )
         distances, indices = index.kneighbors(embedding, k)
-        cluster = None if clusters is None else clusters.result()
     return Neighbors(
         embedding,
         probabilities,
@@ -141,8 +140,8 @@ def search(adata, bundle: Bundle, options=QueryOptions(), inputs=InputOptions(),
         processed=processed,
         alignment=alignment,
         index=index,
-        search=index.description(k),
-        cluster=cluster,
+        search=index.description(k),  # with the `nprobe` this search used
+        cluster=None if clustering is None else clustering.result(),
     )
 
 
