@@ -604,7 +604,7 @@ def atlas_section(result):
             f"leave-self-out distances included) built again in {big['index_s']:.1f} s (≤ "
             f"{ATLAS['index_build_1m_s']:.0f} s: {_met(big['index_s'] <= ATLAS['index_build_1m_s'])}); "
             + (
-                f"{n_query:,} queries against 1M through the CLI in {cli:.1f} s (≤ "
+                f"{n_query:,} queries against 1M through the CLI in {cli:.2f} s (≤ "
                 f"{ATLAS['cli_query_100k_vs_1m_s']:.0f} s: {_met(cli <= ATLAS['cli_query_100k_vs_1m_s'])})"
                 + _query_peak(done[1_000_000]["cli_query"], ATLAS["cli_query_peak_rss_gb"])
                 + "."
