@@ -689,8 +689,7 @@ def seeds_section(result):
         f"Each cross-study development pair (every type in the reference) trained with seeds {seeds}, "
         "with and without pretraining (the schedule of `benchmarks/methods.py`). Macro-F1 on the query "
         "as mean ± standard deviation over the seeds [lowest, highest]; 'ensemble': the seeds' classifier "
-        "probabilities "
-        "averaged (it costs one training per seed). Peers once (seed 0), in the same run.",
+        "probabilities averaged (it costs one training per seed). Peers once (seed 0), in the same run.",
         "",
     ]
     rows, verdicts = [], []

@@ -154,15 +154,11 @@ def search_accuracy_stage(*, data, bundle, answer, n_cells=2000, seed=0):
     k = written.uns["scquery"]["query_params"]["k"]
     index = reference_index(model)
     rows = np.sort(np.random.default_rng(seed).choice(written.n_obs, n_cells, replace=False))
-    _, found = index.kneighbors(written.obsm["X_scquery"], k)
+    found_distances, found = index.kneighbors(written.obsm["X_scquery"], k)
     exact_distances, exact = ExactSearch(index.embeddings, n_threads=os.cpu_count()).search(
         np.ascontiguousarray(written.obsm["X_scquery"][rows]), k
     )
     recall = np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found[rows], exact, strict=True)])
-    # the approximate neighbours' distances, for the vote: recomputed for the sampled cells
-    found_distances = np.linalg.norm(
-        index.embeddings[found[rows]] - written.obsm["X_scquery"][rows][:, None, :], axis=2
-    )
     probabilities = compute_embedding(ad.read_h5ad(data)[rows].copy(), model, InputOptions())[1]
     labels = list(model.classes)
     codes = np.array([labels.index(name) for name in model.reference.obs["label"].astype(str)])
@@ -173,7 +169,7 @@ def search_accuracy_stage(*, data, bundle, answer, n_cells=2000, seed=0):
             1
         )
 
-    same = np.mean(predicted(found_distances, found[rows]) == predicted(exact_distances, exact))
+    same = np.mean(predicted(found_distances[rows], found[rows]) == predicted(exact_distances, exact))
     return {
         "search": written.uns["scquery"]["query_params"]["search"],
         "recall_at_k": float(recall),
