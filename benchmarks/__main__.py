@@ -42,8 +42,11 @@ def _crossstudy(quick, log):
 
 def _unknown(quick, log):
     from .unknown import run_unknown
+    from .unknown_pairs import run_unknown_pairs
 
-    return run_unknown(quick=quick, log=log)
+    result = run_unknown(quick=quick, log=log)
+    result["pairs"] = run_unknown_pairs(quick=quick, log=log)["rows"]
+    return result
 
 
 def _seeds(quick, log):

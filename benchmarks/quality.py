@@ -43,16 +43,20 @@ def _timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def celltypist_predictions(split, *, majority_voting=False, convert=False):
+def celltypist_predictions(split, *, majority_voting=False, convert=False, probability=False):
     """CellTypist 1.7.1's predictions, run by CELLTYPIST_PYTHON (None when not configured); with
-    `majority_voting`, a table of its plain and majority-voting predictions; with `convert`, of its
-    model converted to the other species (`Model.convert()`, human ↔ mouse) before annotating."""
+    `majority_voting` or `probability`, a table of its plain predictions, its majority-voting ones and
+    each cell's highest probability; with `convert`, of its model converted to the other species
+    (`Model.convert()`, human ↔ mouse) before annotating. `split` may hold `query_values` where the
+    query's values differ from the reference's."""
     if not CELLTYPIST_PYTHON or not Path(CELLTYPIST_PYTHON).exists():
         return None
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         log_normalized(split.reference, split.values).write_h5ad(folder / "reference.h5ad")
-        log_normalized(split.query, split.values).write_h5ad(folder / "query.h5ad")
+        log_normalized(split.query, getattr(split, "query_values", split.values)).write_h5ad(
+            folder / "query.h5ad"
+        )
         runner = Path(__file__).with_name("celltypist_runner.py")
         done = subprocess.run(
             [
@@ -63,6 +67,7 @@ def celltypist_predictions(split, *, majority_voting=False, convert=False):
                 str(folder / "out.csv"),
                 *(["--majority-voting"] if majority_voting else []),
                 *(["--convert"] if convert else []),
+                *(["--probability"] if probability else []),
             ],
             capture_output=True,
             text=True,
@@ -72,7 +77,7 @@ def celltypist_predictions(split, *, majority_voting=False, convert=False):
             print(f"  CellTypist failed on {split.task} [{split.fold}]: {last}", flush=True)
             return None
         table = pd.read_csv(folder / "out.csv", index_col=0).loc[split.query.obs_names].astype(str)
-    return table if majority_voting else table.iloc[:, 0].to_numpy()
+    return table if majority_voting or probability else table.iloc[:, 0].to_numpy()
 
 
 def evaluate(split, *, quick, seed=0, log=print):

@@ -35,7 +35,12 @@ TARGETS = {
 
 
 #: The benchmarks' own outputs: a run that changed only these ran on the commit itself.
-OUTPUTS = ["benchmarks/RESULTS.md", "benchmarks/results.json", "benchmarks/labels.png"]
+OUTPUTS = [
+    "benchmarks/RESULTS.md",
+    "benchmarks/results.json",
+    "benchmarks/labels.png",
+    "benchmarks/unknown_pairs.png",
+]
 
 
 def current_commit():
@@ -912,7 +917,188 @@ def unknown_section(result):
             _table(["pair", "type", "query cells", "F1"], per_type[["pair", "type", "cells", "f1"]].values),
             "",
         ]
+    if "pairs" in result:
+        parts += unknown_pairs_lines(result["pairs"])
     return parts
+
+
+#: The rejection scores the pairs' tables show, in their order (benchmarks/unknown_pairs.py).
+REJECTION = ("scquery", "CellTypist", "scmap-cosine")
+
+
+def _share(value):
+    return "–" if value is None or pd.isna(value) else f"{value:.1%}"
+
+
+def _with_curves(rows):
+    return [r for r in rows if r["new_cells"] and r["rejection"]["scquery"]["auroc"] is not None]
+
+
+def unknown_pairs_lines(rows):
+    """The `pairs` rows of the unknown part (benchmarks/unknown_pairs.py): per split, tuning first, a
+    table of its tasks and a summary line of each split's targets."""
+    parts = [
+        "### The tuning and validation pairs",
+        "",
+        "Every pair (the shared ones above and the cached ones of benchmarks/PAIRS.md) whole and with each "
+        "type of `pairs.HELD_OUT` removed from its reference in turn, one model each, scquery at its "
+        "defaults. New cells: of a type the reference lacks (held out, or never in it). 'caught': new "
+        "cells called Unknown; 'known Unknown': known cells called Unknown; macro-F1 over the known cells, "
+        "Unknown counted as wrong. AUROC: each method's rejection score, new against known cells. "
+        "scquery's score is 1 - `scquery_confidence`, a cell the other rules reject ('new cluster', "
+        "'markers differ', 'no reference genes') counting as rejected at every threshold: its curve is "
+        "the trade-off as `--min-confidence` moves with the cluster rules held at their defaults, its "
+        "default point `--min-confidence 0.5` (the Unknown calls of the 'caught' and 'known Unknown' "
+        "columns). CellTypist's: 1 - its highest probability (default `p_thres` 0.5); scmap-cosine's: "
+        "1 - the cosine similarity to the nearest reference centroid over the reference's highly variable "
+        "genes (default 0.7); in brackets, the share caught / known Unknown at each default. The pairs' "
+        "split was fixed before anything was chosen on them: choose on the tuning set; **the validation "
+        "set is the one that counts**.",
+        "",
+    ]
+    if any(_with_curves(rows)):
+        parts += [
+            "![new cells caught against known cells called Unknown, per task and method](unknown_pairs.png)",
+            "",
+        ]
+    if not rows:
+        return parts + [
+            "No pair's data was here (`python -m benchmarks.prepare_pairs`, benchmarks/PAIRS.md).",
+            "",
+        ]
+    frame = pd.DataFrame(rows)
+    for split in ("tuning", "validation"):
+        part = [r for r in rows if r["split"] == split]
+        if not part:
+            continue
+        title = "Tuning set" if split == "tuning" else "Validation set (the one that counts)"
+        parts += [f"#### {title}", "", _table(_PAIRS_HEADER, [_pairs_row(r) for r in part]), ""]
+        parts += _pairs_summary(frame[frame["split"] == split], split)
+        parts += [
+            f"- {r['pair']}: refused at the defaults: {r['refused_at_defaults']}"
+            for r in part
+            if r.get("refused_at_defaults") and not r["held_out"]
+        ]
+        parts += [""]
+    if not any("CellTypist" in r["rejection"] for r in rows):
+        parts += [
+            "CellTypist was not run (`SCQUERY_BENCH_CELLTYPIST_PYTHON` unset: `make bench` sets it).",
+            "",
+        ]
+    return parts
+
+
+_PAIRS_HEADER = [
+    "pair",
+    "held out",
+    "new cells (types the reference lacks)",
+    "prediction",
+    "head",
+    "best peer",
+    "caught",
+    "known Unknown",
+    *[f"AUROC {name}" for name in REJECTION],
+    "known Unknown by condition",
+]
+
+
+def _auroc_cell(curve):
+    if curve is None or curve["auroc"] is None:
+        return "–"
+    at = curve["default"]
+    return f"{curve['auroc']:.3f} ({_share(at['caught'])} / {_share(at['known_unknown'])})"
+
+
+def _pairs_row(r):
+    found = {name: f1 for name, f1 in r["peer_f1"].items() if f1 is not None}
+    best = max(found, key=found.get) if found else None
+    new_types = [*r["held_out"], *r["novel"]]
+    return [
+        r["pair"],
+        " + ".join(r["held_out"]) or "–",
+        f"{r['new_cells']} ({', '.join(new_types)})" if r["new_cells"] else "0",
+        r["prediction_f1"],
+        r["classifier_f1"],
+        f"{found[best]:.3f} ({best})" if best else "–",
+        _share(r["caught"]),
+        _share(r["known_unknown"]),
+        *[_auroc_cell(r["rejection"].get(name)) for name in REJECTION],
+        ", ".join(f"{level} {_share(share)}" for level, share in (r.get("conditions") or {}).items()) or "–",
+    ]
+
+
+def _pairs_summary(part, split):
+    """One split's summary: median AUROC, mean caught and known Unknown, the tasks meeting the targets."""
+    new = part[part["new_cells"] > 0]
+    aurocs = {
+        name: part["rejection"].map(lambda r, name=name: (r.get(name) or {}).get("auroc")).dropna()
+        for name in REJECTION
+    }
+    median = ", ".join(
+        f"{name} {values.median():.3f} ({_tasks(len(values))})"
+        for name, values in aurocs.items()
+        if len(values)
+    )
+    known = part["known_unknown"].dropna()
+    met = ((new["caught"] >= 0.8) & (new["known_unknown"] <= 0.05)).sum()
+    whole = part[part["held_out"].map(len) == 0]
+    best = whole["peer_f1"].map(lambda f1: max([v for v in f1.values() if v is not None], default=np.nan))
+    caught = _share(new["caught"].mean() if len(new) else None)
+    known = _share(known.mean() if len(known) else None)
+    head_ok = (whole["prediction_f1"] >= whole["classifier_f1"] - 0.01).sum()
+    lines = [
+        f"- {split.capitalize()}, {_tasks(len(part))}: median AUROC {median or '–'}; mean caught {caught} "
+        f"over the {_tasks(len(new))} with new cells; mean known Unknown {known}; "
+        f"{met} of {_tasks(len(new))} with new cells catch ≥ 80 % with ≤ 5 % of known cells Unknown (target: "
+        "all; median AUROC ≥ 0.95).",
+    ]
+    if len(whole):
+        lines.append(
+            f"- Whole pairs: prediction ≥ head - 0.01 on {head_ok} of {len(whole)}; ≥ the best peer on "
+            f"{(whole['prediction_f1'] >= best).sum()} of {len(whole)}."
+        )
+    return lines
+
+
+def _tasks(count):
+    return f"{count} task" + ("" if count == 1 else "s")
+
+
+def unknown_pairs_figure(result, path):
+    """Per task of the unknown part's `pairs` with new and known cells: each method's share of new cells
+    caught against its share of known cells called Unknown as its threshold moves, the default marked."""
+    rows = _with_curves(result.get("pairs") or [])
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(REJECTION, plt.get_cmap("tab10").colors, strict=False))
+    columns = min(5, len(rows))
+    grid = -(-len(rows) // columns)
+    fig, axes = plt.subplots(grid, columns, figsize=(3.2 * columns, 3.2 * grid + 0.4), squeeze=False)
+    legend = {}
+    for ax, r in zip(axes.flat, rows, strict=False):
+        for name, curve in r["rejection"].items():
+            points = curve["curve"]  # in the order of the threshold
+            known, caught = [p["known_unknown"] for p in points], [p["caught"] for p in points]
+            color = colors.get(name, "grey")
+            legend[name] = ax.plot(known, caught, color=color, lw=1.2)[0]
+            ax.plot(curve["default"]["known_unknown"], curve["default"]["caught"], "o", color=color)
+        held = " + ".join(r["held_out"]) + " held out" if r["held_out"] else "whole"
+        ax.set_title(f"{r['split']}: {r['pair'][:36]}\n{held}", fontsize=7)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("known cells Unknown", fontsize=7)
+        ax.set_ylabel("new cells caught", fontsize=7)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.set_axis_off()
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / (3.2 * grid + 0.4) + 0.02, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def species_section(result):
@@ -1240,7 +1426,7 @@ SECTIONS = {
     "gpu": gpu_section,
 }
 #: Figures drawn into the output folder when a part runs: name → (function(result, path), file name).
-FIGURES = {"labels": (labels_figure, "labels.png")}
+FIGURES = {"labels": (labels_figure, "labels.png"), "unknown": (unknown_pairs_figure, "unknown_pairs.png")}
 
 
 def write_report(out_dir, *, command, results, order, commit=None):

@@ -351,6 +351,151 @@ def test_the_cached_pairs_load_with_their_mapped_types_and_held_out_tasks():
     assert seen >= set(pairs.VALIDATION)
 
 
+def test_the_rejection_curve_counts_new_and_known_cells_at_each_threshold():
+    from benchmarks.unknown_pairs import _curve
+
+    new = np.array([True, True, True, False, False, False, False])
+    score = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.55, 0.0])
+    curve = _curve(score, new, 0.5)
+    assert curve["default"] == {"caught": 2 / 3, "known_unknown": 0.25}
+    # 12 new-known pairs, the new cell ranked above in 10 of them
+    assert curve["auroc"] == pytest.approx(10 / 12)
+    at = {point["threshold"]: point for point in curve["curve"]}
+    assert at[0.0]["caught"] == 1.0 and at[1.0]["caught"] == 0.0 and at[0.5]["known_unknown"] == 0.25
+    assert _curve(score[~new], new[~new], 0.5)["auroc"] is None  # no new cells: no AUROC
+
+
+def test_scquerys_rejection_score_moves_with_the_confidence_past_the_cluster_rules():
+    import pandas as pd
+
+    from benchmarks.unknown_pairs import DEFAULTS, REJECTED, scquery_score
+
+    obs = pd.DataFrame(
+        {
+            "scquery_unknown_reason": [
+                "",
+                "low confidence",
+                "new cluster",
+                "markers differ",
+                "low confidence",
+            ],
+            "scquery_confidence": [0.9, 0.3, 0.8, 0.95, 0.4],
+            "scquery_cluster_novelty": [0.0, 0.2, 1.5, 0.1, 0.1],
+            # the last cell's cluster fails 'markers differ' too (0.4 < 0.6): rejected at any confidence
+            "scquery_marker_agreement": [0.9, 0.9, 0.9, 0.3, 0.4],
+            "scquery_unique_markers": [np.nan, 0.9, 0.9, 0.9, 0.9],
+        }
+    )
+    score = scquery_score(obs)
+    assert score == pytest.approx([0.1, 0.7, REJECTED, REJECTED, REJECTED])
+    # at the default threshold the score rejects exactly the Unknown cells
+    assert list(score > DEFAULTS["scquery"]) == list(obs["scquery_unknown_reason"] != "")
+
+
+def test_scmap_cosine_finds_the_nearest_centroid_and_its_similarity():
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from benchmarks.unknown_pairs import scmap_cosine
+
+    counts = np.zeros((4, 6), dtype=np.float32)
+    counts[0, :3] = counts[1, :3] = 10  # type A: genes 0-2
+    counts[2, 3:] = counts[3, 3:] = 10  # type B: genes 3-5
+    reference = ad.AnnData(sp.csr_matrix(counts))
+    reference.obs["label"] = ["A", "A", "B", "B"]
+    query = ad.AnnData(sp.csr_matrix(np.array([[0, 0, 0, 5, 5, 5], [5, 5, 0, 0, 0, 5]], dtype=np.float32)))
+    nearest, similarity = scmap_cosine(reference, query, reference_values="counts", query_values="counts")
+    assert list(nearest) == ["B", "A"]
+    # the second cell shares two of A's three genes, at equal values: cosine 2/3
+    assert similarity == pytest.approx([1.0, 2 / 3], rel=1e-4)
+
+
+def _pairs_row(pair, split, held_out, *, new, caught, known, auroc, conditions=None, celltypist=True):
+    curve = [{"threshold": t, "caught": 1 - t, "known_unknown": (1 - t) / 4} for t in (0.0, 0.5, 1.0)]
+
+    def rejection(value):
+        at = {"caught": caught, "known_unknown": known}
+        return {"auroc": value if new else None, "default": at, "curve": curve}
+
+    row = {
+        "pair": pair,
+        "split": split,
+        "held_out": held_out,
+        "novel": [],
+        "cells": 100,
+        "new_cells": new,
+        "prediction_f1": 0.9,
+        "classifier_f1": 0.92,
+        "peer_f1": {"PCA + kNN": 0.85, "scmap-cosine": 0.88},
+        "caught": caught,
+        "known_unknown": known,
+        "refused_at_defaults": None,
+        "rejection": {"scquery": rejection(auroc), "scmap-cosine": rejection(0.7)},
+    }
+    if celltypist:
+        row["rejection"]["CellTypist"] = rejection(0.6)
+    if conditions:
+        row["conditions"] = conditions
+    return row
+
+
+def test_the_unknown_report_shows_the_tuning_then_the_validation_pairs(tmp_path):
+    from benchmarks.report import unknown_pairs_figure, unknown_section
+
+    pairs = [
+        _pairs_row(
+            "v", "validation", [], new=0, caught=None, known=0.01, auroc=None, conditions={"ifn": 0.02}
+        ),
+        _pairs_row("t", "tuning", ["B"], new=30, caught=0.9, known=0.04, auroc=0.96),
+        _pairs_row("t", "tuning", ["NK"], new=20, caught=0.5, known=0.02, auroc=0.8),
+        _pairs_row("v", "validation", ["T"], new=40, caught=0.85, known=0.1, auroc=0.9),
+    ]
+    result = {"held_out": [], "conditions": [], "per_type": [], "pairs": pairs}
+    text = "\n".join(unknown_section(result))
+    assert "\n## " not in text.split("## Unknown calls", 1)[1]  # sub-sections: RESULTS.md's commit check
+    assert text.index("#### Tuning set") < text.index("#### Validation set (the one that counts)")
+    assert (
+        "| t | B | 30 (B) | 0.900 | 0.920 | 0.880 (scmap-cosine) | 90.0% | 4.0% | 0.960 (90.0% / 4.0%) |"
+        in text
+    )
+    assert "| v | – | 0 | 0.900 | 0.920 | 0.880 (scmap-cosine) | – | 1.0% | – | – | – | ifn 2.0% |" in text
+    assert (
+        "- Tuning, 2 tasks: median AUROC scquery 0.880 (2 tasks), CellTypist 0.600 (2 tasks), scmap-cosine "
+        "0.700 (2 tasks); mean caught 70.0% over the 2 tasks with new cells; mean known Unknown 3.0%; 1 of 2 "
+        "tasks with new cells catch ≥ 80 % with ≤ 5 % of known cells Unknown" in text
+    )
+    assert "- Validation, 2 tasks: median AUROC scquery 0.900 (1 task)" in text
+    assert "0 of 1 task with new cells catch" in text and "CellTypist was not run" not in text
+    assert "- Whole pairs: prediction ≥ head - 0.01 on 0 of 1; ≥ the best peer on 1 of 1." in text
+    unknown_pairs_figure(result, tmp_path / "unknown_pairs.png")
+    assert (tmp_path / "unknown_pairs.png").stat().st_size > 0
+    # without CellTypist, and without any pair's data
+    for row in pairs:
+        del row["rejection"]["CellTypist"]
+    assert "CellTypist was not run" in "\n".join(unknown_section(result))
+    empty = "\n".join(unknown_section({**result, "pairs": []}))
+    assert "No pair's data was here" in empty and "unknown_pairs.png" not in empty
+
+
+@pytest.mark.slow
+def test_the_pairs_harness_measures_a_validation_task_of_the_cache():
+    from benchmarks import pairs
+    from benchmarks.unknown_pairs import run_unknown_pairs
+
+    cache = pairs.cache_dir()
+    if not all((cache / dataset.file).is_file() for dataset in pairs.DATASETS.values()):
+        pytest.skip(f"the pairs' cache {cache} is absent: prepare it with {pairs.PREPARE}")
+    lines = []
+    (row,) = run_unknown_pairs(quick=True, splits=("validation",), log=lines.append)["rows"]
+    assert row["split"] == "validation" and row["new_cells"] > 0  # the first task with new cells
+    assert 0.0 <= row["caught"] <= 1.0 and 0.0 <= row["known_unknown"] <= 1.0
+    ours = row["rejection"]["scquery"]
+    assert 0.0 <= ours["auroc"] <= 1.0 and "scmap-cosine" in row["rejection"]
+    assert ours["default"] == {"caught": row["caught"], "known_unknown": row["known_unknown"]}
+    assert {"PCA + kNN", "logistic regression", "scmap-cosine"} <= set(row["peer_f1"])
+    assert lines[-1].startswith("validation: ")
+
+
 def test_the_precision_report_judges_the_largest_change_of_a_tasks_mean_accuracy():
     from benchmarks.report import precision_section
 

@@ -254,6 +254,27 @@ def test_marker_agreement_tells_a_new_cluster_from_known_ones():
     np.testing.assert_allclose(merged["means"], means, rtol=1e-6)
 
 
+def test_a_type_split_over_many_query_clusters_is_judged_against_each_type_once():
+    """A known type spread over eight query clusters, each holding its markers a little above or below
+    the others, is kept: the query's baseline counts each type once (the mean of its clusters), so the
+    type's many clusters do not make its own markers the average they are judged against."""
+    rng = np.random.default_rng(4)
+    n_genes = 60
+    means = np.tile(rng.uniform(0.5, 1.5, n_genes), (3, 1))
+    for t in range(3):
+        means[t, t * 10 : t * 10 + 10] += 2.0
+    profiles = type_profiles(means, ["A", "B", "C"])
+    centres = [means[0] + np.r_[rng.normal(0, 0.6, 10), np.zeros(n_genes - 10)] for _ in range(8)]
+    centres += [means[1], means[2]]
+    cells = np.repeat(np.arange(len(centres)), 50)
+    X = sp.csr_matrix(
+        np.clip(np.asarray(centres)[cells] + rng.normal(0, 0.1, (cells.size, n_genes)), 0, None)
+    )
+    types = {**dict.fromkeys(range(8), "A"), 8: "B", 9: "C"}
+    for judged in (marker_agreement(X, cells, types, profiles), unique_markers(X, cells, types, profiles)):
+        assert (judged >= 0.8).all(), judged.round(2).to_dict()  # before: 0.5 to 0.9 for A's clusters
+
+
 def test_a_bundle_without_profiles_queries_with_a_warning(bundle, split):
     older = dataclasses.replace(bundle, reference=bundle.reference.copy())
     del older.reference.uns["profiles"]

@@ -2,7 +2,9 @@
 
 A type's profile is the mean of its reference cells' processed values (log-normalized, on the model's
 genes), saved in the bundle's reference (`uns['profiles']`). A query cluster's markers are its mean
-minus the mean of the query's clusters: measured within the query's own study, so what two studies
+minus the query's average type (each type the query's clusters are mapped to counts once, as
+the mean of its clusters, so that a type spanning many clusters is not the baseline it is judged
+against): measured within the query's own study, so what two studies
 differ in everywhere (depth, chemistry, batch) cancels. A cluster mapped to type T is checked on the
 genes that define T in the reference, and only on those, in two ways:
 
@@ -11,7 +13,7 @@ genes that define T in the reference, and only on those, in two ways:
   query of only T cells is judged on what tells T-cell types apart);
 - `unique_markers`: T's own genes, those T raises above every other reference type.
 
-Each is the share of those genes the cluster expresses above the query's average cluster. A cell type
+Each is the share of those genes the cluster expresses above the query's average type. A cell type
 the reference lacks, mapped onto its nearest known type, lacks many of them (NK cells read as CD8 T
 lack CD3 and CD8; acinar cells read as ductal lack KRT19 and CFTR), while a known type under a
 treatment, stress or the cell cycle keeps them: whatever else the condition raises does not define the
@@ -114,7 +116,8 @@ def unique_markers(X, clusters, types, profiles, *, measured=None):
 
 def _shares(X, clusters, types, profiles, measured, contrast):
     """The share of each cluster's type's genes (the highest of `contrast(profile, mix, others)`, by a
-    quarter or more) that the cluster expresses above the query's average cluster."""
+    quarter or more) that the cluster expresses above the query's average type (the mean over the
+    clusters' types of each type's mean cluster), against the mix of those types, each once."""
     names, means, _ = group_means(X, clusters)
     result = pd.Series(np.nan, index=names)
     labels = list(profiles["labels"])
@@ -122,8 +125,12 @@ def _shares(X, clusters, types, profiles, measured, contrast):
     known = np.array([types[name] in labels for name in names], dtype=bool)
     if len({types[name] for name in names[known]}) < 2:
         return result
-    query_markers = means[known] - means[known].mean(axis=0)
-    mix = reference[[labels.index(types[name]) for name in names[known]]]
+    mapped = np.array([types[name] for name in names[known]])
+    # Each type counts once, however many clusters it spans: the mean of its clusters' means.
+    kinds, per_kind = np.unique(mapped, return_inverse=True)
+    baseline = group_means(means[known], per_kind)[1].mean(axis=0)
+    query_markers = means[known] - baseline
+    mix = reference[[labels.index(kind) for kind in kinds]]
     for name, cluster in zip(names[known], query_markers, strict=True):
         row = labels.index(types[name])
         genes = _raised(contrast(reference[row], mix, np.delete(reference, row, axis=0)), measured)

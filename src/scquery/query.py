@@ -17,7 +17,7 @@
    - markers (`scquery.profiles`): a cluster mapped to type T is checked on the genes that define
      T in the reference, and only on those: the share of T's lineage genes (those T raises most
      against the mix of types the query's clusters are mapped to) that the cluster expresses above
-     the query's average cluster (`marker_agreement`), and the same share of T's own genes (those T
+     the query's average type (`marker_agreement`), and the same share of T's own genes (those T
      raises above every other reference type: `unique_markers`). Each side is measured within its own
      study, so what the two studies differ in everywhere cancels; what a condition (a treatment,
      stress, the cell cycle) adds on top of a type is not counted, since it does not define the

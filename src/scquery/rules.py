@@ -133,7 +133,7 @@ SIGNALS = [
         column="marker_agreement",
         help="least share of its type's lineage genes (those the type raises most against the types "
         "of the query's other clusters, in the reference) a query cluster must express above the "
-        "query's average cluster, else its cells are Unknown" + OFF,
+        "query's average type (each type the mean of its clusters), else its cells are Unknown" + OFF,
         limits=(("low", 0), ("high", 1)),
     ),
     Signal(
