@@ -685,37 +685,46 @@ def _quality_section(result):
 
 def seeds_section(result):
     """Issue 31's steadiness: per pair and setting, each figure's mean ± sd over the seeds (and its
-    range), the seeds' ensemble, the peers; the targets (sd ≤ 0.02; the head ≥ the best peer)."""
+    range), the seeds' ensemble, the peers; the targets (sd ≤ 0.02; the head ≥ the best peer), for
+    the tuning pairs, then the validation pairs."""
     table, peers = pd.DataFrame(result["rows"]), pd.DataFrame(result["peers"])
+    if "split" not in table:  # a run from before the cached pairs joined: all development pairs
+        table["split"] = "tuning"
     seeds = ", ".join(map(str, result["seeds"]))
     parts = [
         "## Steadiness over seeds (`--only seeds`)",
         "",
-        f"Each cross-study development pair (every type in the reference) trained with seeds {seeds}, "
-        "with and without pretraining (the schedule of `benchmarks/methods.py`). Macro-F1 on the query "
-        "as mean ± standard deviation over the seeds [lowest, highest]; 'ensemble': the seeds' classifier "
-        "probabilities averaged (it costs one training per seed). Peers once (seed 0), in the same run.",
+        f"Each cross-study pair (every type in the reference) trained with seeds {seeds}, with and "
+        "without pretraining (the schedule of `benchmarks/methods.py`): the development pairs and the "
+        "cached pairs of `benchmarks/PAIRS.md`, in their tuning and validation sets. Macro-F1 over the "
+        "query cells of the reference's types, as mean ± standard deviation over the seeds [lowest, "
+        "highest]; 'ensemble': the seeds' classifier probabilities averaged (it costs one training per "
+        "seed). Peers once (seed 0), in the same run: on the cached pairs PCA + kNN and logistic "
+        "regression on log-normalized values (a cross-species query on its one-to-one orthologues).",
         "",
     ]
-    rows, verdicts = [], []
-    for task, group in table.groupby("task", sort=False):
-        best = peers[peers.task == task].macro_f1.max() if len(peers) else float("nan")
-        for setting, runs in group.groupby("setting", sort=False):
-            single = runs[runs.seed != "ensemble"]
-            ensemble = runs[runs.seed == "ensemble"]["head"].iloc[0]
-            cells = [_spread(single[m]) for m in ("head", "knn", "prediction")]
-            rows.append([task, setting, *cells, _cell(ensemble), _cell(single.train_s.mean(), 1)])
-            sd = max(single[m].std(ddof=1) for m in ("head", "prediction"))
-            head = single["head"]
-            verdicts.append(
-                f"- {task}, {setting}: largest sd {sd:.3f} (≤ 0.02: {_met(sd <= 0.02)}); the head's mean "
-                f"{head.mean():.3f} vs best peer {best:.3f} ({_met(head.mean() >= best)}), at or above it "
-                f"with {int((head >= best).sum())} of {len(single)} seeds"
-            )
-        for r in peers[peers.task == task].itertuples():
-            rows.append([task, r.method, _cell(r.macro_f1), "–", "–", "–", "–"])
     header = ["task", "method", "classifier head", "kNN vote", "prediction", "ensemble (head)", "train s"]
-    return parts + [_table(header, rows), "", "Targets:", "", *verdicts, ""]
+    for split, in_split in table.groupby("split", sort=False):
+        rows, verdicts = [], []
+        for task, group in in_split.groupby("task", sort=False):
+            best = peers[peers.task == task].macro_f1.max() if len(peers) else float("nan")
+            for setting, runs in group.groupby("setting", sort=False):
+                single = runs[runs.seed != "ensemble"]
+                ensemble = runs[runs.seed == "ensemble"]["head"].iloc[0]
+                cells = [_spread(single[m]) for m in ("head", "knn", "prediction")]
+                rows.append([task, setting, *cells, _cell(ensemble), _cell(single.train_s.mean(), 1)])
+                sd = max(single[m].std(ddof=1) for m in ("head", "prediction"))
+                head = single["head"]
+                verdicts.append(
+                    f"- {task}, {setting}: largest sd {sd:.3f} (≤ 0.02: {_met(sd <= 0.02)}); the head's "
+                    f"mean {head.mean():.3f} vs best peer {best:.3f} ({_met(head.mean() >= best)}), at or "
+                    f"above it with {int((head >= best).sum())} of {len(single)} seeds"
+                )
+            for r in peers[peers.task == task].itertuples():
+                rows.append([task, r.method, _cell(r.macro_f1), "–", "–", "–", "–"])
+        title = "Validation pairs (the set that counts)" if split == "validation" else "Tuning pairs"
+        parts += [f"### {title}", "", _table(header, rows), "", "Targets:", "", *verdicts, ""]
+    return parts
 
 
 def _spread(values):

@@ -279,3 +279,17 @@ def test_the_validation_accuracy_shown_is_the_kept_models(bundle):
     older = {key: value for key, value in classifier.items() if key != "kept_epoch"}
     assert kept_accuracy(older) == bundle.validation_accuracy
     assert kept_accuracy({"loss": [1.0, 0.5]}) is None  # no cells held out, no validation accuracy
+
+
+def test_the_classifier_drops_input_genes_while_training_only():
+    """`dropout` zeroes a share of the input genes in each training step (Keras's `Dropout`, seeded);
+    predictions use every gene, so the same cells give the same answer every time."""
+    x = np.random.default_rng(0).uniform(0, 3, (64, 40)).astype("float32")
+    model = build_classifier(40, 3, TrainConfig(hidden_sizes=[16, 4], dropout=0.7), seed=0)
+    assert model.get_layer("input_dropout").rate == 0.7
+    predicted = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_array_equal(predicted, keras.ops.convert_to_numpy(model(x, training=False)))
+    assert not np.allclose(predicted, keras.ops.convert_to_numpy(model(x, training=True)))
+    plain = build_classifier(40, 3, TrainConfig(hidden_sizes=[16, 4], dropout=0.0), seed=0)
+    assert "input_dropout" not in [layer.name for layer in plain.layers]
+    np.testing.assert_allclose(predicted, keras.ops.convert_to_numpy(plain(x, training=False)), rtol=1e-6)

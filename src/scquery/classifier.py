@@ -21,9 +21,10 @@ MIN_BATCHES_PER_EPOCH = 10
 
 
 def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=None, seed):
-    """The stacked encoder (`scquery.pretrain.stack_encoder`: optional gene scaling, then the dense
-    layers `encoder_0 … encoder_{L-1}` of `config.hidden_sizes` and `config.activation`), then the
-    softmax layer `classifier`, as one functional model.
+    """The stacked encoder (`scquery.pretrain.stack_encoder`: optional gene scaling, dropout of the
+    input genes at `config.dropout` while training, then the dense layers `encoder_0 … encoder_{L-1}`
+    of `config.hidden_sizes` and `config.activation`), then the softmax layer `classifier`, as one
+    functional model.
 
     `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
     encoder; without them its layers start from Glorot-uniform weights seeded by `seed`, as does
@@ -31,7 +32,13 @@ def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=
     """
     hidden_sizes = config.hidden_sizes
     encoder = stack_encoder(
-        n_genes, hidden_sizes, activation=config.activation, scale=scale, weights=encoder_weights, seed=seed
+        n_genes,
+        hidden_sizes,
+        activation=config.activation,
+        scale=scale,
+        weights=encoder_weights,
+        seed=seed,
+        dropout=config.dropout,
     )
     head = keras.layers.Dense(
         n_classes,

@@ -93,6 +93,15 @@ class TrainConfig:
         integer=True,
     )
     class_weight: bool = option(True, "Weight classes inversely to their size")
+    dropout: float = option(
+        0.7,
+        "Dropout rate of the input genes while fine-tuning the classifier (none when predicting): the "
+        "classifier learns not to rest on a few genes, which another study may measure differently or "
+        "lack (0: none)",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     # reference points from the unlabelled reference cells (scquery.propagate)
     propagate: bool = option(
         True,

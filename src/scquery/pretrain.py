@@ -211,11 +211,14 @@ def scaling_layer(scale, *, dtype=None):
     return keras.layers.Normalization(mean=scale["mean"], variance=std**2, name="scale", dtype=dtype)
 
 
-def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weights=None, dtype=None):
+def stack_encoder(
+    n_genes, hidden_sizes, *, activation, seed, scale=None, weights=None, dtype=None, dropout=0.0
+):
     """The stacked encoder: a functional `keras.Model` from the input `expression` (`n_genes`
     values) through gene scaling (a `Normalization` layer `scale`, with the preprocessing record's
-    `scale` statistics) to the dense layers `encoder_0 … encoder_{L-1}` of widths `hidden_sizes`
-    and `activation`.
+    `scale` statistics) and, with a `dropout` rate, a `Dropout` layer `input_dropout` (active in
+    training only; seeded by `seed_for(seed, len(hidden_sizes) + 1, _NOISE)`) to the dense layers
+    `encoder_0 … encoder_{L-1}` of widths `hidden_sizes` and `activation`.
 
     Layer i holds `weights[i]` (`[kernel, bias]`, as `pretrain_greedy` returns them) where given,
     else Glorot-uniform weights seeded by `seed_for(seed, i)`. Returns None when there is nothing
@@ -228,6 +231,9 @@ def stack_encoder(n_genes, hidden_sizes, *, activation, seed, scale=None, weight
         return None
     inputs = keras.Input((n_genes,), name="expression")
     x = inputs if scale is None else scaling_layer(scale, dtype=dtype)(inputs)
+    if dropout:
+        noise = seed_for(seed, len(hidden_sizes) + 1, _NOISE)
+        x = keras.layers.Dropout(dropout, seed=noise, name="input_dropout", dtype=dtype)(x)
     for i, width in enumerate(hidden_sizes):
         layer = keras.layers.Dense(
             int(width),
