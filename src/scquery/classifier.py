@@ -8,7 +8,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from .batches import RowBatches, SparseBatches, device_rows, iter_dense_chunks
 from .callbacks import EpochTimer, StageProgress
 from .logs import arrows, logger, resolve_verbose
-from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, MIXED_PRECISION, seed_for, stack_encoder
+from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, INPUT_DROPOUT, MIXED_PRECISION, seed_for, stack_encoder
 
 HEAD = "classifier"
 
@@ -148,10 +148,10 @@ def training_model(model, *, rows=None, mixed_precision=False):
 
 def _mixed_copy(model):
     """A copy of the classifier `model`, its weights included, whose layers compute in bfloat16
-    but for the softmax head."""
+    but for the softmax head and the dropout of the input genes."""
 
     def clone(layer):
-        policy = "float32" if layer.name == HEAD else MIXED_PRECISION
+        policy = "float32" if layer.name in (HEAD, INPUT_DROPOUT) else MIXED_PRECISION
         return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
 
     copy = keras.models.clone_model(model, clone_function=clone)

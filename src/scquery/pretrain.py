@@ -29,6 +29,9 @@ _INITIAL_LOSS_BATCHES = 20
 FIT_OPTIONS = {"steps_per_execution": 32}
 #: Keys of the random streams of `pretrain_greedy`, per stage: initial weights, noise, batch order.
 _INIT, _NOISE, _ORDER = 0, 1, 2
+#: The name of the classifier's dropout of its input genes (`stack_encoder`'s `dropout`); it draws its
+#: mask in float32 in every precision, so mixed-precision training drops the same genes.
+INPUT_DROPOUT = "input_dropout"
 #: The arrays of `PretrainedEncoder.autoencoder` in a `save_encoder` file.
 _AUTOENCODER_ARRAYS = ("autoencoder_kernel", "autoencoder_encoder_bias", "autoencoder_decoder_bias")
 #: The Keras dtype policy of training in mixed precision: bfloat16 computations, float32 weights
@@ -216,7 +219,7 @@ def stack_encoder(
 ):
     """The stacked encoder: a functional `keras.Model` from the input `expression` (`n_genes`
     values) through gene scaling (a `Normalization` layer `scale`, with the preprocessing record's
-    `scale` statistics) and, with a `dropout` rate, a `Dropout` layer `input_dropout` (active in
+    `scale` statistics) and, with a `dropout` rate, a `Dropout` layer `INPUT_DROPOUT` (active in
     training only; seeded by `seed_for(seed, len(hidden_sizes) + 1, _NOISE)`) to the dense layers
     `encoder_0 … encoder_{L-1}` of widths `hidden_sizes` and `activation`.
 
@@ -233,7 +236,7 @@ def stack_encoder(
     x = inputs if scale is None else scaling_layer(scale, dtype=dtype)(inputs)
     if dropout:
         noise = seed_for(seed, len(hidden_sizes) + 1, _NOISE)
-        x = keras.layers.Dropout(dropout, seed=noise, name="input_dropout", dtype=dtype)(x)
+        x = keras.layers.Dropout(dropout, seed=noise, name=INPUT_DROPOUT)(x)  # float32: the same mask
     for i, width in enumerate(hidden_sizes):
         layer = keras.layers.Dense(
             int(width),
