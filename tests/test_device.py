@@ -251,7 +251,7 @@ def test_train_with_its_data_on_the_device_gives_the_bundle_the_host_gives(monke
 
     from scquery.train import train
 
-    config = {**SMALL_CONFIG, "pretrain_epochs": 2, "epochs": 4, "propagate_min_probability": 0.2}
+    config = {**SMALL_CONFIG, "pretrain_epochs": 2, "epochs": 12, "propagate_min_probability": 0.2}
     reference = split[0].copy()
     labels = reference.obs["bulk_labels"].astype(object)
     labels.iloc[::5] = np.nan  # unlabelled cells: propagation predicts them, from the device's rows too
