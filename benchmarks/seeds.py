@@ -25,6 +25,7 @@ from .baselines import log_normalized, logistic_regression, pca_knn
 from .crossstudy import _peers
 from .methods import scquery_config
 from .metrics import label_scores
+from .unknown_pairs import LOW_OVERLAP
 
 SEEDS = (0, 1, 2)
 #: The training settings compared (options on top of the benchmark's): the defaults, no pretraining,
@@ -35,8 +36,6 @@ SETTINGS = {
     "scquery, no pretraining": {"pretrain": False},
     "scquery, input dropout 0.7": {"dropout": 0.7},
 }
-#: The least gene overlap a query refused at the default is run again with.
-LOW_OVERLAP = 0.2
 #: The cached pairs that ask no classification (their query is one type).
 ONE_TYPE = ("human sorted PBMC → MAIT cells, half cytokine-stimulated (C1)",)
 
