@@ -460,7 +460,7 @@ def on_shared_genes(task):
     """(reference, query) on the genes they share, in the same order: a cross-species query renamed
     to the reference's genes through the built-in one-to-one orthologues (CellTypist's
     `Model.convert` default), so peers that need one gene space get the same inputs."""
-    if task.query_species is None:
+    if getattr(task, "query_species", None) is None:  # a shared pair's task has one species
         return task.reference, task.query
     from scquery.orthologs import builtin_map
 

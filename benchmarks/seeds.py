@@ -15,19 +15,21 @@ import time
 import numpy as np
 
 from scquery.embed import compute_embedding
-from scquery.errors import ScqueryError
 from scquery.options import InputOptions
-from scquery.query import query
 from scquery.train import train
 
 from . import crossstudy_tasks, pairs
-from .baselines import log_normalized, logistic_regression, pca_knn
 from .crossstudy import _peers
 from .methods import scquery_config
 from .metrics import label_scores
-from .unknown_pairs import LOW_OVERLAP
+from .unknown_pairs import log_normalized_peers, query_pair
 
 SEEDS = (0, 1, 2)
+#: The peers' names in the crossstudy part's words.
+NAMES = {
+    "PCA + kNN": "PCA + kNN (ingest's model)",
+    "logistic regression": "logistic regression (CellTypist's model)",
+}
 #: The training settings compared (options on top of the benchmark's): the defaults, no pretraining,
 #: and the input genes dropped at 0.7 while fine-tuning (the rate that did best on the tuning pairs
 #: among 0.2, 0.5, 0.7 and 0.8; issue 31).
@@ -67,7 +69,8 @@ def run_seeds(*, quick, log=print):
                 config = scquery_config(quick=quick, **options)
                 bundle = train(task.reference, label_key="label", config=config, seed=seed)
                 seconds = time.perf_counter() - start
-                annotated, inputs = _query(task, bundle)
+                annotated, min_overlap, _ = query_pair(task, bundle)
+                inputs = InputOptions(species=getattr(task, "query_species", None), min_overlap=min_overlap)
                 probabilities.append(compute_embedding(task.query.copy(), bundle, inputs)[1])
                 row = {"task": task.name, "split": split, "setting": setting, "seed": seed}
                 row["train_s"] = round(seconds, 2)
@@ -91,32 +94,8 @@ def run_seeds(*, quick, log=print):
     return {"rows": rows, "peers": peers, "seeds": list(SEEDS)}
 
 
-def _query(task, bundle):
-    """`task`'s query annotated by `bundle`, and the input options it was read with: a query refused
-    for too few of the model's genes is run again with `min_overlap=LOW_OVERLAP` (what a user would
-    do; the mouse embryonic pancreas holds 24 % of the genes of a model of Baron's pancreas)."""
-    species = getattr(task, "query_species", None)
-    for min_overlap in (InputOptions.min_overlap, LOW_OVERLAP):
-        annotated = task.query.copy()
-        try:
-            query(annotated, bundle, species=species, min_overlap=min_overlap, matches=False)
-        except ScqueryError:
-            if min_overlap == LOW_OVERLAP:
-                raise
-            continue
-        return annotated, InputOptions(species=species, min_overlap=min_overlap)
-
-
 def _task_peers(task):
     """The peers' predictions on `task` (see the module docstring)."""
     if not isinstance(task, pairs.PairTask):
         return _peers(task, seed=0)
-    reference, query_data = pairs.on_shared_genes(task)
-    reference = log_normalized(reference, task.reference_values)
-    query_data = log_normalized(query_data, task.query_values)
-    return {
-        "PCA + kNN (ingest's model)": pca_knn(reference, query_data, values="log1p", seed=0)["predictions"],
-        "logistic regression (CellTypist's model)": logistic_regression(
-            reference, query_data, values="log1p", seed=0
-        )["predictions"],
-    }
+    return {NAMES[name]: predicted for name, predicted in log_normalized_peers(task, seed=0).items()}

@@ -38,6 +38,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from scquery.errors import ScqueryError
+from scquery.options import InputOptions
 from scquery.query import UNKNOWN, query
 from scquery.rules import SIGNALS
 from scquery.train import train
@@ -122,13 +123,7 @@ class _Split:
 
 def _scquery(task, seed, quick):
     bundle = train(task.reference, label_key="label", config=scquery_config(quick=quick), seed=seed)
-    adata = task.query.copy()
-    species, refused = getattr(task, "query_species", None), None
-    try:
-        query(adata, bundle, species=species, matches=False)
-    except ScqueryError as error:  # a query of too few of the model's genes: what a user would do
-        refused = f"{error} (run again with min_overlap={LOW_OVERLAP})"
-        query(adata, bundle, species=species, matches=False, min_overlap=LOW_OVERLAP)
+    adata, _, refused = query_pair(task, bundle)
     obs = adata.obs
     return {
         "prediction": obs["scquery_prediction"].astype(str).to_numpy(),
@@ -139,25 +134,39 @@ def _scquery(task, seed, quick):
     }
 
 
-def _peers(task, seed, log):
-    reference, query_data = (
-        pairs.on_shared_genes(task)
-        if getattr(task, "query_species", None)
-        else (
-            task.reference,
-            task.query,
-        )
-    )
-    values = {"reference_values": task.reference_values, "query_values": task.query_values}
+def query_pair(task, bundle):
+    """`task`'s query annotated by `bundle`, the `min_overlap` it was read with and why it was
+    refused at the default (None): a query of too few of the model's genes is run again with
+    `min_overlap=LOW_OVERLAP`, what a user would do."""
+    species = getattr(task, "query_species", None)
+    adata = task.query.copy()
+    try:
+        query(adata, bundle, species=species, matches=False)
+        return adata, InputOptions.min_overlap, None
+    except ScqueryError as error:
+        adata = task.query.copy()
+        query(adata, bundle, species=species, matches=False, min_overlap=LOW_OVERLAP)
+        return adata, LOW_OVERLAP, f"{error} (run again with min_overlap={LOW_OVERLAP})"
+
+
+def log_normalized_peers(task, seed):
+    """PCA + kNN's and logistic regression's predictions on both sides' log-normalized values, on the
+    genes they share (`pairs.on_shared_genes`: a cross-species query on its one-to-one orthologues)."""
+    reference, query_data = pairs.on_shared_genes(task)
     ref_log = log_normalized(reference, task.reference_values)
     query_log = log_normalized(query_data, task.query_values)
-    out = {
+    return {
         "PCA + kNN": pca_knn(ref_log, query_log, values="log1p", seed=seed)["predictions"],
         "logistic regression": logistic_regression(ref_log, query_log, values="log1p", seed=seed)[
             "predictions"
         ],
     }
-    scores = {}
+
+
+def _peers(task, seed, log):
+    reference, query_data = pairs.on_shared_genes(task)
+    values = {"reference_values": task.reference_values, "query_values": task.query_values}
+    out, scores = log_normalized_peers(task, seed), {}
     nearest, similarity = scmap_cosine(reference, query_data, **values)
     out["scmap-cosine"], scores["scmap-cosine"] = nearest, 1 - similarity
     table = celltypist_predictions(_Split(reference, query_data, task), probability=True)
