@@ -239,7 +239,7 @@ def test_marker_agreement_tells_a_new_cluster_from_known_ones():
     means = np.tile(base, (3, 1))
     for t in range(3):
         means[t, t * 10 : t * 10 + 10] += 2.0  # each type's ten markers
-    profiles = type_profiles(means, ["A", "B", "C"])
+    profiles = _reference_profiles(rng, means, ["A", "B", "C"])
     shift = rng.normal(0, 0.3, n_genes)  # what the query's study differs in everywhere
     new = base.copy()
     new[40:50] += 2.0  # a type the reference lacks, with markers of its own
@@ -252,6 +252,7 @@ def test_marker_agreement_tells_a_new_cluster_from_known_ones():
     merged = merge_profiles(type_profiles(means[:2], ["A", "B"]), type_profiles(means[[0, 2]], ["A", "C"]))
     assert list(merged["labels"]) == ["A", "B", "C"] and merged["cells"].tolist() == [2, 1, 1]
     np.testing.assert_allclose(merged["means"], means, rtol=1e-6)
+    np.testing.assert_array_equal(merged["detected"], np.ones_like(means))
 
 
 def test_a_type_split_over_many_query_clusters_is_judged_against_each_type_once():
@@ -263,7 +264,7 @@ def test_a_type_split_over_many_query_clusters_is_judged_against_each_type_once(
     means = np.tile(rng.uniform(0.5, 1.5, n_genes), (3, 1))
     for t in range(3):
         means[t, t * 10 : t * 10 + 10] += 2.0
-    profiles = type_profiles(means, ["A", "B", "C"])
+    profiles = _reference_profiles(rng, means, ["A", "B", "C"])
     centres = [means[0] + np.r_[rng.normal(0, 0.6, 10), np.zeros(n_genes - 10)] for _ in range(8)]
     centres += [means[1], means[2]]
     cells = np.repeat(np.arange(len(centres)), 50)
@@ -416,7 +417,7 @@ def test_marker_agreement_of_a_query_of_a_few_types_contrasts_those_types():
     for t in range(3):
         means[t, t * 10 : t * 10 + 10] += 2.0
     means[:2, 30:40] += 3.0  # A and B share a lineage programme that C lacks
-    profiles = type_profiles(means, ["A", "B", "C"])
+    profiles = _reference_profiles(rng, means, ["A", "B", "C"])
 
     def clusters_of(centres):
         cells = np.repeat(np.arange(len(centres)), 50)
@@ -448,6 +449,14 @@ def _blood_like(rng, n_genes=120):
     return means, ["T4", "T8", "NK", "B", "M"]
 
 
+def _reference_profiles(rng, means, labels, n=200):
+    """Type profiles of `n` synthetic reference cells per type, `log1p` of counts drawn around each
+    type's `means`: a gene a type raises is detected in more of its cells than of the others'."""
+    cells = np.repeat(np.arange(len(labels)), n)
+    counts = rng.poisson(0.2 * np.expm1(means)[cells]).astype(np.float32)
+    return type_profiles(sp.csr_matrix(np.log1p(counts)), np.asarray(labels)[cells])
+
+
 def _cells(rng, centres, n=60, shift=None):
     cells = np.repeat(np.arange(len(centres)), n)
     noise = rng.normal(0, 0.3, (cells.size, centres.shape[1]))
@@ -461,7 +470,7 @@ def test_a_condition_programme_on_known_types_keeps_their_markers():
     though the programme makes their whole profiles unlike their types' (the old all-genes contrast)."""
     rng = np.random.default_rng(2)
     means, labels = _blood_like(rng)
-    profiles = type_profiles(means, labels)
+    profiles = _reference_profiles(rng, means, labels)
     centres = means[[0, 0, 1, 3, 3, 4]].copy()  # T4 and B, each resting and stimulated
     programme = np.arange(75, 115)
     for stimulated in (1, 4):
@@ -485,7 +494,7 @@ def test_a_type_that_mimics_a_known_one_without_its_defining_genes_is_caught():
     rng = np.random.default_rng(3)
     means, labels = _blood_like(rng)
     keep = [0, 1, 3, 4]  # the reference has no NK
-    profiles = type_profiles(means[keep], [labels[i] for i in keep])
+    profiles = _reference_profiles(rng, means[keep], [labels[i] for i in keep])
     X, cells = _cells(rng, means[[0, 1, 2, 3, 4]], shift=rng.normal(0, 0.3, means.shape[1]))
     types = dict(enumerate(["T4", "T8", "T8", "B", "M"]))  # the NK cluster (2) mapped to T8
     agreement = marker_agreement(X, cells, types, profiles)
@@ -493,6 +502,28 @@ def test_a_type_that_mimics_a_known_one_without_its_defining_genes_is_caught():
     assert agreement[2] < 0.6  # it lacks the T lineage; it has 15 of T8's 20 own genes (cytotoxic)
     assert unique[2] == pytest.approx(0.75)
     assert (agreement[[0, 1, 3, 4]] >= 0.9).all() and (unique[[0, 1, 3, 4]] >= 0.9).all()
+
+
+def test_genes_every_type_expresses_do_not_define_a_lineage():
+    """Ribosomal-like genes (30, high in every cell of every type, a little higher in T cells) define
+    no type. A B-like cluster that expresses them as T cells do, read as T4 by a reference without B,
+    lacks the T lineage and is caught, though T4 has no own genes (like naive CD4 T against memory
+    CD4 T) and, judged on mean levels, the ribosomal genes were 30 of T4's 40 lineage genes."""
+    rng = np.random.default_rng(5)
+    means, labels = _blood_like(rng)
+    means[0, 10:15] = means[4, 10:15]  # T4 without own genes
+    means[:, 70:100] += 3.0
+    means[:2, 70:100] += 0.7
+    keep = [0, 1, 2, 4]  # the reference has no B
+    profiles = _reference_profiles(rng, means[keep], [labels[i] for i in keep])
+    mimic = means[3].copy()
+    mimic[70:100] = means[0, 70:100]
+    X, cells = _cells(rng, np.vstack([means[keep], mimic]), shift=rng.normal(0, 0.3, means.shape[1]))
+    types = dict(enumerate(["T4", "T8", "NK", "M", "T4"]))  # the B-like cluster (4) mapped to T4
+    agreement = marker_agreement(X, cells, types, profiles)
+    assert agreement[4] < 0.2, agreement.round(2).to_dict()
+    assert (agreement[[0, 1, 2, 3]] >= 0.9).all(), agreement.round(2).to_dict()
+    assert unique_markers(X, cells, types, profiles)[[0, 4]].isna().all()
 
 
 def test_a_query_of_one_type_is_not_rejected_for_lack_of_others(bundle, split):
@@ -508,7 +539,7 @@ def test_genes_the_query_lacks_are_not_counted_as_missing_markers():
     orthologues) is judged on the genes it holds: its known types keep their markers."""
     rng = np.random.default_rng(4)
     means, labels = _blood_like(rng)
-    profiles = type_profiles(means, labels)
+    profiles = _reference_profiles(rng, means, labels)
     X, cells = _cells(rng, means, shift=rng.normal(0, 0.3, means.shape[1]))
     measured = np.ones(means.shape[1], dtype=bool)
     measured[[0, 1, 2, 3, 4, 5, 10, 11, 12, 20, 21, 22, 40, 41, 42, 55, 56, 57]] = False  # a third of each

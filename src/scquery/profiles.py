@@ -1,17 +1,21 @@
 """Expression profiles of the reference's cell types, and whether a query cluster shows its type's markers.
 
 A type's profile is the mean of its reference cells' processed values (log-normalized, on the model's
-genes), saved in the bundle's reference (`uns['profiles']`). A query cluster's markers are its mean
-minus the query's average type (each type the query's clusters are mapped to counts once, as
-the mean of its clusters, so that a type spanning many clusters is not the baseline it is judged
-against): measured within the query's own study, so what two studies
-differ in everywhere (depth, chemistry, batch) cancels. A cluster mapped to type T is checked on the
-genes that define T in the reference, and only on those, in two ways:
+genes) and the share of its cells that express each gene (its detection rate), saved in the bundle's
+reference (`uns['profiles']`). The genes that define a type are chosen by detection rate: a gene most
+of a type's cells express and few of another's is that type's, whatever its level; a gene every type
+expresses a little more or less of (ribosomal proteins, a shared programme) is nobody's. A query
+cluster's markers are its mean minus the query's average type (each type the query's clusters are
+mapped to counts once, as the mean of its clusters, so that a type spanning many clusters is not the
+baseline it is judged against): measured within the query's own study, so what two studies differ
+in everywhere (depth, chemistry, batch) cancels. A cluster mapped to type T is checked on the genes
+that define T in the reference, and only on those, in two ways:
 
-- `marker_agreement`: T's lineage genes, the `DEFINING_GENES` genes T raises most against the mix of
-  types the query's clusters are mapped to (its profile minus the mean of those types' profiles, so a
-  query of only T cells is judged on what tells T-cell types apart);
-- `unique_markers`: T's own genes, those T raises above every other reference type.
+- `marker_agreement`: T's lineage genes, the `DEFINING_GENES` genes detected in the largest share more
+  of T's cells than of the mix of types the query's clusters are mapped to (the mean of those types'
+  rates, so a query of only T cells is judged on what tells T-cell types apart);
+- `unique_markers`: T's own genes, those detected in a larger share of T's cells than of every other
+  reference type's.
 
 Each is the share of those genes the cluster expresses above the query's average type. A cell type
 the reference lacks, mapped onto its nearest known type, lacks many of them (NK cells read as CD8 T
@@ -26,10 +30,13 @@ import scipy.sparse as sp
 
 #: Key of the profiles in the reference's `uns`.
 PROFILES_KEY = "profiles"
-#: How many of the genes a type raises most (against the query's mix of types, or above every other
-#: type) define it.
+#: How many of the genes a type's cells express most more often (than the query's mix of types, or
+#: than every other type) define it.
 DEFINING_GENES = 50
-#: The fewest such genes (raised by a quarter or more) a type needs to be judged on them.
+#: By how much a defining gene's detection rate must exceed the others' (0.3: detected in 30 % more
+#: of the type's cells; chosen on the tuning pairs of benchmarks/pairs.py).
+MIN_DETECTION_GAIN = 0.3
+#: The fewest such genes a type needs to be judged on them.
 MIN_DEFINING_GENES = 5
 
 
@@ -37,10 +44,11 @@ MIN_DEFINING_GENES = 5
 CHUNK_ROWS = 8192
 
 
-def group_means(X, groups, *, rows=None):
+def group_means(X, groups, *, rows=None, detected=False):
     """`(names, means, counts)`: the sorted distinct `groups` of the rows `rows` of `X` (default: all),
     the mean row per group (a dense groups × genes float32 array; `X`, CSR or dense, is never densified
-    or copied; rows made on demand are read `CHUNK_ROWS` at a time) and the rows per group."""
+    or copied; rows made on demand are read `CHUNK_ROWS` at a time) and the rows per group. With
+    `detected`, the share of each group's rows with a value above 0 instead of the mean."""
     rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     codes, names = pd.factorize(pd.Series(np.asarray(groups)), sort=True)
     n_groups = len(names)
@@ -55,33 +63,50 @@ def group_means(X, groups, *, rows=None):
         )
     means = np.zeros((n_groups, X.shape[1]))
     for positions, part, values in parts:
+        if detected:
+            values = _detected(values)
         indicator = sp.csr_matrix((1.0 / counts[part], (part, positions)), shape=(n_groups, values.shape[0]))
         product = indicator @ values
         means += product.toarray() if sp.issparse(product) else np.asarray(product)
     return names.to_numpy(), means.astype(np.float32), counts
 
 
+def _detected(values):
+    """1.0 where `values` (CSR or dense) is above 0, else 0.0 (a new matrix)."""
+    if sp.issparse(values):
+        values = values.tocsr(copy=True)
+        values.data = (values.data > 0).astype(np.float32)
+        return values
+    return (np.asarray(values) > 0).astype(np.float32)
+
+
 def type_profiles(X, labels, *, rows=None):
-    """The profiles of the cells `rows` of `X` (default: all), labelled `labels`:
-    `{'labels', 'means' (types × genes), 'cells' (per type)}`."""
+    """The profiles of the cells `rows` of `X` (default: all), labelled `labels`: `{'labels',
+    'means' and 'detected' (types × genes: mean value, share of cells above 0), 'cells' (per type)}`."""
     names, means, counts = group_means(X, labels, rows=rows)
-    return {"labels": names.astype(str), "means": means, "cells": counts.astype(np.int64)}
+    detected = group_means(X, labels, rows=rows, detected=True)[1]
+    return {
+        "labels": names.astype(str),
+        "means": means,
+        "detected": detected,
+        "cells": counts.astype(np.int64),
+    }
 
 
 def merge_profiles(first, second):
-    """The profiles of two sets of cells on the same genes taken together (weighted by their cells)."""
+    """The profiles of two sets of cells on the same genes taken together (weighted by their cells;
+    detection rates only where both have them)."""
     labels = sorted(set(first["labels"]) | set(second["labels"]))
-    means = np.zeros((len(labels), first["means"].shape[1]))
+    keys = [key for key in ("means", "detected") if key in first and key in second]
+    sums = {key: np.zeros((len(labels), first["means"].shape[1])) for key in keys}
     cells = np.zeros(len(labels), dtype=np.int64)
     for part in (first, second):
         rows = pd.Index(labels).get_indexer(part["labels"])
-        means[rows] += part["means"] * np.asarray(part["cells"])[:, None]
+        for key in keys:
+            sums[key][rows] += part[key] * np.asarray(part["cells"])[:, None]
         cells[rows] += part["cells"]
-    return {
-        "labels": np.asarray(labels, dtype=str),
-        "means": (means / cells[:, None]).astype(np.float32),
-        "cells": cells,
-    }
+    merged = {key: (total / cells[:, None]).astype(np.float32) for key, total in sums.items()}
+    return {"labels": np.asarray(labels, dtype=str), **merged, "cells": cells}
 
 
 def marker_agreement(X, clusters, types, profiles, *, measured=None):
@@ -89,8 +114,8 @@ def marker_agreement(X, clusters, types, profiles, *, measured=None):
 
     `X` holds the query's processed values (cells × the model's genes), `clusters` each cell's cluster,
     `types` each cluster's predicted type (a mapping from cluster to label). A type's lineage genes are
-    the `DEFINING_GENES` that its profile raises most, by a quarter or more, against the mean of the
-    profiles of the clusters' types; a cluster is judged on them when there are `MIN_DEFINING_GENES`.
+    the `DEFINING_GENES` whose detection rate exceeds the mean rate of the clusters' types the most,
+    by `MIN_DETECTION_GAIN` or more; a cluster is judged on them when there are `MIN_DEFINING_GENES`.
     `measured` (a boolean per gene; default: all) marks the genes the query holds: a gene it lacks
     (zero-filled, e.g. without an orthologue) says nothing about its cells and is never counted.
 
@@ -105,9 +130,9 @@ def marker_agreement(X, clusters, types, profiles, *, measured=None):
 def unique_markers(X, clusters, types, profiles, *, measured=None):
     """Per query cluster: the share of its type's own genes it expresses (module docstring).
 
-    As `marker_agreement`, but a type's genes are those it raises above every other reference type
-    (the `DEFINING_GENES` with the largest margin over the highest other profile, by a quarter or
-    more).
+    As `marker_agreement`, but a type's genes are those detected in more of its cells than of every
+    other reference type's (the `DEFINING_GENES` with the largest margin over the highest other rate,
+    by `MIN_DETECTION_GAIN` or more).
     """
     return _shares(
         X, clusters, types, profiles, measured, lambda profile, _, others: profile - others.max(axis=0)
@@ -115,13 +140,13 @@ def unique_markers(X, clusters, types, profiles, *, measured=None):
 
 
 def _shares(X, clusters, types, profiles, measured, contrast):
-    """The share of each cluster's type's genes (the highest of `contrast(profile, mix, others)`, by a
-    quarter or more) that the cluster expresses above the query's average type (the mean over the
+    """The share of each cluster's type's genes (the highest of `contrast(rates, mix, others)` on the
+    detection rates) that the cluster expresses above the query's average type (the mean over the
     clusters' types of each type's mean cluster), against the mix of those types, each once."""
     names, means, _ = group_means(X, clusters)
     result = pd.Series(np.nan, index=names)
     labels = list(profiles["labels"])
-    reference = np.asarray(profiles["means"], dtype=np.float64)
+    reference = np.asarray(profiles["detected"], dtype=np.float64)
     known = np.array([types[name] in labels for name in names], dtype=bool)
     if len({types[name] for name in names[known]}) < 2:
         return result
@@ -140,19 +165,20 @@ def _shares(X, clusters, types, profiles, measured, contrast):
 
 
 def own_genes(profiles, label, *, measured=None):
-    """The columns of `label`'s own genes (those it raises above every other type's profile, as in
-    `unique_markers`), among the `measured` ones; empty for a label without a profile."""
+    """The columns of `label`'s own genes (those detected in more of its cells than of every other
+    type's, as in `unique_markers`), among the `measured` ones; empty for a label without a profile."""
     labels = list(profiles["labels"])
     if label not in labels or len(labels) < 2:
         return np.array([], dtype=np.int64)
-    reference = np.asarray(profiles["means"], dtype=np.float64)
+    reference = np.asarray(profiles["detected"], dtype=np.float64)
     row = labels.index(label)
     return _raised(reference[row] - np.delete(reference, row, axis=0).max(axis=0), measured)
 
 
 def _raised(raised, measured):
-    """The `DEFINING_GENES` columns of highest `raised` (by a quarter or more), among the `measured`."""
+    """The `DEFINING_GENES` columns of highest `raised` (by `MIN_DETECTION_GAIN` or more), among the
+    `measured`."""
     if measured is not None:
         raised = np.where(measured, raised, -np.inf)
     genes = np.argsort(-raised, kind="stable")[:DEFINING_GENES]
-    return genes[raised[genes] > np.log(1.25)]
+    return genes[raised[genes] > MIN_DETECTION_GAIN]

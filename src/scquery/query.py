@@ -15,10 +15,11 @@
      its cells' mean evidence, and with `majority_voting` every cell of the cluster takes it
      (CellTypist's majority voting);
    - markers (`scquery.profiles`): a cluster mapped to type T is checked on the genes that define
-     T in the reference, and only on those: the share of T's lineage genes (those T raises most
-     against the mix of types the query's clusters are mapped to) that the cluster expresses above
-     the query's average type (`marker_agreement`), and the same share of T's own genes (those T
-     raises above every other reference type: `unique_markers`). Each side is measured within its own
+     T in the reference, and only on those: the share of T's lineage genes (those found in the
+     largest share more of T's reference cells than of the mix of types the query's clusters are
+     mapped to) that the cluster expresses above the query's average type (`marker_agreement`), and
+     the same share of T's own genes (those found in more of T's cells than of every other reference
+     type's: `unique_markers`). Each side is measured within its own
      study, so what the two studies differ in everywhere cancels; what a condition (a treatment,
      stress, the cell cycle) adds on top of a type is not counted, since it does not define the
      type. A cluster of a type the reference lacks, mapped onto the nearest known type, lacks many
@@ -303,15 +304,17 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
 
 
 def _profiles(bundle):
-    """The reference's type profiles, or None (with a warning) for a bundle saved without them."""
+    """The reference's type profiles, or None (with a warning) for a bundle saved without them or
+    without their detection rates (by an older scquery)."""
     profiles = bundle.reference.uns.get(PROFILES_KEY)
-    if profiles is None:
+    if profiles is None or "detected" not in profiles:
         warnings.warn(
-            "The model bundle holds no expression profiles of its cell types (it was saved by an older "
-            "scquery), so query clusters are not checked for their types' markers; train it again to "
-            "add them.",
+            "The model bundle holds no expression profiles of its cell types with their detection rates "
+            "(it was saved by an older scquery), so query clusters are not checked for their types' "
+            "markers; train it again to add them.",
             stacklevel=4,
         )
+        return None
     return profiles
 
 

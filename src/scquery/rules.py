@@ -131,9 +131,10 @@ SIGNALS = [
         0.6,
         option="min_marker_agreement",
         column="marker_agreement",
-        help="least share of its type's lineage genes (those the type raises most against the types "
-        "of the query's other clusters, in the reference) a query cluster must express above the "
-        "query's average type (each type the mean of its clusters), else its cells are Unknown" + OFF,
+        help="least share of its type's lineage genes (those found in the largest share more of the "
+        "type's reference cells than of the types of the query's other clusters) a query cluster must "
+        "express above the query's average type (each type the mean of its clusters), else its cells "
+        "are Unknown" + OFF,
         limits=(("low", 0), ("high", 1)),
     ),
     Signal(
@@ -144,8 +145,8 @@ SIGNALS = [
         0.7,
         option="min_unique_markers",
         column="unique_markers",
-        help="the same for its type's own genes (those the type raises above every other reference "
-        "type)" + OFF,
+        help="the same for its type's own genes (those found in more of the type's cells than of every "
+        "other reference type's)" + OFF,
         limits=(("low", 0), ("high", 1)),
     ),
 ]
