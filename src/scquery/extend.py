@@ -66,7 +66,7 @@ def extend(
         warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
         reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
-    if PROFILES_KEY in bundle.reference.uns:
+    if "detected" in bundle.reference.uns.get(PROFILES_KEY, {}):  # not an older bundle's
         added_profiles = type_profiles(processed, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)
     extended = with_index(dataclasses.replace(bundle, reference=reference), grown_from=bundle.index)

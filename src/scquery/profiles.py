@@ -1,10 +1,10 @@
 """Expression profiles of the reference's cell types, and whether a query cluster shows its type's markers.
 
-A type's profile is the mean of its reference cells' processed values (log-normalized, on the model's
-genes) and the share of its cells that express each gene (its detection rate), saved in the bundle's
-reference (`uns['profiles']`). The genes that define a type are chosen by detection rate: a gene most
-of a type's cells express and few of another's is that type's, whatever its level; a gene every type
-expresses a little more or less of (ribosomal proteins, a shared programme) is nobody's. A query
+A type's profile is the share of its reference cells that express each of the model's genes (its
+detection rate), saved in the bundle's reference (`uns['profiles']`). The genes that define a type
+are chosen on these rates: a gene most of a type's cells express and few of another's is that type's,
+whatever its level; a gene every type expresses a little more or less of (ribosomal proteins, a
+shared programme) is nobody's. A query
 cluster's markers are its mean minus the query's average type (each type the query's clusters are
 mapped to counts once, as the mean of its clusters, so that a type spanning many clusters is not the
 baseline it is judged against): measured within the query's own study, so what two studies differ
@@ -82,31 +82,25 @@ def _detected(values):
 
 def type_profiles(X, labels, *, rows=None):
     """The profiles of the cells `rows` of `X` (default: all), labelled `labels`: `{'labels',
-    'means' and 'detected' (types × genes: mean value, share of cells above 0), 'cells' (per type)}`."""
-    names, means, counts = group_means(X, labels, rows=rows)
-    detected = group_means(X, labels, rows=rows, detected=True)[1]
-    return {
-        "labels": names.astype(str),
-        "means": means,
-        "detected": detected,
-        "cells": counts.astype(np.int64),
-    }
+    'detected' (types × genes: the share of the type's cells above 0), 'cells' (per type)}`."""
+    names, detected, counts = group_means(X, labels, rows=rows, detected=True)
+    return {"labels": names.astype(str), "detected": detected, "cells": counts.astype(np.int64)}
 
 
 def merge_profiles(first, second):
-    """The profiles of two sets of cells on the same genes taken together (weighted by their cells;
-    detection rates only where both have them)."""
+    """The profiles of two sets of cells on the same genes taken together (weighted by their cells)."""
     labels = sorted(set(first["labels"]) | set(second["labels"]))
-    keys = [key for key in ("means", "detected") if key in first and key in second]
-    sums = {key: np.zeros((len(labels), first["means"].shape[1])) for key in keys}
+    detected = np.zeros((len(labels), first["detected"].shape[1]))
     cells = np.zeros(len(labels), dtype=np.int64)
     for part in (first, second):
         rows = pd.Index(labels).get_indexer(part["labels"])
-        for key in keys:
-            sums[key][rows] += part[key] * np.asarray(part["cells"])[:, None]
+        detected[rows] += part["detected"] * np.asarray(part["cells"])[:, None]
         cells[rows] += part["cells"]
-    merged = {key: (total / cells[:, None]).astype(np.float32) for key, total in sums.items()}
-    return {"labels": np.asarray(labels, dtype=str), **merged, "cells": cells}
+    return {
+        "labels": np.asarray(labels, dtype=str),
+        "detected": (detected / cells[:, None]).astype(np.float32),
+        "cells": cells,
+    }
 
 
 def marker_agreement(X, clusters, types, profiles, *, measured=None):
