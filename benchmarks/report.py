@@ -729,7 +729,44 @@ def seeds_section(result):
         overall = "; ".join(f"{setting} {values.mean():.3f}" for setting, values in means)
         parts += [f"### {title}", "", _table(header, rows), "", "Targets:", "", *verdicts]
         parts += [f"- The head's mean over the {split} pairs, by setting: {overall}.", ""]
+        parts += _trailing_types(in_split, peers, result.get("cells", []))
     return parts
+
+
+def _trailing_types(table, peers, cells):
+    """Per type, the head at the defaults (each seed) against the best peer, on the pairs where the
+    head's mean trails that peer's macro-F1 (none for a run from before per-type F1 was kept)."""
+    counts = {entry["task"]: entry["counts"] for entry in cells}
+    single = table[(table.setting == "scquery") & (table.seed != "ensemble")]
+    rows = []
+    for task, runs in single.groupby("task", sort=False):
+        if task not in counts or "head_per_type" not in runs:
+            continue
+        best = peers[peers.task == task].sort_values("macro_f1").iloc[-1]
+        if runs["head"].mean() >= best.macro_f1:
+            continue
+        per_seed = pd.DataFrame(list(runs["head_per_type"]))
+        for cell_type, cells_of_type in counts[task].items():
+            head, peer = per_seed[cell_type], best.per_type[cell_type]
+            rows.append(
+                [
+                    task,
+                    cell_type,
+                    cells_of_type,
+                    _spread(head),
+                    f"{peer:.3f} ({best.method})",
+                    f"{head.mean() - peer:+.3f}",
+                ]
+            )
+    if not rows:
+        return []
+    header = ["task", "type", "query cells", "head (defaults)", "best peer", "head − peer"]
+    return [
+        "Per type, where the head trails the best peer (F1 over the seeds):",
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 def _spread(values):

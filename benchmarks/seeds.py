@@ -6,13 +6,15 @@ skipped with one line where the cache is absent; the one-type MAIT pair left out
 classification). Per seed: macro-F1 over the query cells of the reference's types (Unknown counts
 as wrong) of the classifier head, of the kNN vote and of the prediction; per setting: the seeds'
 ensemble, their classifier probabilities averaged (the cost of such an ensemble is one training
-per seed). The peers run once, in the same run: on the development pairs those of the crossstudy
-part, on the cached pairs PCA + kNN and logistic regression on both sides' log-normalized values
-(a cross-species query on its one-to-one orthologues, `pairs.on_shared_genes`)."""
+per seed); per type, the F1 of the head (each seed, at the defaults) and of each peer. The peers
+run once, in the same run: on the development pairs those of the crossstudy part, on the cached
+pairs PCA + kNN and logistic regression on both sides' log-normalized values (a cross-species query
+on its one-to-one orthologues, `pairs.on_shared_genes`)."""
 
 import time
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 from scquery.embed import compute_embedding
 from scquery.options import InputOptions
@@ -57,7 +59,7 @@ def seed_tasks(*, quick, log=print):
 
 def run_seeds(*, quick, log=print):
     """Figures of every pair of `seed_tasks`."""
-    rows, peers = [], []
+    rows, peers, cells = [], [], []
     for task, split in seed_tasks(quick=quick, log=log):
         log(f"{task.name} ({split}): seeds {', '.join(map(str, SEEDS))}")
         truth = task.query.obs["label"].astype(str).to_numpy()
@@ -77,6 +79,8 @@ def run_seeds(*, quick, log=print):
                 for method, column in (("head", "classifier"), ("knn", "knn"), ("prediction", "prediction")):
                     predicted = annotated.obs[f"scquery_{column}"].astype(str).to_numpy()
                     row[method] = label_scores(truth[known], predicted[known])["macro_f1"]
+                    if method == "head" and setting == "scquery":
+                        row["head_per_type"] = _per_type(truth[known], predicted[known])
                 rows.append(row)
                 log(
                     f"  {setting}, seed {seed}: head {row['head']:.3f}, kNN {row['knn']:.3f}, "
@@ -89,9 +93,26 @@ def run_seeds(*, quick, log=print):
             )
             log(f"  {setting}, the seeds' ensemble: head {ensemble:.3f}")
         for method, predicted in _task_peers(task).items():
-            scores = label_scores(truth[known], np.asarray(predicted).astype(str)[known])
-            peers.append({"task": task.name, "method": method, **scores})
-    return {"rows": rows, "peers": peers, "seeds": list(SEEDS)}
+            predicted = np.asarray(predicted).astype(str)
+            scores = label_scores(truth[known], predicted[known])
+            peers.append(
+                {
+                    "task": task.name,
+                    "method": method,
+                    **scores,
+                    "per_type": _per_type(truth[known], predicted[known]),
+                }
+            )
+        types, counts = np.unique(truth[known], return_counts=True)
+        cells.append({"task": task.name, "counts": dict(zip(types.tolist(), counts.tolist(), strict=True))})
+    return {"rows": rows, "peers": peers, "cells": cells, "seeds": list(SEEDS)}
+
+
+def _per_type(truth, predicted):
+    """Each type of `truth`: its F1."""
+    types = sorted(set(truth))
+    scores = f1_score(truth, predicted, labels=types, average=None, zero_division=0)
+    return dict(zip(types, scores.tolist(), strict=True))
 
 
 def _task_peers(task):

@@ -535,6 +535,39 @@ def test_quick_precision_run_scores_each_split_in_both_precisions_and_with_the_n
     assert "## Mixed precision (`--only precision`)" in (tmp_path / "RESULTS.md").read_text()
 
 
+def test_seeds_section_breaks_down_by_type_the_pairs_where_the_head_trails():
+    from benchmarks.report import seeds_section
+
+    def run(task, seed, head, per_type):
+        return {
+            "task": task,
+            "split": "tuning",
+            "setting": "scquery",
+            "seed": seed,
+            "head": head,
+            "knn": head,
+            "prediction": head,
+            "train_s": 1.0,
+            "head_per_type": per_type,
+        }
+
+    rows = [run("trails", s, 0.90, {"A": 1.0, "B": b}) for s, b in ((0, 0.8), (1, 0.8))]
+    rows += [run("leads", s, 0.99, {"A": 1.0, "C": 0.98}) for s in (0, 1)]
+    rows += [
+        {"task": t, "split": "tuning", "setting": "scquery", "seed": "ensemble", "head": 0.9}
+        for t in ("trails", "leads")
+    ]
+    peers = [
+        {"task": "trails", "method": "LR", "macro_f1": 0.95, "per_type": {"A": 1.0, "B": 0.9}},
+        {"task": "trails", "method": "kNN", "macro_f1": 0.80, "per_type": {"A": 0.9, "B": 0.7}},
+        {"task": "leads", "method": "LR", "macro_f1": 0.95, "per_type": {"A": 1.0, "C": 0.9}},
+    ]
+    cells = [{"task": "trails", "counts": {"A": 50, "B": 3}}, {"task": "leads", "counts": {"A": 9, "C": 9}}]
+    text = "\n".join(seeds_section({"rows": rows, "peers": peers, "cells": cells, "seeds": [0, 1]}))
+    assert "| trails | B | 3 | 0.800 ± 0.000 [0.800, 0.800] | 0.900 (LR) | -0.100 |" in text
+    assert "| leads | C |" not in text
+
+
 @pytest.mark.slow
 def test_quick_seeds_run_gives_every_seed_and_their_ensemble(tmp_path):
     for name in CROSSSTUDY_FILES:  # skipped, and counted, by the real-data guard where they are absent
@@ -545,4 +578,7 @@ def test_quick_seeds_run_gives_every_seed_and_their_ensemble(tmp_path):
         assert [row["seed"] for row in runs] == [*result["seeds"], "ensemble"]
         assert all(0.0 <= row[m] <= 1.0 for row in runs[:-1] for m in ("head", "knn", "prediction"))
     assert {"PCA + kNN (ingest's model)"} <= {row["method"] for row in result["peers"]}
+    types = set(result["cells"][0]["counts"])
+    assert all(set(row["per_type"]) == types for row in result["peers"])
+    assert set(result["rows"][0]["head_per_type"]) == types
     assert "## Steadiness over seeds" in (tmp_path / "RESULTS.md").read_text()
