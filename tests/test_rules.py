@@ -210,13 +210,17 @@ DEFAULTS = {"min_marker_agreement": 0.6, "min_unique_markers": 0.7}
 
 
 @pytest.fixture(scope="module")
-def scrambled(searched):
-    """The search step with one query cluster's genes shuffled: its cells still form a cluster and keep
-    their neighbours (so their type), but no longer express that type's genes."""
+def scrambled(searched, bundle):
+    """The search step with the expression of one query cluster (the largest of those judged on both
+    marker shares) replaced by that of cells of another type: its cells still form a cluster and keep
+    their neighbours (so their type), but express another type's genes, not their own."""
     neighbors, clusters = searched
-    cells = clusters == np.bincount(clusters).argmax()
+    found = transfer(neighbors, bundle, QueryOptions(**PERMISSIVE))
+    judged = ~np.isnan(found.scores["marker_agreement"]) & ~np.isnan(found.scores["unique_markers"])
+    cells = np.flatnonzero(clusters == np.bincount(clusters[judged]).argmax())
+    others = np.flatnonzero(found.prediction != found.prediction[cells[0]])
     X = neighbors.processed.toarray()
-    X[cells] = X[cells][:, np.random.default_rng(0).permutation(X.shape[1])]
+    X[cells] = X[others[np.arange(cells.size) % others.size]]
     return dataclasses.replace(neighbors, processed=sp.csr_matrix(X))
 
 
