@@ -4,12 +4,12 @@ A type's profile is the share of its reference cells that express each of the mo
 detection rate), saved in the bundle's reference (`uns['profiles']`). The genes that define a type
 are chosen on these rates: a gene most of a type's cells express and few of another's is that type's,
 whatever its level; a gene every type expresses a little more or less of (ribosomal proteins, a
-shared programme) is nobody's. A query
-cluster's markers are its mean minus the query's average type (each type the query's clusters are
-mapped to counts once, as the mean of its clusters, so that a type spanning many clusters is not the
-baseline it is judged against): measured within the query's own study, so what two studies differ
-in everywhere (depth, chemistry, batch) cancels. A cluster mapped to type T is checked on the genes
-that define T in the reference, and only on those, in two ways:
+shared programme) is nobody's. A query cluster's markers are its mean minus the query's average type
+(each type the query's clusters are mapped to counts once, as the mean of its clusters, so that a
+type spanning many clusters is not the baseline it is judged against): measured within the query's
+own study, so what two studies differ in everywhere (depth, chemistry, batch) cancels. A cluster
+mapped to type T is checked on the genes that define T in the reference, and only on those, in two
+ways:
 
 - `marker_agreement`: T's lineage genes, the `DEFINING_GENES` genes detected in the largest share more
   of T's cells than of the mix of types the query's clusters are mapped to (the mean of those types'
@@ -30,8 +30,8 @@ import scipy.sparse as sp
 
 #: Key of the profiles in the reference's `uns`.
 PROFILES_KEY = "profiles"
-#: How many of the genes a type's cells express most more often (than the query's mix of types, or
-#: than every other type) define it.
+#: How many genes define a type: those whose detection rate in its cells most exceeds the rate in the
+#: query's mix of types (or in every other type).
 DEFINING_GENES = 50
 #: By how much a defining gene's detection rate must exceed the others' (0.3: detected in 30 % more
 #: of the type's cells; chosen on the tuning pairs of benchmarks/pairs.py).
