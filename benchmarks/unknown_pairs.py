@@ -13,14 +13,10 @@ reference never had), *known* otherwise. Per task and method:
   classifier head and of each peer;
 - where the query has a condition (`obs['condition']`), the Unknown share of its known cells in each.
 
-scquery's score is `1 - obs['scquery_confidence']` for the cells the cluster-level rules ('new
-cluster', 'markers differ') and the 'no reference genes' rule do not reject, and 2.0 (rejected at
-every threshold) for the cells they do reject. Its curve is therefore the trade-off as
-`--min-confidence` moves, with the other rules held at their defaults; its default point is
-`min_confidence=0.5`, i.e. the score threshold 0.5. A cell whose reason is 'low confidence' (the
-first rule that rejects it) counts as rejected by a cluster-level rule too where its cluster's score
-in `obs` is past that rule's default threshold, so the curve does not let it back in as the
-confidence threshold falls. At the default the curve's point is scquery's Unknown calls exactly.
+scquery's score is its Unknown score, `obs['scquery_unknown_score']` (`scquery.rules.unknown_score`:
+how far past its threshold the cell's furthest score lies, 0.5 at the threshold). Its curve is
+therefore the trade-off as `--max-unknown-score` moves, every rule stricter or looser at once; its
+default point is the cut-off 0.5, scquery's Unknown calls exactly.
 
 The peers' rejection: CellTypist's highest probability (score 1 - it; its `p_thres`, default 0.5;
 only where `SCQUERY_BENCH_CELLTYPIST_PYTHON` is set), and scmap-cluster's cosine similarity to the
@@ -40,7 +36,7 @@ from sklearn.metrics import roc_auc_score
 from scquery.errors import ScqueryError
 from scquery.options import InputOptions
 from scquery.query import UNKNOWN, query
-from scquery.rules import SIGNALS
+from scquery.rules import QueryOptions
 from scquery.train import train
 
 from . import crossstudy_tasks, pairs
@@ -49,14 +45,10 @@ from .methods import scquery_config
 from .metrics import label_scores
 from .quality import celltypist_predictions
 
-#: scquery's default confidence threshold (`min_confidence`, the 'low confidence' signal).
-MIN_CONFIDENCE = next(signal.default for signal in SIGNALS if signal.option == "min_confidence")
 #: Each method's rejection threshold at its default, on its score (higher: more likely new).
-DEFAULTS = {"scquery": 1 - MIN_CONFIDENCE, "CellTypist": 1 - 0.5, "scmap-cosine": 1 - 0.7}
+DEFAULTS = {"scquery": QueryOptions().max_unknown_score, "CellTypist": 1 - 0.5, "scmap-cosine": 1 - 0.7}
 #: The methods whose rejection is reported, in the report's order.
 METHODS = ("scquery", "CellTypist", "scmap-cosine")
-#: The score of a cell the cluster-level rules reject (above every threshold of `CURVE`).
-REJECTED = 2.0
 #: The least gene overlap a query refused at the default (0.5) is run again with.
 LOW_OVERLAP = 0.2
 #: The thresholds a curve is drawn at (on each method's score).
@@ -97,21 +89,6 @@ def scmap_cosine(reference, query, *, reference_values, query_values):
     return types[cosine.argmax(axis=1)], cosine.max(axis=1)
 
 
-def scquery_score(obs, key="scquery"):
-    """scquery's rejection score per cell (module docstring): `1 - confidence`, or `REJECTED` where a
-    rule other than 'low confidence' rejects the cell at its default."""
-    reason = obs[f"{key}_unknown_reason"].astype(str).to_numpy()
-    rejected = (reason != "") & (reason != "low confidence")
-    for signal in SIGNALS:  # a low-confidence cell of a cluster a cluster-level rule rejects too
-        column = f"{key}_{signal.column}"
-        if signal.option != "min_confidence" and signal.column and column in obs:
-            rejected |= (reason == "low confidence") & signal.rejected(
-                obs[column].to_numpy(np.float64), signal.default
-            )
-    confidence = np.nan_to_num(obs[f"{key}_confidence"].to_numpy(np.float64), nan=0.0)
-    return np.where(rejected, REJECTED, 1.0 - confidence)
-
-
 class _Split:
     """What `quality.celltypist_predictions` reads."""
 
@@ -128,7 +105,7 @@ def _scquery(task, seed, quick):
     return {
         "prediction": obs["scquery_prediction"].astype(str).to_numpy(),
         "classifier": obs["scquery_classifier"].astype(str).to_numpy(),
-        "score": scquery_score(obs),
+        "score": obs["scquery_unknown_score"].to_numpy(np.float64),
         "reason": obs["scquery_unknown_reason"].astype(str).to_numpy(),
         "refused": refused,
     }

@@ -365,33 +365,6 @@ def test_the_rejection_curve_counts_new_and_known_cells_at_each_threshold():
     assert _curve(score[~new], new[~new], 0.5)["auroc"] is None  # no new cells: no AUROC
 
 
-def test_scquerys_rejection_score_moves_with_the_confidence_past_the_cluster_rules():
-    import pandas as pd
-
-    from benchmarks.unknown_pairs import DEFAULTS, REJECTED, scquery_score
-
-    obs = pd.DataFrame(
-        {
-            "scquery_unknown_reason": [
-                "",
-                "low confidence",
-                "new cluster",
-                "markers differ",
-                "low confidence",
-            ],
-            "scquery_confidence": [0.9, 0.3, 0.8, 0.95, 0.4],
-            "scquery_cluster_novelty": [0.0, 0.2, 1.5, 0.1, 0.1],
-            # the last cell's cluster fails 'markers differ' too (0.4 < 0.6): rejected at any confidence
-            "scquery_marker_agreement": [0.9, 0.9, 0.9, 0.3, 0.4],
-            "scquery_unique_markers": [np.nan, 0.9, 0.9, 0.9, 0.9],
-        }
-    )
-    score = scquery_score(obs)
-    assert score == pytest.approx([0.1, 0.7, REJECTED, REJECTED, REJECTED])
-    # at the default threshold the score rejects exactly the Unknown cells
-    assert list(score > DEFAULTS["scquery"]) == list(obs["scquery_unknown_reason"] != "")
-
-
 def test_scmap_cosine_finds_the_nearest_centroid_and_its_similarity():
     import anndata as ad
     import scipy.sparse as sp

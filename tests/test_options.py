@@ -218,6 +218,13 @@ def test_a_query_writes_each_signals_score_and_records_its_options(bundle, split
     for signal in SIGNALS:
         if signal.column:
             assert adata.obs[f"scquery_{signal.column}"].dtype == np.float32, signal.column
+    # the cells past the cut-off of the Unknown score are the Unknown cells, at the default and below it
+    score = adata.obs["scquery_unknown_score"]
+    assert ((score > 0.5) == (adata.obs["scquery_unknown_reason"] != "")).all()
+    stricter = split[1][:40].copy()
+    query(stricter, bundle, k=5, min_confidence=0.25, max_unknown_score=float(score.median()))
+    unknown = stricter.obs["scquery_unknown_reason"] != ""
+    assert ((score > score.median()) == unknown).all() and unknown.any() and not unknown.all()
     params = adata.uns["scquery"]["query_params"]
     assert {name: params[name] for name in fields(QueryOptions)} == {
         **dataclasses.asdict(QueryOptions()),

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from scquery.query import UNKNOWN, cluster_query, combine_evidence, search, transfer, vote
-from scquery.rules import REASONS, QueryOptions, unknown_reasons
+from scquery.rules import REASONS, SIGNALS, QueryOptions, unknown_reasons, unknown_score
 
 NONE, NO_GENES, LOW, NEW, MARKERS = range(5)
 PERMISSIVE = {
@@ -133,6 +133,49 @@ def test_each_rule_over_and_under_its_threshold(rule, value, expected):
         **options,
     )
     np.testing.assert_array_equal(reasons, expected)
+
+
+def test_the_unknown_score_is_one_half_at_each_threshold_and_the_largest_part_past_them():
+    thresholds = {
+        "min_confidence": 0.5,
+        "novelty_threshold": 1.0,
+        "min_marker_agreement": 0.6,
+        "min_unique_markers": 0.7,
+    }
+    cells = [
+        ([1, 0.5, 1.0, 0.6, 0.7], 0.5),  # every score at its threshold
+        ([1, 0.9, -1.0, 1.0, 1.0], None),  # clear of every threshold
+        ([1, 0.9, -1.0, 0.3, 1.0], None),  # past one threshold only
+        ([0, 0.9, -1.0, 1.0, 1.0], 1.0),  # no reference genes
+    ]
+    score = unknown_score(*np.array([cell for cell, _ in cells], dtype=np.float64).T, **thresholds)
+    assert score[0] == 0.5 and score[3] == 1.0
+    assert score[1] < 0.5 < score[2] < 1.0
+    # a share's part: the threshold's odds against the score's (0.6 / 0.4 against 0.3 / 0.7)
+    assert score[2] == pytest.approx(1.5 / (1.5 + 3 / 7), rel=1e-6)
+    assert score.dtype == np.float32
+    # NaN (a cluster not judged) counts as no part; 0 turns a share's check off
+    nan = [np.ones(2), np.full(2, 0.9), np.full(2, -1.0), np.array([np.nan, 0.0]), np.ones(2)]
+    off = unknown_score(*nan, **{**thresholds, "min_marker_agreement": 0.0})
+    assert off[0] == off[1] < 0.5
+
+
+@pytest.mark.parametrize(("signal", "clear"), [(1, 0.55), (2, 0.85), (3, 0.65), (4, 0.75)])
+def test_a_lower_cut_off_makes_every_rule_stricter_at_once(signal, clear):
+    # one cell just clear of one threshold (the others far clear): kept at 0.5, Unknown for its reason at 0.4
+    thresholds = {
+        "min_confidence": 0.5,
+        "novelty_threshold": 1.0,
+        "min_marker_agreement": 0.6,
+        "min_unique_markers": 0.7,
+    }
+    scores = [np.array([1.0]), np.array([1.0]), np.array([-5.0]), np.array([1.0]), np.array([1.0])]
+    scores[signal] = np.array([clear])
+    assert unknown_reasons(*scores, **thresholds)[0] == NONE
+    assert unknown_reasons(*scores, max_unknown_score=0.4, **thresholds)[0] == REASONS.index(
+        SIGNALS[signal].reason
+    )
+    assert 0.4 < unknown_score(*scores, **thresholds)[0] < 0.5
 
 
 # The rules inside `transfer`, on a real query of the small model (`test_in_transfer_*`: these train it).

@@ -35,6 +35,9 @@
      of its type's lineage genes or less than `min_unique_markers` of its own genes ('markers
      differ'). A lone odd cell in a well-matched cluster keeps its label. The defaults (0.6, 0.7)
      were chosen on the cross-study pairs with each type held out in turn (benchmarks/RESULTS.md).
+     These are the default cut-off (`max_unknown_score` 0.5) of one continuous Unknown score, how
+     far past its threshold the cell's furthest score lies (`scquery.rules.unknown_score`);
+     lowering the cut-off makes every rule stricter at once.
 3. Writing to AnnData (`write_query`): obsm, obs and uns under `key_added`.
 """
 
@@ -84,7 +87,7 @@ class Neighbors:
 @dataclasses.dataclass
 class Transfer:
     """Step 2's result, one entry per query cell (see the module docstring); `scores`: each signal's
-    score by its obs column (`scquery.rules.SIGNALS`)."""
+    score by its obs column (`scquery.rules.SIGNALS`), `unknown_score` their combined Unknown score."""
 
     prediction: np.ndarray
     reason: np.ndarray
@@ -93,6 +96,7 @@ class Transfer:
     novelty: np.ndarray
     cluster: np.ndarray
     scores: dict
+    unknown_score: np.ndarray
     labels: pd.Index
 
 
@@ -290,7 +294,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         shared=neighbors.alignment.shared,
         profiles=_profiles(bundle),
     )
-    scores, reason = judge(found, options)
+    scores, unknown, reason = judge(found, options)
     return Transfer(
         prediction=np.where(reason > 0, UNKNOWN, labels.to_numpy()[predicted]),
         reason=reason,
@@ -299,6 +303,7 @@ def transfer(neighbors: Neighbors, bundle: Bundle, options=QueryOptions()):
         novelty=novelty,
         cluster=cluster,
         scores={signal.column: score for signal, score in zip(SIGNALS, scores, strict=True) if signal.column},
+        unknown_score=unknown,
         labels=labels,
     )
 
@@ -351,6 +356,7 @@ def query(
     novelty_threshold: float = 1.0,
     min_marker_agreement: float = 0.6,
     min_unique_markers: float = 0.7,
+    max_unknown_score: float = 0.5,
     resolution: float = 1.0,
     majority_voting: bool = False,
     key_added: str = "scquery",
@@ -371,6 +377,7 @@ def query(
     the detected input `values`, `species`, `gene_map` when genes were mapped, `query_params`) and
     the obs columns `{key_added}_prediction` (categorical, 'Unknown' for rejected cells),
     `_confidence` (mean of vote share and classifier probability of the predicted type),
+    `_unknown_score` (`scquery.rules.unknown_score`; above `max_unknown_score`: Unknown),
     `_unknown_reason`, `_novelty` and `_cluster_novelty`, `_marker_agreement` and `_unique_markers`
     (of the cell's cluster), `_cluster` (the query's Leiden cluster), `_knn` and `_knn_share` (the
     vote's own answer), `_classifier` and `_classifier_probability` (the classifier head's),
@@ -379,9 +386,10 @@ def query(
 
     Args:
         bundle: the model, a `Bundle` or the path of a bundle folder (loaded as `scq.load` does).
-        k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers, resolution,
-            majority_voting, seed: `scquery.rules.QueryOptions` (defaults, limits and meaning; the
-            thresholds are those of the Unknown signals, `scquery.rules.SIGNALS`).
+        k, min_confidence, novelty_threshold, min_marker_agreement, min_unique_markers,
+            max_unknown_score, resolution, majority_voting, seed: `scquery.rules.QueryOptions`
+            (defaults, limits and meaning; the thresholds are those of the Unknown signals,
+            `scquery.rules.SIGNALS`, and `max_unknown_score` the cut-off on their combined score).
         key_added: name of the results (default 'scquery'; the same meaning as in `embed`).
         matches: return the matches table (False: return None, for a caller that does not use it;
             it holds k rows per query cell).
@@ -415,6 +423,7 @@ def write_query(adata, bundle: Bundle, neighbors: Neighbors, result: Transfer, o
     adata.uns[f"{key_added}_prediction_colors"] = list(palette([*known, UNKNOWN]).values())
     for column, score in result.scores.items():
         obs[f"{key_added}_{column}"] = score
+    obs[f"{key_added}_unknown_score"] = result.unknown_score
     obs[f"{key_added}_unknown_reason"] = pd.Categorical(
         np.asarray(REASONS, dtype=object)[result.reason], categories=REASONS
     )

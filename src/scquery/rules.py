@@ -1,13 +1,19 @@
 """The query's options and its Unknown rules: `QueryOptions`, and `SIGNALS`, one entry per signal.
 
 A signal scores each query cell (`Signal.score`, from the `Findings` that `scquery.query.transfer`
-gathers) and calls it 'Unknown', with its `reason`, when the score is below (`rejects='below'`) or
-above (`'above'`) its threshold: the option `Signal.option` (default `Signal.default`), or the fixed
-`Signal.default` where it has no option. A score at the threshold is kept; NaN (not judged) is kept.
-The entries are in priority order: a cell takes the reason of the first signal that rejects it.
-`transfer`, `REASONS`, `unknown_reasons`, `write_query` (the score's `.obs` column), the command
-line's flags and the workflow's schema all loop over `SIGNALS`; a new signal is one entry and one
-scoring function here (and its rows in the docs that tests/test_options.py checks).
+gathers) and turns that score into the cell's Unknown part (`Signal.unknown_part`): 0.5 at the signal's
+threshold (the option `Signal.option`, default `Signal.default`, or the fixed `Signal.default` where it
+has no option), rising toward 1 as the score moves past it (below it for `rejects='below'`, above for
+`'above'`) and falling toward 0 as it moves clear. A 'below' signal's score is a share, and its part
+is the logistic of the threshold's log odds minus the score's; an 'above' signal's score is a log
+ratio (novelty), and its part the logistic of `NOVELTY_SLOPE` times the score minus the threshold.
+A cell's Unknown score (`unknown_score`) is its largest part, and the cell is 'Unknown' when that
+exceeds `max_unknown_score` (default 0.5: exactly when a score is past its threshold). A score at the
+threshold is kept; NaN (not judged) is kept. The entries are in priority order: a cell takes the reason
+of the first signal whose part exceeds the cut-off. `transfer`, `REASONS`, `unknown_reasons`,
+`write_query` (the score's `.obs` column), the command line's flags and the workflow's schema all loop
+over `SIGNALS`; a new signal is one entry and one scoring function here (and its rows in the docs that
+tests/test_options.py checks).
 """
 
 import dataclasses
@@ -72,6 +78,11 @@ def _per_cluster(found, measure):
     return shares[ids].to_numpy(np.float32)[rows]
 
 
+#: How fast a cluster's novelty (a log ratio) moves its Unknown part, against the shares' log odds
+#: (slope 1): chosen on the tuning pairs (benchmarks/PAIRS.md), for the Unknown score's ranking.
+NOVELTY_SLOPE = 2.0
+
+
 @dataclass(frozen=True)
 class Signal:
     """One Unknown rule (see the module docstring); `column`: its score's obs column
@@ -91,9 +102,18 @@ class Signal:
         """The `QueryOptions` field of the signal's threshold."""
         return option(self.default, self.help, **dict(self.limits))
 
-    def rejected(self, score, threshold):
+    def unknown_part(self, score, threshold):
+        """Per cell, this signal's part of the Unknown score (module docstring); NaN where not judged."""
         score = np.asarray(score)
-        return score < threshold if self.rejects == "below" else score > threshold
+        if np.issubdtype(score.dtype, np.floating):  # the threshold in the score's precision, as `<` has it
+            threshold = score.dtype.type(threshold)
+        s, t = score.astype(np.float64), np.float64(threshold)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if self.rejects == "above":
+                return 1 / (1 + np.exp(NOVELTY_SLOPE * (t - s)))
+            past, clear = t * (1 - s), s * (1 - t)  # odds(t) / (odds(t) + odds(s)), without dividing by 0
+            total = past + clear
+            return np.where(total == 0, s < t, past / total)
 
 
 OFF = " (0 turns the check off)"
@@ -155,14 +175,28 @@ SIGNALS = [
 REASONS = ["", *dict.fromkeys(signal.reason for signal in SIGNALS)]
 
 
-def unknown_reasons(*scores, **thresholds):
+def _parts(scores, thresholds):
+    """Each signal's `unknown_part`, in the order of `SIGNALS`."""
+    paired = list(zip(SIGNALS, scores, strict=True))
+    return [
+        signal.unknown_part(score, thresholds[signal.option] if signal.option else signal.default)
+        for signal, score in paired
+    ]
+
+
+def unknown_score(*scores, **thresholds):
+    """Per cell, its Unknown score: the largest of its signals' parts (module docstring). `scores`: one
+    per signal, in their order; `thresholds`: by option name."""
+    return np.fmax.reduce(_parts(scores, thresholds)).astype(np.float32)
+
+
+def unknown_reasons(*scores, max_unknown_score=0.5, **thresholds):
     """Per cell, the code of why it is 'Unknown' (an index into `REASONS`; 0: predicted): the first
-    signal of `SIGNALS` that rejects it. `scores`: one per signal, in their order; `thresholds`:
-    by option name."""
+    signal of `SIGNALS` whose part exceeds `max_unknown_score`. `scores`, `thresholds`: as in
+    `unknown_score`."""
     reason = np.zeros(len(scores[0]), dtype=np.int64)
-    for signal, score in reversed(list(zip(SIGNALS, scores, strict=True))):
-        threshold = thresholds[signal.option] if signal.option else signal.default
-        reason[signal.rejected(score, threshold)] = REASONS.index(signal.reason)
+    for signal, part in reversed(list(zip(SIGNALS, _parts(scores, thresholds), strict=True))):
+        reason[part > max_unknown_score] = REASONS.index(signal.reason)
     return reason
 
 
@@ -171,6 +205,19 @@ QueryOptions = dataclasses.make_dataclass(
     [
         ("k", int, option(15, "reference neighbours per query cell", low=1, integer=True)),
         *[(signal.option, float, signal.field()) for signal in SIGNALS if signal.option],
+        (
+            "max_unknown_score",
+            float,
+            option(
+                0.5,
+                "largest Unknown score of a prediction (how far past its threshold the cell's furthest "
+                "score lies, 0.5 at the threshold), else Unknown (lower: every rule stricter at once)",
+                low=0,
+                high=1,
+                low_open=True,
+                high_open=True,
+            ),
+        ),
         (
             "resolution",
             float,
@@ -200,7 +247,10 @@ def thresholds(options):
 
 
 def judge(found, options):
-    """`(scores, reason)`: each signal's score of the `Findings` `found`, in the order of `SIGNALS`,
-    and each cell's Unknown reason (`unknown_reasons`) under the thresholds of `options`."""
+    """`(scores, unknown, reason)`: each signal's score of the `Findings` `found`, in the order of
+    `SIGNALS`, and each cell's Unknown score (`unknown_score`) and reason (`unknown_reasons`) under the
+    thresholds and the cut-off of `options`."""
     scores = [signal.score(found) for signal in SIGNALS]
-    return scores, unknown_reasons(*scores, **thresholds(options))
+    limits = thresholds(options)
+    reason = unknown_reasons(*scores, max_unknown_score=options.max_unknown_score, **limits)
+    return scores, unknown_score(*scores, **limits), reason
