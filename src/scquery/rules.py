@@ -111,7 +111,8 @@ class Signal:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             if self.rejects == "above":
                 return 1 / (1 + np.exp(NOVELTY_SLOPE * (t - s)))
-            past, clear = t * (1 - s), s * (1 - t)  # odds(t) / (odds(t) + odds(s)), without dividing by 0
+            share = np.clip(t, 0, 1)  # a threshold beyond [0, 1] keeps or rejects every share
+            past, clear = share * (1 - s), s * (1 - share)  # odds(t) / (odds(t) + odds(s)), without / 0
             total = past + clear
             return np.where(total == 0, s < t, past / total)
 
