@@ -15,7 +15,8 @@ ways:
   of T's cells than of the mix of types the query's clusters are mapped to (the mean of those types'
   rates, so a query of only T cells is judged on what tells T-cell types apart);
 - `unique_markers`: T's own genes, those detected in a larger share of T's cells than of every other
-  reference type's.
+  reference type's; none for a type of fewer than `MIN_OWN_GENE_CELLS` reference cells, whose rates
+  are too noisy to pick genes that hold in another study (its clusters are judged on lineage genes).
 
 Each is the share of those genes the cluster expresses above the query's average type. A cell type
 the reference lacks, mapped onto its nearest known type, lacks many of them (NK cells read as CD8 T
@@ -38,6 +39,9 @@ DEFINING_GENES = 50
 MIN_DETECTION_GAIN = 0.3
 #: The fewest such genes a type needs to be judged on them.
 MIN_DEFINING_GENES = 5
+#: The fewest reference cells a type needs to have own genes (chosen on the tuning pairs and the
+#: few-label tasks: with 14-18 cells, the genes picked as a type's own do not hold in another study).
+MIN_OWN_GENE_CELLS = 20
 
 
 #: Rows read at a time from data made on demand (`scquery.batches.RowSource`, e.g. from disk).
@@ -118,7 +122,7 @@ def marker_agreement(X, clusters, types, profiles, *, measured=None):
         too few such genes, and for every cluster when they all share one type (nothing tells them
         apart in the reference).
     """
-    return _shares(X, clusters, types, profiles, measured, lambda profile, mix, _: profile - mix.mean(axis=0))
+    return _shares(X, clusters, types, profiles, measured, _lineage)
 
 
 def unique_markers(X, clusters, types, profiles, *, measured=None):
@@ -126,17 +130,29 @@ def unique_markers(X, clusters, types, profiles, *, measured=None):
 
     As `marker_agreement`, but a type's genes are those detected in more of its cells than of every
     other reference type's (the `DEFINING_GENES` with the largest margin over the highest other rate,
-    by `MIN_DETECTION_GAIN` or more).
+    by `MIN_DETECTION_GAIN` or more); none, so NaN, for a type of fewer than `MIN_OWN_GENE_CELLS` cells.
     """
-    return _shares(
-        X, clusters, types, profiles, measured, lambda profile, _, others: profile - others.max(axis=0)
-    )
+    return _shares(X, clusters, types, profiles, measured, _own)
+
+
+def _lineage(rates, cells, row, mix):
+    """Per gene, the margin of the rate of type `row` over the mean rate of the `mix`."""
+    return rates[row] - mix.mean(axis=0)
+
+
+def _own(rates, cells, row, mix=None):
+    """Per gene, the margin of the rate of type `row` over every other type's (-inf for every gene of
+    a type of fewer than `MIN_OWN_GENE_CELLS` cells)."""
+    if cells[row] < MIN_OWN_GENE_CELLS:
+        return np.full(rates.shape[1], -np.inf)
+    return rates[row] - np.delete(rates, row, axis=0).max(axis=0)
 
 
 def _shares(X, clusters, types, profiles, measured, contrast):
-    """The share of each cluster's type's genes (the highest of `contrast(rates, mix, others)` on the
-    detection rates) that the cluster expresses above the query's average type (the mean over the
-    clusters' types of each type's mean cluster), against the mix of those types, each once."""
+    """The share of each cluster's type's genes (the highest of `contrast(rates, cells, row, mix)` on
+    the profiles, `mix` the rates of the clusters' types) that the cluster expresses above the query's average
+    type (the mean over the clusters' types of each type's mean cluster), against the mix of those
+    types, each once."""
     names, means, _ = group_means(X, clusters)
     result = pd.Series(np.nan, index=names)
     labels = list(profiles["labels"])
@@ -152,7 +168,7 @@ def _shares(X, clusters, types, profiles, measured, contrast):
     mix = reference[[labels.index(kind) for kind in kinds]]
     for name, cluster in zip(names[known], query_markers, strict=True):
         row = labels.index(types[name])
-        genes = _raised(contrast(reference[row], mix, np.delete(reference, row, axis=0)), measured)
+        genes = _raised(contrast(reference, profiles["cells"], row, mix), measured)
         if genes.size >= MIN_DEFINING_GENES:
             result[name] = float((cluster[genes] > 0).mean())
     return result
@@ -160,13 +176,13 @@ def _shares(X, clusters, types, profiles, measured, contrast):
 
 def own_genes(profiles, label, *, measured=None):
     """The columns of `label`'s own genes (those detected in more of its cells than of every other
-    type's, as in `unique_markers`), among the `measured` ones; empty for a label without a profile."""
+    type's, as in `unique_markers`), among the `measured` ones; empty for a label without a profile
+    or of too few cells."""
     labels = list(profiles["labels"])
     if label not in labels or len(labels) < 2:
         return np.array([], dtype=np.int64)
-    reference = np.asarray(profiles["detected"], dtype=np.float64)
-    row = labels.index(label)
-    return _raised(reference[row] - np.delete(reference, row, axis=0).max(axis=0), measured)
+    rates = np.asarray(profiles["detected"], dtype=np.float64)
+    return _raised(_own(rates, profiles["cells"], labels.index(label)), measured)
 
 
 def _raised(raised, measured):
