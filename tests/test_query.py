@@ -15,7 +15,16 @@ from scquery.errors import ScqueryError
 from scquery.evaluate import summarize
 from scquery.extend import extend
 from scquery.io import read_many
-from scquery.profiles import group_means, marker_agreement, merge_profiles, type_profiles, unique_markers
+from scquery.profiles import (
+    MIN_DEFINING_GENES,
+    MIN_OWN_GENE_CELLS,
+    group_means,
+    marker_agreement,
+    merge_profiles,
+    own_genes,
+    type_profiles,
+    unique_markers,
+)
 from scquery.query import UNKNOWN, cluster_query, query, vote
 from scquery.train import train
 
@@ -529,6 +538,28 @@ def test_genes_every_type_expresses_do_not_define_a_lineage():
     assert agreement[4] < 0.2, agreement.round(2).to_dict()
     assert (agreement[[0, 1, 2, 3]] >= 0.9).all(), agreement.round(2).to_dict()
     assert unique_markers(X, cells, types, profiles)[[0, 4]].isna().all()
+
+
+def test_a_type_of_few_reference_cells_is_judged_on_its_lineage_genes_alone():
+    """Own genes picked from a handful of cells do not hold in another study: NK with 15 reference
+    cells has none, so its cluster's own-gene share is NaN (not judged), while its lineage genes still
+    judge it; with 200 cells it has its own genes, and its cluster expresses them."""
+    rng = np.random.default_rng(6)
+    means, labels = _blood_like(rng)
+    others = [0, 1, 3, 4]
+    many = _reference_profiles(means, labels)
+    few = merge_profiles(
+        _reference_profiles(means[others], [labels[i] for i in others]),
+        _reference_profiles(means[[2]], ["NK"], n=15),
+    )
+    assert dict(zip(few["labels"], few["cells"], strict=True))["NK"] == 15 < MIN_OWN_GENE_CELLS
+    X, cells = _cells(rng, means, shift=rng.normal(0, 0.3, means.shape[1]))
+    types = dict(enumerate(labels))
+    assert own_genes(few, "NK").size == 0 and own_genes(many, "NK").size >= MIN_DEFINING_GENES
+    unique = unique_markers(X, cells, types, few)
+    assert np.isnan(unique[2]) and (unique[[0, 1, 3, 4]] >= 0.9).all(), unique.round(2).to_dict()
+    assert unique_markers(X, cells, types, many)[2] >= 0.9
+    assert marker_agreement(X, cells, types, few)[2] >= 0.9
 
 
 def test_a_query_of_one_type_is_not_rejected_for_lack_of_others(bundle, split):
