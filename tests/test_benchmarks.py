@@ -78,6 +78,8 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     assert {"scquery kNN", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
     for row in quality["rows"]:
         assert 0.0 <= row["macro_f1"] <= 1.0
+    seeds = {row["seed"] for row in quality["rows"] if row["method"] == "scquery classifier"}
+    assert seeds == {0, 1}  # the defaults train with two seeds in a quick run, the variants with one
     for run in speed["runs"]:
         assert "error" not in run["train"] and "error" not in run["embed"]
         assert run["train"]["pretrain_cells_per_s"] > 0 and run["embed"]["peak_rss_gb"] > 0
@@ -93,6 +95,35 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     assert raw["quality"]["command"].startswith("python -m benchmarks --quick")
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Quality" in report and "## Speed and memory" in report
+    assert "(2 seeds)" in report
+
+
+def test_quality_summary_spreads_over_folds_and_over_seeds():
+    from benchmarks.quality import summarize
+
+    def row(method, fold, f1, **seed):
+        return {
+            "task": "t",
+            "method": method,
+            "fold": fold,
+            "accuracy": f1,
+            "macro_f1": f1,
+            "map": None,
+            "seconds": 1.0,
+            **seed,
+        }
+
+    rows = [
+        row("scquery classifier", fold, f1, seed=seed)
+        for fold, seed, f1 in [(0, 0, 0.8), (0, 1, 0.9), (1, 0, 0.6), (1, 1, 0.7)]
+    ]
+    rows += [row("logistic regression", 0, 0.5), row("logistic regression", 1, 0.7)]
+    summary = summarize(rows).set_index("method")
+    ours, peer = summary.loc["scquery classifier"], summary.loc["logistic regression"]
+    assert ours.macro_f1 == pytest.approx(0.75) and ours.folds == 2 and ours.seeds == 2
+    assert ours.macro_f1_sd == pytest.approx(0.1)  # the folds' means over seeds: 0.85 and 0.65
+    assert ours.macro_f1_seeds_sd == pytest.approx(np.std([0.7, 0.8], ddof=1))  # the seeds' means over folds
+    assert peer.seeds == 1 and np.isnan(peer.macro_f1_seeds_sd) and peer.macro_f1_sd == pytest.approx(0.1)
 
 
 def test_training_options_of_the_command_line_come_last(monkeypatch):
