@@ -188,16 +188,24 @@ def _parts(scores, thresholds):
 def unknown_score(*scores, **thresholds):
     """Per cell, its Unknown score: the largest of its signals' parts (module docstring). `scores`: one
     per signal, in their order; `thresholds`: by option name."""
-    return np.fmax.reduce(_parts(scores, thresholds)).astype(np.float32)
+    return _largest(_parts(scores, thresholds))
 
 
 def unknown_reasons(*scores, max_unknown_score=0.5, **thresholds):
     """Per cell, the code of why it is 'Unknown' (an index into `REASONS`; 0: predicted): the first
     signal of `SIGNALS` whose part exceeds `max_unknown_score`. `scores`, `thresholds`: as in
     `unknown_score`."""
-    reason = np.zeros(len(scores[0]), dtype=np.int64)
-    for signal, part in reversed(list(zip(SIGNALS, _parts(scores, thresholds), strict=True))):
-        reason[part > max_unknown_score] = REASONS.index(signal.reason)
+    return _reasons(_parts(scores, thresholds), max_unknown_score)
+
+
+def _largest(parts):
+    return np.fmax.reduce(parts).astype(np.float32)
+
+
+def _reasons(parts, cut_off):
+    reason = np.zeros(len(parts[0]), dtype=np.int64)
+    for signal, part in reversed(list(zip(SIGNALS, parts, strict=True))):
+        reason[part > cut_off] = REASONS.index(signal.reason)
     return reason
 
 
@@ -252,6 +260,5 @@ def judge(found, options):
     `SIGNALS`, and each cell's Unknown score (`unknown_score`) and reason (`unknown_reasons`) under the
     thresholds and the cut-off of `options`."""
     scores = [signal.score(found) for signal in SIGNALS]
-    limits = thresholds(options)
-    reason = unknown_reasons(*scores, max_unknown_score=options.max_unknown_score, **limits)
-    return scores, unknown_score(*scores, **limits), reason
+    parts = _parts(scores, thresholds(options))
+    return scores, _largest(parts), _reasons(parts, options.max_unknown_score)
