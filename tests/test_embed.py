@@ -1,12 +1,14 @@
 """Embedding new data with a trained bundle: `scquery.embed.embed`."""
 
+import dataclasses
+
 import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from scquery.embed import compute_embedding, embed
+from scquery.embed import compute_embedding, embed, encode
 from scquery.errors import ScqueryError
 from scquery.options import InputOptions
 
@@ -60,22 +62,34 @@ def test_chunks_give_the_whole_result(bundle, query):
     np.testing.assert_allclose(whole, chunked, atol=1e-5)
 
 
-def test_missing_genes_are_zero_filled_and_reported(bundle, query):
+def test_missing_genes_are_read_at_their_mean_over_the_reference_types(bundle, query):
     rng = np.random.default_rng(0)
     dropped = rng.choice(query.n_vars, size=query.n_vars // 10, replace=False)
     kept = np.setdiff1d(np.arange(query.n_vars), dropped)
     partial = query[:, rng.permutation(kept)].copy()  # genes missing and in another order
-    zeroed = query.copy()
-    keep = np.ones(query.n_vars, dtype=np.float32)
-    keep[dropped] = 0
-    zeroed.X = sp.csr_matrix(query.X @ sp.diags(keep))
     embed(partial, bundle)
     overlap = partial.uns["scquery"]["overlap"]
     shared = len(set(bundle.genes) & set(partial.var_names))
     assert overlap["n_shared"] == shared < len(bundle.genes)
     assert overlap["fraction"] == pytest.approx(shared / len(bundle.genes))
-    expected, _, _, _ = compute_embedding(zeroed, bundle)
+    _, _, processed, alignment = compute_embedding(partial, bundle)
+    missing = ~alignment.shared
+    assert missing.sum() == len(bundle.genes) - shared and processed[:, missing].nnz == 0  # zero-filled
+    levels = np.asarray(bundle.reference.uns["profiles"]["means"])[:, missing].mean(axis=0)
+    assert levels.max() > 0
+    filled = processed.toarray()
+    filled[:, missing] = levels
+    expected, _ = encode(sp.csr_matrix(filled), bundle, 8192)
     np.testing.assert_allclose(partial.obsm["X_scquery"], expected, atol=1e-5)
+    zero_filled, _ = encode(processed, bundle, 8192)
+    assert np.abs(zero_filled - expected).max() > 1e-3
+
+    # A bundle saved before its profiles held means reads them as 0, as it did.
+    reference = bundle.reference.copy()
+    reference.uns["profiles"] = {k: v for k, v in reference.uns["profiles"].items() if k != "means"}
+    older = dataclasses.replace(bundle, reference=reference)
+    embedding, _, _, _ = compute_embedding(partial, older)
+    np.testing.assert_allclose(embedding, zero_filled, atol=1e-5)
 
 
 def test_no_shared_genes_fails_clearly(bundle, query):

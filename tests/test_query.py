@@ -264,6 +264,8 @@ def test_marker_agreement_tells_a_new_cluster_from_known_ones():
     whole = type_profiles(counts, labels)
     assert list(merged["labels"]) == ["A", "B", "C"] and merged["cells"].tolist() == [20, 10, 10]
     np.testing.assert_allclose(merged["detected"], whole["detected"], rtol=1e-6)
+    np.testing.assert_allclose(merged["means"], whole["means"], rtol=1e-6)
+    np.testing.assert_allclose(whole["means"][0], counts[labels == "A"].mean(axis=0).A1, rtol=1e-6)
 
 
 def test_a_type_split_over_many_query_clusters_is_judged_against_each_type_once():

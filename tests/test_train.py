@@ -68,6 +68,10 @@ def test_bundle_round_trip_predicts_identically(bundle, split, tmp_path):
     assert loaded.classes == bundle.classes and loaded.genes == bundle.genes
     assert loaded.model_id == bundle.model_id and loaded.versions["keras"]
     np.testing.assert_array_equal(loaded.reference.obsm["X_scquery"], bundle.reference.obsm["X_scquery"])
+    for kind in ("detected", "means", "cells"):  # the type profiles: the Unknown checks, missing genes
+        np.testing.assert_array_equal(
+            loaded.reference.uns["profiles"][kind], bundle.reference.uns["profiles"][kind]
+        )
     meta = json.loads((tmp_path / "model" / "bundle.json").read_text())
     assert {"versions", "config", "seed", "preprocess", "history", "classes"} <= meta.keys()
 

@@ -8,6 +8,7 @@ from .classifier import embedding_model, predict_in_chunks
 from .logs import stage
 from .options import InputOptions, recorded, take
 from .preprocessing.align import apply_record
+from .profiles import PROFILES_KEY, missing_gene_levels
 from .provenance import write_run
 from .values import select_values
 
@@ -17,10 +18,11 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
 
     The values (`.X`, `layers[layer]` or `.raw`, genes by `gene_key`: `scquery.values.select_values`)
     are processed like the reference (`scquery.preprocessing.align.apply_record`: values brought to
-    the reference's scale, genes aligned to the bundle's, missing ones zero-filled; a query of
-    another species mapped through `gene_map` or the built-in orthologues of `species` first) and fed
-    to the model `batch_size` rows at a time (`encode`; `inputs`: `scquery.options.InputOptions`),
-    so the expression matrix is never dense as a whole.
+    the reference's scale, genes aligned to the bundle's, missing ones zero-filled; a query of another
+    species mapped through `gene_map` or the built-in orthologues of `species` first) and fed to the
+    model `batch_size` rows at a time (`encode`, which reads each missing gene at its mean over the
+    reference's types; `inputs`: `scquery.options.InputOptions`), so the expression matrix is never
+    dense as a whole.
 
     Returns:
         `(embedding, probabilities, processed, alignment)`: float32 cells × embedding width; float32
@@ -31,7 +33,7 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
     processed, alignment = apply_record(cells, bundle.preprocess, inputs)
     stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", genes_found(alignment.overlap))
-    return (*encode(processed, bundle, inputs.batch_size), processed, alignment)
+    return (*encode(processed, bundle, inputs.batch_size, measured=alignment.shared), processed, alignment)
 
 
 def embedded(adata, key_added="scquery"):
@@ -49,11 +51,17 @@ def genes_found(overlap):
     )
 
 
-def encode(X, bundle: Bundle, batch_size):
-    """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays)."""
+def encode(X, bundle: Bundle, batch_size, *, measured=None):
+    """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays).
+    `measured` (a boolean per model gene; default: all) marks the genes the data hold: each gene they
+    lack is read at its mean over the reference's types (`scquery.profiles.missing_gene_levels`; 0
+    with a bundle saved before its profiles held means)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
-    embedding, probabilities = predict_in_chunks(model, X, chunk_size=batch_size)
+    fill = None
+    if measured is not None:
+        fill = missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), measured)
+    embedding, probabilities = predict_in_chunks(model, X, chunk_size=batch_size, fill=fill)
     return embedding, probabilities
 
 

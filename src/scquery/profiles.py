@@ -1,7 +1,8 @@
 """Expression profiles of the reference's cell types, and whether a query cluster shows its type's markers.
 
 A type's profile is the share of its reference cells that express each of the model's genes (its
-detection rate), saved in the bundle's reference (`uns['profiles']`). The genes that define a type
+detection rate) and their mean value, saved in the bundle's reference (`uns['profiles']`); the means
+give a query's missing genes their level (`missing_gene_levels`). The genes that define a type
 are chosen on these rates: a gene most of a type's cells express and few of another's is that type's,
 whatever its level; a gene every type expresses a little more or less of (ribosomal proteins, a
 shared programme) is nobody's. A query cluster's markers are its mean minus the query's average type
@@ -53,6 +54,13 @@ def group_means(X, groups, *, rows=None, detected=False):
     the mean row per group (a dense groups × genes float32 array; `X`, CSR or dense, is never densified
     or copied; rows made on demand are read `CHUNK_ROWS` at a time) and the rows per group. With
     `detected`, the share of each group's rows with a value above 0 instead of the mean."""
+    names, (means,), counts = _group_stats(X, groups, rows, (detected,))
+    return names, means, counts
+
+
+def _group_stats(X, groups, rows, detected):
+    """`group_means` of several kinds in one pass over `X`: one array per entry of `detected` (the
+    detection rate where true, else the mean)."""
     rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     codes, names = pd.factorize(pd.Series(np.asarray(groups)), sort=True)
     n_groups = len(names)
@@ -65,14 +73,13 @@ def group_means(X, groups, *, rows=None, detected=False):
             for start in range(0, len(rows), CHUNK_ROWS)
             for chunk in [rows[start : start + CHUNK_ROWS]]
         )
-    means = np.zeros((n_groups, X.shape[1]))
+    stats = [np.zeros((n_groups, X.shape[1])) for _ in detected]
     for positions, part, values in parts:
-        if detected:
-            values = _detected(values)
         indicator = sp.csr_matrix((1.0 / counts[part], (part, positions)), shape=(n_groups, values.shape[0]))
-        product = indicator @ values
-        means += product.toarray() if sp.issparse(product) else np.asarray(product)
-    return names.to_numpy(), means.astype(np.float32), counts
+        for total, rates in zip(stats, detected, strict=True):
+            product = indicator @ (_detected(values) if rates else values)
+            total += product.toarray() if sp.issparse(product) else np.asarray(product)
+    return names.to_numpy(), [total.astype(np.float32) for total in stats], counts
 
 
 def _detected(values):
@@ -86,25 +93,43 @@ def _detected(values):
 
 def type_profiles(X, labels, *, rows=None):
     """The profiles of the cells `rows` of `X` (default: all), labelled `labels`: `{'labels',
-    'detected' (types × genes: the share of the type's cells above 0), 'cells' (per type)}`."""
-    names, detected, counts = group_means(X, labels, rows=rows, detected=True)
-    return {"labels": names.astype(str), "detected": detected, "cells": counts.astype(np.int64)}
+    'detected' (types × genes: the share of the type's cells above 0), 'means' (types × genes: the
+    type's mean value), 'cells' (per type)}`, in one pass over `X`."""
+    names, (detected, means), counts = _group_stats(X, labels, rows, (True, False))
+    return {
+        "labels": names.astype(str),
+        "detected": detected,
+        "means": means,
+        "cells": counts.astype(np.int64),
+    }
+
+
+def missing_gene_levels(profiles, measured):
+    """`(genes, levels)` for a query lacking the model's genes where `measured` (a boolean per gene) is
+    false: their positions and the value each is given instead of 0, its mean over the reference's
+    types, each type once (a gene the query does not hold says nothing of its cells, and 0 would read
+    as 'not expressed'). None where every gene is measured or the profiles (an older bundle's) hold no
+    means."""
+    missing = np.flatnonzero(~np.asarray(measured, dtype=bool))
+    if not missing.size or profiles is None or "means" not in profiles:
+        return None
+    return missing, np.asarray(profiles["means"], dtype=np.float32)[:, missing].mean(axis=0)
 
 
 def merge_profiles(first, second):
-    """The profiles of two sets of cells on the same genes taken together (weighted by their cells)."""
+    """The profiles of two sets of cells on the same genes taken together (weighted by their cells);
+    the means only where both hold them (not an older bundle's)."""
     labels = sorted(set(first["labels"]) | set(second["labels"]))
-    detected = np.zeros((len(labels), first["detected"].shape[1]))
+    kinds = [kind for kind in ("detected", "means") if kind in first and kind in second]
+    totals = {kind: np.zeros((len(labels), first["detected"].shape[1])) for kind in kinds}
     cells = np.zeros(len(labels), dtype=np.int64)
     for part in (first, second):
         rows = pd.Index(labels).get_indexer(part["labels"])
-        detected[rows] += part["detected"] * np.asarray(part["cells"])[:, None]
+        for kind in kinds:
+            totals[kind][rows] += part[kind] * np.asarray(part["cells"])[:, None]
         cells[rows] += part["cells"]
-    return {
-        "labels": np.asarray(labels, dtype=str),
-        "detected": (detected / cells[:, None]).astype(np.float32),
-        "cells": cells,
-    }
+    merged = {kind: (total / cells[:, None]).astype(np.float32) for kind, total in totals.items()}
+    return {"labels": np.asarray(labels, dtype=str), **merged, "cells": cells}
 
 
 def marker_agreement(X, clusters, types, profiles, *, measured=None):
