@@ -62,14 +62,17 @@ def test_chunks_give_the_whole_result(bundle, query):
     np.testing.assert_allclose(whole, chunked, atol=1e-5)
 
 
-def test_missing_genes_are_read_at_their_mean_over_the_reference_types(bundle, query):
+def test_missing_genes_are_read_at_their_mean_over_the_reference_types(bundle, query, caplog):
     rng = np.random.default_rng(0)
     dropped = rng.choice(query.n_vars, size=query.n_vars // 10, replace=False)
     kept = np.setdiff1d(np.arange(query.n_vars), dropped)
     partial = query[:, rng.permutation(kept)].copy()  # genes missing and in another order
-    embed(partial, bundle)
+    with caplog.at_level("INFO", logger="scquery"):
+        embed(partial, bundle)
     overlap = partial.uns["scquery"]["overlap"]
     shared = len(set(bundle.genes) & set(partial.var_names))
+    said = f"; the other {len(bundle.genes) - shared:,} read at their mean over the reference's types"
+    assert said in caplog.text
     assert overlap["n_shared"] == shared < len(bundle.genes)
     assert overlap["fraction"] == pytest.approx(shared / len(bundle.genes))
     _, _, processed, alignment = compute_embedding(partial, bundle)

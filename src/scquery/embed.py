@@ -32,7 +32,12 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """
     cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
     processed, alignment = apply_record(cells, bundle.preprocess, inputs)
-    stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", genes_found(alignment.overlap))
+    found = genes_found(alignment.overlap)
+    if missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), alignment.shared) is not None:
+        found += (
+            f"; the other {int((~alignment.shared).sum()):,} read at their mean over the reference's types"
+        )
+    stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", found)
     return (*encode(processed, bundle, inputs.batch_size, measured=alignment.shared), processed, alignment)
 
 
