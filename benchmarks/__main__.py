@@ -62,6 +62,12 @@ def _labels(quick, log):
     return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
 
 
+def _pretraining(quick, log):
+    from .pretraining import run_pretraining
+
+    return run_pretraining(quick=quick, log=log)
+
+
 def _species(quick, log):
     from .species import run_species
 
@@ -100,6 +106,7 @@ PARTS = {
     "unknown": _unknown,
     "seeds": _seeds,
     "labels": _labels,
+    "pretraining": _pretraining,
     "species": _species,
     "speed": _speed,
     "scale": _scale,

@@ -442,6 +442,60 @@ def _labels_cell(row):
     return text
 
 
+def pretraining_section(result):
+    """Where pretraining pays: per task, each variant's prediction and head at each label fraction, then
+    each variant's mean over the tasks and fractions against the defaults and against no pretraining."""
+    from .pretraining import DEFAULTS, NONE
+
+    summary = pd.DataFrame(result["summary"])
+    fractions = sorted(summary.fraction.unique())
+    variants = list(result["variants"])
+    parts = [
+        "## Where pretraining pays (`--only pretraining`)",
+        "",
+        "The label-efficiency tasks (each reference keeping "
+        + " and ".join(f"{f:.0%}" for f in fractions)
+        + " of its labels, the same cells per seed as there; the query study's cells given as unlabelled "
+        "data for pretraining), scquery pretrained under each variant (the options it changes on top of the "
+        "defaults: "
+        + "; ".join(f"{name}: `{json.dumps(options)}`" for name, options in result["variants"].items())
+        + "). Macro-F1 of the prediction on the query ('Unknown' counts as wrong), mean ± sd over seeds "
+        f"{', '.join(map(str, result['seeds']))}, with the classifier head's beside it. The peers on the "
+        "same tasks and labels are in 'Label efficiency'.",
+        "",
+    ]
+    for task, table in summary.groupby("task", sort=False):
+        header = ["variant", *(f"{f:.0%}" for f in fractions)]
+        rows = []
+        for name in variants:
+            cells = {r.fraction: r for r in table[table.method == name].itertuples()}
+            rows.append([name, *(_labels_cell(cells.get(f)) for f in fractions)])
+        parts += [f"### {task}", "", _table(header, rows), ""]
+    mean = summary.groupby("method", sort=False)[["macro_f1", "classifier_macro_f1"]].mean()
+    by = summary.set_index(["method", "task", "fraction"])
+    parts += [
+        f"Each variant over the {len(summary.groupby(['task', 'fraction']))} tasks and fractions:",
+        "",
+    ]
+    for name in variants:
+        if name not in mean.index:
+            continue
+        line = (
+            f"- {name}: mean prediction {mean.macro_f1[name]:.3f}, head {mean.classifier_macro_f1[name]:.3f}"
+        )
+        if name != DEFAULTS and DEFAULTS in mean.index:
+            prediction, head = mean.loc[name] - mean.loc[DEFAULTS]
+            line += f" ({prediction:+.3f} and {head:+.3f} against the defaults)"
+        if name != NONE and NONE in mean.index:
+            gains = by.macro_f1[name] - by.macro_f1[NONE]
+            line += (
+                f"; ≥ +0.03 over no pretraining on {int((gains >= 0.03).sum())} of {len(gains)}, "
+                f"more than 0.01 below it on {int((gains < -0.01).sum())}"
+            )
+        parts.append(line)
+    return [*parts, ""]
+
+
 def labels_figure(result, path):
     """macro-F1 against the label fraction, one panel per task, one line per method (± sd)."""
     import matplotlib
@@ -1473,6 +1527,7 @@ SECTIONS = {
     "unknown": unknown_section,
     "seeds": seeds_section,
     "labels": labels_section,
+    "pretraining": pretraining_section,
     "species": species_section,
     "speed": speed_section,
     "scale": scale_section,

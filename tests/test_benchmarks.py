@@ -573,6 +573,63 @@ def test_seeds_section_breaks_down_by_type_the_pairs_where_the_head_trails():
 
 
 @pytest.mark.slow
+def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretraining():
+    from benchmarks.labels import summarize
+    from benchmarks.pretraining import DEFAULTS, NONE
+    from benchmarks.report import pretraining_section
+
+    scores = {  # (task, fraction) -> variant -> (prediction, head)
+        ("t", 0.01): {DEFAULTS: (0.80, 0.82), "wider": (0.70, 0.75), NONE: (0.70, 0.72)},
+        ("t", 0.05): {DEFAULTS: (0.90, 0.91), "wider": (0.93, 0.93), NONE: (0.89, 0.90)},
+    }
+    rows = [
+        {
+            "task": task,
+            "fraction": fraction,
+            "seed": 0,
+            "method": name,
+            "n_labelled": 10,
+            "macro_f1": f1,
+            "accuracy": f1,
+            "classifier_macro_f1": head,
+            "unknown": 0.0,
+            "propagated": 0,
+            "seconds": 1.0,
+        }
+        for (task, fraction), variants in scores.items()
+        for name, (f1, head) in variants.items()
+    ]
+    result = {
+        "seeds": [0],
+        "variants": {DEFAULTS: {}, "wider": {"hidden_sizes": [1000, 100]}, NONE: {"pretrain": False}},
+        "summary": summarize(rows).to_dict("records"),
+    }
+    text = "\n".join(pretraining_section(result))
+    assert "## Where pretraining pays (`--only pretraining`)" in text
+    assert (
+        "| wider | 0.700 ± 0.000 (head 0.750, Unknown 0.0%) | 0.930 ± 0.000 (head 0.930, Unknown 0.0%) |"
+        in text
+    )
+    defaults_line = (
+        f"- {DEFAULTS}: mean prediction 0.850, head 0.865; ≥ +0.03 over no pretraining on 1 of 2, "
+    )
+    assert defaults_line + "more than 0.01 below it on 0" in text
+    wider = "- wider: mean prediction 0.815, head 0.840 (-0.035 and -0.025 against the defaults); "
+    assert wider + "≥ +0.03 over no pretraining on 1 of 2, more than 0.01 below it on 0" in text
+    assert f"- {NONE}: mean prediction 0.795, head 0.810 (-0.055 and -0.055 against the defaults)" in text
+
+
+@pytest.mark.slow
+def test_quick_pretraining_run_scores_every_variant(tmp_path):
+    from benchmarks.pretraining import QUICK_VARIANTS
+
+    result = quick_run("pretraining", tmp_path)["pretraining"]["result"]
+    assert list(result["variants"]) == list(QUICK_VARIANTS)
+    assert [row["method"] for row in result["rows"]] == list(QUICK_VARIANTS)
+    assert all(0.0 <= row[m] <= 1.0 for row in result["rows"] for m in ("macro_f1", "classifier_macro_f1"))
+    assert "## Where pretraining pays" in (tmp_path / "RESULTS.md").read_text()
+
+
 def test_quick_seeds_run_gives_every_seed_and_their_ensemble(tmp_path):
     for name in CROSSSTUDY_FILES:  # skipped, and counted, by the real-data guard where they are absent
         shared_file(name)

@@ -1,0 +1,63 @@
+"""Where pretraining pays: the few-label tasks of `benchmarks.labels` (1 % and 5 % of each reference's
+labels kept, the same cells per seed; the query study's cells given as unlabelled data), scquery
+pretrained under each variant of `VARIANTS` (the noise, the width and depth, the fine-tuning epochs),
+against the same without pretraining. Each variant is the training options it changes on top of the
+benchmark's; what users read (the prediction) and the classifier head are recorded per seed. The peers
+on the same tasks, seeds and labels are in the labels part.
+"""
+
+import time
+
+from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, summarize
+
+FRACTIONS = (0.01, 0.05)
+QUICK_FRACTIONS = (0.05,)
+DEFAULTS = "defaults (masking 0.2, 50 epochs, 500 → 100)"
+NONE = "no pretraining"
+#: Each variant's training options on top of the benchmark's.
+VARIANTS = {
+    DEFAULTS: {},
+    "Gaussian noise (sd 0.2)": {"noise": "gaussian"},
+    "masking 0.5": {"noise_level": 0.5},
+    "wider: 1000 → 100": {"hidden_sizes": [1000, 100]},
+    "deeper: 500 → 250 → 100": {"hidden_sizes": [500, 250, 100]},
+    "15 fine-tuning epochs": {"epochs": 15},
+    NONE: {"pretrain": False},
+}
+QUICK_VARIANTS = (DEFAULTS, "Gaussian noise (sd 0.2)", NONE)
+
+
+def run_pretraining(*, quick, log=print):
+    """The score rows of every task, label fraction, seed and variant, their summary and settings."""
+    from scquery.train import pretrain
+
+    from .methods import scquery_config
+
+    fractions = QUICK_FRACTIONS if quick else FRACTIONS
+    seeds = QUICK_SEEDS if quick else SEEDS
+    variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
+    rows = []
+    for split in _tasks(quick):
+        log(f"{split.task}: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells")
+        for seed in seeds:
+            for fraction in fractions:
+                for name, options in variants.items():
+                    config = scquery_config(quick=quick, **options)
+                    run = _Run(split, fraction, seed, config, log)
+                    start = time.perf_counter()
+                    encoder = None
+                    if config.pretrain:
+                        encoder = pretrain(
+                            run.partial, label_key="label", config=config, unlabeled=split.query, seed=seed
+                        )
+                    run.scquery(name, encoder=encoder)
+                    run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # pretraining included
+                    rows.extend(run.rows)
+    summary = summarize(rows)
+    return {
+        "fractions": list(fractions),
+        "seeds": list(seeds),
+        "variants": {name: options for name, options in variants.items()},
+        "rows": rows,
+        "summary": summary.to_dict("records"),
+    }
