@@ -57,7 +57,7 @@ def run_pretraining(*, quick, log=print):
     return {
         "fractions": list(fractions),
         "seeds": list(seeds),
-        "variants": {name: options for name, options in variants.items()},
+        "variants": dict(variants),
         "rows": rows,
         "summary": summary.to_dict("records"),
     }

@@ -32,13 +32,12 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """
     cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
     processed, alignment = apply_record(cells, bundle.preprocess, inputs)
+    fill = missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), alignment.shared)
     found = genes_found(alignment.overlap)
-    if missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), alignment.shared) is not None:
-        found += (
-            f"; the other {int((~alignment.shared).sum()):,} read at their mean over the reference's types"
-        )
+    if fill is not None:
+        found += f"; the other {len(fill[0]):,} read at their mean over the reference's types"
     stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", found)
-    return (*encode(processed, bundle, inputs.batch_size, measured=alignment.shared), processed, alignment)
+    return (*encode(processed, bundle, inputs.batch_size, fill=fill), processed, alignment)
 
 
 def embedded(adata, key_added="scquery"):
@@ -56,16 +55,13 @@ def genes_found(overlap):
     )
 
 
-def encode(X, bundle: Bundle, batch_size, *, measured=None):
+def encode(X, bundle: Bundle, batch_size, *, fill=None):
     """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays).
-    `measured` (a boolean per model gene; default: all) marks the genes the data hold: each gene they
-    lack is read at its mean over the reference's types (`scquery.profiles.missing_gene_levels`; 0
-    with a bundle saved before its profiles held means)."""
+    `fill`: the levels the genes the data lack are read at (`scquery.profiles.missing_gene_levels`,
+    which `compute_embedding` gives; None: they stay 0, as with a bundle saved before its profiles
+    held means)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])
-    fill = None
-    if measured is not None:
-        fill = missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), measured)
     embedding, probabilities = predict_in_chunks(model, X, chunk_size=batch_size, fill=fill)
     return embedding, probabilities
 
