@@ -12,7 +12,7 @@ from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, summarize
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
-DEFAULTS = "defaults (masking 0.2, 50 epochs, 500 → 100)"
+DEFAULTS = "defaults (masking 0.2, 50 epochs, 500 → 250 → 100)"
 NONE = "no pretraining"
 #: Each variant's training options on top of the benchmark's.
 VARIANTS = {
@@ -20,7 +20,7 @@ VARIANTS = {
     "Gaussian noise (sd 0.2)": {"noise": "gaussian"},
     "masking 0.5": {"noise_level": 0.5},
     "wider: 1000 → 100": {"hidden_sizes": [1000, 100]},
-    "deeper: 500 → 250 → 100": {"hidden_sizes": [500, 250, 100]},
+    "shallower: 500 → 100 (the earlier defaults)": {"hidden_sizes": [500, 100]},
     "15 fine-tuning epochs": {"epochs": 15},
     NONE: {"pretrain": False},
 }

@@ -46,9 +46,10 @@ class TrainConfig:
     scale: bool = option(
         False, "Scale each gene to zero mean and unit variance with the reference's statistics"
     )
-    # network: hidden widths, the last is the embedding (scQuery: 1136, 100 on ~20k genes)
+    # network: hidden widths, the last is the embedding (scQuery: 1136, 100 on ~20k genes; a third layer
+    # gains most at few labels: benchmarks/RESULTS.md, "Where pretraining pays")
     hidden_sizes: list[int] = option(
-        [500, 100], "Hidden layer widths; the last is the embedding", low=1, integer=True, min_items=1
+        [500, 250, 100], "Hidden layer widths; the last is the embedding", low=1, integer=True, min_items=1
     )
     activation: str = option("tanh", "Keras activation of the hidden layers")
     # greedy denoising pretraining
