@@ -98,6 +98,48 @@ def test_quick_run_writes_the_report_and_raw_figures(tmp_path):
     assert "(2 seeds)" in report
 
 
+def test_training_rates_are_judged_on_the_clock_they_were_measured_by():
+    from benchmarks.report import throughput_lines
+
+    kinds = [
+        f"{stage}_{kind}" for stage in ("pretrain", "finetune") for kind in ("matmuls", "in_memory", "sparse")
+    ]
+    batch = {"batch_size": 256, "shape_gflops": [100.0], **{k: 1000.0 for k in kinds}}
+    batch |= {f"{k}_cpu": 800.0 for k in kinds}
+    throughput = {
+        "peak_gflops": 100.0,
+        "peak_cpu_gflops": 50.0,
+        "n_cells": 1000,
+        "pretrain_flops_per_cell": 10e6,
+        "pretrain_layer0_flops_per_cell": 8e6,
+        "finetune_flops_per_cell": 4e6,
+        "batches": [batch],
+    }
+    wall_only = [
+        {"n_cells": 1000, "train": {"pretrain_cells_per_s": 8000.0, "finetune_cells_per_s": 20000.0}}
+    ]
+    text = "\n".join(throughput_lines(throughput, wall_only))
+    # pretraining 8000 × 10 MFLOP = 80 GFLOP/s, 80 % of the peak; fine-tuning 20000 × 4 M = 80 %: met
+    assert "| 1,000 | 0.800 | 0.800 |" in text
+    assert (
+        "Training at the default settings (CPU seconds of this process): not measured by this part." in text
+    )
+    assert text.count("| cells | pretraining | fine-tuning |") == 1
+    assert "for each (wall seconds): met." in text
+    both = [
+        {
+            "n_cells": 1000,
+            "train": {
+                **wall_only[0]["train"],
+                "pretrain_cells_per_s_cpu": 1000.0,
+                "finetune_cells_per_s_cpu": 1000.0,
+            },
+        }
+    ]
+    text = "\n".join(throughput_lines(throughput, both))
+    assert "for each (CPU seconds of this process): not met." in text  # 10 and 4 GFLOP per CPU s of 50
+
+
 def test_quality_summary_spreads_over_folds_and_over_seeds():
     from benchmarks.quality import summarize
 
