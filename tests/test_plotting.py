@@ -101,7 +101,7 @@ def test_confusion_is_square_with_unknown_last(queried):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == types + [UNKNOWN]
     assert len(ax.get_yticklabels()) == len(types)
-    assert ax.get_title() == str(scq.score(queried, "bulk_labels"))  # macro-F1 with three decimals, as everywhere
+    assert ax.get_title() == str(scq.score(queried, "bulk_labels"))  # three-decimal macro-F1, as everywhere
     assert "macro-F1 0." in ax.get_title() and len(ax.get_title().split("macro-F1 ")[1].split(" ")[0]) == 5
     plt.close(fig)
 
