@@ -94,6 +94,8 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbos
             shuffle=False,
             seed=seed,
         )
+        if config.average_epochs:  # early stopping sees, and keeps, the averaged weights
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         stopper = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         )
@@ -115,7 +117,11 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbos
     callbacks.insert(1, StageProgress(label, verbose=resolve_verbose(verbose), size=size))  # after the timer
     fed = training_model(model, rows=rows, mixed_precision=config.mixed_precision)
     fed.compile(
-        keras.optimizers.Adam(config.learning_rate),
+        keras.optimizers.Adam(
+            config.learning_rate,
+            use_ema=config.average_epochs > 0,
+            ema_momentum=1 - 1 / max(1.0, config.average_epochs * len(batches)),
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         **FIT_OPTIONS,

@@ -104,6 +104,15 @@ class TrainConfig:
         high=1,
         high_open=True,
     )
+    average_epochs: float = option(
+        0,
+        "Epochs an exponential moving average of the classifier's weights spans while fine-tuning "
+        "(Polyak averaging, Keras's `use_ema`: momentum 1 - 1/(epochs × batches per epoch); 0: off); "
+        "early stopping judges, and the model keeps, the averaged weights. 10 steadied the head over "
+        "seeds on the validation pairs but not the tuning pairs, which chose the default "
+        "(benchmarks/RESULTS.md, 'Steadiness over seeds')",
+        low=0,
+    )
     # reference points from the unlabelled reference cells (scquery.propagate)
     propagate: bool = option(
         True,
