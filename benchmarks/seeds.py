@@ -1,15 +1,15 @@
 """Steadiness over seeds (issue 31): each cross-study pair with every type in the reference, trained
-with several seeds, in each of `SETTINGS` (the defaults, without pretraining, with the input
-genes dropped while fine-tuning, with the classifier's weights averaged). The pairs: the crossstudy part's development
-pairs, then those of the pair cache (`benchmarks.pairs`; each in its split, tuning or validation;
-skipped with one line where the cache is absent; the one-type MAIT pair left out, as it asks no
-classification). Per seed: macro-F1 over the query cells of the reference's types (Unknown counts
-as wrong) of the classifier head, of the kNN vote and of the prediction; per setting: the seeds'
-ensemble, their classifier probabilities averaged (the cost of such an ensemble is one training
-per seed); per type, the F1 of the head (each seed, at the defaults) and of each peer. The peers
-run once, in the same run: on the development pairs those of the crossstudy part, on the cached
-pairs PCA + kNN and logistic regression on both sides' log-normalized values (a cross-species query
-on its one-to-one orthologues, `pairs.on_shared_genes`)."""
+with several seeds, in each of `SETTINGS` (the defaults, without pretraining, with the input genes
+dropped while fine-tuning, with the classifier's weights averaged). The pairs: the crossstudy part's
+development pairs, then those of the pair cache (`benchmarks.pairs`; each in its split, tuning or
+validation; skipped with one line where the cache is absent; the one-type MAIT pair left out, as it
+asks no classification). Per seed: macro-F1 over the query cells of the reference's types (Unknown
+counts as wrong) of the classifier head, of the kNN vote and of the prediction; per setting: the
+seeds' ensemble, their classifier probabilities averaged (the cost of such an ensemble is one
+training per seed); per type, the F1 of the head (each seed, at the defaults) and of each peer. The
+peers run once, in the same run: on the development pairs those of the crossstudy part, on the
+cached pairs PCA + kNN and logistic regression on both sides' log-normalized values (a cross-species
+query on its one-to-one orthologues, `pairs.on_shared_genes`)."""
 
 import time
 

@@ -297,3 +297,25 @@ def test_the_classifier_drops_input_genes_while_training_only():
     plain = build_classifier(40, 3, TrainConfig(hidden_sizes=[16, 4], dropout=0.0), seed=0)
     assert "input_dropout" not in [layer.name for layer in plain.layers]
     np.testing.assert_allclose(predicted, keras.ops.convert_to_numpy(plain(x, training=False)), rtol=1e-6)
+
+
+def test_the_classifier_keeps_its_averaged_weights():
+    """`average_epochs` keeps a moving average of the weights: early stopping judges and restores the
+    averaged weights, and without a validation split the model ends on them. Averaged over a span far
+    longer than the training, they stay by the first step's weights while the plain ones move on."""
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.poisson(1.0, size=(400, 20)).astype(np.float32))
+    y = np.repeat(np.arange(4), 100)
+    few = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(4)])  # no validation split
+    for cells in (None, few):
+        labels = y if cells is None else y[cells]
+        moved = {}
+        for span in (0, 1e9):
+            config = TrainConfig(hidden_sizes=[8], epochs=10, patience=10, average_epochs=span)
+            model = build_classifier(20, 4, config, seed=0)
+            start = np.concatenate([w.ravel() for w in model.get_weights()])
+            history = fit_classifier(model, X, labels, config, cells=cells, seed=0, verbose=0)
+            moved[span] = np.linalg.norm(np.concatenate([w.ravel() for w in model.get_weights()]) - start)
+            if cells is None and span:  # each epoch's validation loss is the (unmoving) averaged weights'
+                assert np.ptp(history["val_loss"]) < 1e-4 < np.ptp(history["loss"])
+        assert moved[1e9] < 0.1 * moved[0], (cells is None, moved)
