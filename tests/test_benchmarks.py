@@ -300,6 +300,8 @@ def test_quick_species_run_maps_a_simulated_mouse_query(tmp_path):
         ways[("1:1 only", "species='mouse'")]["overlap_after"]
         > ways[("1:1 only", "species='mouse'")]["overlap_before"]
     )
+    rebuilt = ways[("1:1 only", "species='mouse', missing genes rebuilt")]
+    assert rebuilt["overlap_after"] == ways[("1:1 only", "species='mouse'")]["overlap_after"] < 1
     assert "## Another species, simulated" in (tmp_path / "RESULTS.md").read_text()
 
 

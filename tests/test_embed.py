@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from scquery.embed import compute_embedding, embed, encode
 from scquery.errors import ScqueryError
+from scquery.imputation import IMPUTER_KEY, Imputer
 from scquery.options import InputOptions
 
 
@@ -93,6 +94,37 @@ def test_missing_genes_are_read_at_their_mean_over_the_reference_types(bundle, q
     older = dataclasses.replace(bundle, reference=reference)
     embedding, _, _, _ = compute_embedding(partial, older)
     np.testing.assert_allclose(embedding, zero_filled, atol=1e-5)
+
+
+def test_missing_genes_are_rebuilt_by_the_kept_autoencoder(split, small_config, caplog, tmp_path):
+    """With `rebuild_missing` the bundle keeps its autoencoder (saved, reloaded and extended with it),
+    and a query's missing genes, rebuilt from the genes it holds, lie nearer the values the cells hold
+    than the genes' mean over the types; the measured genes are not touched. (Pretrained long enough to
+    rebuild cells: the session's small model is not.)"""
+    from scquery.bundle import load_bundle
+    from scquery.extend import extend
+    from scquery.train import train
+
+    config = {**small_config, "pretrain_epochs": 20, "rebuild_missing": True}
+    bundle = load_bundle(train(split[0], label_key="bulk_labels", config=config, seed=0).save(tmp_path / "m"))
+    query = split[1]
+    dropped = np.random.default_rng(0).choice(query.n_vars, size=query.n_vars // 10, replace=False)
+    partial = query[:, np.setdiff1d(np.arange(query.n_vars), dropped)].copy()
+    with caplog.at_level("INFO", logger="scquery"):
+        embedding, _, processed, alignment = compute_embedding(partial, bundle)
+    missing = ~alignment.shared
+    assert f"; the other {missing.sum():,} rebuilt from them by the pretrained autoencoder" in caplog.text
+    levels = np.asarray(bundle.reference.uns["profiles"]["means"])[:, missing].mean(axis=0)
+    imputer = Imputer(np.flatnonzero(missing), levels, bundle.reference.uns[IMPUTER_KEY])
+    rebuilt = imputer.fill(processed.toarray())
+    np.testing.assert_array_equal(rebuilt[:, ~missing], processed[:, ~missing].toarray())
+    np.testing.assert_allclose(embedding, encode(sp.csr_matrix(rebuilt), bundle, 8192)[0], atol=1e-5)
+    _, _, whole, _ = compute_embedding(query, bundle)  # the same cells with every gene
+    held = whole[:, missing].toarray()
+    assert np.abs(rebuilt[:, missing] - held).mean() < 0.95 * np.abs(levels - held).mean()
+    extended = extend(bundle, split[1][:20].copy(), label_key="bulk_labels")
+    kernel = extended.reference.uns[IMPUTER_KEY]["kernel"]  # the model's, unchanged
+    np.testing.assert_array_equal(kernel, bundle.reference.uns[IMPUTER_KEY]["kernel"])
 
 
 def test_no_shared_genes_fails_clearly(bundle, query):

@@ -192,15 +192,15 @@ def predict_in_chunks(model, X, *, chunk_size=8192, cells=None, rows=None, fill=
     """`model`'s outputs for the rows of CSR `X` (or its rows `cells`), densifying `chunk_size` rows
     at a time: a float32 array, or a list of them for a model of several outputs, each made once
     and filled chunk by chunk (no list of parts, no copy of the whole). With `rows`, X's rows held
-    on the device (`scquery.batches.device_rows`), the chunks are densified there. `fill`,
-    `(columns, values)` (densified on the host only), sets those columns of every dense chunk to
-    `values` (`scquery.profiles.missing_gene_levels`), so X stays sparse."""
+    on the device (`scquery.batches.device_rows`), the chunks are densified there. `fill` (a function
+    of a dense chunk, densified on the host only: `scquery.imputation.Imputer.fill`) gives each chunk
+    the genes the data lack, so X stays sparse."""
     n = X.shape[0] if cells is None else len(cells)
     arrays = [np.empty((n, *output.shape[1:]), dtype=np.float32) for output in model.outputs]
     if rows is None:
         chunks = iter_dense_chunks(X, chunk_size, cells=cells)
         if fill is not None:
-            chunks = (_filled(chunk, *fill) for chunk in chunks)
+            chunks = (fill(chunk) for chunk in chunks)
     else:
         if fill is not None:
             raise ValueError("fill applies to chunks densified on the host, not to rows held on the device")
@@ -214,8 +214,3 @@ def predict_in_chunks(model, X, *, chunk_size=8192, cells=None, rows=None, fill=
             array[start : start + len(chunk)] = keras.ops.convert_to_numpy(part)
         start += len(chunk)
     return arrays if len(arrays) > 1 else arrays[0]
-
-
-def _filled(chunk, columns, values):
-    chunk[:, columns] = values
-    return chunk

@@ -113,6 +113,14 @@ class TrainConfig:
         "(benchmarks/RESULTS.md, 'Steadiness over seeds')",
         low=0,
     )
+    rebuild_missing: bool = option(
+        False,
+        "Keep the first pretraining stage's autoencoder in the bundle and rebuild with it the genes a "
+        "query lacks from those it holds, instead of reading them at their mean over the reference's "
+        "types (`scquery.imputation`; needs `pretrain`): on the simulated mouse queries it raised the "
+        "agreement with the human answers, on the real mouse queries it lost on two of three pairs "
+        "(benchmarks/RESULTS.md, 'Another species')",
+    )
     # reference points from the unlabelled reference cells (scquery.propagate)
     propagate: bool = option(
         True,

@@ -5,6 +5,7 @@ import keras
 
 from .bundle import Bundle, as_bundle
 from .classifier import embedding_model, predict_in_chunks
+from .imputation import IMPUTER_KEY, Imputer
 from .logs import stage
 from .options import InputOptions, recorded, take
 from .preprocessing.align import apply_record
@@ -20,9 +21,10 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     are processed like the reference (`scquery.preprocessing.align.apply_record`: values brought to
     the reference's scale, genes aligned to the bundle's, missing ones zero-filled; a query of another
     species mapped through `gene_map` or the built-in orthologues of `species` first) and fed to the
-    model `batch_size` rows at a time (`encode`, which reads each missing gene at its mean over the
-    reference's types; `inputs`: `scquery.options.InputOptions`), so the expression matrix is never
-    dense as a whole.
+    model `batch_size` rows at a time (`encode`; each gene the data lack starts at its mean over the
+    reference's types and is rebuilt from the others by the pretrained autoencoder,
+    `scquery.imputation`; `inputs`: `scquery.options.InputOptions`), so the expression matrix is
+    never dense as a whole.
 
     Returns:
         `(embedding, probabilities, processed, alignment)`: float32 cells × embedding width; float32
@@ -32,10 +34,16 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     """
     cells = select_values(adata, layer=inputs.layer, use_raw=inputs.use_raw, gene_key=inputs.gene_key)
     processed, alignment = apply_record(cells, bundle.preprocess, inputs)
-    fill = missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), alignment.shared)
-    found = genes_found(alignment.overlap)
-    if fill is not None:
-        found += f"; the other {len(fill[0]):,} read at their mean over the reference's types"
+    levels = missing_gene_levels(bundle.reference.uns.get(PROFILES_KEY), alignment.shared)
+    found, fill = genes_found(alignment.overlap), None
+    if levels is not None:
+        imputer = Imputer(*levels, bundle.reference.uns.get(IMPUTER_KEY), bundle.preprocess.get("scale"))
+        found += f"; the other {len(levels[0]):,} " + (
+            "rebuilt from them by the pretrained autoencoder"
+            if imputer.rebuilds
+            else "read at their mean over the reference's types"
+        )
+        fill = imputer.fill
     stage("embedding", "embedding %s cells: %s", f"{processed.shape[0]:,}", found)
     return (*encode(processed, bundle, inputs.batch_size, fill=fill), processed, alignment)
 
@@ -57,8 +65,8 @@ def genes_found(overlap):
 
 def encode(X, bundle: Bundle, batch_size, *, fill=None):
     """The embedding and class probabilities of the processed rows of CSR `X` (float32 arrays).
-    `fill`: the levels the genes the data lack are read at (`scquery.profiles.missing_gene_levels`,
-    which `compute_embedding` gives; None: they stay 0, as with a bundle saved before its profiles
+    `fill`: what gives each dense chunk the genes the data lack (`scquery.imputation.Imputer.fill`,
+    which `compute_embedding` makes; None: they stay 0, as with a bundle saved before its profiles
     held means)."""
     encoder = embedding_model(bundle.model)
     model = keras.Model(encoder.input, [encoder.output, bundle.model.output])

@@ -10,6 +10,7 @@ import pandas as pd
 from .bundle import Bundle, as_bundle, save_bundle, with_index
 from .embed import compute_embedding
 from .errors import ScqueryError
+from .imputation import IMPUTER_KEY
 from .labels import check_labels
 from .options import InputOptions, take
 from .profiles import PROFILES_KEY, merge_profiles, type_profiles
@@ -66,6 +67,8 @@ def extend(
         warnings.simplefilter("ignore", UserWarning)  # names repeated within the new cells are kept
         reference = ad.concat([bundle.reference, added])
     reference.obs = reference.obs.astype(str).astype("category")
+    if IMPUTER_KEY in bundle.reference.uns:  # the model's, not the cells'
+        reference.uns[IMPUTER_KEY] = bundle.reference.uns[IMPUTER_KEY]
     if "detected" in bundle.reference.uns.get(PROFILES_KEY, {}):  # not an older bundle's
         added_profiles = type_profiles(processed, added.obs["label"].to_numpy())
         reference.uns[PROFILES_KEY] = merge_profiles(bundle.reference.uns[PROFILES_KEY], added_profiles)

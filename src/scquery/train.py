@@ -24,6 +24,7 @@ from .bundle import Bundle, model_digest, with_index
 from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
+from .imputation import IMPUTER_KEY, imputer_record
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .options import InputOptions, check
@@ -183,7 +184,10 @@ def _train(adata, label_key, config, unlabeled, encoder, values, species, verbos
         reference=ad.AnnData(
             obs=obs,
             obsm={"X_scquery": embedding},
-            uns={PROFILES_KEY: type_profiles(X, np.asarray(classes)[y], rows=cells)},
+            uns={
+                PROFILES_KEY: type_profiles(X, np.asarray(classes)[y], rows=cells),
+                **_imputer(encoder, config),
+            },
         ),
         label_key=label_key,
         config=config.to_dict(),
@@ -191,6 +195,14 @@ def _train(adata, label_key, config, unlabeled, encoder, values, species, verbos
         history=history,
         model_id=model_digest(model, record["genes"]),
     )
+
+
+def _imputer(encoder, config):
+    """The bundle reference's `uns` entry of the first stage's autoencoder (`scquery.imputation`), with
+    `config.rebuild_missing` where the model was pretrained."""
+    keep = config.rebuild_missing and encoder is not None
+    record = imputer_record(encoder.autoencoder, encoder.activation) if keep else None
+    return {} if record is None else {IMPUTER_KEY: record}
 
 
 def _preprocess(adata, config, values, *, label_key=None, species=None):
