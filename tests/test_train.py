@@ -121,6 +121,9 @@ def test_a_pretrained_encoder_is_used_or_refused_never_dropped(split, small_conf
             train(split[0], label_key="bulk_labels", config={**config, **changes}, encoder=encoder)
     with pytest.raises(ScqueryError, match="seed must be a whole number of at least 0"):
         train(split[0], label_key="bulk_labels", config=config, seed=-1)
+    with pytest.raises(ScqueryError, match="rebuild_missing keeps the pretrained autoencoder, yet pretrain"):
+        no_pretraining = {**config, "pretrain": False, "rebuild_missing": True}
+        train(split[0], label_key="bulk_labels", config=no_pretraining)
 
 
 def test_without_pretraining_and_small_classes_dropped(split, small_config):

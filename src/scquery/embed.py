@@ -21,10 +21,10 @@ def compute_embedding(adata, bundle: Bundle, inputs=InputOptions()):
     are processed like the reference (`scquery.preprocessing.align.apply_record`: values brought to
     the reference's scale, genes aligned to the bundle's, missing ones zero-filled; a query of another
     species mapped through `gene_map` or the built-in orthologues of `species` first) and fed to the
-    model `batch_size` rows at a time (`encode`; each gene the data lack starts at its mean over the
-    reference's types and is rebuilt from the others by the pretrained autoencoder,
-    `scquery.imputation`; `inputs`: `scquery.options.InputOptions`), so the expression matrix is
-    never dense as a whole.
+    model `batch_size` rows at a time (`encode`; each gene the data lack is read at its mean over the
+    reference's types, then rebuilt from the others where the bundle keeps its pretrained autoencoder,
+    `rebuild_missing`: `scquery.imputation`; `inputs`: `scquery.options.InputOptions`), so the
+    expression matrix is never dense as a whole.
 
     Returns:
         `(embedding, probabilities, processed, alignment)`: float32 cells × embedding width; float32

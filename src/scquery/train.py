@@ -129,6 +129,11 @@ def train(
             "The option pretrain is false, yet a pretrained encoder or unlabelled data (used only for "
             "pretraining) were given; set pretrain to true or leave them out."
         )
+    if config.rebuild_missing and not config.pretrain:
+        raise ScqueryError(
+            "The option rebuild_missing keeps the pretrained autoencoder, yet pretrain is false; set "
+            "pretrain to true or rebuild_missing to false."
+        )
     _datasets(unlabeled)
     values = {"layer": layer, "use_raw": use_raw}
     with data_parallel(config.devices):  # 1 device: the caller's own distribution, if any, stays
