@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from scquery.layers import DenseLayerAutoencoder
+from scquery.imputation import first_autoencoder
 from scquery.pretrain import stack_encoder
 from scquery.profiles import own_genes
 from scquery.query import UNKNOWN, search, transfer
@@ -30,10 +30,7 @@ EVERY_TYPE = QueryOptions(
 def shortfall(encoder, bundle, X, predicted, *, measured=None, chunk_size=4096):
     """Per cell of `X` (processed values): how far the autoencoder's reconstruction holds its
     `predicted` type's own genes above the cell (the mean positive residual over them)."""
-    weights = encoder.autoencoder
-    layer = DenseLayerAutoencoder([int(weights[0].shape[1])], activation=encoder.activation, seed=0)
-    layer.build((None, X.shape[1]))
-    layer.set_weights([np.asarray(w) for w in weights])
+    layer = first_autoencoder(encoder.autoencoder, encoder.activation)
     scaling = stack_encoder(
         X.shape[1], [], activation=encoder.activation, seed=bundle.seed, scale=bundle.preprocess.get("scale")
     )

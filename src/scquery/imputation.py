@@ -35,6 +35,16 @@ def imputer_record(autoencoder, activation):
     }
 
 
+def first_autoencoder(weights, activation):
+    """The first stage's tied autoencoder as a built `DenseLayerAutoencoder`, from its
+    `[kernel, encoder bias, decoder bias]` (`PretrainedEncoder.autoencoder`, or a record's)."""
+    kernel, encoder_bias, decoder_bias = (np.asarray(array, dtype=np.float32) for array in weights)
+    layer = DenseLayerAutoencoder([kernel.shape[1]], activation=str(activation))
+    layer.build((None, kernel.shape[0]))
+    layer.set_weights([kernel, encoder_bias, decoder_bias])
+    return layer
+
+
 class Imputer:
     """Fills the missing genes of dense chunks of processed query values (see the module docstring).
 
@@ -50,10 +60,8 @@ class Imputer:
         self.columns, self.levels = np.asarray(columns), np.asarray(levels, dtype=np.float32)
         self.autoencoder = self.scaling = None
         if record is not None:
-            kernel = np.asarray(record["kernel"], dtype=np.float32)
-            self.autoencoder = DenseLayerAutoencoder([kernel.shape[1]], activation=str(record["activation"]))
-            self.autoencoder.build((None, kernel.shape[0]))
-            self.autoencoder.set_weights([kernel, record["encoder_bias"], record["decoder_bias"]])
+            weights = [record["kernel"], record["encoder_bias"], record["decoder_bias"]]
+            self.autoencoder = first_autoencoder(weights, record["activation"])
             if scale is not None:
                 self.scaling = scaling_layer(scale)
                 self.mean = np.asarray(scale["mean"], dtype=np.float32)[self.columns]
