@@ -18,13 +18,15 @@ CELLTYPIST_PYTHON = os.environ.get("SCQUERY_BENCH_CELLTYPIST_PYTHON")
 MAP_K = 100
 #: scquery's settings (training options on top of the benchmark's): the defaults, then variants in
 #: parentheses, which the targets leave out: no pretraining, the input genes dropped at 0.7 while
-#: fine-tuning (the rate the cross-study tuning pairs chose; issue 31), and the classifier's weights
-#: averaged over its last 10 epochs (`average_epochs`).
+#: fine-tuning (the rate the cross-study tuning pairs chose; issue 31), the classifier's weights
+#: averaged over its last 10 epochs (`average_epochs`), and a second classifier with the input genes
+#: dropped at 0.7, the two classifiers' probabilities averaged (`ensemble_dropout`).
 SETTINGS = {
     "scquery": {},
     "scquery (no pretraining)": {"pretrain": False},
     "scquery (input dropout 0.7)": {"dropout": 0.7},
     "scquery (weights averaged over 10 epochs)": {"average_epochs": 10},
+    "scquery (a second classifier with input dropout 0.7)": {"ensemble_dropout": 0.7},
 }
 #: Seeds the defaults ("scquery") train with on every split, for their spread over seeds (issue 31;
 #: two in a quick run); the variants and the peers train with the first.

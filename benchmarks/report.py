@@ -756,10 +756,12 @@ def seeds_section(result):
         "## Steadiness over seeds (`--only seeds`)",
         "",
         f"Each cross-study pair (every type in the reference) trained with seeds {seeds}: at the "
-        "defaults, without pretraining, and with the input genes dropped at 0.7 while fine-tuning (the "
-        "option `dropout`; the schedule of `benchmarks/methods.py`): the development pairs and the "
-        "cached pairs of `benchmarks/PAIRS.md`, in their tuning and validation sets. Macro-F1 over the "
-        "query cells of the reference's types, as mean ± standard deviation over the seeds [lowest, "
+        "defaults, without pretraining, with the input genes dropped at 0.7 while fine-tuning (the "
+        "option `dropout`), with the classifier's weights averaged over 10 epochs (`average_epochs`), and "
+        "with a second classifier that drops its input genes at 0.7, the two classifiers' probabilities "
+        "averaged (`ensemble_dropout`; the schedule of `benchmarks/methods.py`): the development pairs "
+        "and the cached pairs of `benchmarks/PAIRS.md`, in their tuning and validation sets. Macro-F1 over "
+        "the query cells of the reference's types, as mean ± standard deviation over the seeds [lowest, "
         "highest]; 'ensemble': the seeds' classifier probabilities averaged (it costs one training per "
         "seed). Peers once (seed 0), in the same run: on the cached pairs PCA + kNN and logistic "
         "regression on log-normalized values (a cross-species query on its one-to-one orthologues).",

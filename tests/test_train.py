@@ -18,7 +18,10 @@ from sklearn.metrics import accuracy_score
 
 from scquery.bundle import FORMAT_VERSION, kept_accuracy, load_bundle, save_bundle
 from scquery.classifier import (
+    HEAD,
     MIN_BATCHES_PER_EPOCH,
+    WITH_DROPOUT,
+    branches,
     build_classifier,
     embedding_model,
     fit_classifier,
@@ -322,3 +325,29 @@ def test_the_classifier_keeps_its_averaged_weights():
             if cells is None and span:  # each epoch's validation loss is the (unmoving) averaged weights'
                 assert np.ptp(history["val_loss"]) < 1e-4 < np.ptp(history["loss"])
         assert moved[1e9] < 0.1 * moved[0], (cells is None, moved)
+
+
+def test_a_second_classifier_with_dropout_is_averaged_in(split, small_config, tmp_path):
+    """`ensemble_dropout` fine-tunes a second classifier, its input genes dropped while training: the
+    output is the mean of both classifiers' probabilities, both trained from the same pretrained
+    encoder, the embedding is the first's, and the saved bundle predicts the same."""
+    reference, query = split
+    config = {**small_config, "ensemble_dropout": 0.7}
+    bundle = train(reference, label_key="bulk_labels", config=config, seed=0, verbose=0)
+    parts = branches(bundle.model)
+    assert list(parts) == [HEAD, WITH_DROPOUT] and list(bundle.history)[1:3] == [HEAD, WITH_DROPOUT]
+    assert parts[WITH_DROPOUT].get_layer("input_dropout").rate == 0.7
+    assert "input_dropout" not in [layer.name for layer in parts[HEAD].layers]
+    X, _ = process_like(query, bundle.preprocess)
+    first, second = (predict_in_chunks(part, X) for part in parts.values())
+    assert np.abs(first - second).max() > 0.01  # two classifiers, trained apart
+    np.testing.assert_allclose(predict_in_chunks(bundle.model, X), (first + second) / 2, atol=1e-6)
+    for part in parts.values():  # each fine-tuned from the pretrained encoder's weights
+        assert 0 < part.get_layer("encoder_0").get_weights()[0].std()
+    one = train(reference, label_key="bulk_labels", config=small_config, seed=0, verbose=0)
+    np.testing.assert_array_equal(predict_in_chunks(one.model, X), first)  # the first is the plain one
+    np.testing.assert_array_equal(bundle.reference.obsm["X_scquery"], one.reference.obsm["X_scquery"])
+    save_bundle(bundle, tmp_path / "model")
+    np.testing.assert_array_equal(
+        predict_in_chunks(load_bundle(tmp_path / "model").model, X), predict_in_chunks(bundle.model, X)
+    )

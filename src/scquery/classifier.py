@@ -11,6 +11,8 @@ from .logs import arrows, logger, resolve_verbose
 from .pretrain import ENCODER_PREFIX, FIT_OPTIONS, INPUT_DROPOUT, MIXED_PRECISION, seed_for, stack_encoder
 
 HEAD = "classifier"
+#: The second classifier of `config.ensemble_dropout`, a model nested in the first's graph.
+WITH_DROPOUT = "classifier_with_dropout"
 
 #: A validation split is held out for early stopping only where it holds this many cells per type on
 #: average; with fewer labels every labelled cell trains (for the full `epochs`).
@@ -26,27 +28,49 @@ def build_classifier(n_genes, n_classes, config, *, encoder_weights=None, scale=
     of `config.hidden_sizes` and `config.activation`), then the softmax layer `classifier`, as one
     functional model.
 
+    With `config.ensemble_dropout`, a second such classifier, `WITH_DROPOUT` (a model of its own,
+    nested), drops its input genes at that rate while training, and the model's output is the mean
+    of the two classifiers' probabilities (`branches` gives each to train); the embedding stays the
+    first's.
+
     `encoder_weights` (`[kernel, bias]` per layer, as `pretrain_greedy` returns) initialise the
     encoder; without them its layers start from Glorot-uniform weights seeded by `seed`, as does
-    the head.
+    the head (the second classifier's seeds are the first's).
     """
-    hidden_sizes = config.hidden_sizes
-    encoder = stack_encoder(
-        n_genes,
-        hidden_sizes,
-        activation=config.activation,
-        scale=scale,
-        weights=encoder_weights,
-        seed=seed,
-        dropout=config.dropout,
-    )
-    head = keras.layers.Dense(
-        n_classes,
-        activation="softmax",
-        kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, len(hidden_sizes))),
-        name=HEAD,
-    )
-    return keras.Model(encoder.input, head(encoder.output), name="scquery")
+
+    def stacked(dropout, name):
+        encoder = stack_encoder(
+            n_genes,
+            config.hidden_sizes,
+            activation=config.activation,
+            scale=scale,
+            weights=encoder_weights,
+            seed=seed,
+            dropout=dropout,
+        )
+        head = keras.layers.Dense(
+            n_classes,
+            activation="softmax",
+            kernel_initializer=keras.initializers.GlorotUniform(seed_for(seed, len(config.hidden_sizes))),
+            name=HEAD,
+        )
+        return keras.Model(encoder.input, head(encoder.output), name=name)
+
+    first = stacked(config.dropout, "scquery")
+    if not config.ensemble_dropout:
+        return first
+    second = stacked(config.ensemble_dropout, WITH_DROPOUT)
+    mean = keras.layers.Average(name="mean_probabilities")([first.output, second(first.input)])
+    return keras.Model(first.input, mean, name="scquery")
+
+
+def branches(model):
+    """The classifiers of `model` to fine-tune, by name (`HEAD`, and `WITH_DROPOUT` where it has
+    one): each a model of `model`'s own layers, so that training it trains `model`."""
+    if model.get_layer(index=-1).name == HEAD:
+        return {HEAD: model}
+    first = keras.Model(model.input, model.get_layer(HEAD).output, name="scquery")
+    return {HEAD: first, WITH_DROPOUT: model.get_layer(WITH_DROPOUT)}
 
 
 def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbose="auto"):
@@ -74,7 +98,9 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbos
     rows = device_rows(X) if isinstance(rows, str) else rows  # "auto"
     Batches = SparseBatches if rows is None else RowBatches
     cells = np.arange(X.shape[0]) if cells is None else np.asarray(cells)
-    label = "fine-tuning the classifier"
+    label = (
+        "fine-tuning the second classifier" if model.name == WITH_DROPOUT else "fine-tuning the classifier"
+    )
     callbacks, validation, stopper = [EpochTimer()], None, None
     train_rows = np.arange(len(y))
     # At least one validation cell per class, so that rare classes can be stratified.

@@ -104,6 +104,15 @@ class TrainConfig:
         high=1,
         high_open=True,
     )
+    ensemble_dropout: float = option(
+        0.0,
+        "Fine-tune a second classifier beside the first, from the same pretrained encoder, dropping its "
+        "input genes at this rate while training, and average the two classifiers' probabilities (0: one "
+        "classifier); the embedding stays the first's. It costs a second fine-tuning",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     average_epochs: float = option(
         0,
         "Epochs an exponential moving average of the classifier's weights spans while fine-tuning "

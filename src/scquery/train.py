@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from .batches import device_rows
 from .bundle import Bundle, model_digest, with_index
-from .classifier import build_classifier, embedding_model, fit_classifier, predict_in_chunks
+from .classifier import branches, build_classifier, embedding_model, fit_classifier, predict_in_chunks
 from .config import TrainConfig, load_train_config
 from .errors import ScqueryError
 from .imputation import IMPUTER_KEY, imputer_record
@@ -158,12 +158,11 @@ def _train(adata, label_key, config, unlabeled, encoder, values, species, verbos
         scale=record["scale"],
         seed=seed_for(config.seed, _CLASSIFIER),
     )
-    history = {
-        "pretrain": [] if encoder is None else encoder.history,
-        "classifier": fit_classifier(
-            model, X, y, config, cells=cells, seed=config.seed, rows=rows, verbose=verbose
-        ),
-    }
+    history = {"pretrain": [] if encoder is None else encoder.history}
+    for name, classifier in branches(model).items():
+        history[name] = fit_classifier(
+            classifier, X, y, config, cells=cells, seed=config.seed, rows=rows, verbose=verbose
+        )
     propagated, y_propagated = _propagate(model, X, obs, label_key, config, rows)
     history["cells"] = {
         "labelled": len(cells),
