@@ -329,8 +329,8 @@ def test_the_classifier_keeps_its_averaged_weights():
 
 def test_a_second_classifier_with_dropout_is_averaged_in(split, small_config, tmp_path):
     """`ensemble_dropout` fine-tunes a second classifier, its input genes dropped while training: the
-    output is the mean of both classifiers' probabilities, both trained from the same pretrained
-    encoder, the embedding is the first's, and the saved bundle predicts the same."""
+    output is the mean of both classifiers' probabilities, the first is the one classifier trained
+    without the option, the embedding is the first's, and the saved bundle predicts the same."""
     reference, query = split
     config = {**small_config, "ensemble_dropout": 0.7}
     bundle = train(reference, label_key="bulk_labels", config=config, seed=0, verbose=0)
@@ -342,8 +342,7 @@ def test_a_second_classifier_with_dropout_is_averaged_in(split, small_config, tm
     first, second = (predict_in_chunks(part, X) for part in parts.values())
     assert np.abs(first - second).max() > 0.01  # two classifiers, trained apart
     np.testing.assert_allclose(predict_in_chunks(bundle.model, X), (first + second) / 2, atol=1e-6)
-    for part in parts.values():  # each fine-tuned from the pretrained encoder's weights
-        assert 0 < part.get_layer("encoder_0").get_weights()[0].std()
+    assert bundle.history[WITH_DROPOUT]["loss"] and bundle.history[WITH_DROPOUT]["kept_epoch"] >= 1
     one = train(reference, label_key="bulk_labels", config=small_config, seed=0, verbose=0)
     np.testing.assert_array_equal(predict_in_chunks(one.model, X), first)  # the first is the plain one
     np.testing.assert_array_equal(bundle.reference.obsm["X_scquery"], one.reference.obsm["X_scquery"])
