@@ -207,3 +207,18 @@ def test_cli_query_with_species_or_gene_map(bundle, mouse_query, tmp_path):
     by_species, by_map = ad.read_h5ad(tmp_path / "s.h5ad"), ad.read_h5ad(tmp_path / "m.h5ad")
     assert by_map.uns["scquery"]["gene_map"]["name"] == "map.csv"
     assert (by_species.obs["scquery_prediction"] == by_map.obs["scquery_prediction"]).all()
+
+
+def test_unlabelled_cells_of_another_species_pretrain_through_the_orthologues(
+    split, small_config, mouse_query
+):
+    from scquery.train import pretrain
+
+    human, mouse, _ = mouse_query
+    config = {**small_config, "genes": list(split[0].var_names), "pretrain_epochs": 1}
+    crossed = pretrain(split[0], config=config, unlabeled=mouse, seed=0)
+    same = pretrain(split[0], config=config, unlabeled=human, seed=0)
+    assert crossed.history[0]["cells"] == split[0].n_obs + mouse.n_obs
+    for (k1, b1), (k2, b2) in zip(crossed.weights, same.weights, strict=True):
+        np.testing.assert_allclose(k1, k2, atol=1e-6)
+        np.testing.assert_allclose(b1, b2, atol=1e-6)

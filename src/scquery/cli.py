@@ -194,7 +194,8 @@ def _add_train(subparsers):
         default=[],
         metavar="FILE",
         help="more files or 10x folders for pretraining only, each processed like a query "
-        "(aligned to the reference's genes); the input options below apply to them too",
+        "(aligned to the reference's genes; one of another species through the built-in "
+        "orthologues); the input options below apply to them too",
     )
     parser.add_argument("--out", required=True, help="model bundle folder to write")
     parser.add_argument(

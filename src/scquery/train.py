@@ -28,8 +28,9 @@ from .imputation import IMPUTER_KEY, imputer_record
 from .labels import check_labels, labelled_cells
 from .logs import logger, without_retracing_warnings
 from .options import InputOptions, check
+from .orthologs import detect_species
 from .placement import data_parallel
-from .preprocessing.align import apply_record
+from .preprocessing.align import apply_record, reference_species
 from .preprocessing.fit import fit_reference, qc_cells
 from .pretrain import PretrainedEncoder, pretrain_greedy, seed_for
 from .profiles import PROFILES_KEY, type_profiles
@@ -105,7 +106,8 @@ def train(
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
             (the reference's quality control), normalized and aligned to the reference's genes
-            like a query (`scquery.preprocessing.align.apply_record`).
+            like a query (`scquery.preprocessing.align.apply_record`); one whose gene names look
+            like another species than the reference's through the built-in orthologues.
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
         species: the reference's species, 'human' or 'mouse' (default: detected from the gene
@@ -321,10 +323,21 @@ def _datasets(unlabeled):
 
 def _unlabeled_matrix(cells, record, config):
     """Unlabelled data (`Cells`) as pretraining input: the reference's quality control, then
-    processed and aligned to its genes like a query."""
+    processed and aligned to its genes like a query; data whose gene names look like another species
+    than the reference's are mapped through the built-in orthologues (a query's `species`)."""
     kept = qc_cells(cells, config)
     passing = dataclasses.replace(cells, X=cells.X[kept], obs=cells.obs.iloc[kept])
-    return apply_record(passing, record, InputOptions())[0]
+    found, reference = detect_species(cells.genes), reference_species(record)
+    species = found if found and reference and found != reference else None
+    if species:
+        logger.info(
+            "%s: its gene names look %s; mapped onto the %s reference's genes through the built-in "
+            "orthologues",
+            cells.source,
+            species,
+            reference,
+        )
+    return apply_record(passing, record, InputOptions(species=species))[0]
 
 
 def _check_encoder(encoder, record, config):
