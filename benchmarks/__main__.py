@@ -58,8 +58,8 @@ def _seeds(quick, log):
 def _labels(quick, log):
     from .labels import run_labels, settings
 
-    rows, summary = run_labels(quick=quick, log=log)
-    return {**settings(quick), "rows": rows, "summary": summary.to_dict("records")}
+    rows, summary, skipped = run_labels(quick=quick, log=log)
+    return {**settings(quick), "rows": rows, "summary": summary.to_dict("records"), "skipped": skipped}
 
 
 def _pretraining(quick, log):

@@ -1,9 +1,12 @@
 """Label efficiency: what users read (the prediction) when a reference has few labels, and whether
 its unlabelled cells and the query study's help.
 
-For each cross-study development pair (pbmc3k → pbmc68k, Baron with donor human3 out, CellBench
-CEL-seq2 → Drop-seq), a stratified fraction of the reference's labels is kept (at least 2 cells per
-type, seeded); the other reference cells stay, unlabelled. Compared on the same query:
+The pairs: the cross-study development pairs (pbmc3k → pbmc68k, Baron with donor human3 out,
+CellBench CEL-seq2 → Drop-seq), then the whole pairs of the pair cache (`benchmarks.pairs`, each in
+its split, tuning or validation; the one-type MAIT pair left out, as it asks no classification; a
+pair skipped with one line where the cache is absent or scquery refuses its query). In each, a
+stratified fraction of the reference's labels is kept (at least 2 cells per type, seeded); the other
+reference cells stay, unlabelled. Compared on the same query:
 
 * scquery pretrained on every reference cell and the query study's cells (given as unlabelled
   data), fine-tuned on the labelled cells; its unlabelled reference cells labelled by the model
@@ -11,11 +14,14 @@ type, seeded); the other reference cells stay, unlabelled. Compared on the same 
 * the same model without that propagation (the reference points are the labelled cells only: what
   scquery did before);
 * scquery without pretraining (with propagation);
-* the peers, trained on the labelled cells: PCA + kNN, logistic regression, CellTypist.
+* the peers, trained on the labelled cells: PCA + kNN, logistic regression, CellTypist (on both
+  sides' log-normalized values, a cross-species query on its one-to-one orthologues:
+  `pairs.on_shared_genes`).
 
 scquery's score is its prediction (`query()`'s `scquery_prediction`: kNN vote + classifier +
 Unknown rules), with 'Unknown' counted as wrong; its classifier head's score and the share of
-known query cells called Unknown are recorded beside it.
+known query cells called Unknown are recorded beside it. Every score is over the query cells of the
+reference's types (a cached pair's query may hold others).
 """
 
 import dataclasses
@@ -24,11 +30,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from .baselines import logistic_regression, pca_knn
+from scquery.errors import ScqueryError
+
+from . import crossstudy_tasks, pairs
 from .methods import run_scquery
 from .metrics import label_scores
-from .quality import celltypist_predictions
-from .tasks import Split, data_dir, synthetic_split
+from .tasks import data_dir, synthetic_split
+from .unknown_pairs import peer_runs, shared_gene_celltypist
 
 FRACTIONS = (0.01, 0.05, 1.0)
 SEEDS = (0, 1, 2)
@@ -63,7 +71,8 @@ def settings(quick):
     return {
         "fractions": list(FRACTIONS),
         "seeds": list(SEEDS),
-        "folds": "the cross-study development pairs (Baron: donor human3 out)",
+        "folds": "the cross-study development pairs (Baron: donor human3 out) and the whole pairs of the "
+        "pair cache (benchmarks/PAIRS.md), each in its split",
     }
 
 
@@ -76,21 +85,28 @@ def _unlabelled(reference, keep):
     return partial
 
 
-def _tasks(quick):
-    """The cross-study pairs as splits (both sides hold the same kind of values in every pair)."""
+def _tasks(quick, *, cached=True, log=print):
+    """(task, split) of every pair (module docstring), as `crossstudy_tasks.Task`s; the cached pairs
+    only when `cached`; synthetic data when `quick` or without the shared data."""
     folder = data_dir()
     if quick or folder is None:
-        yield synthetic_split(*((1000, 500) if quick else ()))
+        split = synthetic_split(*((1000, 500) if quick else ()))
+        yield (
+            crossstudy_tasks.Task(split.task, split.reference, split.query, split.values, split.values),
+            "tuning",
+        )
         return
-    from .crossstudy_tasks import baron_pair, cellbench_pair, pbmc_pair
-
-    for pair in (pbmc_pair(folder), baron_pair(folder), cellbench_pair(folder)):
-        assert pair.reference_values == pair.query_values
-        yield Split(pair.pair, "-", pair.reference, pair.query, pair.reference_values)
+    for pair in (crossstudy_tasks.pbmc_pair, crossstudy_tasks.baron_pair, crossstudy_tasks.cellbench_pair):
+        yield pair(folder), "tuning"
+    if cached:
+        for task in pairs.tasks(log=log):
+            if not task.held_out and task.pair not in pairs.ONE_TYPE:
+                yield task, task.split
 
 
 def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, peers=True, tasks=None):
-    """Score rows of every task, label fraction, seed and method, and their summary.
+    """Score rows of every task, label fraction, seed and method, their summary, and the tasks
+    skipped (each with why).
 
     `options` (training options on top of the benchmark's), `peers=False` and `tasks` (names of
     the tasks to run) serve experiments.
@@ -102,52 +118,59 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
     fractions = fractions or (QUICK_FRACTIONS if quick else FRACTIONS)
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     config = scquery_config(quick=quick, **(options or {}))
-    rows = []
-    for split in _tasks(quick):
-        if tasks is not None and split.task not in tasks:
+    rows, skipped = [], []
+    for task, split in _tasks(quick, log=log):
+        if tasks is not None and task.name not in tasks:
             continue
-        log(f"{split.task}: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells")
-        for seed in seeds:
-            for fraction in fractions:
-                run = _Run(split, fraction, seed, config, log)
-                start = time.perf_counter()
-                # the labels kept choose the defining genes among the model's inputs (marker_genes)
-                encoder = pretrain(
-                    run.partial, label_key="label", config=config, unlabeled=split.query, seed=seed
-                )
-                log(
-                    f"  pretrained on {split.reference.n_obs} + {split.query.n_obs} cells "
-                    f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
-                )
-                run.pretrained(encoder)
-                run.no_pretraining()
-                if peers:
-                    run.peers()
-                rows.extend(run.rows)
-    return rows, summarize(rows)
+        log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
+        try:
+            for seed in seeds:
+                for fraction in fractions:
+                    run = _Run(task, split, fraction, seed, config, log)
+                    start = time.perf_counter()
+                    # the labels kept choose the defining genes among the model's inputs (marker_genes)
+                    encoder = pretrain(
+                        run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
+                    )
+                    log(
+                        f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
+                        f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
+                    )
+                    run.pretrained(encoder)
+                    run.no_pretraining()
+                    if peers:
+                        run.peers()
+                    rows.extend(run.rows)
+        except ScqueryError as refused:  # what a user would be told; the task's rows so far are dropped
+            rows = [row for row in rows if row["task"] != task.name]
+            skipped.append({"task": task.name, "split": split, "why": str(refused)})
+            log(f"  skipped: {refused}")
+    return rows, summarize(rows), skipped
 
 
 class _Run:
     """Every method on one task, label fraction and seed; the score rows in `rows`."""
 
-    def __init__(self, split, fraction, seed, config, log):
-        self.split, self.fraction, self.seed, self.config, self.log = split, fraction, seed, config, log
-        self.keep = keep_labels(split.reference.obs["label"], fraction, seed)
-        self.labelled = split.reference[self.keep].copy()
-        self.partial = _unlabelled(split.reference, self.keep)
-        self.truth = split.query.obs["label"].astype(str).to_numpy()
-        self.known = np.isin(self.truth, np.unique(split.reference.obs["label"].astype(str)))
+    def __init__(self, task, split, fraction, seed, config, log):
+        self.task, self.split = task, split
+        self.fraction, self.seed, self.config, self.log = fraction, seed, config, log
+        self.keep = keep_labels(task.reference.obs["label"], fraction, seed)
+        self.labelled = task.reference[self.keep].copy()
+        self.partial = _unlabelled(task.reference, self.keep)
+        truth = task.query.obs["label"].astype(str).to_numpy()
+        self.known = np.isin(truth, np.unique(task.reference.obs["label"].astype(str)))
+        self.truth = truth[self.known]
         self.rows = []
 
     def record(self, method, predictions, seconds, **extra):
         row = {
-            "task": self.split.task,
-            "fold": self.split.fold,
+            "task": self.task.name,
+            "split": self.split,
             "fraction": self.fraction,
             "seed": self.seed,
             "method": method,
             "n_labelled": int(self.keep.sum()),
-            **label_scores(self.truth, predictions),
+            **label_scores(self.truth, np.asarray(predictions)[self.known]),
             "seconds": round(seconds, 2),
             **extra,
         }
@@ -166,15 +189,21 @@ class _Run:
     def scquery(self, method, *, config=None, **train_options):
         start = time.perf_counter()
         result = run_scquery(
-            self.partial, self.split.query, config=config or self.config, seed=self.seed, **train_options
+            self.partial,
+            self.task.query,
+            config=config or self.config,
+            seed=self.seed,
+            species=getattr(self.task, "query_species", None),
+            **train_options,
         )
+        known = self.known
         self.record(
             method,
             result["prediction"],
             time.perf_counter() - start,
-            classifier_macro_f1=label_scores(self.truth, result["classifier"])["macro_f1"],
-            knn_macro_f1=label_scores(self.truth, result["knn"])["macro_f1"],
-            unknown=float((result["prediction"][self.known] == "Unknown").mean()),
+            classifier_macro_f1=label_scores(self.truth, result["classifier"][known])["macro_f1"],
+            knn_macro_f1=label_scores(self.truth, result["knn"][known])["macro_f1"],
+            unknown=float((result["prediction"][known] == "Unknown").mean()),
             propagated=result["propagated"],
         )
 
@@ -193,15 +222,14 @@ class _Run:
         self.scquery(NONE, config=dataclasses.replace(self.config, pretrain=False))
 
     def peers(self):
-        split, labelled, seed = self.split, self.labelled, self.seed
-        labelled_split = dataclasses.replace(split, reference=labelled)
-        for name, predict in (
-            ("PCA + kNN", lambda: pca_knn(labelled, split.query, values=split.values, seed=seed)),
-            ("logistic regression", lambda: logistic_regression(labelled, split.query, values=split.values)),
-            ("CellTypist 1.7.1", lambda: {"predictions": celltypist_predictions(labelled_split)}),
-        ):
+        labelled = dataclasses.replace(self.task, reference=self.labelled)
+        runs = {
+            **peer_runs(labelled, self.seed),
+            "CellTypist 1.7.1": lambda: shared_gene_celltypist(labelled),
+        }
+        for name, predict in runs.items():
             start = time.perf_counter()
-            predictions = predict()["predictions"]
+            predictions = predict()
             if predictions is not None:
                 self.record(name, predictions, time.perf_counter() - start)
 
@@ -213,7 +241,7 @@ def summarize(rows):
     for column in ("classifier_macro_f1", "unknown", "propagated"):
         if column not in table:
             table[column] = np.nan
-    grouped = table.groupby(["task", "fraction", "method"], sort=False)
+    grouped = table.groupby(["split", "task", "fraction", "method"], sort=False)
     summary = grouped[
         ["macro_f1", "accuracy", "classifier_macro_f1", "unknown", "propagated", "seconds", "n_labelled"]
     ].mean()

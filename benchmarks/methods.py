@@ -21,9 +21,12 @@ def scquery_config(*, quick, pretrain=True, **options):
     )
 
 
-def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, config=None, **train_options):
+def run_scquery(
+    reference, query_data, *, quick=False, pretrain=True, seed=0, config=None, species=None, **train_options
+):
     """Train scquery on `reference` (with `config`, or the benchmark's; `train_options`: `unlabeled`,
-    `encoder` of `scquery.train.train`) and query `query_data` (a copy is annotated).
+    `encoder` of `scquery.train.train`) and query `query_data` (a copy is annotated; `species`: the
+    query's, where it differs from the reference's).
 
     Returns the prediction, the kNN vote's and the classifier's own answers, the share of cells
     rejected as Unknown, and the
@@ -37,7 +40,7 @@ def run_scquery(reference, query_data, *, quick=False, pretrain=True, seed=0, co
         **train_options,
     )
     annotated = query_data.copy()
-    query(annotated, bundle, k=min(15, bundle.reference.n_obs))  # a reference of few labelled cells
+    query(annotated, bundle, k=min(15, bundle.reference.n_obs), species=species)  # k: few labelled cells
     prediction = annotated.obs["scquery_prediction"].astype(str).to_numpy()
     return {
         "prediction": prediction,

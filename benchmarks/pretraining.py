@@ -1,9 +1,9 @@
-"""Where pretraining pays: the few-label tasks of `benchmarks.labels` (1 % and 5 % of each reference's
-labels kept, the same cells per seed; the query study's cells given as unlabelled data), scquery
-pretrained under each variant of `VARIANTS` (the noise, the width and depth, the fine-tuning epochs),
-against the same without pretraining. Each variant is the training options it changes on top of the
-benchmark's; what users read (the prediction) and the classifier head are recorded per seed. The peers
-on the same tasks, seeds and labels are in the labels part.
+"""Where pretraining pays: the few-label tasks of `benchmarks.labels` on its development pairs (1 %
+and 5 % of each reference's labels kept, the same cells per seed; the query study's cells given as
+unlabelled data), scquery pretrained under each variant of `VARIANTS` (the noise, the width and
+depth, the fine-tuning epochs), against the same without pretraining. Each variant is the training
+options it changes on top of the benchmark's; what users read (the prediction) and the classifier
+head are recorded per seed. The peers on the same tasks, seeds and labels are in the labels part.
 """
 
 import time
@@ -37,18 +37,18 @@ def run_pretraining(*, quick, log=print):
     seeds = QUICK_SEEDS if quick else SEEDS
     variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
     rows = []
-    for split in _tasks(quick):
-        log(f"{split.task}: {split.reference.n_obs} reference cells, {split.query.n_obs} query cells")
+    for task, split in _tasks(quick, cached=False):
+        log(f"{task.name}: {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
         for seed in seeds:
             for fraction in fractions:
                 for name, options in variants.items():
                     config = scquery_config(quick=quick, **options)
-                    run = _Run(split, fraction, seed, config, log)
+                    run = _Run(task, split, fraction, seed, config, log)
                     start = time.perf_counter()
                     encoder = None
                     if config.pretrain:
                         encoder = pretrain(
-                            run.partial, label_key="label", config=config, unlabeled=split.query, seed=seed
+                            run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
                         )
                     run.scquery(name, encoder=encoder)
                     run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # pretraining included

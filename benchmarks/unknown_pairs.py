@@ -129,15 +129,27 @@ def query_pair(task, bundle):
 def log_normalized_peers(task, seed):
     """PCA + kNN's and logistic regression's predictions on both sides' log-normalized values, on the
     genes they share (`pairs.on_shared_genes`: a cross-species query on its one-to-one orthologues)."""
+    return {name: predict() for name, predict in peer_runs(task, seed).items()}
+
+
+def peer_runs(task, seed):
+    """`log_normalized_peers` as one call per peer, each returning its predictions (to time each)."""
     reference, query_data = pairs.on_shared_genes(task)
     ref_log = log_normalized(reference, task.reference_values)
     query_log = log_normalized(query_data, task.query_values)
     return {
-        "PCA + kNN": pca_knn(ref_log, query_log, values="log1p", seed=seed)["predictions"],
-        "logistic regression": logistic_regression(ref_log, query_log, values="log1p", seed=seed)[
+        "PCA + kNN": lambda: pca_knn(ref_log, query_log, values="log1p", seed=seed)["predictions"],
+        "logistic regression": lambda: logistic_regression(ref_log, query_log, values="log1p", seed=seed)[
             "predictions"
         ],
     }
+
+
+def shared_gene_celltypist(task, **options):
+    """CellTypist's `celltypist_predictions` (its `options`) on both sides of `task`, on the genes they
+    share (`pairs.on_shared_genes`); None where CellTypist is not configured."""
+    reference, query_data = pairs.on_shared_genes(task)
+    return celltypist_predictions(_Split(reference, query_data, task), **options)
 
 
 def _peers(task, seed, log):
@@ -146,7 +158,7 @@ def _peers(task, seed, log):
     out, scores = log_normalized_peers(task, seed), {}
     nearest, similarity = scmap_cosine(reference, query_data, **values)
     out["scmap-cosine"], scores["scmap-cosine"] = nearest, 1 - similarity
-    table = celltypist_predictions(_Split(reference, query_data, task), probability=True)
+    table = shared_gene_celltypist(task, probability=True)
     if table is None:
         log("  CellTypist not run (SCQUERY_BENCH_CELLTYPIST_PYTHON unset, or it failed): left out")
     else:

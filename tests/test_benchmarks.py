@@ -331,9 +331,10 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
     assert [int(keep[labels == name].sum()) for name in "abc"] == [3, 2, 1]
     assert not np.array_equal(keep, keep_labels(labels, 0.01, seed=1))
 
-    def row(method, f1, *, seed, head=np.nan, unknown=np.nan):
+    def row(method, f1, *, seed, task="t", split="tuning", head=np.nan, unknown=np.nan):
         return {
-            "task": "t",
+            "task": task,
+            "split": split,
             "fraction": 0.05,
             "seed": seed,
             "method": method,
@@ -353,17 +354,30 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
             row(NO_PROPAGATION, 0.50, seed=seed, head=0.92, unknown=0.4),
             row(NONE, 0.80, seed=seed, head=0.85, unknown=0.08),
             row("logistic regression", 0.88, seed=seed),
+            row(QUERY, 0.70, seed=seed, task="v", split="validation", head=0.70, unknown=0.01),
+            row(NONE, 0.75, seed=seed, task="v", split="validation", head=0.75, unknown=0.01),
         ]
     summary = summarize(rows)
-    assert summary.runs.tolist() == [2] * 4
-    text = "\n".join(
-        labels_section({"seeds": [0, 1], "folds": "a test", "summary": summary.to_dict("records")})
-    )
+    assert summary.runs.tolist() == [2] * 6
+    result = {
+        "seeds": [0, 1],
+        "folds": "a test",
+        "summary": summary.to_dict("records"),
+        "skipped": [{"task": "w", "split": "validation", "why": "Too few genes."}],
+    }
+    text = "\n".join(labels_section(result))
+    assert "### t (tuning, 2 runs)" in text and "### v (validation, 2 runs)" in text
     assert "0.905 ± 0.005 (head 0.920, Unknown 2.0%)" in text
-    assert "- the prediction ≥ the classifier head − 0.01: met on 0 of 1." in text
-    assert "- known cells called Unknown ≤ 5 %: met on 1 of 1 (t 5%)." in text
-    assert "- the prediction ≥ no pretraining + 0.03: met on 1 of 1 (t 5%)." in text
-    assert "- the prediction ≥ the best peer + 0.03: met on 0 of 1." in text
+    assert "- w (validation): not run: Too few genes." in text
+    tuning, validation = text.split("Targets at 5% labels, tuning pairs")[1].split(
+        "Targets at 5% labels, validation"
+    )
+    assert "- the prediction ≥ the classifier head − 0.01: met on 0 of 1." in tuning
+    assert "- known cells called Unknown ≤ 5 %: met on 1 of 1 (t 5%)." in tuning
+    assert "- the prediction ≥ no pretraining + 0.03: met on 1 of 1 (t 5%)." in tuning
+    assert "- the prediction ≥ the best peer + 0.03: met on 0 of 1." in tuning
+    assert "- the prediction not below no pretraining by more than 0.01: met on 0 of 1." in validation
+    assert "- the prediction ≥ the classifier head − 0.01: met on 1 of 1 (v 5%)." in validation
 
 
 def test_the_split_names_every_pair_once_and_each_kind_has_a_validation_pair():
@@ -629,6 +643,7 @@ def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretr
     rows = [
         {
             "task": task,
+            "split": "tuning",
             "fraction": fraction,
             "seed": 0,
             "method": name,
