@@ -24,6 +24,7 @@ known query cells called Unknown are recorded beside it. Every score is over the
 reference's types (a cached pair's query may hold others).
 """
 
+import contextlib
 import dataclasses
 import time
 
@@ -85,9 +86,9 @@ def _unlabelled(reference, keep):
     return partial
 
 
-def _tasks(quick, *, cached=True, log=print):
-    """(task, split) of every pair (module docstring), as `crossstudy_tasks.Task`s; the cached pairs
-    only when `cached`; synthetic data when `quick` or without the shared data."""
+def _tasks(quick, *, log=print):
+    """(task, split) of every pair (module docstring), as `crossstudy_tasks.Task`s; synthetic data
+    when `quick` or without the shared data."""
     folder = data_dir()
     if quick or folder is None:
         split = synthetic_split(*((1000, 500) if quick else ()))
@@ -98,10 +99,9 @@ def _tasks(quick, *, cached=True, log=print):
         return
     for pair in (crossstudy_tasks.pbmc_pair, crossstudy_tasks.baron_pair, crossstudy_tasks.cellbench_pair):
         yield pair(folder), "tuning"
-    if cached:
-        for task in pairs.tasks(log=log):
-            if not task.held_out and task.pair not in pairs.ONE_TYPE:
-                yield task, task.split
+    for task in pairs.tasks(log=log):
+        if not task.held_out and task.pair not in pairs.ONE_TYPE:
+            yield task, task.split
 
 
 def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, peers=True, tasks=None):
@@ -123,7 +123,7 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
         if tasks is not None and task.name not in tasks:
             continue
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        try:
+        with refusals(task, split, rows, skipped, log):
             for seed in seeds:
                 for fraction in fractions:
                     run = _Run(task, split, fraction, seed, config, log)
@@ -141,11 +141,19 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
                     if peers:
                         run.peers()
                     rows.extend(run.rows)
-        except ScqueryError as refused:  # what a user would be told; the task's rows so far are dropped
-            rows = [row for row in rows if row["task"] != task.name]
-            skipped.append({"task": task.name, "split": split, "why": str(refused)})
-            log(f"  skipped: {refused}")
     return rows, summarize(rows), skipped
+
+
+@contextlib.contextmanager
+def refusals(task, split, rows, skipped, log):
+    """Around one task's runs: where scquery refuses it (`ScqueryError`, the sentence a user would
+    read), its `rows` so far are dropped and it joins `skipped`, with why."""
+    try:
+        yield
+    except ScqueryError as refused:
+        rows[:] = [row for row in rows if row["task"] != task.name]
+        skipped.append({"task": task.name, "split": split, "why": str(refused)})
+        log(f"  skipped: {refused}")
 
 
 class _Run:

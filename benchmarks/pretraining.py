@@ -1,4 +1,4 @@
-"""Where pretraining pays: the few-label tasks of `benchmarks.labels` on its development pairs (1 %
+"""Where pretraining pays: the few-label tasks of `benchmarks.labels`, its pairs in their splits (1 %
 and 5 % of each reference's labels kept, the same cells per seed; the query study's cells given as
 unlabelled data), scquery pretrained under each variant of `VARIANTS` (the noise, the width and
 depth, the fine-tuning epochs), against the same without pretraining. Each variant is the training
@@ -8,7 +8,7 @@ head are recorded per seed. The peers on the same tasks, seeds and labels are in
 
 import time
 
-from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, summarize
+from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, refusals, summarize
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
@@ -36,23 +36,24 @@ def run_pretraining(*, quick, log=print):
     fractions = QUICK_FRACTIONS if quick else FRACTIONS
     seeds = QUICK_SEEDS if quick else SEEDS
     variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
-    rows = []
-    for task, split in _tasks(quick, cached=False):
-        log(f"{task.name}: {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        for seed in seeds:
-            for fraction in fractions:
-                for name, options in variants.items():
-                    config = scquery_config(quick=quick, **options)
-                    run = _Run(task, split, fraction, seed, config, log)
-                    start = time.perf_counter()
-                    encoder = None
-                    if config.pretrain:
-                        encoder = pretrain(
-                            run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
-                        )
-                    run.scquery(name, encoder=encoder)
-                    run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # pretraining included
-                    rows.extend(run.rows)
+    rows, skipped = [], []
+    for task, split in _tasks(quick, log=log):
+        log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
+        with refusals(task, split, rows, skipped, log):
+            for seed in seeds:
+                for fraction in fractions:
+                    for name, options in variants.items():
+                        config = scquery_config(quick=quick, **options)
+                        run = _Run(task, split, fraction, seed, config, log)
+                        start = time.perf_counter()
+                        encoder = None
+                        if config.pretrain:
+                            encoder = pretrain(
+                                run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
+                            )
+                        run.scquery(name, encoder=encoder)
+                        run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # pretraining in
+                        rows.extend(run.rows)
     summary = summarize(rows)
     return {
         "fractions": list(fractions),
@@ -60,4 +61,5 @@ def run_pretraining(*, quick, log=print):
         "variants": dict(variants),
         "rows": rows,
         "summary": summary.to_dict("records"),
+        "skipped": skipped,
     }

@@ -420,8 +420,7 @@ def labels_section(result):
             + ".",
             "",
         ]
-    for skipped in result.get("skipped", []):
-        parts += [f"- {skipped['task']} ({skipped['split']}): not run: {skipped['why']}", ""]
+    parts += _skipped(result)
     low = [f for f in fractions if f in (0.01, 0.05)]
     targets = [
         ("the prediction ≥ the classifier head − 0.01", lambda c: c["head"] >= -0.01),
@@ -459,8 +458,9 @@ def _labels_cell(row):
 
 
 def pretraining_section(result):
-    """Where pretraining pays: per task, each variant's prediction and head at each label fraction, then
-    each variant's mean over the tasks and fractions against the defaults and against no pretraining."""
+    """Where pretraining pays: per task (in its split), each variant's prediction and head at each label
+    fraction, then per split each variant's mean over the tasks and fractions against the defaults and
+    against no pretraining."""
     from .pretraining import DEFAULTS, NONE
 
     summary = pd.DataFrame(result["summary"])
@@ -475,22 +475,39 @@ def pretraining_section(result):
         "data for pretraining), scquery pretrained under each variant (the options it changes on top of the "
         "defaults: "
         + "; ".join(f"{name}: `{json.dumps(options)}`" for name, options in result["variants"].items())
-        + "). Macro-F1 of the prediction on the query ('Unknown' counts as wrong), mean ± sd over seeds "
-        f"{', '.join(map(str, result['seeds']))}, with the classifier head's beside it. The peers on the "
-        "same tasks and labels are in 'Label efficiency'.",
+        + "). Macro-F1 of the prediction over the query cells of the reference's types ('Unknown' counts "
+        f"as wrong), mean ± sd over seeds {', '.join(map(str, result['seeds']))}, with the classifier "
+        "head's beside it. The peers on the same tasks and labels are in 'Label efficiency'.",
         "",
     ]
-    for task, table in summary.groupby("task", sort=False):
+    for (split, task), table in summary.groupby(["split", "task"], sort=False):
         header = ["variant", *(f"{f:.0%}" for f in fractions)]
         rows = []
         for name in variants:
             cells = {r.fraction: r for r in table[table.method == name].itertuples()}
             rows.append([name, *(_labels_cell(cells.get(f)) for f in fractions)])
-        parts += [f"### {task}", "", _table(header, rows), ""]
+        parts += [f"### {task} ({split})", "", _table(header, rows), ""]
+    parts += _skipped(result)
+    for split, part in summary.groupby("split", sort=False):
+        parts += _variant_means(part, split, variants, DEFAULTS, NONE)
+    return parts
+
+
+def _skipped(result):
+    """A line for each task the part skipped, with why."""
+    return [
+        line
+        for task in result.get("skipped", [])
+        for line in (f"- {task['task']} ({task['split']}): not run: {task['why']}", "")
+    ]
+
+
+def _variant_means(summary, split, variants, defaults, none):
+    """Each variant's mean over the `split`'s tasks and fractions, against `defaults` and `none`."""
     mean = summary.groupby("method", sort=False)[["macro_f1", "classifier_macro_f1"]].mean()
     by = summary.set_index(["method", "task", "fraction"])
-    parts += [
-        f"Each variant over the {len(summary.groupby(['task', 'fraction']))} tasks and fractions:",
+    parts = [
+        f"Each variant over the {len(summary.groupby(['task', 'fraction']))} {split} tasks and fractions:",
         "",
     ]
     for name in variants:
@@ -499,11 +516,11 @@ def pretraining_section(result):
         line = (
             f"- {name}: mean prediction {mean.macro_f1[name]:.3f}, head {mean.classifier_macro_f1[name]:.3f}"
         )
-        if name != DEFAULTS and DEFAULTS in mean.index:
-            prediction, head = mean.loc[name] - mean.loc[DEFAULTS]
+        if name != defaults and defaults in mean.index:
+            prediction, head = mean.loc[name] - mean.loc[defaults]
             line += f" ({prediction:+.3f} and {head:+.3f} against the defaults)"
-        if name != NONE and NONE in mean.index:
-            gains = by.macro_f1[name] - by.macro_f1[NONE]
+        if name != none and none in mean.index:
+            gains = by.macro_f1[name] - by.macro_f1[none]
             line += (
                 f"; ≥ +0.03 over no pretraining on {int((gains >= 0.03).sum())} of {len(gains)}, "
                 f"more than 0.01 below it on {int((gains < -0.01).sum())}"

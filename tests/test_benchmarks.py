@@ -639,11 +639,12 @@ def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretr
     scores = {  # (task, fraction) -> variant -> (prediction, head)
         ("t", 0.01): {DEFAULTS: (0.80, 0.82), "wider": (0.70, 0.75), NONE: (0.70, 0.72)},
         ("t", 0.05): {DEFAULTS: (0.90, 0.91), "wider": (0.93, 0.93), NONE: (0.89, 0.90)},
+        ("v", 0.01): {DEFAULTS: (0.50, 0.50), NONE: (0.60, 0.60)},
     }
     rows = [
         {
             "task": task,
-            "split": "tuning",
+            "split": "validation" if task == "v" else "tuning",
             "fraction": fraction,
             "seed": 0,
             "method": name,
@@ -662,8 +663,18 @@ def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretr
         "seeds": [0],
         "variants": {DEFAULTS: {}, "wider": {"hidden_sizes": [1000, 100]}, NONE: {"pretrain": False}},
         "summary": summarize(rows).to_dict("records"),
+        "skipped": [{"task": "w", "split": "validation", "why": "Too few genes."}],
     }
     text = "\n".join(pretraining_section(result))
+    assert "### t (tuning)" in text and "### v (validation)" in text
+    assert "- w (validation): not run: Too few genes." in text
+    text, validation = text.split("Each variant over the 1 validation tasks and fractions:")
+    assert "Each variant over the 2 tuning tasks and fractions:" in text
+    assert (
+        f"- {DEFAULTS}: mean prediction 0.500, head 0.500; ≥ +0.03 over no pretraining on 0 of 1, "
+        in validation
+    )
+    assert "more than 0.01 below it on 1" in validation
     assert "## Where pretraining pays (`--only pretraining`)" in text
     assert (
         "| wider | 0.700 ± 0.000 (head 0.750, Unknown 0.0%) | 0.930 ± 0.000 (head 0.930, Unknown 0.0%) |"
