@@ -564,7 +564,7 @@ def labels_figure(result, path):
     for ax in list(axes.flat)[len(tasks) :]:
         ax.set_axis_off()
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=3, fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.12 if rows > 1 else 0.2, 1, 1))
+    fig.tight_layout(rect=(0, 0.75 / (3.8 * rows), 1, 1))  # the legend: about 0.75 inch
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
