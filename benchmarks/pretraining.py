@@ -52,7 +52,7 @@ def run_pretraining(*, quick, log=print):
                                 run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
                             )
                         run.scquery(name, encoder=encoder)
-                        run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # pretraining in
+                        run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
                         rows.extend(run.rows)
     summary = summarize(rows)
     return {

@@ -107,7 +107,7 @@ def train(
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
             (the reference's quality control), normalized and aligned to the reference's genes
             like a query (`scquery.preprocessing.align.apply_record`); one whose gene names look
-            like another species than the reference's through the built-in orthologues.
+            like another species than the reference's is mapped through the built-in orthologues.
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
         species: the reference's species, 'human' or 'mouse' (default: detected from the gene
