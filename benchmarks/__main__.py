@@ -58,8 +58,9 @@ def _seeds(quick, log):
 def _labels(quick, log):
     from .labels import run_labels, settings
 
-    rows, summary, skipped = run_labels(quick=quick, log=log)
-    return {**settings(quick), "rows": rows, "summary": summary.to_dict("records"), "skipped": skipped}
+    rows, summary, skipped, lowered = run_labels(quick=quick, log=log)
+    records = summary.to_dict("records")
+    return {**settings(quick), "rows": rows, "summary": records, "skipped": skipped, "lowered": lowered}
 
 
 def _pretraining(quick, log):

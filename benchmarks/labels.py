@@ -21,7 +21,10 @@ reference cells stay, unlabelled. Compared on the same query:
 scquery's score is its prediction (`query()`'s `scquery_prediction`: kNN vote + classifier +
 Unknown rules), with 'Unknown' counted as wrong; its classifier head's score and the share of
 known query cells called Unknown are recorded beside it. Every score is over the query cells of the
-reference's types (a cached pair's query may hold others).
+reference's types (a cached pair's query may hold others). A query study whose cells share too few
+of the model's genes to pretrain on (scquery refuses them) is given again with
+`unlabeled_min_overlap` and the query's `min_overlap` at `unknown_pairs.LOW_OVERLAP`, what a user
+would do (`pretrain_on_query`; the report lists the tasks so read).
 """
 
 import contextlib
@@ -32,12 +35,13 @@ import numpy as np
 import pandas as pd
 
 from scquery.errors import ScqueryError
+from scquery.options import InputOptions
 
 from . import crossstudy_tasks, pairs
 from .methods import run_scquery
 from .metrics import label_scores
 from .tasks import data_dir, synthetic_split
-from .unknown_pairs import peer_runs, shared_gene_celltypist
+from .unknown_pairs import LOW_OVERLAP, peer_runs, shared_gene_celltypist
 
 FRACTIONS = (0.01, 0.05, 1.0)
 SEEDS = (0, 1, 2)
@@ -111,14 +115,12 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
     `options` (training options on top of the benchmark's), `peers=False` and `tasks` (names of
     the tasks to run) serve experiments.
     """
-    from scquery.train import pretrain
-
     from .methods import scquery_config
 
     fractions = fractions or (QUICK_FRACTIONS if quick else FRACTIONS)
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     config = scquery_config(quick=quick, **(options or {}))
-    rows, skipped = [], []
+    rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         if tasks is not None and task.name not in tasks:
             continue
@@ -126,12 +128,9 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
         with refusals(task, split, rows, skipped, log):
             for seed in seeds:
                 for fraction in fractions:
-                    run = _Run(task, split, fraction, seed, config, log)
+                    run = _Run(task, split, fraction, seed, config, log, lowered)
                     start = time.perf_counter()
-                    # the labels kept choose the defining genes among the model's inputs (marker_genes)
-                    encoder = pretrain(
-                        run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
-                    )
+                    encoder = pretrain_on_query(run)
                     log(
                         f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
                         f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
@@ -141,7 +140,32 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
                     if peers:
                         run.peers()
                     rows.extend(run.rows)
-    return rows, summarize(rows), skipped
+    return rows, summarize(rows), skipped, lowered
+
+
+def pretrain_on_query(run):
+    """The encoder pretrained on `run`'s reference (its kept labels choose the defining genes among
+    the model's inputs, `marker_genes`) and its query study's cells, given as unlabelled data. Where
+    scquery refuses them for sharing too few of the model's genes, they are given again with
+    `unlabeled_min_overlap=LOW_OVERLAP`, and the run's query is read with `min_overlap=LOW_OVERLAP`."""
+    from scquery.train import pretrain
+
+    def pretrained():
+        return pretrain(
+            run.partial, label_key="label", config=run.config, unlabeled=run.task.query, seed=run.seed
+        )
+
+    try:
+        return pretrained()
+    except ScqueryError as refused:
+        if run.min_overlap == LOW_OVERLAP or "unlabeled_min_overlap" not in str(refused):
+            raise
+        run.lowered.append(
+            {"task": run.task.name, "split": run.split, "why": str(refused), "overlap": LOW_OVERLAP}
+        )
+        run.log(f"  {refused} (run again with unlabeled_min_overlap={LOW_OVERLAP})")
+    run.lower_overlap()
+    return pretrained()
 
 
 @contextlib.contextmanager
@@ -159,9 +183,12 @@ def refusals(task, split, rows, skipped, log):
 class _Run:
     """Every method on one task, label fraction and seed; the score rows in `rows`."""
 
-    def __init__(self, task, split, fraction, seed, config, log):
+    def __init__(self, task, split, fraction, seed, config, log, lowered):
         self.task, self.split = task, split
         self.fraction, self.seed, self.config, self.log = fraction, seed, config, log
+        self.lowered, self.min_overlap = lowered, InputOptions.min_overlap  # see pretrain_on_query
+        if task.name in {entry["task"] for entry in lowered}:
+            self.lower_overlap()
         self.keep = keep_labels(task.reference.obs["label"], fraction, seed)
         self.labelled = task.reference[self.keep].copy()
         self.partial = _unlabelled(task.reference, self.keep)
@@ -169,6 +196,11 @@ class _Run:
         self.known = np.isin(truth, np.unique(task.reference.obs["label"].astype(str)))
         self.truth = truth[self.known]
         self.rows = []
+
+    def lower_overlap(self):
+        """Read the query study (as unlabelled data and as the query) at `LOW_OVERLAP`."""
+        self.config = dataclasses.replace(self.config, unlabeled_min_overlap=LOW_OVERLAP)
+        self.min_overlap = LOW_OVERLAP
 
     def record(self, method, predictions, seconds, **extra):
         row = {
@@ -202,6 +234,7 @@ class _Run:
             config=config or self.config,
             seed=self.seed,
             species=getattr(self.task, "query_species", None),
+            min_overlap=self.min_overlap,
             **train_options,
         )
         known = self.known

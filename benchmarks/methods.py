@@ -2,6 +2,7 @@
 classifier head read from one query call)."""
 
 from scquery.config import load_train_config
+from scquery.options import InputOptions
 from scquery.query import UNKNOWN, query
 from scquery.train import train
 
@@ -22,11 +23,21 @@ def scquery_config(*, quick, pretrain=True, **options):
 
 
 def run_scquery(
-    reference, query_data, *, quick=False, pretrain=True, seed=0, config=None, species=None, **train_options
+    reference,
+    query_data,
+    *,
+    quick=False,
+    pretrain=True,
+    seed=0,
+    config=None,
+    species=None,
+    min_overlap=InputOptions.min_overlap,
+    **train_options,
 ):
     """Train scquery on `reference` (with `config`, or the benchmark's; `train_options`: `unlabeled`,
     `encoder` of `scquery.train.train`) and query `query_data` (a copy is annotated; `species`: the
-    query's, where it differs from the reference's).
+    query's, where it differs from the reference's; `min_overlap`: the least share of the model's
+    genes it must hold).
 
     Returns the prediction, the kNN vote's and the classifier's own answers, the share of cells
     rejected as Unknown, and the
@@ -40,7 +51,8 @@ def run_scquery(
         **train_options,
     )
     annotated = query_data.copy()
-    query(annotated, bundle, k=min(15, bundle.reference.n_obs), species=species)  # k: few labelled cells
+    k = min(15, bundle.reference.n_obs)  # few labelled cells
+    query(annotated, bundle, k=k, species=species, min_overlap=min_overlap)
     prediction = annotated.obs["scquery_prediction"].astype(str).to_numpy()
     return {
         "prediction": prediction,

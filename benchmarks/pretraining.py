@@ -8,7 +8,7 @@ head are recorded per seed. The peers on the same tasks, seeds and labels are in
 
 import time
 
-from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, refusals, summarize
+from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, pretrain_on_query, refusals, summarize
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
@@ -29,14 +29,12 @@ QUICK_VARIANTS = (DEFAULTS, "Gaussian noise (sd 0.2)", NONE)
 
 def run_pretraining(*, quick, log=print):
     """The score rows of every task, label fraction, seed and variant, their summary and settings."""
-    from scquery.train import pretrain
-
     from .methods import scquery_config
 
     fractions = QUICK_FRACTIONS if quick else FRACTIONS
     seeds = QUICK_SEEDS if quick else SEEDS
     variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
-    rows, skipped = [], []
+    rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
         with refusals(task, split, rows, skipped, log):
@@ -44,13 +42,9 @@ def run_pretraining(*, quick, log=print):
                 for fraction in fractions:
                     for name, options in variants.items():
                         config = scquery_config(quick=quick, **options)
-                        run = _Run(task, split, fraction, seed, config, log)
+                        run = _Run(task, split, fraction, seed, config, log, lowered)
                         start = time.perf_counter()
-                        encoder = None
-                        if config.pretrain:
-                            encoder = pretrain(
-                                run.partial, label_key="label", config=config, unlabeled=task.query, seed=seed
-                            )
+                        encoder = pretrain_on_query(run) if config.pretrain else None
                         run.scquery(name, encoder=encoder)
                         run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
                         rows.extend(run.rows)
@@ -62,4 +56,5 @@ def run_pretraining(*, quick, log=print):
         "rows": rows,
         "summary": summary.to_dict("records"),
         "skipped": skipped,
+        "lowered": lowered,
     }

@@ -494,11 +494,17 @@ def pretraining_section(result):
 
 
 def _skipped(result):
-    """A line for each task the part skipped, with why."""
+    """A line for each task the part skipped, and for each whose query study was given again at a
+    lower gene overlap (`benchmarks.labels.pretrain_on_query`), with why."""
+    skipped = [(task, "not run") for task in result.get("skipped", [])]
+    lowered = [
+        (task, f"its query study read at a gene overlap of {task['overlap']}")
+        for task in result.get("lowered", [])
+    ]
     return [
         line
-        for task in result.get("skipped", [])
-        for line in (f"- {task['task']} ({task['split']}): not run: {task['why']}", "")
+        for task, what in skipped + lowered
+        for line in (f"- {task['task']} ({task['split']}): {what}: {task['why']}", "")
     ]
 
 

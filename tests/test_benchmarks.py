@@ -364,11 +364,13 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
         "folds": "a test",
         "summary": summary.to_dict("records"),
         "skipped": [{"task": "w", "split": "validation", "why": "Too few genes."}],
+        "lowered": [{"task": "v", "split": "validation", "why": "Few genes.", "overlap": 0.2}],
     }
     text = "\n".join(labels_section(result))
     assert "### t (tuning, 2 runs)" in text and "### v (validation, 2 runs)" in text
     assert "0.905 ± 0.005 (head 0.920, Unknown 2.0%)" in text
     assert "- w (validation): not run: Too few genes." in text
+    assert "- v (validation): its query study read at a gene overlap of 0.2: Few genes." in text
     tuning, validation = text.split("Targets at 5% labels, tuning pairs")[1].split(
         "Targets at 5% labels, validation"
     )

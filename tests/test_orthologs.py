@@ -222,3 +222,20 @@ def test_unlabelled_cells_of_another_species_pretrain_through_the_orthologues(
     for (k1, b1), (k2, b2) in zip(crossed.weights, same.weights, strict=True):
         np.testing.assert_allclose(k1, k2, atol=1e-6)
         np.testing.assert_allclose(b1, b2, atol=1e-6)
+
+
+def test_unlabelled_cells_sharing_few_genes_are_refused_by_their_own_option(split, small_config, mouse_query):
+    """Unlabelled data holding under `unlabeled_min_overlap` of the model's genes are refused with a
+    sentence naming that option (not the query's `min_overlap`); lowering it pretrains on them."""
+    from scquery.train import pretrain
+
+    _, mouse, _ = mouse_query
+    genes = list(split[0].var_names)
+    few = mouse[:, : len(genes) // 4].copy()
+    config = {**small_config, "genes": genes, "pretrain_epochs": 1}
+    with pytest.raises(
+        ScqueryError, match=r"below unlabeled_min_overlap=0\.5.*or lower unlabeled_min_overlap"
+    ):
+        pretrain(split[0], config=config, unlabeled=few, seed=0)
+    lowered = pretrain(split[0], config={**config, "unlabeled_min_overlap": 0.1}, unlabeled=few, seed=0)
+    assert lowered.history[0]["cells"] == split[0].n_obs + few.n_obs

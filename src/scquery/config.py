@@ -65,6 +65,13 @@ class TrainConfig:
         0.2, "Masked fraction (mask, < 1) or noise standard deviation (gaussian)", low=0
     )
     pretrain_epochs: int = option(10, "Epochs per pretrained layer", low=1, integer=True)
+    unlabeled_min_overlap: float = option(
+        0.5,
+        "Least fraction of the model's genes unlabelled data must have (after the orthologue mapping of "
+        "another species' data); the missing genes are read as zero, as a query's",
+        low=0,
+        high=1,
+    )
     finetune_autoencoder: bool = option(
         False, "After the greedy stage, train the whole stacked autoencoder end to end"
     )

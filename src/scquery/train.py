@@ -106,7 +106,8 @@ def train(
         unlabeled: AnnData (or a list of them) of more cells for pretraining only, in any values
             and genes a query may have (taken from the same `layer` or `.raw`): each is filtered
             (the reference's quality control), normalized and aligned to the reference's genes
-            like a query (`scquery.preprocessing.align.apply_record`); one whose gene names look
+            like a query (`scquery.preprocessing.align.apply_record`; refused below
+            `config.unlabeled_min_overlap` of the reference's genes); one whose gene names look
             like another species than the reference's is mapped through the built-in orthologues.
         encoder: a `PretrainedEncoder` of this reference and configuration, used instead of
             pretraining here.
@@ -323,8 +324,9 @@ def _datasets(unlabeled):
 
 def _unlabeled_matrix(cells, record, config):
     """Unlabelled data (`Cells`) as pretraining input: the reference's quality control, then
-    processed and aligned to its genes like a query; data whose gene names look like another species
-    than the reference's are mapped through the built-in orthologues (a query's `species`)."""
+    processed and aligned to its genes like a query, holding at least `config.unlabeled_min_overlap`
+    of them; data whose gene names look like another species than the reference's are mapped through
+    the built-in orthologues (a query's `species`)."""
     kept = qc_cells(cells, config)
     passing = dataclasses.replace(cells, X=cells.X[kept], obs=cells.obs.iloc[kept])
     found, reference = detect_species(cells.genes), reference_species(record)
@@ -337,7 +339,8 @@ def _unlabeled_matrix(cells, record, config):
             species,
             reference,
         )
-    return apply_record(passing, record, InputOptions(species=species))[0]
+    inputs = InputOptions(species=species, min_overlap=config.unlabeled_min_overlap)
+    return apply_record(passing, record, inputs, option="unlabeled_min_overlap")[0]
 
 
 def _check_encoder(encoder, record, config):

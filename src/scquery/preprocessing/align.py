@@ -43,7 +43,7 @@ class Alignment:
         return found if self.gene_map is None else {**found, "gene_map": self.gene_map}
 
 
-def apply_record(cells, record, inputs):
+def apply_record(cells, record, inputs, *, option="min_overlap"):
     """Process the query `cells` (`scquery.values.Cells`) like the reference of `record` (from
     `scquery.preprocessing.fit.fit_reference`).
 
@@ -56,7 +56,8 @@ def apply_record(cells, record, inputs):
     or, with `inputs.species` (the query's: 'human' or 'mouse'), the built-in orthologues; given
     neither, a query whose gene names look like another species than the reference's is refused
     with a hint (`inputs`: `scquery.options.InputOptions`). Then the genes are aligned to
-    `record['genes']` (`align_genes`, below `inputs.min_overlap` an error). All cells are kept;
+    `record['genes']` (`align_genes`, below `inputs.min_overlap` an error naming `option`, the
+    caller's name for it). All cells are kept;
     scaling, when recorded, is the model's first layer.
 
     Returns:
@@ -71,7 +72,7 @@ def apply_record(cells, record, inputs):
     mapping = None
     if found is not None:
         X, names, mapping = _mapped(X, names, found, record["genes"], cells.source)
-    X, shared, overlap = _align(X, names, record["genes"], cells.source, inputs.min_overlap)
+    X, shared, overlap = _align(X, names, record["genes"], cells.source, inputs.min_overlap, option)
     species = {"query": query_species, "reference": reference}
     return X, Alignment(overlap, values, species, mapping, shared)
 
@@ -112,15 +113,15 @@ def align_genes(cells, genes, *, min_overlap):
     return _align(cells.X, cells.genes, genes, cells.source, min_overlap)
 
 
-def _align(X, names, genes, source, min_overlap):
+def _align(X, names, genes, source, min_overlap, option="min_overlap"):
     genes = [str(g) for g in genes]
-    sources, overlap = gene_sources(names, genes, source, min_overlap)
+    sources, overlap = gene_sources(names, genes, source, min_overlap, option)
     aligned = sp.csr_matrix(X @ selection_matrix(sources, X.shape[1]), dtype=np.float32)
     aligned.sort_indices()
     return aligned, sources >= 0, overlap
 
 
-def gene_sources(names, genes, source, min_overlap):
+def gene_sources(names, genes, source, min_overlap, option="min_overlap"):
     """`(sources, overlap)`: for each of `genes`, the index of its match among the data's gene
     `names` (-1: none), and the overlap (see `align_genes`, which warns and raises as this does)."""
     find = gene_lookup(names)
@@ -140,8 +141,8 @@ def gene_sources(names, genes, source, min_overlap):
     if overlap["fraction"] < min_overlap:
         raise ScqueryError(
             f"{source} shares only {overlap['n_shared']} of {len(genes)} reference genes "
-            f"({percent}, below min_overlap={min_overlap}); check the gene naming (gene_key) "
-            "and species."
+            f"({percent}, below {option}={min_overlap}); check the gene naming (gene_key) "
+            f"and species, or lower {option}."
         )
     if overlap["fraction"] < 0.8:
         warnings.warn(
