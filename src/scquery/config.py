@@ -68,7 +68,7 @@ class TrainConfig:
     unlabeled_min_overlap: float = option(
         0.5,
         "Least fraction of the model's genes unlabelled data must have (after the orthologue mapping of "
-        "another species' data); the missing genes are read as zero, as a query's",
+        "another species' data); the genes they lack are zero in the pretraining input",
         low=0,
         high=1,
     )
