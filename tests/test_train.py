@@ -1,12 +1,14 @@
 """Greedy pretraining, classifier fine-tuning, the model bundle and `scquery train`."""
 
 import dataclasses
+import gc
 import json
 import os
 import random
 import subprocess
 import sys
 import textwrap
+import weakref
 from importlib.util import find_spec
 
 import keras
@@ -350,3 +352,22 @@ def test_a_second_classifier_with_dropout_is_averaged_in(split, small_config, tm
     np.testing.assert_array_equal(
         predict_in_chunks(load_bundle(tmp_path / "model").model, X), predict_in_chunks(bundle.model, X)
     )
+
+
+def test_training_keeps_no_reference_to_its_data():
+    """Keras's TensorFlow data adapter keeps every dataset it has fed alive, so without closing its
+    batches each pretraining or fine-tuning would hold its matrix until the process ends: a notebook
+    (or a benchmark) training model after model would grow without bound."""
+    rng = np.random.default_rng(0)
+    config = TrainConfig(hidden_sizes=[8], pretrain_epochs=1, epochs=2, validation_fraction=0.2)
+    y = np.repeat(np.arange(4), 50)
+    for fit in ("pretrain", "classifier"):
+        X = sp.csr_matrix(rng.poisson(1.0, size=(200, 20)).astype(np.float32))
+        held = weakref.ref(X)
+        if fit == "pretrain":
+            pretrain_greedy(X, config, seed=0, verbose=0)
+        else:
+            fit_classifier(build_classifier(20, 4, config, seed=0), X, y, config, seed=0, verbose=0)
+        del X
+        gc.collect()
+        assert held() is None, fit

@@ -249,6 +249,13 @@ class SparseBatches(keras.utils.PyDataset):
             with self._lock:
                 self._buffers = {}
 
+    def close(self):
+        """Drop the rows and targets. Keras's TensorFlow data adapter keeps every dataset it has fed
+        alive (tensorflow/tensorflow#37653), so a fit closes its batches when done
+        (`contextlib.closing`), or each training would keep its data."""
+        self.X = self.y = self.sample_weight = self.cells = None
+        self._buffers = {}
+
 
 class RowBatches(SparseBatches):
     """`SparseBatches` whose batches carry the indices of their rows in `X` (int32) in place of the

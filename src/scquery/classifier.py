@@ -1,5 +1,7 @@
 """The cell-type classifier: the (pretrained) encoder plus a softmax head, fine-tuned end to end."""
 
+from contextlib import closing, nullcontext
+
 import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -152,15 +154,16 @@ def fit_classifier(model, X, y, config, *, cells=None, seed, rows="auto", verbos
         metrics=["accuracy"],
         **FIT_OPTIONS,
     )
-    fitted = fed.fit(
-        batches,
-        validation_data=validation,
-        epochs=epochs,
-        class_weight=weights,
-        callbacks=callbacks,
-        shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
-        verbose=0,
-    )
+    with closing(batches), closing(validation) if validation is not None else nullcontext():
+        fitted = fed.fit(
+            batches,
+            validation_data=validation,
+            epochs=epochs,
+            class_weight=weights,
+            callbacks=callbacks,
+            shuffle=False,  # the batches shuffle themselves (seeded), Keras would use the global state
+            verbose=0,
+        )
     if config.mixed_precision:
         model.set_weights(fed.get_weights())
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}

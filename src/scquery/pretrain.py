@@ -8,6 +8,7 @@ one independent seed per random stream from the run's seed.
 """
 
 import json
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import keras
@@ -196,10 +197,11 @@ def _fit_autoencoder(dae, below, batches, epochs, learning_rate, *, name, progre
     model = denoising_model(dae, batches.X.shape[1], below, rows=rows, name=f"dae_{name}")
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse", **FIT_OPTIONS)
     steps = min(len(batches), _INITIAL_LOSS_BATCHES)
-    initial = model.evaluate(batches, steps=steps, verbose=0)
     # The batches shuffle themselves (seeded); Keras's own shuffling would draw from the global state.
     callbacks = [EpochTimer(), progress]
-    fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    with closing(batches):
+        initial = model.evaluate(batches, steps=steps, verbose=0)
+        fitted = model.fit(batches, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
     return {
         "initial_loss": float(initial),
         "loss": [float(v) for v in fitted.history["loss"]],
