@@ -34,7 +34,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from scquery.errors import ScqueryError
+from scquery.errors import ScqueryError, TooFewGenes
 from scquery.options import InputOptions
 
 from . import crossstudy_tasks, pairs
@@ -157,8 +157,8 @@ def pretrain_on_query(run):
 
     try:
         return pretrained()
-    except ScqueryError as refused:
-        if run.min_overlap == LOW_OVERLAP or "unlabeled_min_overlap" not in str(refused):
+    except TooFewGenes as refused:
+        if run.min_overlap == LOW_OVERLAP or refused.option != "unlabeled_min_overlap":
             raise
         run.lowered.append(
             {"task": run.task.name, "split": run.split, "why": str(refused), "overlap": LOW_OVERLAP}

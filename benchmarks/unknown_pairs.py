@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from scquery.errors import ScqueryError
+from scquery.errors import TooFewGenes
 from scquery.options import InputOptions
 from scquery.query import UNKNOWN, query
 from scquery.rules import QueryOptions
@@ -120,7 +120,7 @@ def query_pair(task, bundle):
     try:
         query(adata, bundle, species=species, matches=False)
         return adata, InputOptions.min_overlap, None
-    except ScqueryError as error:
+    except TooFewGenes as error:
         adata = task.query.copy()
         query(adata, bundle, species=species, matches=False, min_overlap=LOW_OVERLAP)
         return adata, LOW_OVERLAP, f"{error} (run again with min_overlap={LOW_OVERLAP})"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scquery.errors import ScqueryError
+from scquery.errors import TooFewGenes
 from scquery.query import UNKNOWN, cluster_query, query
 
 
@@ -62,8 +62,12 @@ def test_identical_cells_are_answered(bundle, split):
 
 def test_one_gene_left_is_one_sentence_or_with_min_overlap_0_an_answer(bundle, split):
     one_gene = split[1][:40, [bundle.genes[0]]].copy()
-    with pytest.raises(ScqueryError, match=r"shares only 1 of 765 reference genes .*; check the gene naming"):
+    with pytest.raises(
+        TooFewGenes,
+        match=r"shares only 1 of 765 reference genes .*; check the gene naming.*lower min_overlap",
+    ) as refused:
         query(one_gene, bundle)
+    assert refused.value.option == "min_overlap"
     query(one_gene, bundle, min_overlap=0)
     _, reason = answered(one_gene)
     silent = np.asarray(one_gene.X.sum(axis=1)).ravel() == 0

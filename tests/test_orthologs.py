@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scquery.errors import ScqueryError
+from scquery.errors import ScqueryError, TooFewGenes
 from scquery.orthologs import GeneMap, builtin_map, detect_species, map_genes, read_gene_map
 from scquery.preprocessing.align import reference_species
 
@@ -226,7 +226,8 @@ def test_unlabelled_cells_of_another_species_pretrain_through_the_orthologues(
 
 def test_unlabelled_cells_sharing_few_genes_are_refused_by_their_own_option(split, small_config, mouse_query):
     """Unlabelled data holding under `unlabeled_min_overlap` of the model's genes are refused with a
-    sentence naming that option (not the query's `min_overlap`); lowering it pretrains on them."""
+    sentence naming that option (not the query's `min_overlap`), and as `TooFewGenes` carrying its
+    name, so that a caller can tell this refusal from others; lowering it pretrains on them."""
     from scquery.train import pretrain
 
     _, mouse, _ = mouse_query
@@ -234,8 +235,9 @@ def test_unlabelled_cells_sharing_few_genes_are_refused_by_their_own_option(spli
     few = mouse[:, : len(genes) // 4].copy()
     config = {**small_config, "genes": genes, "pretrain_epochs": 1}
     with pytest.raises(
-        ScqueryError, match=r"below unlabeled_min_overlap=0\.5.*or lower unlabeled_min_overlap"
-    ):
+        TooFewGenes, match=r"below unlabeled_min_overlap=0\.5.*or lower unlabeled_min_overlap"
+    ) as refused:
         pretrain(split[0], config=config, unlabeled=few, seed=0)
+    assert refused.value.option == "unlabeled_min_overlap"
     lowered = pretrain(split[0], config={**config, "unlabeled_min_overlap": 0.1}, unlabeled=few, seed=0)
     assert lowered.history[0]["cells"] == split[0].n_obs + few.n_obs

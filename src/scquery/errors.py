@@ -11,6 +11,15 @@ class ScqueryError(Exception):
     """
 
 
+class TooFewGenes(ScqueryError):
+    """Data sharing fewer of the model's genes than the least share `option` allows (the option's
+    name: 'min_overlap' for a query, 'unlabeled_min_overlap' for unlabelled data)."""
+
+    def __init__(self, message, *, option):
+        super().__init__(message)
+        self.option = option
+
+
 def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False):
     """Raise `ScqueryError` unless `value` is a finite number (a whole one with `integer`) in range.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import ScqueryError
+from ..errors import ScqueryError, TooFewGenes
 from ..orthologs import (
     SPECIES,
     builtin_map,
@@ -139,10 +139,11 @@ def gene_sources(names, genes, source, min_overlap, option="min_overlap"):
             "naming (symbols or Ensembl IDs, see gene_key) and species."
         )
     if overlap["fraction"] < min_overlap:
-        raise ScqueryError(
+        raise TooFewGenes(
             f"{source} shares only {overlap['n_shared']} of {len(genes)} reference genes "
             f"({percent}, below {option}={min_overlap}); check the gene naming (gene_key) "
-            f"and species, or lower {option}."
+            f"and species, or lower {option}.",
+            option=option,
         )
     if overlap["fraction"] < 0.8:
         warnings.warn(
