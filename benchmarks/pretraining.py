@@ -1,9 +1,10 @@
 """Where pretraining pays: the few-label tasks of `benchmarks.labels`, its pairs in their splits (1 %
 and 5 % of each reference's labels kept, the same cells per seed; the query study's cells given as
 unlabelled data), scquery pretrained under each variant of `VARIANTS` (the noise, the width and
-depth, the fine-tuning epochs), against the same without pretraining. Each variant is the training
-options it changes on top of the benchmark's; what users read (the prediction) and the classifier
-head are recorded per seed. The peers on the same tasks, seeds and labels are in the labels part.
+depth, the fine-tuning epochs, the corpus), against the same without pretraining. Each variant is
+the training options it changes on top of the benchmark's (`REFERENCE_ONLY`: the defaults, the
+query study's cells not given); what users read (the prediction) and the classifier head are
+recorded per seed. The peers on the same tasks, seeds and labels are in the labels part.
 """
 
 import time
@@ -14,9 +15,11 @@ FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
 DEFAULTS = "defaults (masking 0.2, 50 epochs, 500 → 250 → 100)"
 NONE = "no pretraining"
+REFERENCE_ONLY = "the reference's cells alone (the query study not given)"
 #: Each variant's training options on top of the benchmark's.
 VARIANTS = {
     DEFAULTS: {},
+    REFERENCE_ONLY: {},  # after DEFAULTS: a query study refused at the default overlap is lowered
     "Gaussian noise (sd 0.2)": {"noise": "gaussian"},
     "masking 0.5": {"noise_level": 0.5},
     "wider: 1000 → 100": {"hidden_sizes": [1000, 100]},
@@ -24,7 +27,7 @@ VARIANTS = {
     "15 fine-tuning epochs": {"epochs": 15},
     NONE: {"pretrain": False},
 }
-QUICK_VARIANTS = (DEFAULTS, "Gaussian noise (sd 0.2)", NONE)
+QUICK_VARIANTS = (DEFAULTS, REFERENCE_ONLY, "Gaussian noise (sd 0.2)", NONE)
 
 
 def run_pretraining(*, quick, log=print):
@@ -44,7 +47,7 @@ def run_pretraining(*, quick, log=print):
                         config = scquery_config(quick=quick, **options)
                         run = _Run(task, split, fraction, seed, config, log, lowered)
                         start = time.perf_counter()
-                        encoder = pretrain_on_query(run) if config.pretrain else None
+                        encoder = _encoder(run, only_reference=name == REFERENCE_ONLY)
                         run.scquery(name, encoder=encoder)
                         run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
                         rows.extend(run.rows)
@@ -58,3 +61,15 @@ def run_pretraining(*, quick, log=print):
         "skipped": skipped,
         "lowered": lowered,
     }
+
+
+def _encoder(run, *, only_reference):
+    """The run's pretrained encoder: on the reference's cells and the query study's
+    (`pretrain_on_query`), or on the reference's alone; None without pretraining."""
+    from scquery.train import pretrain
+
+    if not run.config.pretrain:
+        return None
+    if only_reference:
+        return pretrain(run.partial, label_key="label", config=run.config, seed=run.seed)
+    return pretrain_on_query(run)

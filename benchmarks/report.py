@@ -461,7 +461,7 @@ def pretraining_section(result):
     """Where pretraining pays: per task (in its split), each variant's prediction and head at each label
     fraction, then per split each variant's mean over the tasks and fractions against the defaults and
     against no pretraining."""
-    from .pretraining import DEFAULTS, NONE
+    from .pretraining import DEFAULTS, NONE, REFERENCE_ONLY
 
     summary = pd.DataFrame(result["summary"])
     fractions = sorted(summary.fraction.unique())
@@ -474,7 +474,15 @@ def pretraining_section(result):
         + " of its labels, the same cells per seed as there; the query study's cells given as unlabelled "
         "data for pretraining), scquery pretrained under each variant (the options it changes on top of the "
         "defaults: "
-        + "; ".join(f"{name}: `{json.dumps(options)}`" for name, options in result["variants"].items())
+        + "; ".join(
+            f"{name}: "
+            + (
+                "the defaults, `unlabeled` not given"
+                if name == REFERENCE_ONLY
+                else f"`{json.dumps(options)}`"
+            )
+            for name, options in result["variants"].items()
+        )
         + "). Macro-F1 of the prediction over the query cells of the reference's types ('Unknown' counts "
         f"as wrong), mean ± sd over seeds {', '.join(map(str, result['seeds']))}, with the classifier "
         "head's beside it. The peers on the same tasks and labels are in 'Label efficiency'.",

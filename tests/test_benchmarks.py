@@ -635,7 +635,7 @@ def test_seeds_section_breaks_down_by_type_the_pairs_where_the_head_trails():
 @pytest.mark.slow
 def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretraining():
     from benchmarks.labels import summarize
-    from benchmarks.pretraining import DEFAULTS, NONE
+    from benchmarks.pretraining import DEFAULTS, NONE, REFERENCE_ONLY
     from benchmarks.report import pretraining_section
 
     scores = {  # (task, fraction) -> variant -> (prediction, head)
@@ -663,12 +663,18 @@ def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretr
     ]
     result = {
         "seeds": [0],
-        "variants": {DEFAULTS: {}, "wider": {"hidden_sizes": [1000, 100]}, NONE: {"pretrain": False}},
+        "variants": {
+            DEFAULTS: {},
+            REFERENCE_ONLY: {},
+            "wider": {"hidden_sizes": [1000, 100]},
+            NONE: {"pretrain": False},
+        },
         "summary": summarize(rows).to_dict("records"),
         "skipped": [{"task": "w", "split": "validation", "why": "Too few genes."}],
     }
     text = "\n".join(pretraining_section(result))
     assert "### t (tuning)" in text and "### v (validation)" in text
+    assert f"{REFERENCE_ONLY}: the defaults, `unlabeled` not given; wider: `{{\"hidden_sizes\"" in text
     assert "- w (validation): not run: Too few genes." in text
     text, validation = text.split("Each variant over the 1 validation tasks and fractions:")
     assert "Each variant over the 2 tuning tasks and fractions:" in text
