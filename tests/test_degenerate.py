@@ -2,6 +2,8 @@
 cells, one gene left. Each cell gets a prediction, or Unknown with its reason, or the query one clear
 sentence."""
 
+import pickle
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -68,6 +70,8 @@ def test_one_gene_left_is_one_sentence_or_with_min_overlap_0_an_answer(bundle, s
     ) as refused:
         query(one_gene, bundle)
     assert refused.value.option == "min_overlap"
+    carried = pickle.loads(pickle.dumps(refused.value))  # as from a worker process
+    assert (str(carried), carried.option) == (str(refused.value), "min_overlap")
     query(one_gene, bundle, min_overlap=0)
     _, reason = answered(one_gene)
     silent = np.asarray(one_gene.X.sum(axis=1)).ravel() == 0

@@ -15,9 +15,12 @@ class TooFewGenes(ScqueryError):
     """Data sharing fewer of the model's genes than the least share `option` allows (the option's
     name: 'min_overlap' for a query, 'unlabeled_min_overlap' for unlabelled data)."""
 
-    def __init__(self, message, *, option):
+    def __init__(self, message, option):
         super().__init__(message)
         self.option = option
+
+    def __reduce__(self):  # whole across processes (the workflow's, a parallel read's)
+        return type(self), (str(self), self.option)
 
 
 def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False):

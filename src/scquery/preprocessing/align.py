@@ -143,7 +143,7 @@ def gene_sources(names, genes, source, min_overlap, option="min_overlap"):
             f"{source} shares only {overlap['n_shared']} of {len(genes)} reference genes "
             f"({percent}, below {option}={min_overlap}); check the gene naming (gene_key) "
             f"and species, or lower {option}.",
-            option=option,
+            option,
         )
     if overlap["fraction"] < 0.8:
         warnings.warn(
