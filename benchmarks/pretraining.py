@@ -7,7 +7,10 @@ query study's cells not given); what users read (the prediction) and the classif
 recorded per seed. The peers on the same tasks, seeds and labels are in the labels part.
 """
 
+import functools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, pretrain_on_query, refusals, summarize
 
@@ -32,25 +35,19 @@ QUICK_VARIANTS = (DEFAULTS, REFERENCE_ONLY, "Gaussian noise (sd 0.2)", NONE)
 
 def run_pretraining(*, quick, log=print):
     """The score rows of every task, label fraction, seed and variant, their summary and settings."""
-    from .methods import scquery_config
-
     fractions = QUICK_FRACTIONS if quick else FRACTIONS
     seeds = QUICK_SEEDS if quick else SEEDS
     variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
     rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        with refusals(task, split, rows, skipped, log):
-            for seed in seeds:
-                for fraction in fractions:
-                    for name, options in variants.items():
-                        config = scquery_config(quick=quick, **options)
-                        run = _Run(task, split, fraction, seed, config, log, lowered)
-                        start = time.perf_counter()
-                        encoder = _encoder(run, only_reference=name == REFERENCE_ONLY)
-                        run.scquery(name, encoder=encoder)
-                        run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
-                        rows.extend(run.rows)
+        # Each task in a process of its own (its lines on standard output): TensorFlow keeps some
+        # memory for every model a process fits, about 50 MB per run here, and the part's few
+        # hundred runs in one process outgrew a 24 GB machine.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
+            done = process.submit(_task_runs, task, split, quick, fractions, seeds, variants).result()
+        for kept, new in zip((rows, skipped, lowered), done, strict=True):
+            kept.extend(new)
     summary = summarize(rows)
     return {
         "fractions": list(fractions),
@@ -61,6 +58,27 @@ def run_pretraining(*, quick, log=print):
         "skipped": skipped,
         "lowered": lowered,
     }
+
+
+def _task_runs(task, split, quick, fractions, seeds, variants):
+    """One task's score rows under every seed, fraction and variant, and its entries of `skipped`
+    and `lowered`."""
+    from .methods import scquery_config
+
+    rows, skipped, lowered = [], [], []
+    log = functools.partial(print, flush=True)
+    with refusals(task, split, rows, skipped, log):
+        for seed in seeds:
+            for fraction in fractions:
+                for name, options in variants.items():
+                    config = scquery_config(quick=quick, **options)
+                    run = _Run(task, split, fraction, seed, config, log, lowered)
+                    start = time.perf_counter()
+                    encoder = _encoder(run, only_reference=name == REFERENCE_ONLY)
+                    run.scquery(name, encoder=encoder)
+                    run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
+                    rows.extend(run.rows)
+    return rows, skipped, lowered
 
 
 def _encoder(run, *, only_reference):
