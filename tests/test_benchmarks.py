@@ -674,7 +674,7 @@ def test_pretraining_section_sets_each_variant_against_the_defaults_and_no_pretr
     }
     text = "\n".join(pretraining_section(result))
     assert "### t (tuning)" in text and "### v (validation)" in text
-    assert f"{REFERENCE_ONLY}: the defaults, `unlabeled` not given; wider: `{{\"hidden_sizes\"" in text
+    assert f'{REFERENCE_ONLY}: the defaults, `unlabeled` not given; wider: `{{"hidden_sizes"' in text
     assert "- w (validation): not run: Too few genes." in text
     text, validation = text.split("Each variant over the 1 validation tasks and fractions:")
     assert "Each variant over the 2 tuning tasks and fractions:" in text
