@@ -143,20 +143,20 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
     return rows, summarize(rows), skipped, lowered
 
 
-def pretrain_on_query(run):
+def pretrain_reference(run, unlabeled=None):
     """The encoder pretrained on `run`'s reference (its kept labels choose the defining genes among
-    the model's inputs, `marker_genes`) and its query study's cells, given as unlabelled data. Where
-    scquery refuses them for sharing too few of the model's genes, they are given again with
-    `unlabeled_min_overlap=LOW_OVERLAP`, and the run's query is read with `min_overlap=LOW_OVERLAP`."""
+    the model's inputs, `marker_genes`) and the `unlabeled` cells, where given."""
     from scquery.train import pretrain
 
-    def pretrained():
-        return pretrain(
-            run.partial, label_key="label", config=run.config, unlabeled=run.task.query, seed=run.seed
-        )
+    return pretrain(run.partial, label_key="label", config=run.config, unlabeled=unlabeled, seed=run.seed)
 
+
+def pretrain_on_query(run):
+    """`pretrain_reference` with the run's query study's cells as the unlabelled data. Where scquery
+    refuses them for sharing too few of the model's genes, they are given again with
+    `unlabeled_min_overlap=LOW_OVERLAP`, and the run's query is read with `min_overlap=LOW_OVERLAP`."""
     try:
-        return pretrained()
+        return pretrain_reference(run, run.task.query)
     except TooFewGenes as refused:
         if run.min_overlap == LOW_OVERLAP or refused.option != "unlabeled_min_overlap":
             raise
@@ -165,7 +165,7 @@ def pretrain_on_query(run):
         )
         run.log(f"  {refused} (run again with unlabeled_min_overlap={LOW_OVERLAP})")
     run.lower_overlap()
-    return pretrained()
+    return pretrain_reference(run, run.task.query)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,16 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from .labels import QUICK_SEEDS, SEEDS, _Run, _tasks, pretrain_on_query, refusals, summarize
+from .labels import (
+    QUICK_SEEDS,
+    SEEDS,
+    _Run,
+    _tasks,
+    pretrain_on_query,
+    pretrain_reference,
+    refusals,
+    summarize,
+)
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
@@ -84,10 +93,6 @@ def _task_runs(task, split, quick, fractions, seeds, variants):
 def _encoder(run, *, only_reference):
     """The run's pretrained encoder: on the reference's cells and the query study's
     (`pretrain_on_query`), or on the reference's alone; None without pretraining."""
-    from scquery.train import pretrain
-
     if not run.config.pretrain:
         return None
-    if only_reference:
-        return pretrain(run.partial, label_key="label", config=run.config, seed=run.seed)
-    return pretrain_on_query(run)
+    return pretrain_reference(run) if only_reference else pretrain_on_query(run)
