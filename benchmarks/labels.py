@@ -13,6 +13,7 @@ reference cells stay, unlabelled. Compared on the same query:
   (`scquery.propagate`) — the method;
 * the same model without that propagation (the reference points are the labelled cells only: what
   scquery did before);
+* scquery pretrained on the reference's cells alone (the query study not given), with propagation;
 * scquery without pretraining (with propagation);
 * the peers, trained on the labelled cells: PCA + kNN, logistic regression, CellTypist (on both
   sides' log-normalized values, a cross-species query on its one-to-one orthologues:
@@ -24,11 +25,13 @@ known query cells called Unknown are recorded beside it. Every score is over the
 reference's types (a cached pair's query may hold others). A query study whose cells share too few
 of the model's genes to pretrain on (scquery refuses them) is given again with
 `unlabeled_min_overlap` and the query's `min_overlap` at `unknown_pairs.LOW_OVERLAP`, what a user
-would do (`pretrain_on_query`; the report lists the tasks so read).
+would do (`pretrain_on_query`; the report lists the tasks so read). Each task runs in a process of
+its own (`processes.in_own_process`).
 """
 
 import contextlib
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -40,6 +43,7 @@ from scquery.options import InputOptions
 from . import crossstudy_tasks, pairs
 from .methods import run_scquery
 from .metrics import label_scores
+from .processes import in_own_process
 from .tasks import data_dir, synthetic_split
 from .unknown_pairs import LOW_OVERLAP, peer_runs, shared_gene_celltypist
 
@@ -48,11 +52,14 @@ SEEDS = (0, 1, 2)
 QUICK_FRACTIONS, QUICK_SEEDS = (0.05, 1.0), (0,)
 MIN_PER_TYPE = 2
 
-QUERY, NO_PROPAGATION, NONE = (
+QUERY, NO_PROPAGATION, REFERENCE_ALONE, NONE = (
     "scquery, pretrained on reference + query cells",
     "scquery, same, no propagated labels",
+    "scquery, pretrained on the reference's cells alone",
     "scquery, no pretraining",
 )
+#: The methods pretrained before fine-tuning (with propagated labels), each judged on the targets.
+PRETRAINED = (QUERY, REFERENCE_ALONE)
 PEERS = ("PCA + kNN", "logistic regression", "CellTypist 1.7.1")
 
 
@@ -125,22 +132,34 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
         if tasks is not None and task.name not in tasks:
             continue
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        with refusals(task, split, rows, skipped, log):
-            for seed in seeds:
-                for fraction in fractions:
-                    run = _Run(task, split, fraction, seed, config, log, lowered)
-                    start = time.perf_counter()
-                    encoder = pretrain_on_query(run)
-                    log(
-                        f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
-                        f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
-                    )
-                    run.pretrained(encoder)
-                    run.no_pretraining()
-                    if peers:
-                        run.peers()
-                    rows.extend(run.rows)
+        done = in_own_process(_task_runs, task, split, fractions, seeds, config, peers)
+        for kept, new in zip((rows, skipped, lowered), done, strict=True):
+            kept.extend(new)
     return rows, summarize(rows), skipped, lowered
+
+
+def _task_runs(task, split, fractions, seeds, config, peers):
+    """One task's score rows under every seed, fraction and method, and its entries of `skipped`
+    and `lowered`."""
+    rows, skipped, lowered = [], [], []
+    log = functools.partial(print, flush=True)
+    with refusals(task, split, rows, skipped, log):
+        for seed in seeds:
+            for fraction in fractions:
+                run = _Run(task, split, fraction, seed, config, log, lowered)
+                start = time.perf_counter()
+                encoder = pretrain_on_query(run)
+                log(
+                    f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
+                    f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
+                )
+                run.pretrained(encoder)
+                run.scquery(REFERENCE_ALONE, encoder=pretrain_reference(run))
+                run.no_pretraining()
+                if peers:
+                    run.peers()
+                rows.extend(run.rows)
+    return rows, skipped, lowered
 
 
 def pretrain_reference(run, unlabeled=None):

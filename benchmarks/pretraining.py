@@ -8,9 +8,7 @@ recorded per seed. The peers on the same tasks, seeds and labels are in the labe
 """
 
 import functools
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 from .labels import (
     QUICK_SEEDS,
@@ -22,6 +20,7 @@ from .labels import (
     refusals,
     summarize,
 )
+from .processes import in_own_process
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
@@ -50,11 +49,7 @@ def run_pretraining(*, quick, log=print):
     rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        # Each task in a process of its own (its lines on standard output): TensorFlow keeps some
-        # memory for every model a process fits, about 50 MB per run here, and the part's few
-        # hundred runs in one process outgrew a 24 GB machine.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
-            done = process.submit(_task_runs, task, split, quick, fractions, seeds, variants).result()
+        done = in_own_process(_task_runs, task, split, quick, fractions, seeds, variants)
         for kept, new in zip((rows, skipped, lowered), done, strict=True):
             kept.extend(new)
     summary = summarize(rows)

@@ -366,7 +366,7 @@ def labels_section(result):
     """Label efficiency: the prediction's macro-F1, the classifier head's and the Unknown share per
     task (in its split), method and label fraction, the plot, the tasks skipped, and the targets per
     split."""
-    from .labels import NO_PROPAGATION, NONE, PEERS, QUERY
+    from .labels import NO_PROPAGATION, NONE, PEERS, PRETRAINED, QUERY
 
     summary = pd.DataFrame(result["summary"])
     fractions = sorted(summary.fraction.unique())
@@ -397,29 +397,31 @@ def labels_section(result):
         rows.append(["(labelled cells)", *(f"{labelled.get(f, float('nan')):.0f}" for f in fractions)])
         parts += [f"### {task} ({split}, {runs[task]} runs)", "", _table(header, rows), ""]
         by = table.set_index(["method", "fraction"])
-        checks = {}
-        for f in fractions:
-            ours = by.loc[(QUERY, f)]
-            peers = [by.macro_f1[(m, f)] for m in PEERS if (m, f) in by.index]
-            checks[f] = {
-                "head": ours.macro_f1 - ours.classifier_macro_f1,
-                "unknown": ours.unknown,
-                "none": ours.macro_f1 - by.macro_f1.get((NONE, f), np.nan),
-                "peer": ours.macro_f1 - max(peers) if peers else np.nan,
-                "before": ours.macro_f1 - by.macro_f1.get((NO_PROPAGATION, f), np.nan),
-            }
-        verdicts.append((split, task, checks))
-        parts += [
-            f"{QUERY}: prediction − classifier head / Unknown share / − no pretraining / − best peer / "
-            "− without propagated labels: "
-            + "; ".join(
-                f"{f:.0%}: {c['head']:+.3f} / {c['unknown']:.1%} / {c['none']:+.3f} / {c['peer']:+.3f} / "
-                f"{c['before']:+.3f}"
-                for f, c in checks.items()
-            )
-            + ".",
-            "",
-        ]
+        peers = {f: [by.macro_f1[(m, f)] for m in PEERS if (m, f) in by.index] for f in fractions}
+        for method in (m for m in PRETRAINED if m in table.method.values):
+            checks = {}
+            for f in fractions:
+                ours = by.loc[(method, f)]
+                checks[f] = {
+                    "head": ours.macro_f1 - ours.classifier_macro_f1,
+                    "unknown": ours.unknown,
+                    "none": ours.macro_f1 - by.macro_f1.get((NONE, f), np.nan),
+                    "peer": ours.macro_f1 - max(peers[f]) if peers[f] else np.nan,
+                    "logistic": ours.macro_f1 - by.macro_f1.get(("logistic regression", f), np.nan),
+                    "before": ours.macro_f1 - by.macro_f1.get((NO_PROPAGATION, f), np.nan),
+                }
+            verdicts.append((split, method, task, checks))
+            parts += [
+                f"{method}: prediction − classifier head / Unknown share / − no pretraining / − best peer"
+                + (" / − without propagated labels: " if method == QUERY else ": ")
+                + "; ".join(
+                    f"{f:.0%}: {c['head']:+.3f} / {c['unknown']:.1%} / {c['none']:+.3f} / {c['peer']:+.3f}"
+                    + (f" / {c['before']:+.3f}" if method == QUERY else "")
+                    for f, c in checks.items()
+                )
+                + ".",
+                "",
+            ]
     parts += _skipped(result)
     low = [f for f in fractions if f in (0.01, 0.05)]
     targets = [
@@ -428,11 +430,15 @@ def labels_section(result):
         ("the prediction ≥ no pretraining + 0.03", lambda c: c["none"] >= 0.03),
         ("the prediction not below no pretraining by more than 0.01", lambda c: c["none"] >= -0.01),
         ("the prediction ≥ the best peer + 0.03", lambda c: c["peer"] >= 0.03),
+        (
+            "the prediction ≥ no pretraining + 0.03 and ≥ logistic regression + 0.03 (target: half)",
+            lambda c: c["none"] >= 0.03 and c["logistic"] >= 0.03,
+        ),
     ]
-    for split in dict.fromkeys(split for split, _, _ in verdicts):
-        chosen = [(task, checks) for s, task, checks in verdicts if s == split]
+    for split, method in dict.fromkeys((split, method) for split, method, _, _ in verdicts):
+        chosen = [(task, checks) for s, m, task, checks in verdicts if (s, m) == (split, method)]
         parts += [
-            f"Targets at {' and '.join(f'{f:.0%}' for f in low)} labels, {split} pairs, "
+            f"Targets at {' and '.join(f'{f:.0%}' for f in low)} labels, {split} pairs, {method}, "
             "per task and fraction:",
             "",
         ]

@@ -323,7 +323,7 @@ def test_report_records_the_commit_of_each_part(tmp_path):
 
 
 def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
-    from benchmarks.labels import NO_PROPAGATION, NONE, QUERY, keep_labels, summarize
+    from benchmarks.labels import NO_PROPAGATION, NONE, QUERY, REFERENCE_ALONE, keep_labels, summarize
     from benchmarks.report import labels_section
 
     labels = np.repeat(["a", "b", "c"], [300, 50, 1])
@@ -352,13 +352,14 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
         rows += [
             row(QUERY, 0.90, seed=seed, head=0.92, unknown=0.02),
             row(NO_PROPAGATION, 0.50, seed=seed, head=0.92, unknown=0.4),
+            row(REFERENCE_ALONE, 0.92, seed=seed, head=0.92, unknown=0.0),
             row(NONE, 0.80, seed=seed, head=0.85, unknown=0.08),
             row("logistic regression", 0.88, seed=seed),
             row(QUERY, 0.70, seed=seed, task="v", split="validation", head=0.70, unknown=0.01),
             row(NONE, 0.75, seed=seed, task="v", split="validation", head=0.75, unknown=0.01),
         ]
     summary = summarize(rows)
-    assert summary.runs.tolist() == [2] * 6
+    assert summary.runs.tolist() == [2] * 7
     result = {
         "seeds": [0, 1],
         "folds": "a test",
@@ -371,13 +372,19 @@ def test_labels_keep_a_stratified_share_and_the_report_checks_the_prediction():
     assert "0.905 ± 0.005 (head 0.920, Unknown 2.0%)" in text
     assert "- w (validation): not run: Too few genes." in text
     assert "- v (validation): its query study read at a gene overlap of 0.2: Few genes." in text
-    tuning, validation = text.split("Targets at 5% labels, tuning pairs")[1].split(
-        "Targets at 5% labels, validation"
+    tuning, alone, validation = (
+        text.split(f"Targets at 5% labels, {split} pairs, {method}")[1].split("Targets at")[0]
+        for split, method in (("tuning", QUERY), ("tuning", REFERENCE_ALONE), ("validation", QUERY))
     )
+    assert f"Targets at 5% labels, validation pairs, {REFERENCE_ALONE}" not in text  # not run there
     assert "- the prediction ≥ the classifier head − 0.01: met on 0 of 1." in tuning
     assert "- known cells called Unknown ≤ 5 %: met on 1 of 1 (t 5%)." in tuning
     assert "- the prediction ≥ no pretraining + 0.03: met on 1 of 1 (t 5%)." in tuning
     assert "- the prediction ≥ the best peer + 0.03: met on 0 of 1." in tuning
+    both = "- the prediction ≥ no pretraining + 0.03 and ≥ logistic regression + 0.03 (target: half): met on"
+    assert f"{both} 0 of 1." in tuning  # 0.905 against logistic regression's 0.885
+    assert f"{both} 1 of 1 (t 5%)." in alone  # 0.925 against 0.805 and 0.885
+    assert "- the prediction ≥ the classifier head − 0.01: met on 1 of 1 (t 5%)." in alone
     assert "- the prediction not below no pretraining by more than 0.01: met on 0 of 1." in validation
     assert "- the prediction ≥ the classifier head − 0.01: met on 1 of 1 (v 5%)." in validation
 
