@@ -127,39 +127,54 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
     fractions = fractions or (QUICK_FRACTIONS if quick else FRACTIONS)
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     config = scquery_config(quick=quick, **(options or {}))
+    rows, skipped, lowered = each_task(
+        _methods, config, peers, quick=quick, fractions=fractions, seeds=seeds, log=log, tasks=tasks
+    )
+    return rows, summarize(rows), skipped, lowered
+
+
+def each_task(runs, *args, quick, fractions, seeds, log=print, tasks=None):
+    """On every task of `_tasks` (those named in `tasks`, where given), each in a process of its own
+    (`processes.in_own_process`), `runs(task, split, fraction, seed, log, lowered, *args)` (its
+    score rows) under every seed and fraction: the score rows, `skipped` and `lowered` entries of
+    them all."""
     rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         if tasks is not None and task.name not in tasks:
             continue
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        done = in_own_process(_task_runs, task, split, fractions, seeds, config, peers)
+        done = in_own_process(_task_runs, runs, task, split, fractions, seeds, args)
         for kept, new in zip((rows, skipped, lowered), done, strict=True):
             kept.extend(new)
-    return rows, summarize(rows), skipped, lowered
+    return rows, skipped, lowered
 
 
-def _task_runs(task, split, fractions, seeds, config, peers):
-    """One task's score rows under every seed, fraction and method, and its entries of `skipped`
-    and `lowered`."""
+def _task_runs(runs, task, split, fractions, seeds, args):
+    """`each_task`'s work on one task: its rows, and its entries of `skipped` and `lowered`."""
     rows, skipped, lowered = [], [], []
     log = functools.partial(print, flush=True)
     with refusals(task, split, rows, skipped, log):
         for seed in seeds:
             for fraction in fractions:
-                run = _Run(task, split, fraction, seed, config, log, lowered)
-                start = time.perf_counter()
-                encoder = pretrain_on_query(run)
-                log(
-                    f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
-                    f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
-                )
-                run.pretrained(encoder)
-                run.scquery(REFERENCE_ALONE, encoder=pretrain_reference(run))
-                run.no_pretraining()
-                if peers:
-                    run.peers()
-                rows.extend(run.rows)
+                rows.extend(runs(task, split, fraction, seed, log, lowered, *args))
     return rows, skipped, lowered
+
+
+def _methods(task, split, fraction, seed, log, lowered, config, peers):
+    """Every method's score rows on one task, label fraction and seed."""
+    run = _Run(task, split, fraction, seed, config, log, lowered)
+    start = time.perf_counter()
+    encoder = pretrain_on_query(run)
+    log(
+        f"  pretrained on {task.reference.n_obs} + {task.query.n_obs} cells "
+        f"({fraction:.0%} labelled): {time.perf_counter() - start:.1f} s"
+    )
+    run.pretrained(encoder)
+    run.scquery(REFERENCE_ALONE, encoder=pretrain_reference(run))
+    run.no_pretraining()
+    if peers:
+        run.peers()
+    return run.rows
 
 
 def pretrain_reference(run, unlabeled=None):

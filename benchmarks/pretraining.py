@@ -7,20 +7,17 @@ query study's cells not given); what users read (the prediction) and the classif
 recorded per seed. The peers on the same tasks, seeds and labels are in the labels part.
 """
 
-import functools
 import time
 
 from .labels import (
     QUICK_SEEDS,
     SEEDS,
     _Run,
-    _tasks,
+    each_task,
     pretrain_on_query,
     pretrain_reference,
-    refusals,
     summarize,
 )
-from .processes import in_own_process
 
 FRACTIONS = (0.01, 0.05)
 QUICK_FRACTIONS = (0.05,)
@@ -46,12 +43,9 @@ def run_pretraining(*, quick, log=print):
     fractions = QUICK_FRACTIONS if quick else FRACTIONS
     seeds = QUICK_SEEDS if quick else SEEDS
     variants = {name: VARIANTS[name] for name in QUICK_VARIANTS} if quick else VARIANTS
-    rows, skipped, lowered = [], [], []
-    for task, split in _tasks(quick, log=log):
-        log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        done = in_own_process(_task_runs, task, split, quick, fractions, seeds, variants)
-        for kept, new in zip((rows, skipped, lowered), done, strict=True):
-            kept.extend(new)
+    rows, skipped, lowered = each_task(
+        _variants, quick, variants, quick=quick, fractions=fractions, seeds=seeds, log=log
+    )
     summary = summarize(rows)
     return {
         "fractions": list(fractions),
@@ -64,25 +58,19 @@ def run_pretraining(*, quick, log=print):
     }
 
 
-def _task_runs(task, split, quick, fractions, seeds, variants):
-    """One task's score rows under every seed, fraction and variant, and its entries of `skipped`
-    and `lowered`."""
+def _variants(task, split, fraction, seed, log, lowered, quick, variants):
+    """Every variant's score rows on one task, label fraction and seed."""
     from .methods import scquery_config
 
-    rows, skipped, lowered = [], [], []
-    log = functools.partial(print, flush=True)
-    with refusals(task, split, rows, skipped, log):
-        for seed in seeds:
-            for fraction in fractions:
-                for name, options in variants.items():
-                    config = scquery_config(quick=quick, **options)
-                    run = _Run(task, split, fraction, seed, config, log, lowered)
-                    start = time.perf_counter()
-                    encoder = _encoder(run, only_reference=name == REFERENCE_ONLY)
-                    run.scquery(name, encoder=encoder)
-                    run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
-                    rows.extend(run.rows)
-    return rows, skipped, lowered
+    rows = []
+    for name, options in variants.items():
+        run = _Run(task, split, fraction, seed, scquery_config(quick=quick, **options), log, lowered)
+        start = time.perf_counter()
+        encoder = _encoder(run, only_reference=name == REFERENCE_ONLY)
+        run.scquery(name, encoder=encoder)
+        run.rows[-1]["seconds"] = round(time.perf_counter() - start, 2)  # with pretraining
+        rows.extend(run.rows)
+    return rows
 
 
 def _encoder(run, *, only_reference):
