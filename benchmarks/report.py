@@ -816,10 +816,21 @@ def seeds_section(result):
         "the query cells of the reference's types, as mean ± standard deviation over the seeds [lowest, "
         "highest]; 'ensemble': the seeds' classifier probabilities averaged (it costs one training per "
         "seed). Peers once (seed 0), in the same run: on the cached pairs PCA + kNN and logistic "
-        "regression on log-normalized values (a cross-species query on its one-to-one orthologues).",
+        "regression on log-normalized values (a cross-species query on its one-to-one orthologues). "
+        "'query s': the whole query (`scquery.query`, Unknown rules included; a query refused for too "
+        "few genes, with its second reading), mean over the seeds.",
         "",
     ]
-    header = ["task", "method", "classifier head", "kNN vote", "prediction", "ensemble (head)", "train s"]
+    header = [
+        "task",
+        "method",
+        "classifier head",
+        "kNN vote",
+        "prediction",
+        "ensemble (head)",
+        "train s",
+        "query s",
+    ]
     for split, in_split in table.groupby("split", sort=False):
         rows, verdicts = [], []
         for task, group in in_split.groupby("task", sort=False):
@@ -828,7 +839,8 @@ def seeds_section(result):
                 single = runs[runs.seed != "ensemble"]
                 ensemble = runs[runs.seed == "ensemble"]["head"].iloc[0]
                 cells = [_spread(single[m]) for m in ("head", "knn", "prediction")]
-                rows.append([task, setting, *cells, _cell(ensemble), _cell(single.train_s.mean(), 1)])
+                seconds = [_cell(single[c].mean(), 1) if c in single else "–" for c in ("train_s", "query_s")]
+                rows.append([task, setting, *cells, _cell(ensemble), *seconds])
                 sd = max(single[m].std(ddof=1) for m in ("head", "prediction"))
                 head = single["head"]
                 verdicts.append(
@@ -837,15 +849,33 @@ def seeds_section(result):
                     f"above it with {int((head >= best).sum())} of {len(single)} seeds"
                 )
             for r in peers[peers.task == task].itertuples():
-                rows.append([task, r.method, _cell(r.macro_f1), "–", "–", "–", "–"])
+                rows.append([task, r.method, _cell(r.macro_f1), "–", "–", "–", "–", "–"])
         title = "Validation pairs (the set that counts)" if split == "validation" else "Tuning pairs"
         single = in_split[in_split.seed != "ensemble"]
         means = single.groupby(["setting", "task"], sort=False)["head"].mean().groupby("setting", sort=False)
         overall = "; ".join(f"{setting} {values.mean():.3f}" for setting, values in means)
         parts += [f"### {title}", "", _table(header, rows), "", "Targets:", "", *verdicts]
-        parts += [f"- The head's mean over the {split} pairs, by setting: {overall}.", ""]
+        parts += [
+            f"- The head's mean over the {split} pairs, by setting: {overall}.",
+            *_query_times(single),
+            "",
+        ]
         parts += _trailing_types(in_split, peers, result.get("cells", []))
     return parts
+
+
+def _query_times(single):
+    """Each setting's query time against the defaults' (issue 31: within 1.5×), its largest ratio
+    over the pairs (none for a run from before query times were kept)."""
+    if "query_s" not in single:
+        return []
+    seconds = single.groupby(["setting", "task"], sort=False)["query_s"].mean().unstack("task")
+    ratios = seconds.drop(index="scquery") / seconds.loc["scquery"]
+    return [
+        f"- Query time against the defaults', {setting}: at most {ratio.max():.2f}× ({ratio.idxmax()}; "
+        f"≤ 1.5×: {_met(ratio.max() <= 1.5)})."
+        for setting, ratio in ratios.iterrows()
+    ]
 
 
 def _trailing_types(table, peers, cells):

@@ -74,11 +74,13 @@ def run_seeds(*, quick, log=print):
                 config = scquery_config(quick=quick, **options)
                 bundle = train(task.reference, label_key="label", config=config, seed=seed)
                 seconds = time.perf_counter() - start
+                start = time.perf_counter()
                 annotated, min_overlap, _ = query_pair(task, bundle)
+                query_s = time.perf_counter() - start
                 inputs = InputOptions(species=getattr(task, "query_species", None), min_overlap=min_overlap)
                 probabilities.append(compute_embedding(task.query.copy(), bundle, inputs)[1])
                 row = {"task": task.name, "split": split, "setting": setting, "seed": seed}
-                row["train_s"] = round(seconds, 2)
+                row["train_s"], row["query_s"] = round(seconds, 2), round(query_s, 2)
                 for method, column in (("head", "classifier"), ("knn", "knn"), ("prediction", "prediction")):
                     predicted = annotated.obs[f"scquery_{column}"].astype(str).to_numpy()
                     row[method] = label_scores(truth[known], predicted[known])["macro_f1"]

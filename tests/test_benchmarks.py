@@ -609,24 +609,31 @@ def test_quick_precision_run_scores_each_split_in_both_precisions_and_with_the_n
 def test_seeds_section_breaks_down_by_type_the_pairs_where_the_head_trails():
     from benchmarks.report import seeds_section
 
-    def run(task, seed, head, per_type):
+    def run(task, seed, head, per_type, setting="scquery", query_s=2.0):
         return {
             "task": task,
             "split": "tuning",
-            "setting": "scquery",
+            "setting": setting,
             "seed": seed,
             "head": head,
             "knn": head,
             "prediction": head,
             "train_s": 1.0,
+            "query_s": query_s,
             "head_per_type": per_type,
         }
 
     rows = [run("trails", s, 0.90, {"A": 1.0, "B": b}) for s, b in ((0, 0.8), (1, 0.8))]
     rows += [run("leads", s, 0.99, {"A": 1.0, "C": 0.98}) for s in (0, 1)]
     rows += [
-        {"task": t, "split": "tuning", "setting": "scquery", "seed": "ensemble", "head": 0.9}
+        run(t, s, 0.9, {}, setting="two heads", query_s=q)
+        for t, q in (("trails", 2.2), ("leads", 3.2))
+        for s in (0, 1)
+    ]
+    rows += [
+        {"task": t, "split": "tuning", "setting": m, "seed": "ensemble", "head": 0.9}
         for t in ("trails", "leads")
+        for m in ("scquery", "two heads")
     ]
     peers = [
         {"task": "trails", "method": "LR", "macro_f1": 0.95, "per_type": {"A": 1.0, "B": 0.9}},
@@ -637,6 +644,8 @@ def test_seeds_section_breaks_down_by_type_the_pairs_where_the_head_trails():
     text = "\n".join(seeds_section({"rows": rows, "peers": peers, "cells": cells, "seeds": [0, 1]}))
     assert "| trails | B | 3 | 0.800 ± 0.000 [0.800, 0.800] | 0.900 (LR) | -0.100 |" in text
     assert "| leads | C |" not in text
+    assert "| trails | two heads | 0.900 ± 0.000 [0.900, 0.900] |" in text and "| 0.900 | 1.0 | 2.2 |" in text
+    assert "- Query time against the defaults', two heads: at most 1.60× (leads; ≤ 1.5×: not met)." in text
 
 
 @pytest.mark.slow
