@@ -26,13 +26,15 @@ reference's types (a cached pair's query may hold others). A query study whose c
 of the model's genes to pretrain on (scquery refuses them) is given again with
 `unlabeled_min_overlap` and the query's `min_overlap` at `unknown_pairs.LOW_OVERLAP`, what a user
 would do (`pretrain_on_query`; the report lists the tasks so read). Each task runs in a process of
-its own (`processes.in_own_process`).
+its own (`each_task`).
 """
 
 import contextlib
 import dataclasses
 import functools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -43,7 +45,6 @@ from scquery.options import InputOptions
 from . import crossstudy_tasks, pairs
 from .methods import run_scquery
 from .metrics import label_scores
-from .processes import in_own_process
 from .tasks import data_dir, synthetic_split
 from .unknown_pairs import LOW_OVERLAP, peer_runs, shared_gene_celltypist
 
@@ -134,16 +135,20 @@ def run_labels(*, quick, log=print, fractions=None, seeds=None, options=None, pe
 
 
 def each_task(runs, *args, quick, fractions, seeds, log=print, tasks=None):
-    """On every task of `_tasks` (those named in `tasks`, where given), each in a process of its own
-    (`processes.in_own_process`), `runs(task, split, fraction, seed, log, lowered, *args)` (its
-    score rows) under every seed and fraction: the score rows, `skipped` and `lowered` entries of
-    them all."""
+    """On every task of `_tasks` (those named in `tasks`, where given), each in a spawned process of
+    its own (its lines on standard output), `runs(task, split, fraction, seed, log, lowered, *args)`
+    (a module-level function: its score rows) under every seed and fraction: the score rows,
+    `skipped` and `lowered` entries of them all.
+
+    TensorFlow keeps some memory for every model a process fits (about 50 MB per run on the real
+    pairs), and a part's few hundred runs in one process outgrew a 24 GB machine."""
     rows, skipped, lowered = [], [], []
     for task, split in _tasks(quick, log=log):
         if tasks is not None and task.name not in tasks:
             continue
         log(f"{task.name} ({split}): {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        done = in_own_process(_task_runs, runs, task, split, fractions, seeds, args)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
+            done = process.submit(_task_runs, runs, task, split, fractions, seeds, args).result()
         for kept, new in zip((rows, skipped, lowered), done, strict=True):
             kept.extend(new)
     return rows, skipped, lowered
