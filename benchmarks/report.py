@@ -1186,12 +1186,85 @@ def unknown_pairs_lines(rows):
             if r.get("refused_at_defaults") and not r["held_out"]
         ]
         parts += [""]
+    parts += thresholds_lines(rows)
     if not any("CellTypist" in r["rejection"] for r in rows):
         parts += [
             "CellTypist was not run (`SCQUERY_BENCH_CELLTYPIST_PYTHON` unset: `make bench` sets it).",
             "",
         ]
     return parts
+
+
+def thresholds_lines(rows):
+    """Each rule's threshold as the tuning set would choose it, with what it gives on the validation
+    set (the rows' `thresholds`, benchmarks/unknown_pairs.py `threshold_sweep`); nothing for rows
+    measured without it."""
+    from scquery.rules import QueryOptions
+
+    swept = [r for r in rows if r.get("thresholds")]
+    if not swept:
+        return []
+    figures = {
+        split: _sweep_figures([r for r in swept if r["split"] == split]) for split in ("tuning", "validation")
+    }
+    table = []
+    for option, tuning in figures["tuning"].items():
+        default = getattr(QueryOptions(), option)
+        # The tuning set's choice: most tasks meeting the target, then fewest known cells Unknown, then
+        # the value nearest the default.
+        choice = min(tuning, key=lambda v: (-tuning[v]["met"], tuning[v]["known"], abs(v - default)))
+        for value in dict.fromkeys([default, choice]):
+            words = ["default"] * (value == default) + ["the tuning set's choice"] * (value == choice)
+            cells = [
+                _sweep_cells(figures[split].get(option, {}).get(value)) for split in ("tuning", "validation")
+            ]
+            table.append([f"`{option}`", f"{value:g} ({', '.join(words)})", *cells[0], *cells[1]])
+    header = ["rule (option)", "threshold"] + [
+        f"{split}: {what}"
+        for split in ("tuning", "validation")
+        for what in ("tasks met", "mean caught", "mean known Unknown")
+    ]
+    return [
+        "#### Each rule's threshold, as the tuning set would choose it",
+        "",
+        "Each Unknown rule's threshold moved alone, the others at their defaults, replayed on the scores "
+        "each task's query wrote (the same models, `unknown_pairs.threshold_sweep`). 'tasks met': tasks "
+        "with new cells that catch ≥ 80 % of them with ≤ 5 % of known cells Unknown; mean caught over "
+        "those tasks, mean known Unknown over every task of the set. The tuning set's choice: the most "
+        "tasks met, then the fewest known cells Unknown, then the value nearest the default; the "
+        "validation columns show what it would give there.",
+        "",
+        _table(header, table),
+        "",
+    ]
+
+
+def _sweep_cells(at):
+    if at is None:
+        return ["–"] * 3
+    return [f"{at['met']} of {at['tasks']}", _share(at["caught"]), _share(at["known"])]
+
+
+def _sweep_figures(rows):
+    """Per option and threshold: the tasks with new cells meeting the target and their count, the mean
+    caught over them and the mean known Unknown over every row."""
+    points = {}
+    for row in rows:
+        for option, sweep in row["thresholds"].items():
+            for point in sweep:
+                points.setdefault(option, {}).setdefault(point["value"], []).append(point)
+    figures = {}
+    for option, values in points.items():
+        figures[option] = {}
+        for value, at in values.items():
+            new = [p for p in at if p["caught"] is not None]
+            figures[option][value] = {
+                "met": sum(p["caught"] >= 0.8 and p["known_unknown"] <= 0.05 for p in new),
+                "tasks": len(new),
+                "caught": np.mean([p["caught"] for p in new]) if new else None,
+                "known": np.mean([p["known_unknown"] for p in at if p["known_unknown"] is not None]),
+            }
+    return figures
 
 
 _PAIRS_HEADER = [

@@ -11,7 +11,10 @@ reference never had), *known* otherwise. Per task and method:
   point of the method's default;
 - macro-F1 over the known cells ('Unknown' counts as an error) of scquery's prediction, of its
   classifier head and of each peer;
-- where the query has a condition (`obs['condition']`), the Unknown share of its known cells in each.
+- where the query has a condition (`obs['condition']`), the Unknown share of its known cells in each;
+- each Unknown rule's threshold moved alone over `SWEEP` (`threshold_sweep`), replayed on the scores
+  of the same query, so that the report shows what the tuning set would choose and what that choice
+  gives on the validation set.
 
 scquery's score is its Unknown score, `obs['scquery_unknown_score']` (`scquery.rules.unknown_score`:
 how far past its threshold the cell's furthest score lies, 0.5 at the threshold). Its curve is
@@ -29,6 +32,8 @@ cache. `quick`: the first task of each split that has new cells (else its first 
 the benchmark's small network.
 """
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
@@ -36,7 +41,7 @@ from sklearn.metrics import roc_auc_score
 from scquery.errors import TooFewGenes
 from scquery.options import InputOptions
 from scquery.query import UNKNOWN, query
-from scquery.rules import QueryOptions
+from scquery.rules import SIGNALS, QueryOptions, thresholds, unknown_reasons
 from scquery.train import train
 
 from . import crossstudy_tasks, pairs
@@ -54,6 +59,13 @@ LOW_OVERLAP = 0.2
 #: The thresholds a curve is drawn at (on each method's score).
 CURVE = np.round(np.linspace(0, 1, 21), 2)
 SPLITS = ("tuning", "validation")
+#: The values each rule's threshold is replayed at (`threshold_sweep`), by option: a share's those of
+#: `CURVE`, the novelty's (a log ratio) from 0.25 to 3.
+SWEEP = {
+    signal.option: CURVE if signal.rejects == "below" else np.round(np.arange(0.25, 3.01, 0.25), 2)
+    for signal in SIGNALS
+    if signal.option
+}
 
 
 def all_tasks(*, splits=SPLITS, cache=None, log=print):
@@ -103,6 +115,7 @@ def _scquery(task, seed, quick):
     adata, _, refused = query_pair(task, bundle)
     obs = adata.obs
     return {
+        "obs": obs,
         "prediction": obs["scquery_prediction"].astype(str).to_numpy(),
         "classifier": obs["scquery_classifier"].astype(str).to_numpy(),
         "score": obs["scquery_unknown_score"].to_numpy(np.float64),
@@ -188,6 +201,31 @@ def _curve(score, new, default):
     return {"auroc": auroc, "default": at_default, "curve": points}
 
 
+def threshold_sweep(obs, new, *, key="scquery"):
+    """Each rule's threshold moved alone, the others at their defaults, replayed on the scores a
+    query wrote in `obs` (`scquery.rules.unknown_reasons`; the same model, no new query): per option
+    of `SWEEP`, the share of the `new` cells caught and of the known ones called Unknown at each value.
+    The signal without a column (no reference genes) is read from its reason, which comes first, so
+    no other reason hides it."""
+    reason = obs[f"{key}_unknown_reason"].astype(str).to_numpy()
+    scores = [obs[f"{key}_{s.column}"].to_numpy() if s.column else reason != s.reason for s in SIGNALS]
+    sweep = {}
+    for option, values in SWEEP.items():
+        sweep[option] = []
+        for value in values:
+            chosen = dataclasses.replace(QueryOptions(), **{option: float(value)})
+            cut_off = chosen.max_unknown_score
+            called = unknown_reasons(*scores, max_unknown_score=cut_off, **thresholds(chosen)) > 0
+            sweep[option].append(
+                {
+                    "value": float(value),
+                    "caught": float(called[new].mean()) if new.any() else None,
+                    "known_unknown": float(called[~new].mean()) if (~new).any() else None,
+                }
+            )
+    return sweep
+
+
 def measure(task, *, seed=0, quick=False, log=print):
     """One task's figures (module docstring)."""
     truth = task.query.obs["label"].astype(str).to_numpy()
@@ -215,6 +253,7 @@ def measure(task, *, seed=0, quick=False, log=print):
         "new_called": pd.Series(ours["prediction"][new]).value_counts().head(3).to_dict(),
         "refused_at_defaults": ours["refused"],
         "rejection": {"scquery": _curve(ours["score"], new, DEFAULTS["scquery"])},
+        "thresholds": threshold_sweep(ours["obs"], new),
     }
     for name, score in peer_scores.items():
         row["rejection"][name] = _curve(score, new, DEFAULTS[name])

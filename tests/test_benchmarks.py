@@ -8,6 +8,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import shared_file
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` lives at the repository root, outs
 
 from benchmarks.metrics import label_scores, retrieval_map  # noqa: E402
 from benchmarks.synthetic import synthetic_counts  # noqa: E402
+from scquery.rules import QueryOptions  # noqa: E402
 
 #: The files of the cross-study pairs (benchmarks/crossstudy_tasks.py).
 CROSSSTUDY_FILES = [
@@ -548,6 +550,33 @@ def test_the_unknown_report_shows_the_tuning_then_the_validation_pairs(tmp_path)
     assert "No pair's data was here" in empty and "unknown_pairs.png" not in empty
 
 
+def test_the_threshold_table_shows_the_tuning_sets_choice_and_what_it_gives_on_validation():
+    from benchmarks.report import thresholds_lines
+
+    def row(split, points):
+        return {
+            "split": split,
+            "thresholds": {
+                "min_confidence": [
+                    {"value": value, "caught": caught, "known_unknown": known}
+                    for value, caught, known in points
+                ]
+            },
+        }
+
+    rows = [  # at 0.6 both tuning tasks with new cells meet the target; the default 0.5 only one
+        row("tuning", [(0.5, 0.7, 0.01), (0.6, 0.85, 0.02), (0.7, 0.9, 0.08)]),
+        row("tuning", [(0.5, 0.9, 0.0), (0.6, 0.9, 0.01), (0.7, 0.95, 0.01)]),
+        row("tuning", [(0.5, None, 0.03), (0.6, None, 0.05), (0.7, None, 0.2)]),  # no new cells
+        row("validation", [(0.5, 0.8, 0.05), (0.6, 0.82, 0.1), (0.7, 0.9, 0.2)]),
+    ]
+    text = "\n".join(thresholds_lines(rows))
+    assert "| `min_confidence` | 0.5 (default) | 1 of 2 | 80.0% | 1.3% | 1 of 1 | 80.0% | 5.0% |" in text
+    choice = "| `min_confidence` | 0.6 (the tuning set's choice) | 2 of 2 | 87.5% | 2.7% | 0 of 1 | 82.0% |"
+    assert choice + " 10.0% |" in text
+    assert thresholds_lines([{"split": "tuning"}]) == []  # rows measured before the sweep
+
+
 @pytest.mark.slow
 def test_the_pairs_harness_measures_a_validation_task_of_the_cache():
     from benchmarks import pairs
@@ -565,6 +594,44 @@ def test_the_pairs_harness_measures_a_validation_task_of_the_cache():
     assert ours["default"] == {"caught": row["caught"], "known_unknown": row["known_unknown"]}
     assert {"PCA + kNN", "logistic regression", "scmap-cosine"} <= set(row["peer_f1"])
     assert lines[-1].startswith("validation: ")
+    defaults = QueryOptions()
+    for option, sweep in row["thresholds"].items():  # the replay at the defaults is the query's calls
+        (at,) = [point for point in sweep if point["value"] == getattr(defaults, option)]
+        assert (at["caught"], at["known_unknown"]) == (row["caught"], row["known_unknown"]), option
+
+
+def test_the_threshold_sweep_replays_each_rule_alone_on_the_written_scores():
+    from benchmarks.unknown_pairs import threshold_sweep
+
+    nan = np.nan
+    obs = pd.DataFrame(
+        {
+            "scquery_unknown_reason": [
+                "",
+                "low confidence",
+                "new cluster",
+                "markers differ",
+                "no reference genes",
+            ],
+            "scquery_confidence": np.float32([0.9, 0.4, 0.9, 0.9, nan]),
+            "scquery_cluster_novelty": np.float32([0.0, 0.0, 2.0, 0.0, nan]),
+            "scquery_marker_agreement": np.float32([1.0, 1.0, 1.0, 0.3, nan]),
+            "scquery_unique_markers": np.float32([nan, nan, nan, nan, nan]),
+        }
+    )
+    new = np.array([False, True, True, True, True])
+    sweep = threshold_sweep(obs, new)
+
+    def at(option, value):
+        (point,) = [p for p in sweep[option] if p["value"] == value]
+        return point["caught"], point["known_unknown"]
+
+    assert at("min_confidence", 0.5) == (1.0, 0.0)  # the defaults: every new cell, no known one
+    assert at("min_confidence", 0.95) == (1.0, 1.0)  # the known cell's 0.9 is now too low
+    assert at("min_confidence", 0.0) == (0.75, 0.0)  # the cell at 0.4 is kept; none expressed stays
+    assert at("novelty_threshold", 2.25) == (0.75, 0.0)
+    assert at("min_marker_agreement", 0.25) == (0.75, 0.0)
+    assert at("min_unique_markers", 1.0) == (1.0, 0.0)  # not judged (NaN) is kept
 
 
 def test_the_precision_report_judges_the_largest_change_of_a_tasks_mean_accuracy():
