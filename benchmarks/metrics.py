@@ -19,6 +19,13 @@ def label_scores(y_true, y_pred) -> dict:
     }
 
 
+def per_type_f1(y_true, y_pred) -> dict:
+    """Each type of `y_true`: its F1 (a type never predicted scores 0)."""
+    types = sorted(set(np.asarray(y_true, dtype=object)))
+    scores = f1_score(y_true, y_pred, labels=types, average=None, zero_division=0)
+    return dict(zip(types, scores.tolist(), strict=True))
+
+
 def retrieval_map(query_emb, query_labels, ref_emb, ref_labels, *, k=100) -> float:
     """Mean over query cells of the average precision of their `k` nearest reference cells.
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .baselines import log_normalized, logistic_regression, pca_knn
 from .methods import run_scquery, scquery_config
-from .metrics import label_scores, retrieval_map
+from .metrics import label_scores, per_type_f1, retrieval_map
 from .tasks import splits
 
 #: Python of a separate environment with celltypist==1.7.1 (CellTypist is run only when set).
@@ -19,14 +19,16 @@ MAP_K = 100
 #: scquery's settings (training options on top of the benchmark's): the defaults, then variants in
 #: parentheses, which the targets leave out: no pretraining, the input genes dropped at 0.7 while
 #: fine-tuning (the rate the cross-study tuning pairs chose; issue 31), the classifier's weights
-#: averaged over its last 10 epochs (`average_epochs`), and a second classifier with the input genes
-#: dropped at 0.7, the two classifiers' probabilities averaged (`ensemble_dropout`).
+#: averaged over its last 10 epochs (`average_epochs`), a second classifier with the input genes
+#: dropped at 0.7, the two classifiers' probabilities averaged (`ensemble_dropout`), and each gene
+#: scaled to the reference's mean and variance (`scale`, as the logistic regression peer's input is).
 SETTINGS = {
     "scquery": {},
     "scquery (no pretraining)": {"pretrain": False},
     "scquery (input dropout 0.7)": {"dropout": 0.7},
     "scquery (weights averaged over 10 epochs)": {"average_epochs": 10},
     "scquery (a second classifier with input dropout 0.7)": {"ensemble_dropout": 0.7},
+    "scquery (genes scaled)": {"scale": True},
 }
 #: Seeds the defaults ("scquery") train with on every split, for their spread over seeds (issue 31;
 #: two in a quick run); the variants and the peers train with the first.
@@ -41,6 +43,8 @@ def _record(split, method, truth, predictions, seconds, *, embeddings=None, **ex
         "n_reference": split.reference.n_obs,
         "n_query": split.query.n_obs,
         **label_scores(truth, predictions),
+        "f1_per_type": per_type_f1(truth, predictions),
+        "cells_per_type": pd.Series(truth).value_counts().to_dict(),
         "map": None,
         "seconds": round(seconds, 2),
         **extra,

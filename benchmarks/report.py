@@ -124,8 +124,9 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
-def quality_section(summary):
-    """Per task: every method's mean (± sd over folds) accuracy, macro-F1 and MAP."""
+def quality_section(summary, runs=()):
+    """Per task: every method's mean (± sd over folds) accuracy, macro-F1 and MAP; where the classifier
+    at the defaults trails the best peer, each type's F1 (`runs`: the score rows, where they kept it)."""
     parts = [
         "## Quality",
         "",
@@ -162,7 +163,28 @@ def quality_section(summary):
             f"Target macro-F1 ≥ best peer ({best_peer:.3f}): best scquery {best_ours:.3f}, {verdict}.",
             "",
         ]
+        parts += _quality_trailing_types(task, table, [r for r in runs if r["task"] == task])
     return parts
+
+
+def _quality_trailing_types(task, summary, rows):
+    """Per type, the classifier at the defaults (each seed's mean over the folds) against the best peer
+    (its mean over the folds), where the classifier's macro-F1 trails that peer's."""
+    runs = pd.DataFrame([r for r in rows if "f1_per_type" in r])
+    peers = summary[~summary.method.str.startswith("scquery")]
+    head = summary[summary.method == "scquery classifier"]
+    if runs.empty or peers.empty or head.empty or head.macro_f1.iloc[0] >= peers.macro_f1.max():
+        return []
+    best = peers.sort_values("macro_f1").iloc[-1].method
+
+    def per_type(method):
+        found = runs[runs.method == method]
+        return pd.DataFrame(list(found.f1_per_type), index=found.index).assign(seed=found.seed.fillna(0))
+
+    ours = per_type("scquery classifier").groupby("seed").mean()
+    counts = pd.DataFrame(list(runs[runs.method == best].cells_per_type)).sum().astype(int)
+    peer = per_type(best).drop(columns="seed").mean()
+    return _trailing_lines(_type_gaps(task, ours, best, peer, counts.to_dict()), "F1, mean over the folds")
 
 
 def speed_section(speed):
@@ -793,7 +815,7 @@ def _met(condition):
 
 
 def _quality_section(result):
-    return quality_section(pd.DataFrame(result["summary"]))
+    return quality_section(pd.DataFrame(result["summary"]), result.get("rows", []))
 
 
 def seeds_section(result):
@@ -898,30 +920,33 @@ def _trailing_types(table, peers, cells):
         if task not in counts or "head_per_type" not in runs:
             continue
         best = peers[peers.task == task].sort_values("macro_f1").iloc[-1]
-        if runs["head"].mean() >= best.macro_f1:
-            continue
-        per_seed = pd.DataFrame(list(runs["head_per_type"]))
-        for cell_type, cells_of_type in counts[task].items():
-            head, peer = per_seed[cell_type], best.per_type[cell_type]
-            rows.append(
-                [
-                    task,
-                    cell_type,
-                    cells_of_type,
-                    _spread(head),
-                    f"{peer:.3f} ({best.method})",
-                    f"{head.mean() - peer:+.3f}",
-                ]
-            )
+        if runs["head"].mean() < best.macro_f1:
+            per_seed = pd.DataFrame(list(runs["head_per_type"]))
+            rows += _type_gaps(task, per_seed, best.method, best.per_type, counts[task])
+    return _trailing_lines(rows, "F1 over the seeds")
+
+
+def _type_gaps(task, per_seed, peer, peer_per_type, counts):
+    """Table rows of each type of `counts` (its query cells): the head's F1 over the seeds (`per_seed`:
+    a row per seed, a column per type) against the peer's, and the difference of the means."""
+    return [
+        [
+            task,
+            cell_type,
+            cells,
+            _spread(per_seed[cell_type]),
+            f"{peer_per_type[cell_type]:.3f} ({peer})",
+            f"{per_seed[cell_type].mean() - peer_per_type[cell_type]:+.3f}",
+        ]
+        for cell_type, cells in counts.items()
+    ]
+
+
+def _trailing_lines(rows, what):
     if not rows:
         return []
     header = ["task", "type", "query cells", "head (defaults)", "best peer", "head − peer"]
-    return [
-        "Per type, where the head trails the best peer (F1 over the seeds):",
-        "",
-        _table(header, rows),
-        "",
-    ]
+    return [f"Per type, where the head trails the best peer ({what}):", "", _table(header, rows), ""]
 
 
 def _spread(values):

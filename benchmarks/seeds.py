@@ -15,7 +15,6 @@ sides' log-normalized values (a cross-species query on its one-to-one orthologue
 import time
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from scquery.embed import compute_embedding
 from scquery.options import InputOptions
@@ -24,7 +23,7 @@ from scquery.train import train
 from . import crossstudy_tasks, pairs
 from .crossstudy import _peers
 from .methods import scquery_config
-from .metrics import label_scores
+from .metrics import label_scores, per_type_f1
 from .unknown_pairs import log_normalized_peers, query_pair
 
 SEEDS = (0, 1, 2)
@@ -85,7 +84,7 @@ def run_seeds(*, quick, log=print):
                     predicted = annotated.obs[f"scquery_{column}"].astype(str).to_numpy()
                     row[method] = label_scores(truth[known], predicted[known])["macro_f1"]
                     if method == "head" and setting == "scquery":
-                        row["head_per_type"] = _per_type(truth[known], predicted[known])
+                        row["head_per_type"] = per_type_f1(truth[known], predicted[known])
                 rows.append(row)
                 log(
                     f"  {setting}, seed {seed}: head {row['head']:.3f}, kNN {row['knn']:.3f}, "
@@ -105,19 +104,12 @@ def run_seeds(*, quick, log=print):
                     "task": task.name,
                     "method": method,
                     **scores,
-                    "per_type": _per_type(truth[known], predicted[known]),
+                    "per_type": per_type_f1(truth[known], predicted[known]),
                 }
             )
         types, counts = np.unique(truth[known], return_counts=True)
         cells.append({"task": task.name, "counts": dict(zip(types.tolist(), counts.tolist(), strict=True))})
     return {"rows": rows, "peers": peers, "cells": cells, "seeds": list(SEEDS)}
-
-
-def _per_type(truth, predicted):
-    """Each type of `truth`: its F1."""
-    types = sorted(set(truth))
-    scores = f1_score(truth, predicted, labels=types, average=None, zero_division=0)
-    return dict(zip(types, scores.tolist(), strict=True))
 
 
 def _task_peers(task):

@@ -170,6 +170,39 @@ def test_quality_summary_spreads_over_folds_and_over_seeds():
     assert peer.seeds == 1 and np.isnan(peer.macro_f1_seeds_sd) and peer.macro_f1_sd == pytest.approx(0.1)
 
 
+def test_the_quality_report_breaks_a_trailing_classifier_down_by_type():
+    from benchmarks.quality import summarize
+    from benchmarks.report import quality_section
+
+    def row(method, fold, per_type, seed=0):
+        f1 = float(np.mean(list(per_type.values())))
+        cells = dict.fromkeys(per_type, 10)
+        scores = {"accuracy": f1, "macro_f1": f1, "map": None, "seconds": 1.0, "seed": seed}
+        return {
+            "task": "t",
+            "method": method,
+            "fold": fold,
+            **scores,
+            "f1_per_type": per_type,
+            "cells_per_type": cells,
+        }
+
+    rows = [
+        row("scquery classifier", fold, {"a": a, "b": 0.9}, seed)
+        for fold, seed, a in [(0, 0, 0.6), (0, 1, 0.7), (1, 0, 0.8), (1, 1, 0.9)]
+    ]
+    rows += [row("logistic regression", fold, {"a": 0.9, "b": 0.9}) for fold in (0, 1)]
+    text = "\n".join(quality_section(summarize(rows), rows))
+    # seed 0's mean over the folds 0.7, seed 1's 0.8; the peer's 0.9 over 20 query cells
+    assert "| t | a | 20 | 0.750 ± 0.071 [0.700, 0.800] | 0.900 (logistic regression) | -0.150 |" in text
+    assert "| t | b | 20 | 0.900 ± 0.000 [0.900, 0.900] | 0.900 (logistic regression) | +0.000 |" in text
+    rows += [
+        row("scquery classifier", fold, {"a": 1.0, "b": 1.0}, seed) for fold in (0, 1) for seed in (2, 3)
+    ]
+    assert "Per type" not in "\n".join(quality_section(summarize(rows), rows))  # no longer trails
+    assert "Per type" not in "\n".join(quality_section(summarize(rows[:4] + rows[4:6]), []))
+
+
 def test_training_options_of_the_command_line_come_last(monkeypatch):
     from benchmarks import methods
 
