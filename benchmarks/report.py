@@ -1227,7 +1227,7 @@ def thresholds_lines(rows):
     from scquery.rules import QueryOptions
 
     swept = [r for r in rows if r.get("thresholds")]
-    if not swept:
+    if not any(r["split"] == "tuning" for r in swept):  # nothing to choose on
         return []
     figures = {
         split: _sweep_figures([r for r in swept if r["split"] == split]) for split in ("tuning", "validation")

@@ -608,6 +608,7 @@ def test_the_threshold_table_shows_the_tuning_sets_choice_and_what_it_gives_on_v
     choice = "| `min_confidence` | 0.6 (the tuning set's choice) | 2 of 2 | 87.5% | 2.7% | 0 of 1 | 82.0% |"
     assert choice + " 10.0% |" in text
     assert thresholds_lines([{"split": "tuning"}]) == []  # rows measured before the sweep
+    assert thresholds_lines(rows[3:]) == []  # no tuning task to choose on
 
 
 @pytest.mark.slow
