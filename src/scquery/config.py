@@ -44,7 +44,10 @@ class TrainConfig:
     )
     genes: list[str] | None = option(None, "Use these genes instead of highly variable genes", metavar="GENE")
     scale: bool = option(
-        False, "Scale each gene to zero mean and unit variance with the reference's statistics"
+        False,
+        "Scale each gene to zero mean and unit variance with the reference's statistics (as CellTypist's "
+        "logistic regression does): it passed that peer on Zeisel's 7 classes and lost on the other three "
+        "same-study tasks (benchmarks/RESULTS.md, 'Quality')",
     )
     # network: hidden widths, the last is the embedding (scQuery: 1136, 100 on ~20k genes; a third layer
     # gains most at few labels: benchmarks/RESULTS.md, "Where pretraining pays")
