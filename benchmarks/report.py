@@ -151,7 +151,8 @@ def quality_section(summary, runs=()):
             ]
             for r in table.itertuples()
         ]
-        best_peer = table[~table.method.str.startswith("scquery")].macro_f1.max()
+        peers = table[~table.method.str.startswith("scquery")]
+        best_peer = peers.macro_f1.max()
         ours = table.method.str.startswith("scquery") & ~table.method.str.contains(r"\(", regex=True)
         best_ours = table[ours].macro_f1.max()
         verdict = "met" if best_ours >= best_peer else "not met"
@@ -163,15 +164,15 @@ def quality_section(summary, runs=()):
             f"Target macro-F1 ≥ best peer ({best_peer:.3f}): best scquery {best_ours:.3f}, {verdict}.",
             "",
         ]
-        parts += _quality_trailing_types(task, table, [r for r in runs if r["task"] == task])
+        parts += _quality_trailing_types(task, table, peers, [r for r in runs if r["task"] == task])
     return parts
 
 
-def _quality_trailing_types(task, summary, rows):
+def _quality_trailing_types(task, summary, peers, rows):
     """Per type, the classifier at the defaults (each seed's mean over the folds) against the best peer
-    (its mean over the folds), where the classifier's macro-F1 trails that peer's."""
+    (its mean over the folds), where the classifier's macro-F1 trails that peer's; `peers`: the
+    summary's rows of the peers."""
     runs = pd.DataFrame([r for r in rows if "f1_per_type" in r])
-    peers = summary[~summary.method.str.startswith("scquery")]
     head = summary[summary.method == "scquery classifier"]
     if runs.empty or peers.empty or head.empty or head.macro_f1.iloc[0] >= peers.macro_f1.max():
         return []
