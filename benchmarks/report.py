@@ -1175,8 +1175,10 @@ def unknown_pairs_lines(rows):
         "Every pair (the shared ones above and the cached ones of benchmarks/PAIRS.md) whole and with each "
         "type of `pairs.HELD_OUT` removed from its reference in turn, one model each, scquery at its "
         "defaults. New cells: of a type the reference lacks (held out, or never in it). 'caught': new "
-        "cells called Unknown; 'known Unknown': known cells called Unknown; macro-F1 over the known cells, "
-        "Unknown counted as wrong. AUROC: each method's rejection score, new against known cells. "
+        "cells called Unknown; 'known Unknown': known cells called Unknown (in brackets, those the "
+        "classifier head labels right: the calls that cost an answer, where the others reject a wrong "
+        "one); macro-F1 over the known cells, Unknown counted as wrong. AUROC: each method's rejection "
+        "score, new against known cells. "
         "scquery's score is its Unknown score `scquery_unknown_score` (how far past its threshold the "
         "cell's furthest score lies, 0.5 at the threshold): its curve is the trade-off as "
         "`--max-unknown-score` moves, every rule stricter or looser at once, its default point "
@@ -1326,10 +1328,17 @@ def _pairs_row(r):
         r["classifier_f1"],
         f"{found[best]:.3f} ({best})" if best else "–",
         _share(r["caught"]),
-        _share(r["known_unknown"]),
+        _known_unknown_cell(r),
         *[_auroc_cell(r["rejection"].get(name)) for name in REJECTION],
         ", ".join(f"{level} {_share(share)}" for level, share in (r.get("conditions") or {}).items()) or "–",
     ]
+
+
+def _known_unknown_cell(r):
+    """The known cells called Unknown, and in brackets those the classifier head labels right."""
+    right = r.get("known_unknown_head_right")
+    cell = _share(r["known_unknown"])
+    return cell if right is None else f"{cell} ({_share(right)} head right)"
 
 
 def _pairs_summary(part, split):
@@ -1350,6 +1359,8 @@ def _pairs_summary(part, split):
     best = whole["peer_f1"].map(lambda f1: max([v for v in f1.values() if v is not None], default=np.nan))
     caught = _share(new["caught"].mean() if len(new) else None)
     known = _share(known.mean() if len(known) else None)
+    if "known_unknown_head_right" in part and part["known_unknown_head_right"].notna().any():
+        known += f" ({_share(part['known_unknown_head_right'].mean())} of cells the head labels right)"
     head_ok = (whole["prediction_f1"] >= whole["classifier_f1"] - 0.01).sum()
     lines = [
         f"- {split.capitalize()}, {_tasks(len(part))}: median AUROC {median or '–'}; mean caught {caught} "

@@ -11,6 +11,8 @@ reference never had), *known* otherwise. Per task and method:
   point of the method's default;
 - macro-F1 over the known cells ('Unknown' counts as an error) of scquery's prediction, of its
   classifier head and of each peer;
+- of the known cells called Unknown, the share the classifier head labels right (the calls that cost
+  an answer; the others reject a wrong one);
 - where the query has a condition (`obs['condition']`), the Unknown share of its known cells in each;
 - each Unknown rule's threshold moved alone over `SWEEP` (`threshold_sweep`), replayed on the scores
   of the same query, so that the report shows what the tuning set would choose and what that choice
@@ -249,6 +251,9 @@ def measure(task, *, seed=0, quick=False, log=print):
         "peer_f1": {name: f1(predicted) for name, predicted in peers.items()},
         "caught": float(unknown[new].mean()) if new.any() else None,
         "known_unknown": float(unknown[~new].mean()) if (~new).any() else None,
+        "known_unknown_head_right": (
+            float((unknown & (ours["classifier"] == truth))[~new].mean()) if (~new).any() else None
+        ),
         "known_reasons": pd.Series(ours["reason"][~new & (ours["reason"] != "")]).value_counts().to_dict(),
         "new_called": pd.Series(ours["prediction"][new]).value_counts().head(3).to_dict(),
         "refused_at_defaults": ours["refused"],

@@ -516,7 +516,9 @@ def test_scmap_cosine_finds_the_nearest_centroid_and_its_similarity():
     assert similarity == pytest.approx([1.0, 2 / 3], rel=1e-4)
 
 
-def _pairs_row(pair, split, held_out, *, new, caught, known, auroc, conditions=None, celltypist=True):
+def _pairs_row(
+    pair, split, held_out, *, new, caught, known, auroc, conditions=None, celltypist=True, head_right=None
+):
     curve = [{"threshold": t, "caught": 1 - t, "known_unknown": (1 - t) / 4} for t in (0.0, 0.5, 1.0)]
 
     def rejection(value):
@@ -535,6 +537,7 @@ def _pairs_row(pair, split, held_out, *, new, caught, known, auroc, conditions=N
         "peer_f1": {"PCA + kNN": 0.85, "scmap-cosine": 0.88},
         "caught": caught,
         "known_unknown": known,
+        "known_unknown_head_right": head_right,
         "refused_at_defaults": None,
         "rejection": {"scquery": rejection(auroc), "scmap-cosine": rejection(0.7)},
     }
@@ -552,8 +555,8 @@ def test_the_unknown_report_shows_the_tuning_then_the_validation_pairs(tmp_path)
         _pairs_row(
             "v", "validation", [], new=0, caught=None, known=0.01, auroc=None, conditions={"ifn": 0.02}
         ),
-        _pairs_row("t", "tuning", ["B"], new=30, caught=0.9, known=0.04, auroc=0.96),
-        _pairs_row("t", "tuning", ["NK"], new=20, caught=0.5, known=0.02, auroc=0.8),
+        _pairs_row("t", "tuning", ["B"], new=30, caught=0.9, known=0.04, auroc=0.96, head_right=0.01),
+        _pairs_row("t", "tuning", ["NK"], new=20, caught=0.5, known=0.02, auroc=0.8, head_right=0.0),
         _pairs_row("v", "validation", ["T"], new=40, caught=0.85, known=0.1, auroc=0.9),
     ]
     result = {"held_out": [], "conditions": [], "per_type": [], "pairs": pairs}
@@ -561,14 +564,15 @@ def test_the_unknown_report_shows_the_tuning_then_the_validation_pairs(tmp_path)
     assert "\n## " not in text.split("## Unknown calls", 1)[1]  # sub-sections: RESULTS.md's commit check
     assert text.index("#### Tuning set") < text.index("#### Validation set (the one that counts)")
     assert (
-        "| t | B | 30 (B) | 0.900 | 0.920 | 0.880 (scmap-cosine) | 90.0% | 4.0% | 0.960 (90.0% / 4.0%) |"
-        in text
+        "| t | B | 30 (B) | 0.900 | 0.920 | 0.880 (scmap-cosine) | 90.0% | 4.0% (1.0% head right) | "
+        "0.960 (90.0% / 4.0%) |" in text
     )
     assert "| v | – | 0 | 0.900 | 0.920 | 0.880 (scmap-cosine) | – | 1.0% | – | – | – | ifn 2.0% |" in text
     assert (
         "- Tuning, 2 tasks: median AUROC scquery 0.880 (2 tasks), CellTypist 0.600 (2 tasks), scmap-cosine "
-        "0.700 (2 tasks); mean caught 70.0% over the 2 tasks with new cells; mean known Unknown 3.0%; 1 of 2 "
-        "tasks with new cells catch ≥ 80 % with ≤ 5 % of known cells Unknown" in text
+        "0.700 (2 tasks); mean caught 70.0% over the 2 tasks with new cells; mean known Unknown 3.0% "
+        "(0.5% of cells the head labels right); 1 of 2 tasks with new cells catch ≥ 80 % with ≤ 5 % of "
+        "known cells Unknown" in text
     )
     assert "- Validation, 2 tasks: median AUROC scquery 0.900 (1 task)" in text
     assert "0 of 1 task with new cells catch" in text and "CellTypist was not run" not in text
@@ -623,6 +627,7 @@ def test_the_pairs_harness_measures_a_validation_task_of_the_cache():
     (row,) = run_unknown_pairs(quick=True, splits=("validation",), log=lines.append)["rows"]
     assert row["split"] == "validation" and row["new_cells"] > 0  # the first task with new cells
     assert 0.0 <= row["caught"] <= 1.0 and 0.0 <= row["known_unknown"] <= 1.0
+    assert 0.0 <= row["known_unknown_head_right"] <= row["known_unknown"]
     ours = row["rejection"]["scquery"]
     assert 0.0 <= ours["auroc"] <= 1.0 and "scmap-cosine" in row["rejection"]
     assert ours["default"] == {"caught": row["caught"], "known_unknown": row["known_unknown"]}
