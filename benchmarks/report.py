@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import subprocess
+import textwrap
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -1404,7 +1405,8 @@ def unknown_pairs_figure(result, path):
             legend[name] = ax.plot(known, caught, color=color, lw=1.2)[0]
             ax.plot(curve["default"]["known_unknown"], curve["default"]["caught"], "o", color=color)
         held = " + ".join(r["held_out"]) + " held out" if r["held_out"] else "whole"
-        ax.set_title(f"{r['split']}: {r['pair'][:36]}\n{held}", fontsize=7)
+        title = textwrap.wrap(f"{r['split']}: {r['pair']}", 44)  # whole, not cut
+        ax.set_title("\n".join([*title, held]), fontsize=7)
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
         ax.tick_params(labelsize=6)
         ax.set_xlabel("known cells Unknown", fontsize=7)
