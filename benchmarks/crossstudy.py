@@ -3,7 +3,8 @@
 Every task of `crossstudy_tasks` trains scquery on the reference and queries the other study; the
 peers (PCA + kNN, logistic regression, CellTypist with and without majority voting) get the same
 inputs. Per method: macro-F1 over the known types' query cells ('Unknown' counts as an error), the
-share of the held-out type's cells called 'Unknown' and the share of known cells called 'Unknown'.
+share of the held-out type's cells called 'Unknown' and the share of known cells called 'Unknown';
+scquery's on every seed as well (its spread over seeds, issue 31), the peers' once.
 Each pair's query is also given as subsets of its types (e.g. only the T cells, as from a sorted
 sample): their cells are the same, so what they are called should not change, and none should turn
 'Unknown' for lack of the other types. On the first Baron task the same query is also given in six
@@ -24,7 +25,14 @@ from .baselines import logistic_regression, pca_knn
 from .crossstudy_tasks import tasks
 from .methods import scquery_config
 from .metrics import label_scores
-from .quality import celltypist_predictions
+from .quality import SEEDS, celltypist_predictions
+
+#: scquery's answers, scored on every seed (`seeds` of each of their rows: issue 31's spread).
+SCQUERY_COLUMNS = {
+    "scquery prediction": "scquery_prediction",
+    "scquery kNN vote": "scquery_knn",
+    "scquery classifier": "scquery_classifier",
+}
 
 
 def _scores(truth, predicted, held):
@@ -165,31 +173,42 @@ def _subsets(task, bundle, whole, log):
     return rows
 
 
+def _scquery_run(task, *, quick, seed):
+    """scquery trained on `task`'s reference with `seed`: the bundle, the annotated query and the
+    seconds both took."""
+    start = time.perf_counter()
+    bundle = train(task.reference, label_key="label", config=scquery_config(quick=quick), seed=seed)
+    annotated = task.query.copy()
+    query(annotated, bundle)
+    return bundle, annotated, time.perf_counter() - start
+
+
 def run_crossstudy(*, quick, seed=0, log=print):
-    """Figures of every task (the CellBench pair only, with a small network, when `quick`)."""
+    """Figures of every task (the CellBench pair only, with a small network, when `quick`). The
+    table's figures are `seed`'s; scquery's rows also hold each seed's (`seeds`: `seed` and the next
+    ones, `quality.SEEDS` in all, two when `quick`)."""
     results, scales, subsets = [], [], []
+    n_seeds = 2 if quick else SEEDS
     for task in tasks():
         if quick and not task.pair.startswith("CEL-seq2"):
             continue
         log(f"{task.name}: {task.reference.n_obs} reference cells, {task.query.n_obs} query cells")
-        start = time.perf_counter()
-        bundle = train(task.reference, label_key="label", config=scquery_config(quick=quick), seed=seed)
-        annotated = task.query.copy()
-        query(annotated, bundle)
-        seconds = time.perf_counter() - start
+        bundle, annotated, seconds = _scquery_run(task, quick=quick, seed=seed)
         obs = annotated.obs
         truth = obs["label"].astype(str).to_numpy()
         held = np.isin(truth, task.held_out)
-        methods = {
-            "scquery prediction": obs["scquery_prediction"],
-            "scquery kNN vote": obs["scquery_knn"],
-            "scquery classifier": obs["scquery_classifier"],
-        }
-        methods = {name: column.astype(str).to_numpy() for name, column in methods.items()}
+        methods = {name: obs[column].astype(str).to_numpy() for name, column in SCQUERY_COLUMNS.items()}
+        per_seed = {name: [_scores(truth, predicted, held)] for name, predicted in methods.items()}
+        for other in range(seed + 1, seed + n_seeds):
+            other_obs = _scquery_run(task, quick=quick, seed=other)[1].obs
+            for name, column in SCQUERY_COLUMNS.items():
+                per_seed[name].append(_scores(truth, other_obs[column].astype(str).to_numpy(), held))
         methods.update(_peers(task, seed))
         for method, predicted in methods.items():
             row = {"task": task.name, "pair": task.pair, "held_out": task.held_out, "method": method}
             row.update(_scores(truth, predicted, held))
+            if method in per_seed:
+                row["seeds"] = per_seed[method]
             if method == "scquery prediction":
                 row["seconds"] = round(seconds, 1)
                 row["unknown_by_reason"] = annotated.uns["scquery"]["query_params"]["n_unknown_by_reason"]

@@ -242,10 +242,15 @@ def test_quick_crossstudy_run_scores_every_method_and_scale(tmp_path):
     assert {"scquery prediction", "scquery classifier", "PCA + kNN (ingest's model)"} <= methods
     held = [row for row in result["tasks"] if row["held_out"] and row["method"] == "scquery prediction"]
     assert held and all(0.0 <= row["held_out_unknown"] <= 1.0 for row in held)
+    for row in result["tasks"]:  # scquery's answers on every seed, the first the table's; peers once
+        assert ("seeds" in row) == row["method"].startswith("scquery")
+        if "seeds" in row:
+            assert len(row["seeds"]) == 2 and row["seeds"][0]["macro_f1"] == row["macro_f1"]
     scales = {row["scale"]: row for row in result["scales"]}
     assert "refused" in scales["z-scored log1p CP10k"]
     assert scales["log1p CP10k"]["agreement_with_counts"] == 1.0
-    assert "## Cross-study queries" in (tmp_path / "RESULTS.md").read_text()
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Cross-study queries" in report and "(2 seeds)" in report
 
 
 @pytest.mark.slow
