@@ -1243,7 +1243,7 @@ def unknown_pairs_lines(rows):
             for r in part
             if r.get("refused_at_defaults") and not r["held_out"]
         ]
-        parts += [""]
+        parts += ["", *_pairs_seeds_lines(part, split)]
     parts += thresholds_lines(rows)
     if not any("CellTypist" in r["rejection"] for r in rows):
         parts += [
@@ -1404,6 +1404,51 @@ def _pairs_summary(part, split):
             f"{(whole['prediction_f1'] >= best).sum()} of {len(whole)}."
         )
     return lines
+
+
+#: The figures of each seed (`seeds` of a pairs row), with their column titles.
+_SEED_FIGURES = {
+    "prediction_f1": "prediction",
+    "classifier_f1": "head",
+    "caught": "caught",
+    "known_unknown": "known Unknown",
+    "auroc": "AUROC scquery",
+}
+
+
+def _pairs_seeds_lines(part, split):
+    """One split's figures over the seeds: per task each figure's `_spread`, then per seed the set's
+    summary (median AUROC, mean caught and known Unknown, tasks meeting both targets); nothing for rows
+    measured with one seed."""
+    part = [r for r in part if len(r.get("seeds") or []) > 1]
+    if not part:
+        return []
+
+    def cell(r, key):
+        values = [scores[key] for scores in r["seeds"] if scores[key] is not None]
+        return _spread(np.array(values)) if values else "–"
+
+    rows = [[r["pair"], " + ".join(r["held_out"]) or "–", *(cell(r, k) for k in _SEED_FIGURES)] for r in part]
+    n_seeds = min(len(r["seeds"]) for r in part)
+    aurocs, caught, known, met = [], [], [], []
+    for k in range(n_seeds):
+        seed = pd.DataFrame([r["seeds"][k] for r in part]).apply(pd.to_numeric)
+        new = seed[seed["caught"].notna()]
+        aurocs.append(f"{seed['auroc'].median():.3f}")
+        caught.append(_share(new["caught"].mean()))
+        known.append(_share(seed["known_unknown"].mean()))
+        met.append(f"{((new['caught'] >= 0.8) & (new['known_unknown'] <= 0.05)).sum()} of {len(new)}")
+    return [
+        f"{split.capitalize()} set over {n_seeds} seeds (one model per task and seed; mean ± sd [lowest, "
+        "highest], shares as fractions):",
+        "",
+        _table(["pair", "held out", *_SEED_FIGURES.values()], rows),
+        "",
+        f"- Seed by seed: median AUROC scquery {' / '.join(aurocs)}; mean caught {' / '.join(caught)}; "
+        f"mean known Unknown {' / '.join(known)}; tasks with new cells that catch ≥ 80 % with ≤ 5 % of "
+        f"known cells Unknown {' / '.join(met)}.",
+        "",
+    ]
 
 
 def _tasks(count):

@@ -16,7 +16,10 @@ reference never had), *known* otherwise. Per task and method:
 - where the query has a condition (`obs['condition']`), the Unknown share of its known cells in each;
 - each Unknown rule's threshold moved alone over `SWEEP` (`threshold_sweep`), replayed on the scores
   of the same query, so that the report shows what the tuning set would choose and what that choice
-  gives on the validation set.
+  gives on the validation set;
+- scquery's figures (macro-F1 of the prediction and the head, caught, known Unknown, AUROC) on every
+  seed (`seeds`: `seed` and the next ones, `SEEDS` in all, two when `quick`; one model each), for
+  their spread (issue 31); the rest is the first seed's.
 
 scquery's score is its Unknown score, `obs['scquery_unknown_score']` (`scquery.rules.unknown_score`:
 how far past its threshold the cell's furthest score lies, 0.5 at the threshold). Its curve is
@@ -61,6 +64,8 @@ LOW_OVERLAP = 0.2
 #: The thresholds a curve is drawn at (on each method's score).
 CURVE = np.round(np.linspace(0, 1, 21), 2)
 SPLITS = ("tuning", "validation")
+#: How many seeds scquery trains with on every task (`measure`'s `seeds`).
+SEEDS = 3
 #: The values each rule's threshold is replayed at (`threshold_sweep`), by option: a share's those of
 #: `CURVE`, the novelty's (a log ratio) from 0.25 to 3.
 SWEEP = {
@@ -238,6 +243,20 @@ def measure(task, *, seed=0, quick=False, log=print):
     def f1(predicted):
         return label_scores(truth[~new], np.asarray(predicted)[~new])["macro_f1"] if (~new).any() else None
 
+    def scores(run):
+        unknown = run["prediction"] == UNKNOWN
+        return {
+            "prediction_f1": f1(run["prediction"]),
+            "classifier_f1": f1(run["classifier"]),
+            "caught": float(unknown[new].mean()) if new.any() else None,
+            "known_unknown": float(unknown[~new].mean()) if (~new).any() else None,
+            "auroc": float(roc_auc_score(new, run["score"])) if new.any() and (~new).any() else None,
+        }
+
+    n_seeds = 2 if quick else SEEDS
+    seeds = [scores(ours)] + [
+        scores(_scquery(task, other, quick)) for other in range(seed + 1, seed + n_seeds)
+    ]
     unknown = ours["prediction"] == UNKNOWN
     row = {
         "pair": task.pair,
@@ -246,11 +265,8 @@ def measure(task, *, seed=0, quick=False, log=print):
         "novel": sorted(set(truth[new]) - set(task.held_out)),
         "cells": int(len(truth)),
         "new_cells": int(new.sum()),
-        "prediction_f1": f1(ours["prediction"]),
-        "classifier_f1": f1(ours["classifier"]),
+        **{key: seeds[0][key] for key in ("prediction_f1", "classifier_f1", "caught", "known_unknown")},
         "peer_f1": {name: f1(predicted) for name, predicted in peers.items()},
-        "caught": float(unknown[new].mean()) if new.any() else None,
-        "known_unknown": float(unknown[~new].mean()) if (~new).any() else None,
         "known_unknown_head_right": (
             float((unknown & (ours["classifier"] == truth))[~new].mean()) if (~new).any() else None
         ),
@@ -259,6 +275,7 @@ def measure(task, *, seed=0, quick=False, log=print):
         "refused_at_defaults": ours["refused"],
         "rejection": {"scquery": _curve(ours["score"], new, DEFAULTS["scquery"])},
         "thresholds": threshold_sweep(ours["obs"], new),
+        "seeds": seeds,
     }
     for name, score in peer_scores.items():
         row["rejection"][name] = _curve(score, new, DEFAULTS[name])

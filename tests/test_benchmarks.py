@@ -564,8 +564,22 @@ def test_the_unknown_report_shows_the_tuning_then_the_validation_pairs(tmp_path)
         _pairs_row("t", "tuning", ["NK"], new=20, caught=0.5, known=0.02, auroc=0.8, head_right=0.0),
         _pairs_row("v", "validation", ["T"], new=40, caught=0.85, known=0.1, auroc=0.9),
     ]
+
+    def seed(prediction, caught, known, auroc):
+        keys = ("prediction_f1", "classifier_f1", "caught", "known_unknown", "auroc")
+        return dict(zip(keys, (prediction, 0.92, caught, known, auroc), strict=True))
+
+    pairs[1]["seeds"] = [seed(0.9, 0.9, 0.04, 0.96), seed(0.8, 0.7, 0.02, 0.9)]  # the tuning rows' seeds
+    pairs[2]["seeds"] = [seed(0.9, 0.5, 0.02, 0.8), seed(0.9, 0.9, 0.0, 0.7)]
     result = {"held_out": [], "conditions": [], "per_type": [], "pairs": pairs}
     text = "\n".join(unknown_section(result))
+    assert "| t | B | 0.850 ± 0.071 [0.800, 0.900] | 0.920 ± 0.000 [0.920, 0.920] |" in text
+    assert (
+        "- Seed by seed: median AUROC scquery 0.880 / 0.800; mean caught 70.0% / 80.0%; mean known Unknown "
+        "3.0% / 1.0%; tasks with new cells that catch ≥ 80 % with ≤ 5 % of known cells Unknown 1 of 2 / 1 "
+        "of 2." in text
+    )
+    assert "Tuning set over 2 seeds" in text and "Validation set over" not in text  # one seed: no table
     assert "\n## " not in text.split("## Unknown calls", 1)[1]  # sub-sections: RESULTS.md's commit check
     assert text.index("#### Tuning set") < text.index("#### Validation set (the one that counts)")
     assert (
@@ -636,6 +650,13 @@ def test_the_pairs_harness_measures_a_validation_task_of_the_cache():
     ours = row["rejection"]["scquery"]
     assert 0.0 <= ours["auroc"] <= 1.0 and "scmap-cosine" in row["rejection"]
     assert ours["default"] == {"caught": row["caught"], "known_unknown": row["known_unknown"]}
+    first, second = row["seeds"]  # two seeds when quick, the first the row's own model
+    assert (first["caught"], first["known_unknown"], first["auroc"]) == (
+        row["caught"],
+        row["known_unknown"],
+        ours["auroc"],
+    )
+    assert 0.0 <= second["caught"] <= 1.0 and 0.0 <= second["auroc"] <= 1.0
     assert {"PCA + kNN", "logistic regression", "scmap-cosine"} <= set(row["peer_f1"])
     assert lines[-1].startswith("validation: ")
     defaults = QueryOptions()
