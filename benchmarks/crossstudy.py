@@ -25,7 +25,7 @@ from .baselines import logistic_regression, pca_knn
 from .crossstudy_tasks import tasks
 from .methods import scquery_config
 from .metrics import label_scores
-from .quality import SEEDS, celltypist_predictions
+from .quality import celltypist_predictions, seed_count
 
 #: scquery's answers, scored on every seed (`seeds` of each of their rows: issue 31's spread).
 SCQUERY_COLUMNS = {
@@ -186,9 +186,9 @@ def _scquery_run(task, *, quick, seed):
 def run_crossstudy(*, quick, seed=0, log=print):
     """Figures of every task (the CellBench pair only, with a small network, when `quick`). The
     table's figures are `seed`'s; scquery's rows also hold each seed's (`seeds`: `seed` and the next
-    ones, `quality.SEEDS` in all, two when `quick`)."""
+    ones, `quality.seed_count(quick)` in all)."""
     results, scales, subsets = [], [], []
-    n_seeds = 2 if quick else SEEDS
+    n_seeds = seed_count(quick)
     for task in tasks():
         if quick and not task.pair.startswith("CEL-seq2"):
             continue

@@ -18,7 +18,7 @@ reference never had), *known* otherwise. Per task and method:
   of the same query, so that the report shows what the tuning set would choose and what that choice
   gives on the validation set;
 - scquery's figures (macro-F1 of the prediction and the head, caught, known Unknown, AUROC) on every
-  seed (`seeds`: `seed` and the next ones, `SEEDS` in all, two when `quick`; one model each), for
+  seed (`seeds`: `seed` and the next ones, `quality.seed_count(quick)` in all; one model each), for
   their spread (issue 31); the rest is the first seed's.
 
 scquery's score is its Unknown score, `obs['scquery_unknown_score']` (`scquery.rules.unknown_score`:
@@ -53,7 +53,7 @@ from . import crossstudy_tasks, pairs
 from .baselines import log_normalized, logistic_regression, pca_knn, reference_hvgs
 from .methods import scquery_config
 from .metrics import label_scores
-from .quality import celltypist_predictions
+from .quality import celltypist_predictions, seed_count
 
 #: Each method's rejection threshold at its default, on its score (higher: more likely new).
 DEFAULTS = {"scquery": QueryOptions().max_unknown_score, "CellTypist": 1 - 0.5, "scmap-cosine": 1 - 0.7}
@@ -64,8 +64,6 @@ LOW_OVERLAP = 0.2
 #: The thresholds a curve is drawn at (on each method's score).
 CURVE = np.round(np.linspace(0, 1, 21), 2)
 SPLITS = ("tuning", "validation")
-#: How many seeds scquery trains with on every task (`measure`'s `seeds`).
-SEEDS = 3
 #: The values each rule's threshold is replayed at (`threshold_sweep`), by option: a share's those of
 #: `CURVE`, the novelty's (a log ratio) from 0.25 to 3.
 SWEEP = {
@@ -253,7 +251,7 @@ def measure(task, *, seed=0, quick=False, log=print):
             "auroc": float(roc_auc_score(new, run["score"])) if new.any() and (~new).any() else None,
         }
 
-    n_seeds = 2 if quick else SEEDS
+    n_seeds = seed_count(quick)
     seeds = [scores(ours)] + [
         scores(_scquery(task, other, quick)) for other in range(seed + 1, seed + n_seeds)
     ]
