@@ -185,6 +185,11 @@ def _peers(task, seed, log):
     return out, scores
 
 
+def _auroc(score, new):
+    """The AUROC of the score, new against known cells (None without both)."""
+    return float(roc_auc_score(new, score)) if new.any() and (~new).any() else None
+
+
 def _curve(score, new, default):
     """The share of new cells caught and of known cells called Unknown (score above the threshold) at
     each threshold of `CURVE` and at `default`; the AUROC of new against known cells (None without
@@ -198,7 +203,7 @@ def _curve(score, new, default):
         }
         for t in CURVE
     ]
-    auroc = float(roc_auc_score(new, score)) if new.any() and known.any() else None
+    auroc = _auroc(score, new)
     at_default = {
         "caught": float((score[new] > default).mean()) if new.any() else None,
         "known_unknown": float((score[known] > default).mean()) if known.any() else None,
@@ -248,7 +253,7 @@ def measure(task, *, seed=0, quick=False, log=print):
             "classifier_f1": f1(run["classifier"]),
             "caught": float(unknown[new].mean()) if new.any() else None,
             "known_unknown": float(unknown[~new].mean()) if (~new).any() else None,
-            "auroc": float(roc_auc_score(new, run["score"])) if new.any() and (~new).any() else None,
+            "auroc": _auroc(run["score"], new),
         }
 
     n_seeds = seed_count(quick)
